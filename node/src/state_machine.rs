@@ -1,0 +1,461 @@
+//! The wallet state machine of one shard: pure and deterministic (DESIGN §5).
+//!
+//! Given the same commands in the same order, every replica reaches the same state: no clock (the
+//! leader stamps `at_ms` into each command), no randomness, no I/O. [`StateMachine::apply`] returns
+//! the command's outcome and appends the records it changed to a [`Writes`] list; the replica
+//! stores those in one sled batch together with the applied index, so a crash replays cleanly.
+//!
+//! Money rules, each asserted after every apply in debug builds:
+//! - balances change only by checked arithmetic, never wrapping (an overflow is refused);
+//! - `balance - reserved >= floor` for every account (G5);
+//! - a request id (scoped to the account it debits or credits) applies once: a retry returns the
+//!   first outcome, other content under the same id is refused with `ID_REUSED` (G4).
+//!
+//! Refusals of bad input (invalid ids or amounts, unknown accounts, currency mismatch, overflow)
+//! write nothing. A business refusal of a valid request (`INSUFFICIENT_FUNDS`) is remembered as the
+//! request's first outcome, so a retry cannot succeed later and pay twice in the client's eyes.
+
+use std::collections::HashMap;
+
+use wallet_proto::reason::Reason;
+use wallet_proto::topology::Ring;
+use wallet_proto::v1::{
+    command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, EntryKind,
+    HistoryEntry, Outcome, Rejection, RequestRecord, Transfer, TransferStatus,
+};
+use wallet_proto::validate;
+
+/// A record changed by an apply, to be written to storage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    Account(Account),
+    Request {
+        account_id: String,
+        request_id: String,
+        record: RequestRecord,
+    },
+    History {
+        account_id: String,
+        entry: HistoryEntry,
+    },
+}
+
+/// The records changed by a batch of applies.
+pub type Writes = Vec<Write>;
+
+type RequestKey = (String, String);
+
+/// State of one shard: its accounts and the outcome of every request it applied.
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    shard_id: u64,
+    ring: Ring,
+    accounts: HashMap<String, Account>,
+    requests: HashMap<RequestKey, RequestRecord>,
+}
+
+/// A refusal: a reason code and a message.
+pub type Refusal = (Reason, String);
+
+fn reject((reason, message): Refusal) -> Outcome {
+    Outcome {
+        result: Some(outcome::Result::Rejected(Rejection {
+            reason: reason.as_str().to_string(),
+            message,
+        })),
+    }
+}
+
+/// The refusal inside an outcome, if it is one.
+pub fn rejection_of(outcome: &Outcome) -> Option<Reason> {
+    match &outcome.result {
+        Some(outcome::Result::Rejected(r)) => Some(Reason::parse(&r.reason).unwrap_or(Reason::Internal)),
+        _ => None,
+    }
+}
+
+impl StateMachine {
+    /// An empty state machine for `shard_id`, owning the accounts `ring` places on it.
+    pub fn new(shard_id: u64, ring: Ring) -> StateMachine {
+        StateMachine {
+            shard_id,
+            ring,
+            accounts: HashMap::new(),
+            requests: HashMap::new(),
+        }
+    }
+
+    /// Loads a stored account (on start or snapshot install).
+    pub fn load_account(&mut self, account: Account) {
+        self.accounts.insert(account.account_id.clone(), account);
+    }
+
+    /// Loads a stored request record (on start or snapshot install).
+    pub fn load_request(&mut self, account_id: String, request_id: String, record: RequestRecord) {
+        self.requests.insert((account_id, request_id), record);
+    }
+
+    /// Forgets everything (before a snapshot install).
+    pub fn clear(&mut self) {
+        self.accounts.clear();
+        self.requests.clear();
+    }
+
+    /// Number of accounts on the shard.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// One account.
+    pub fn account(&self, account_id: &str) -> Option<&Account> {
+        self.accounts.get(account_id)
+    }
+
+    /// Every account (audits and tests).
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.values()
+    }
+
+    /// The transfer with this id debiting this account, if it was applied.
+    pub fn transfer(&self, from_account_id: &str, transfer_id: &str) -> Option<Transfer> {
+        let record = self
+            .requests
+            .get(&(from_account_id.to_string(), transfer_id.to_string()))?;
+        match &record.outcome.as_ref()?.result {
+            Some(outcome::Result::Transfer(t)) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether this shard owns the account (else `WRONG_SHARD`).
+    pub fn owns(&self, account_id: &str) -> bool {
+        self.ring.shard_of(account_id) == self.shard_id
+    }
+
+    /// Applies one command. Deterministic; appends the changed records to `writes`.
+    pub fn apply(&mut self, command: &Command, writes: &mut Writes) -> Outcome {
+        let outcome = match &command.op {
+            Some(Op::CreateAccount(create)) => self.create_account(create, command.at_ms, writes),
+            Some(op) => match self.idempotent(command, op, writes) {
+                Ok(outcome) | Err(outcome) => outcome,
+            },
+            None => reject((Reason::InvalidArgument, "command has no operation".into())),
+        };
+        #[cfg(debug_assertions)]
+        self.assert_touched_accounts(writes);
+        outcome
+    }
+
+    fn create_account(
+        &mut self,
+        create: &CreateAccountRequest,
+        at_ms: i64,
+        writes: &mut Writes,
+    ) -> Outcome {
+        let checked = validate::id("account id", &create.account_id)
+            .and_then(|_| validate::currency(&create.currency))
+            .and_then(|_| validate::credit_limit(create.credit_limit))
+            .and_then(|_| self.check_owned(&create.account_id));
+        if let Err(refusal) = checked {
+            return reject(refusal);
+        }
+        let floor = -create.credit_limit;
+        if let Some(existing) = self.accounts.get(&create.account_id) {
+            if existing.currency == create.currency && existing.floor == floor {
+                return Outcome {
+                    result: Some(outcome::Result::Account(existing.clone())),
+                };
+            }
+            return reject((
+                Reason::AccountExists,
+                format!(
+                    "account {} exists with currency {} and floor {}",
+                    existing.account_id, existing.currency, existing.floor
+                ),
+            ));
+        }
+        let account = Account {
+            account_id: create.account_id.clone(),
+            currency: create.currency.clone(),
+            balance: 0,
+            floor,
+            reserved: 0,
+            created_at_ms: at_ms,
+            version: 0,
+        };
+        self.accounts
+            .insert(account.account_id.clone(), account.clone());
+        writes.push(Write::Account(account.clone()));
+        Outcome {
+            result: Some(outcome::Result::Account(account)),
+        }
+    }
+
+    /// Deposit, withdraw and transfer: deduplicated by (account, request id).
+    fn idempotent(&mut self, command: &Command, op: &Op, writes: &mut Writes) -> Result<Outcome, Outcome> {
+        validate::id("request id", &command.request_id).map_err(reject)?;
+        let (account_id, amount) = match op {
+            Op::Deposit(d) => (&d.account_id, d.amount),
+            Op::Withdraw(w) => (&w.account_id, w.amount),
+            Op::Transfer(t) => (&t.from_account_id, t.amount),
+            Op::CreateAccount(_) => unreachable!("create is not keyed by request id"),
+        };
+        validate::id("account id", account_id).map_err(reject)?;
+        validate::amount(amount).map_err(reject)?;
+        self.check_owned(account_id).map_err(reject)?;
+        let key = (account_id.clone(), command.request_id.clone());
+        if let Some(record) = self.requests.get(&key) {
+            let first = record.command.as_ref().and_then(|c| c.op.as_ref());
+            if first == Some(op) {
+                return Ok(record.outcome.clone().unwrap_or_default());
+            }
+            return Err(reject((
+                Reason::IdReused,
+                format!(
+                    "request id {} was used on account {} for another operation",
+                    command.request_id, account_id
+                ),
+            )));
+        }
+        let outcome = match op {
+            Op::Deposit(d) => self.change_balance(command, &d.account_id, d.amount, writes),
+            // amount >= 1 was checked above, so the negation cannot overflow.
+            Op::Withdraw(w) => self.change_balance(command, &w.account_id, -w.amount, writes),
+            Op::Transfer(t) => self.transfer_within_shard(command, t, writes),
+            Op::CreateAccount(_) => unreachable!("create is not keyed by request id"),
+        }?;
+        let record = RequestRecord {
+            command: Some(command.clone()),
+            outcome: Some(outcome.clone()),
+        };
+        writes.push(Write::Request {
+            account_id: key.0.clone(),
+            request_id: key.1.clone(),
+            record: record.clone(),
+        });
+        self.requests.insert(key, record);
+        Ok(outcome)
+    }
+
+    fn check_owned(&self, account_id: &str) -> Result<(), Refusal> {
+        if self.owns(account_id) {
+            return Ok(());
+        }
+        Err((
+            Reason::WrongShard,
+            format!(
+                "account {account_id} belongs to shard {}, not {}",
+                self.ring.shard_of(account_id),
+                self.shard_id
+            ),
+        ))
+    }
+
+    fn existing(&self, account_id: &str) -> Result<&Account, Refusal> {
+        self.accounts.get(account_id).ok_or_else(|| {
+            (
+                Reason::AccountNotFound,
+                format!("account {account_id} does not exist"),
+            )
+        })
+    }
+
+    /// The balance after adding `delta`, or the refusal: overflow, or below the floor.
+    fn balance_after(account: &Account, delta: i64) -> Result<i64, Refusal> {
+        let balance = account.balance.checked_add(delta).ok_or_else(|| {
+            (
+                Reason::BalanceOverflow,
+                format!("balance of {} would overflow", account.account_id),
+            )
+        })?;
+        if delta < 0 {
+            // Spendable = balance - reserved - floor; computed in i128 so no operand can wrap.
+            let spendable_after =
+                i128::from(balance) - i128::from(account.reserved) - i128::from(account.floor);
+            if spendable_after < 0 {
+                return Err((
+                    Reason::InsufficientFunds,
+                    format!(
+                        "account {} has {} available, needs {}",
+                        account.account_id,
+                        i128::from(account.balance)
+                            - i128::from(account.reserved)
+                            - i128::from(account.floor),
+                        -i128::from(delta)
+                    ),
+                ));
+            }
+        }
+        Ok(balance)
+    }
+
+    /// Deposit (delta > 0) or withdraw (delta < 0).
+    fn change_balance(
+        &mut self,
+        command: &Command,
+        account_id: &str,
+        delta: i64,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Outcome> {
+        debug_assert!(delta != 0);
+        let account = self.existing(account_id).map_err(reject)?;
+        let balance = match Self::balance_after(account, delta) {
+            Ok(balance) => balance,
+            Err(refusal @ (Reason::InsufficientFunds, _)) => return Ok(reject(refusal)),
+            Err(refusal) => return Err(reject(refusal)),
+        };
+        let kind = if delta > 0 {
+            EntryKind::Deposit
+        } else {
+            EntryKind::Withdraw
+        };
+        let seq = self.set_balance(account_id, balance, writes);
+        self.push_history(account_id, seq, command, kind, delta, balance, "", writes);
+        Ok(Outcome {
+            result: Some(outcome::Result::Change(BalanceChange {
+                request_id: command.request_id.clone(),
+                account_id: account_id.to_string(),
+                delta,
+                balance_after: balance,
+                seq,
+            })),
+        })
+    }
+
+    fn transfer_within_shard(
+        &mut self,
+        command: &Command,
+        t: &wallet_proto::v1::TransferRequest,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Outcome> {
+        if command.request_id != t.transfer_id {
+            return Err(reject((
+                Reason::InvalidArgument,
+                "transfer id and request id differ".into(),
+            )));
+        }
+        validate::id("to account id", &t.to_account_id).map_err(reject)?;
+        if t.from_account_id == t.to_account_id {
+            return Err(reject((
+                Reason::SameAccount,
+                "cannot transfer from an account to itself".into(),
+            )));
+        }
+        self.check_owned(&t.to_account_id).map_err(reject)?;
+        let from = self.existing(&t.from_account_id).map_err(reject)?;
+        let to = self.existing(&t.to_account_id).map_err(reject)?;
+        if from.currency != to.currency {
+            return Err(reject((
+                Reason::CurrencyMismatch,
+                format!(
+                    "{} holds {}, {} holds {}",
+                    from.account_id, from.currency, to.account_id, to.currency
+                ),
+            )));
+        }
+        let to_balance = Self::balance_after(to, t.amount).map_err(reject)?;
+        let from_balance = match Self::balance_after(from, -t.amount) {
+            Ok(balance) => balance,
+            Err(refusal @ (Reason::InsufficientFunds, _)) => return Ok(reject(refusal)),
+            Err(refusal) => return Err(reject(refusal)),
+        };
+        let from_seq = self.set_balance(&t.from_account_id, from_balance, writes);
+        let to_seq = self.set_balance(&t.to_account_id, to_balance, writes);
+        self.push_history(
+            &t.from_account_id,
+            from_seq,
+            command,
+            EntryKind::TransferOut,
+            -t.amount,
+            from_balance,
+            &t.to_account_id,
+            writes,
+        );
+        self.push_history(
+            &t.to_account_id,
+            to_seq,
+            command,
+            EntryKind::TransferIn,
+            t.amount,
+            to_balance,
+            &t.from_account_id,
+            writes,
+        );
+        Ok(Outcome {
+            result: Some(outcome::Result::Transfer(Transfer {
+                transfer_id: t.transfer_id.clone(),
+                from_account_id: t.from_account_id.clone(),
+                to_account_id: t.to_account_id.clone(),
+                amount: t.amount,
+                status: TransferStatus::Committed as i32,
+                created_at_ms: command.at_ms,
+                from_balance_after: from_balance,
+            })),
+        })
+    }
+
+    /// Sets a balance, bumps the account's version, records the write; returns the new version.
+    fn set_balance(&mut self, account_id: &str, balance: i64, writes: &mut Writes) -> u64 {
+        let account = self
+            .accounts
+            .get_mut(account_id)
+            .expect("caller checked that the account exists");
+        account.balance = balance;
+        account.version += 1;
+        writes.push(Write::Account(account.clone()));
+        account.version
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_history(
+        &self,
+        account_id: &str,
+        seq: u64,
+        command: &Command,
+        kind: EntryKind,
+        delta: i64,
+        balance_after: i64,
+        counterparty: &str,
+        writes: &mut Writes,
+    ) {
+        writes.push(Write::History {
+            account_id: account_id.to_string(),
+            entry: HistoryEntry {
+                seq,
+                request_id: command.request_id.clone(),
+                kind: kind as i32,
+                delta,
+                balance_after,
+                counterparty: counterparty.to_string(),
+                at_ms: command.at_ms,
+            },
+        });
+    }
+
+    /// Checks the money invariants of every account; panics on a violation (a bug, never input).
+    pub fn assert_invariants(&self) {
+        for account in self.accounts.values() {
+            assert_account_invariant(account);
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    fn assert_touched_accounts(&self, writes: &Writes) {
+        for write in writes {
+            if let Write::Account(account) = write {
+                assert_account_invariant(account);
+                assert!(self.accounts.contains_key(&account.account_id));
+            }
+        }
+    }
+}
+
+/// G5 on one account: what is spendable never goes below the floor; reserved is never negative.
+pub fn assert_account_invariant(account: &Account) {
+    assert!(account.reserved >= 0, "negative reservation: {account:?}");
+    assert!(account.floor <= 0, "positive floor: {account:?}");
+    assert!(
+        i128::from(account.balance) - i128::from(account.reserved) >= i128::from(account.floor),
+        "balance below floor: {account:?}"
+    );
+}

@@ -1,0 +1,22 @@
+//! Everything the wallet crates share on the wire and about the cluster's shape.
+//!
+//! - [`v1`]: the generated gRPC types and services (`wallet.v1`): the public `Wallet` API, the
+//!   internal `Shard` and `Raft` services, and the records the state machine stores.
+//! - [`reason`]: the stable reason codes carried by every error, and their gRPC mapping.
+//! - [`validate`]: the input rules of DESIGN §10, applied at every entry point.
+//! - [`topology`]: the TOML cluster file and the consistent-hashing ring (account id → shard).
+
+pub mod reason;
+pub mod topology;
+pub mod validate;
+
+/// Generated code for package `wallet.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("wallet.v1");
+}
+
+/// Largest encoded gRPC message any service accepts or sends (raft batches and snapshots included).
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest public request the router accepts: ids and amounts are small, anything bigger is garbage.
+pub const REQUEST_BYTES_MAX: usize = 16 * 1024;
