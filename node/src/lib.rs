@@ -5,3 +5,4 @@
 //! - [`state_machine`]: the pure wallet state machine of one shard (DESIGN §5).
 pub mod record;
 pub mod state_machine;
+pub mod shard_store;

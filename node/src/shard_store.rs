@@ -1,0 +1,649 @@
+//! Durable storage of one shard replica: its Raft log, Raft state and state machine, in one sled tree.
+//!
+//! Keeping everything of a replica in one tree makes every change one atomic sled batch: appending
+//! entries with the HardState, applying entries together with the applied index, and installing a
+//! snapshot (drop the old state and log, write the new state and the truncation point). sled
+//! recovers a prefix of its batches after a crash, so a restart always sees a consistent replica.
+//!
+//! Key layout (ids never contain a 0 byte, see `validate::id`):
+//! - `L` + index (u64 BE)                → Raft entry (protobuf)
+//! - `Mh` / `Mc` / `Mt` / `Ma`           → HardState, ConfState, truncation (index, term), applied index
+//! - `Sa` + account                      → Account
+//! - `Sr` + account + 0 + request id     → RequestRecord (first outcome of a request)
+//! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
+//!
+//! Every value is a CRC32-framed record ([`crate::record`]), checked on every read: a corrupt record
+//! stops the replica with an error instead of being served (G7).
+//!
+//! [`LogStore`] implements raft-rs's `Storage` over an in-memory copy of the uncompacted log (the
+//! tree is the durable copy), so the Raft loop never reads sled on its hot path.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+use crate::record::{self, Corrupt};
+use crate::state_machine::{StateMachine, Write};
+use wallet_proto::v1::{Account, HistoryEntry, ListTransfersResponse, RequestRecord};
+
+const LOG_PREFIX: u8 = b'L';
+const KEY_HARD_STATE: &[u8] = b"Mh";
+const KEY_CONF_STATE: &[u8] = b"Mc";
+const KEY_TRUNCATED: &[u8] = b"Mt";
+const KEY_APPLIED: &[u8] = b"Ma";
+const STATE_PREFIX: &[u8] = b"S";
+const ACCOUNT_PREFIX: &[u8] = b"Sa";
+const REQUEST_PREFIX: &[u8] = b"Sr";
+const HISTORY_PREFIX: &[u8] = b"Sh";
+
+/// Largest history page.
+pub const HISTORY_PAGE_MAX: u32 = 1000;
+const HISTORY_PAGE_DEFAULT: u32 = 50;
+
+/// Errors of the durable store: sled failed, or a record is corrupt.
+#[derive(Debug)]
+pub enum StoreError {
+    Sled(sled::Error),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sled(e) => write!(f, "storage error: {e}"),
+            StoreError::Corrupt(e) => write!(f, "corrupt record: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
+
+impl From<Corrupt> for StoreError {
+    fn from(e: Corrupt) -> Self {
+        StoreError::Corrupt(e.0)
+    }
+}
+
+fn log_key(index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = LOG_PREFIX;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn account_key(account_id: &str) -> Vec<u8> {
+    [ACCOUNT_PREFIX, account_id.as_bytes()].concat()
+}
+
+fn request_key(account_id: &str, request_id: &str) -> Vec<u8> {
+    [REQUEST_PREFIX, account_id.as_bytes(), &[0], request_id.as_bytes()].concat()
+}
+
+fn history_prefix(account_id: &str) -> Vec<u8> {
+    [HISTORY_PREFIX, account_id.as_bytes(), &[0]].concat()
+}
+
+fn history_key(account_id: &str, seq: u64) -> Vec<u8> {
+    [&history_prefix(account_id)[..], &seq.to_be_bytes()].concat()
+}
+
+fn encode_pb<M: PbMessage>(message: &M) -> Vec<u8> {
+    // Encoding a well-formed in-memory protobuf message cannot fail.
+    record::frame(&message.write_to_bytes().unwrap_or_default())
+}
+
+fn decode_pb<M: PbMessage>(bytes: &[u8]) -> Result<M, StoreError> {
+    let payload = record::unframe(bytes)?;
+    M::parse_from_bytes(payload).map_err(|e| StoreError::Corrupt(format!("raft record: {e}")))
+}
+
+fn encode_u64s(values: &[u64]) -> Vec<u8> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+    record::frame(&bytes)
+}
+
+fn decode_u64s<const N: usize>(bytes: &[u8]) -> Result<[u64; N], StoreError> {
+    let payload = record::unframe(bytes)?;
+    if payload.len() != N * 8 {
+        return Err(StoreError::Corrupt(format!("expected {} bytes, got {}", N * 8, payload.len())));
+    }
+    let mut out = [0u64; N];
+    for (i, chunk) in payload.chunks_exact(8).enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        out[i] = u64::from_be_bytes(word);
+    }
+    Ok(out)
+}
+
+/// In-memory mirror of the durable Raft state, read by raft-rs through [`LogStore`].
+#[derive(Default)]
+struct LogCore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry dropped by compaction or a snapshot install.
+    truncated: (u64, u64),
+    /// Every entry after `truncated`, in order.
+    entries: Vec<Entry>,
+    /// The newest snapshot built for followers, at or after `truncated`.
+    snapshot: Option<Snapshot>,
+    /// Set when raft-rs asked for a snapshot that is not built yet.
+    snapshot_wanted: bool,
+}
+
+impl LogCore {
+    fn first_index(&self) -> u64 {
+        self.truncated.0 + 1
+    }
+
+    fn last_index(&self) -> u64 {
+        self.entries.last().map(|e| e.index).unwrap_or(self.truncated.0)
+    }
+}
+
+/// raft-rs `Storage` of one replica; cheap to clone (shared with the Raft loop).
+#[derive(Clone)]
+pub struct LogStore {
+    core: Arc<RwLock<LogCore>>,
+}
+
+impl LogStore {
+    fn read(&self) -> RwLockReadGuard<'_, LogCore> {
+        // A poisoned lock means the Raft loop panicked mid-update: nothing sane can follow.
+        self.core.read().expect("log store lock poisoned")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, LogCore> {
+        self.core.write().expect("log store lock poisoned")
+    }
+
+    /// Whether raft-rs asked for a snapshot since the last one was built.
+    pub fn snapshot_wanted(&self) -> bool {
+        self.read().snapshot_wanted
+    }
+
+    /// First index still in the log.
+    pub fn first_index_now(&self) -> u64 {
+        self.read().first_index()
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.read();
+        Ok(RaftState::new(core.hard_state.clone(), core.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let core = self.read();
+        if low <= core.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > core.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let offset = core.first_index();
+        let mut entries =
+            core.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let core = self.read();
+        if idx == core.truncated.0 {
+            return Ok(core.truncated.1);
+        }
+        if idx < core.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > core.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(core.entries[(idx - core.first_index()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read().last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut core = self.write();
+        if let Some(snapshot) = &core.snapshot {
+            let index = snapshot.get_metadata().index;
+            if index >= request_index && index >= core.truncated.0 {
+                return Ok(snapshot.clone());
+            }
+        }
+        // The Raft loop builds one at its applied index and raft-rs asks again on the next append.
+        core.snapshot_wanted = true;
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+/// One replica's durable store: the sled tree and the in-memory log mirror.
+pub struct ShardStore {
+    tree: sled::Tree,
+    log: LogStore,
+}
+
+/// What a replica recovers from disk when it opens.
+pub struct Recovered {
+    pub store: ShardStore,
+    pub state_machine: StateMachine,
+    pub applied: u64,
+}
+
+impl ShardStore {
+    /// Opens (or creates) the replica of `shard_id` in `db`. A new replica starts with `voters` as
+    /// its configuration, like every other replica of the shard.
+    pub fn open(
+        db: &sled::Db,
+        shard_id: u64,
+        voters: &[u64],
+        state_machine: StateMachine,
+    ) -> Result<Recovered, StoreError> {
+        let tree = db.open_tree(format!("shard-{shard_id}"))?;
+        let mut core = LogCore::default();
+        match tree.get(KEY_CONF_STATE)? {
+            Some(bytes) => core.conf_state = decode_pb(&bytes)?,
+            None => {
+                core.conf_state.set_voters(voters.to_vec());
+                tree.insert(KEY_CONF_STATE, encode_pb(&core.conf_state))?;
+            }
+        }
+        if let Some(bytes) = tree.get(KEY_HARD_STATE)? {
+            core.hard_state = decode_pb(&bytes)?;
+        }
+        if let Some(bytes) = tree.get(KEY_TRUNCATED)? {
+            let [index, term] = decode_u64s::<2>(&bytes)?;
+            core.truncated = (index, term);
+        }
+        for item in tree.scan_prefix([LOG_PREFIX]) {
+            let (_, value) = item?;
+            let entry: Entry = decode_pb(&value)?;
+            let expected = core.last_index() + 1;
+            if entry.index != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "shard {shard_id}: log entry {} where {expected} was expected",
+                    entry.index
+                )));
+            }
+            core.entries.push(entry);
+        }
+        let applied = match tree.get(KEY_APPLIED)? {
+            Some(bytes) => decode_u64s::<1>(&bytes)?[0],
+            None => core.truncated.0,
+        };
+        // Applied entries were committed; the HardState written before them may lag behind.
+        if core.hard_state.commit < applied {
+            core.hard_state.commit = applied;
+        }
+        let store = ShardStore {
+            tree,
+            log: LogStore {
+                core: Arc::new(RwLock::new(core)),
+            },
+        };
+        let mut state_machine = state_machine;
+        store.load_state(&mut state_machine)?;
+        Ok(Recovered {
+            store,
+            state_machine,
+            applied,
+        })
+    }
+
+    /// The raft-rs storage handle.
+    pub fn log(&self) -> LogStore {
+        self.log.clone()
+    }
+
+    fn load_state(&self, state_machine: &mut StateMachine) -> Result<(), StoreError> {
+        state_machine.clear();
+        for item in self.tree.scan_prefix(ACCOUNT_PREFIX) {
+            let (_, value) = item?;
+            state_machine.load_account(record::decode::<Account>(&value)?);
+        }
+        for item in self.tree.scan_prefix(REQUEST_PREFIX) {
+            let (key, value) = item?;
+            let rest = &key[REQUEST_PREFIX.len()..];
+            let split = rest
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| StoreError::Corrupt("request key without separator".into()))?;
+            let account_id = String::from_utf8_lossy(&rest[..split]).into_owned();
+            let request_id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+            state_machine.load_request(account_id, request_id, record::decode(&value)?);
+        }
+        Ok(())
+    }
+
+    /// Appends entries received from raft-rs (dropping any conflicting tail) and the HardState, in
+    /// one batch. Not yet durable: call [`ShardStore::flush`] before acting on it.
+    pub fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError> {
+        let mut core = self.log.write();
+        let mut batch = sled::Batch::default();
+        if let Some(first) = entries.first() {
+            assert!(
+                first.index > core.truncated.0,
+                "append of entry {} behind the truncation point {}",
+                first.index,
+                core.truncated.0
+            );
+            assert!(first.index <= core.last_index() + 1, "gap in the raft log");
+            for stale in first.index..=core.last_index() {
+                batch.remove(&log_key(stale));
+            }
+            let keep = (first.index - core.first_index()) as usize;
+            core.entries.truncate(keep);
+            for entry in entries {
+                batch.insert(&log_key(entry.index), encode_pb(entry));
+                core.entries.push(entry.clone());
+            }
+        }
+        if let Some(hs) = hard_state {
+            batch.insert(KEY_HARD_STATE, encode_pb(hs));
+            core.hard_state = hs.clone();
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Records a new commit index (from a LightReady).
+    pub fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
+        let mut core = self.log.write();
+        core.hard_state.commit = commit;
+        self.tree.insert(KEY_HARD_STATE, encode_pb(&core.hard_state))?;
+        Ok(())
+    }
+
+    /// Stores what a batch of applied entries changed, together with the applied index.
+    pub fn write_applied(&self, writes: &[Write], applied: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for write in writes {
+            match write {
+                Write::Account(account) => {
+                    batch.insert(account_key(&account.account_id), record::encode(account))
+                }
+                Write::Request {
+                    account_id,
+                    request_id,
+                    record: r,
+                } => batch.insert(request_key(account_id, request_id), record::encode(r)),
+                Write::History { account_id, entry } => {
+                    batch.insert(history_key(account_id, entry.seq), record::encode(entry))
+                }
+            }
+        }
+        batch.insert(KEY_APPLIED, encode_u64s(&[applied]));
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Stores a new configuration after a conf change applied.
+    pub fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), StoreError> {
+        self.log.write().conf_state = conf_state.clone();
+        self.tree.insert(KEY_CONF_STATE, encode_pb(conf_state))?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (fsync). One call per Raft Ready.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+
+    /// Builds a snapshot of the state machine at `applied` for followers that fell behind the log:
+    /// every `S` record, CRC-framed, in key order, plus a CRC over the whole payload.
+    pub fn build_snapshot(&self, applied: u64) -> Result<(), StoreError> {
+        let term = self
+            .log
+            .term(applied)
+            .map_err(|e| StoreError::Corrupt(format!("term of applied index {applied}: {e}")))?;
+        let mut data = Vec::new();
+        for item in self.tree.scan_prefix(STATE_PREFIX) {
+            let (key, value) = item?;
+            // Checked before it leaves the node: a corrupt record is never shipped.
+            record::unframe(&value)?;
+            push_chunk(&mut data, &key);
+            push_chunk(&mut data, &value);
+        }
+        let crc = crc32fast::hash(&data);
+        data.extend_from_slice(&crc.to_le_bytes());
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        let mut core = self.log.write();
+        meta.set_conf_state(core.conf_state.clone());
+        core.snapshot = Some(snapshot);
+        core.snapshot_wanted = false;
+        Ok(())
+    }
+
+    /// Drops log entries up to and including `index` (already applied and, through a snapshot,
+    /// recoverable by followers).
+    pub fn compact(&self, index: u64) -> Result<(), StoreError> {
+        let mut core = self.log.write();
+        if index <= core.truncated.0 || index > core.last_index() {
+            return Ok(());
+        }
+        let term = core.entries[(index - core.first_index()) as usize].term;
+        let mut batch = sled::Batch::default();
+        for i in core.first_index()..=index {
+            batch.remove(&log_key(i));
+        }
+        batch.insert(KEY_TRUNCATED, encode_u64s(&[index, term]));
+        self.tree.apply_batch(batch)?;
+        let drop = (index - core.first_index() + 1) as usize;
+        core.entries.drain(..drop);
+        core.truncated = (index, term);
+        Ok(())
+    }
+
+    /// Replaces this replica's log and state by a snapshot from the leader, in one batch, and
+    /// reloads the state machine from it.
+    pub fn install_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        state_machine: &mut StateMachine,
+    ) -> Result<(), StoreError> {
+        let records = parse_snapshot(snapshot.get_data())?;
+        let meta = snapshot.get_metadata();
+        let mut batch = sled::Batch::default();
+        for item in self.tree.scan_prefix(STATE_PREFIX) {
+            batch.remove(item?.0);
+        }
+        for item in self.tree.scan_prefix([LOG_PREFIX]) {
+            batch.remove(item?.0);
+        }
+        for (key, value) in &records {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        let mut core = self.log.write();
+        let mut hard_state = core.hard_state.clone();
+        hard_state.term = hard_state.term.max(meta.term);
+        hard_state.commit = meta.index;
+        batch.insert(KEY_HARD_STATE, encode_pb(&hard_state));
+        batch.insert(KEY_CONF_STATE, encode_pb(meta.get_conf_state()));
+        batch.insert(KEY_TRUNCATED, encode_u64s(&[meta.index, meta.term]));
+        batch.insert(KEY_APPLIED, encode_u64s(&[meta.index]));
+        self.tree.apply_batch(batch)?;
+        core.hard_state = hard_state;
+        core.conf_state = meta.get_conf_state().clone();
+        core.truncated = (meta.index, meta.term);
+        core.entries.clear();
+        core.snapshot = None;
+        drop(core);
+        self.load_state(state_machine)
+    }
+
+    /// One page of an account's history, newest first.
+    pub fn history(
+        &self,
+        account_id: &str,
+        limit: u32,
+        cursor: u64,
+    ) -> Result<ListTransfersResponse, StoreError> {
+        let limit = match limit {
+            0 => HISTORY_PAGE_DEFAULT,
+            n => n.min(HISTORY_PAGE_MAX),
+        } as usize;
+        let start = history_prefix(account_id);
+        let end = if cursor == 0 {
+            history_key(account_id, u64::MAX)
+        } else {
+            history_key(account_id, cursor)
+        };
+        let mut entries = Vec::with_capacity(limit);
+        let mut next_cursor = 0;
+        for item in self.tree.range(start..end).rev() {
+            let (_, value) = item?;
+            let entry: HistoryEntry = record::decode(&value)?;
+            if entries.len() == limit {
+                next_cursor = entries.last().map(|e: &HistoryEntry| e.seq).unwrap_or(0);
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(ListTransfersResponse {
+            entries,
+            next_cursor,
+        })
+    }
+
+    /// Reads one account straight from disk, checking its CRC (used to verify what memory holds).
+    pub fn stored_account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
+        match self.tree.get(account_key(account_id))? {
+            Some(bytes) => Ok(Some(record::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The first outcome of a request, straight from disk.
+    pub fn stored_request(
+        &self,
+        account_id: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        match self.tree.get(request_key(account_id, request_id))? {
+            Some(bytes) => Ok(Some(record::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn push_chunk(data: &mut Vec<u8>, bytes: &[u8]) {
+    data.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    data.extend_from_slice(bytes);
+}
+
+/// Checks a snapshot's CRC and every record in it; returns the (key, framed value) pairs.
+fn parse_snapshot(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    if data.len() < 4 {
+        return Err(StoreError::Corrupt("snapshot shorter than its checksum".into()));
+    }
+    let (body, crc) = data.split_at(data.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(StoreError::Corrupt("snapshot checksum mismatch".into()));
+    }
+    let mut records = Vec::new();
+    let mut rest = body;
+    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StoreError> {
+        if rest.len() < 4 {
+            return Err(StoreError::Corrupt("truncated snapshot chunk".into()));
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest.len() < 4 + len {
+            return Err(StoreError::Corrupt("truncated snapshot chunk".into()));
+        }
+        let chunk = rest[4..4 + len].to_vec();
+        *rest = &rest[4 + len..];
+        Ok(chunk)
+    };
+    while !rest.is_empty() {
+        let key = take(&mut rest)?;
+        let value = take(&mut rest)?;
+        if !key.starts_with(STATE_PREFIX) {
+            return Err(StoreError::Corrupt("snapshot record outside the state".into()));
+        }
+        record::unframe(&value)?;
+        records.push((key, value));
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wallet_proto::topology::Ring;
+
+    fn open(db: &sled::Db) -> Recovered {
+        ShardStore::open(db, 1, &[1, 2, 3], StateMachine::new(1, Ring::new([1], 4))).unwrap()
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn log_survives_reopen_and_conflicting_tail_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = open(&db);
+        r.store.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None).unwrap();
+        r.store.append(&[entry(2, 2)], None).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 2;
+        r.store.append(&[], Some(&hs)).unwrap();
+        drop(r);
+        let r = open(&db);
+        let log = r.store.log();
+        assert_eq!(log.last_index().unwrap(), 2);
+        assert_eq!(log.term(2).unwrap(), 2);
+        assert_eq!(log.initial_state().unwrap().hard_state.commit, 2);
+        assert_eq!(log.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn compaction_keeps_the_term_of_the_truncation_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = open(&db);
+        r.store.append(&[entry(1, 1), entry(2, 1), entry(3, 2)], None).unwrap();
+        r.store.compact(2).unwrap();
+        let log = r.store.log();
+        assert_eq!(log.first_index().unwrap(), 3);
+        assert_eq!(log.term(2).unwrap(), 1);
+        assert!(log.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
+        drop(r);
+        let r = open(&db);
+        assert_eq!(r.store.log().first_index().unwrap(), 3);
+        assert_eq!(r.store.log().term(3).unwrap(), 2);
+    }
+}
