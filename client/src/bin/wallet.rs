@@ -1,0 +1,221 @@
+//! `wallet`: the command-line client of the wallet store. Amounts are integers in minor units.
+//! A failed command prints one line (`error: REASON: message`) and exits non-zero.
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use wallet_client::{fresh_id, Account, BalanceChange, EntryKind, Transfer, WalletClient, WalletError};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Command-line client of the wallet store")]
+struct Cli {
+    /// Router endpoint(s), comma-separated host:port.
+    #[arg(long, global = true, env = "WALLET_ENDPOINT", default_value = "127.0.0.1:7000")]
+    endpoint: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Open or read accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Put money into an account (a recharge).
+    Deposit {
+        account: String,
+        amount: i64,
+        /// Request id for exactly-once retries (generated if omitted).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Take money out of an account (a payment out).
+    Withdraw {
+        account: String,
+        amount: i64,
+        /// Request id for exactly-once retries (generated if omitted).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Move money between two accounts.
+    Transfer {
+        from: String,
+        to: String,
+        amount: i64,
+        /// Transfer id for exactly-once retries (generated if omitted).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// An account's history, newest first.
+    History {
+        account: String,
+        /// Entries to show (1..=1000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue from a previous page's next cursor.
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountCommand {
+    /// Open an account.
+    Create {
+        id: String,
+        /// Three-letter currency code, e.g. USD.
+        #[arg(long)]
+        currency: String,
+        /// Let the balance go down to minus this many minor units.
+        #[arg(long, default_value_t = 0)]
+        credit_limit: i64,
+    },
+    /// Show an account.
+    Get { id: String },
+}
+
+fn account_json(a: &Account) -> serde_json::Value {
+    json!({"account_id": a.account_id, "currency": a.currency, "balance": a.balance,
+           "floor": a.floor, "reserved": a.reserved, "created_at_ms": a.created_at_ms,
+           "version": a.version})
+}
+
+fn account_text(a: &Account) -> String {
+    format!(
+        "account {}  currency {}  balance {}  floor {}  reserved {}  version {}",
+        a.account_id, a.currency, a.balance, a.floor, a.reserved, a.version
+    )
+}
+
+fn change_json(c: &BalanceChange) -> serde_json::Value {
+    json!({"request_id": c.request_id, "account_id": c.account_id, "delta": c.delta,
+           "balance_after": c.balance_after, "seq": c.seq})
+}
+
+fn change_text(c: &BalanceChange) -> String {
+    format!(
+        "{} {:+} -> balance {} (request {}, seq {})",
+        c.account_id, c.delta, c.balance_after, c.request_id, c.seq
+    )
+}
+
+fn transfer_json(t: &Transfer) -> serde_json::Value {
+    json!({"transfer_id": t.transfer_id, "from_account_id": t.from_account_id,
+           "to_account_id": t.to_account_id, "amount": t.amount, "status": "COMMITTED",
+           "created_at_ms": t.created_at_ms, "from_balance_after": t.from_balance_after})
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match EntryKind::try_from(kind).unwrap_or(EntryKind::Unspecified) {
+        EntryKind::Deposit => "DEPOSIT",
+        EntryKind::Withdraw => "WITHDRAW",
+        EntryKind::TransferOut => "TRANSFER_OUT",
+        EntryKind::TransferIn => "TRANSFER_IN",
+        EntryKind::Unspecified => "UNKNOWN",
+    }
+}
+
+async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
+    let endpoints: Vec<&str> = cli.endpoint.split(',').map(str::trim).collect();
+    let client = WalletClient::connect(&endpoints)?;
+    Ok(match cli.command {
+        Commands::Account(AccountCommand::Create {
+            id,
+            currency,
+            credit_limit,
+        }) => {
+            let a = client.create_account(&id, &currency, credit_limit).await?;
+            (account_json(&a), account_text(&a))
+        }
+        Commands::Account(AccountCommand::Get { id }) => {
+            let a = client.get_account(&id).await?;
+            (account_json(&a), account_text(&a))
+        }
+        Commands::Deposit { account, amount, id } => {
+            let id = id.unwrap_or_else(|| fresh_id("dep"));
+            let c = client.deposit(&id, &account, amount).await?;
+            (change_json(&c), change_text(&c))
+        }
+        Commands::Withdraw { account, amount, id } => {
+            let id = id.unwrap_or_else(|| fresh_id("wd"));
+            let c = client.withdraw(&id, &account, amount).await?;
+            (change_json(&c), change_text(&c))
+        }
+        Commands::Transfer {
+            from,
+            to,
+            amount,
+            id,
+        } => {
+            let id = id.unwrap_or_else(|| fresh_id("tr"));
+            let t = client.transfer(&id, &from, &to, amount).await?;
+            let text = format!(
+                "transfer {} committed: {} -> {} amount {} ({} balance now {})",
+                t.transfer_id, t.from_account_id, t.to_account_id, t.amount, t.from_account_id,
+                t.from_balance_after
+            );
+            (transfer_json(&t), text)
+        }
+        Commands::History {
+            account,
+            limit,
+            cursor,
+        } => {
+            let page = client.list_transfers(&account, limit, cursor).await?;
+            let mut text = format!("{:>6}  {:<13} {:>14} {:>14}  {:<24} request\n", "seq", "kind", "delta", "balance", "counterparty");
+            let entries: Vec<_> = page
+                .entries
+                .iter()
+                .map(|e| {
+                    text.push_str(&format!(
+                        "{:>6}  {:<13} {:>+14} {:>14}  {:<24} {}\n",
+                        e.seq, kind_name(e.kind), e.delta, e.balance_after, e.counterparty, e.request_id
+                    ));
+                    json!({"seq": e.seq, "kind": kind_name(e.kind), "delta": e.delta,
+                           "balance_after": e.balance_after, "counterparty": e.counterparty,
+                           "request_id": e.request_id, "at_ms": e.at_ms})
+                })
+                .collect();
+            if page.next_cursor != 0 {
+                text.push_str(&format!("more: --cursor {}", page.next_cursor));
+            }
+            (
+                json!({"entries": entries, "next_cursor": page.next_cursor}),
+                text.trim_end().to_string(),
+            )
+        }
+    })
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: INTERNAL: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok((value, text)) => {
+            if json {
+                println!("{value}");
+            } else {
+                println!("{text}");
+            }
+        }
+        Err(e) => {
+            if json {
+                println!("{}", json!({"error": e.reason.as_str(), "message": e.message}));
+            }
+            eprintln!("error: {e}");
+            std::process::exit(match e.reason {
+                wallet_client::Reason::Unavailable | wallet_client::Reason::Overloaded => 3,
+                _ => 2,
+            });
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! wallet-client: the async Rust client of the wallet store.
+//!
+//! Mirrors the `wallet.v1.Wallet` API with typed errors ([`WalletError`], carrying the stable
+//! [`Reason`] code). Retryable failures (`NOT_LEADER`, `UNAVAILABLE`, `OVERLOADED`, a broken
+//! connection) are retried automatically **with the same request id**, on the next router endpoint,
+//! with backoff, for up to [`ClientOptions::retry_budget`]: the store applies each id once (G4), so a
+//! retry can never pay twice.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wallet_client::WalletError> {
+//! let client = wallet_client::WalletClient::connect(&["127.0.0.1:7000"])?;
+//! client.create_account("alice", "USD", 0).await?;
+//! client.deposit("recharge-1", "alice", 10_00).await?;
+//! let account = client.get_account("alice").await?;
+//! assert_eq!(account.balance, 10_00);
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+pub use wallet_proto::reason::Reason;
+use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
+pub use wallet_proto::v1::{
+    Account, BalanceChange, EntryKind, HistoryEntry, ListTransfersResponse, Transfer,
+};
+use wallet_proto::v1::{
+    CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
+    ListTransfersRequest, TransferRequest, WithdrawRequest,
+};
+
+/// A failed call: the stable reason code and the store's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalletError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl std::fmt::Display for WalletError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The store's messages already start with the code.
+        if self.message.starts_with(self.reason.as_str()) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.reason, self.message)
+        }
+    }
+}
+
+impl std::error::Error for WalletError {}
+
+impl From<Status> for WalletError {
+    fn from(status: Status) -> Self {
+        WalletError {
+            reason: wallet_proto::reason::of_status(&status),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// Client tunables.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one call keeps retrying retryable failures.
+    pub retry_budget: Duration,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            retry_budget: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client of one or more routers. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct WalletClient {
+    routers: Arc<Vec<GrpcClient<Channel>>>,
+    next: Arc<AtomicUsize>,
+    options: ClientOptions,
+}
+
+impl WalletClient {
+    /// A client of these router endpoints (`host:port`), connected lazily.
+    pub fn connect(endpoints: &[&str]) -> Result<WalletClient, WalletError> {
+        WalletClient::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// Same as [`WalletClient::connect`] with explicit options.
+    pub fn with_options(endpoints: &[&str], options: ClientOptions) -> Result<WalletClient, WalletError> {
+        if endpoints.is_empty() {
+            return Err(WalletError {
+                reason: Reason::InvalidArgument,
+                message: "no router endpoint given".into(),
+            });
+        }
+        let mut routers = Vec::with_capacity(endpoints.len());
+        for address in endpoints {
+            let url = if address.contains("://") {
+                address.to_string()
+            } else {
+                format!("http://{address}")
+            };
+            let endpoint = Endpoint::from_shared(url)
+                .map_err(|e| WalletError {
+                    reason: Reason::InvalidArgument,
+                    message: format!("bad endpoint {address}: {e}"),
+                })?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(options.attempt_timeout)
+                .tcp_nodelay(true);
+            routers.push(GrpcClient::new(endpoint.connect_lazy()));
+        }
+        Ok(WalletClient {
+            routers: Arc::new(routers),
+            next: Arc::new(AtomicUsize::new(0)),
+            options,
+        })
+    }
+
+    /// Runs `call` on a router, retrying retryable failures on the next router with backoff.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, WalletError>
+    where
+        F: Fn(GrpcClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let index = self.next.load(Ordering::Relaxed) % self.routers.len();
+            let router = self.routers[index].clone();
+            match call(router).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => {
+                    let error = WalletError::from(status);
+                    if !error.reason.is_retryable()
+                        || started.elapsed() + backoff > self.options.retry_budget
+                    {
+                        return Err(error);
+                    }
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Opens an account (idempotent by account id).
+    pub async fn create_account(
+        &self,
+        account_id: &str,
+        currency: &str,
+        credit_limit: i64,
+    ) -> Result<Account, WalletError> {
+        let request = CreateAccountRequest {
+            account_id: account_id.into(),
+            currency: currency.into(),
+            credit_limit,
+        };
+        self.retrying(|mut c| {
+            let r = request.clone();
+            async move { c.create_account(r).await }
+        })
+        .await
+    }
+
+    /// A linearizable read of one account.
+    pub async fn get_account(&self, account_id: &str) -> Result<Account, WalletError> {
+        let request = GetAccountRequest {
+            account_id: account_id.into(),
+        };
+        self.retrying(|mut c| {
+            let r = request.clone();
+            async move { c.get_account(r).await }
+        })
+        .await
+    }
+
+    /// Money in. `request_id` makes it exactly-once.
+    pub async fn deposit(
+        &self,
+        request_id: &str,
+        account_id: &str,
+        amount: i64,
+    ) -> Result<BalanceChange, WalletError> {
+        let request = DepositRequest {
+            request_id: request_id.into(),
+            account_id: account_id.into(),
+            amount,
+        };
+        self.retrying(|mut c| {
+            let r = request.clone();
+            async move { c.deposit(r).await }
+        })
+        .await
+    }
+
+    /// Money out. `request_id` makes it exactly-once.
+    pub async fn withdraw(
+        &self,
+        request_id: &str,
+        account_id: &str,
+        amount: i64,
+    ) -> Result<BalanceChange, WalletError> {
+        let request = WithdrawRequest {
+            request_id: request_id.into(),
+            account_id: account_id.into(),
+            amount,
+        };
+        self.retrying(|mut c| {
+            let r = request.clone();
+            async move { c.withdraw(r).await }
+        })
+        .await
+    }
+
+    /// Moves money between two accounts. `transfer_id` makes it exactly-once.
+    pub async fn transfer(
+        &self,
+        transfer_id: &str,
+        from_account_id: &str,
+        to_account_id: &str,
+        amount: i64,
+    ) -> Result<Transfer, WalletError> {
+        let request = TransferRequest {
+            transfer_id: transfer_id.into(),
+            from_account_id: from_account_id.into(),
+            to_account_id: to_account_id.into(),
+            amount,
+        };
+        self.retrying(|mut c| {
+            let r = request.clone();
+            async move { c.transfer(r).await }
+        })
+        .await
+    }
+
+    /// The outcome of a transfer by its id and debit account.
+    pub async fn get_transfer(
+        &self,
+        transfer_id: &str,
+        from_account_id: &str,
+    ) -> Result<Transfer, WalletError> {
+        let request = GetTransferRequest {
+            transfer_id: transfer_id.into(),
+            from_account_id: from_account_id.into(),
+        };
+        self.retrying(|mut c| {
+            let r = request.clone();
+            async move { c.get_transfer(r).await }
+        })
+        .await
+    }
+
+    /// One page of an account's history, newest first (`cursor` 0 for the newest).
+    pub async fn list_transfers(
+        &self,
+        account_id: &str,
+        limit: u32,
+        cursor: u64,
+    ) -> Result<ListTransfersResponse, WalletError> {
+        let request = ListTransfersRequest {
+            account_id: account_id.into(),
+            limit,
+            cursor,
+        };
+        self.retrying(|mut c| {
+            let r = request.clone();
+            async move { c.list_transfers(r).await }
+        })
+        .await
+    }
+}
+
+/// A fresh request id (time + counter + process id): unique enough for a CLI call or a demo.
+pub fn fresh_id(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{nanos:x}-{}-{n}", std::process::id())
+}

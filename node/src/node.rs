@@ -1,0 +1,107 @@
+//! Starting and stopping a node: open the sled database, start the transport and one Raft loop per
+//! hosted shard, serve gRPC, and on SIGTERM/SIGINT stop serving, stop the loops (each flushes) and
+//! flush the database before exiting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::watch;
+use wallet_proto::topology::Topology;
+use wallet_proto::v1::raft_server::RaftServer;
+use wallet_proto::v1::shard_server::ShardServer;
+
+use crate::replica::{Replica, ReplicaConfig};
+use crate::service::NodeService;
+use crate::state_machine::StateMachine;
+use crate::transport::{Registry, Transport};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub topology: Topology,
+    pub replica: ReplicaConfig,
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(
+    options: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let topology = &options.topology;
+    if topology.address_of(options.node_id).is_none() {
+        return Err(format!("node {} is not in the cluster file", options.node_id).into());
+    }
+    std::fs::create_dir_all(&options.data_dir)?;
+    let db = sled::Config::new()
+        .path(options.data_dir.join("sled"))
+        .cache_capacity(256 * 1024 * 1024)
+        .open()?;
+    let registry: Registry = Arc::new(OnceLock::new());
+    let peers: Vec<(u64, String)> = topology
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.address.clone()))
+        .collect();
+    let transport = Transport::start(options.node_id, &peers, registry.clone());
+    let ring = topology.ring();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut handles = HashMap::new();
+    let mut tasks = Vec::new();
+    for shard in topology.shards_on(options.node_id) {
+        let (replica, handle, inbox) = Replica::open(
+            &db,
+            shard.id,
+            options.node_id,
+            &shard.replicas,
+            StateMachine::new(shard.id, ring.clone()),
+            transport.clone(),
+            options.replica.clone(),
+        )?;
+        handles.insert(shard.id, handle);
+        tasks.push(tokio::spawn(replica.run(inbox, stop_rx.clone())));
+    }
+    let shard_count = handles.len();
+    let _ = registry.set(handles);
+    let service = NodeService::new(options.node_id, ring, registry);
+    tracing::info!(node = options.node_id, listen = %options.listen, shards = shard_count, "node serving");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            ShardServer::new(service.clone())
+                .max_decoding_message_size(wallet_proto::REQUEST_BYTES_MAX),
+        )
+        .add_service(
+            RaftServer::new(service)
+                .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX),
+        )
+        .serve_with_shutdown(options.listen, shutdown)
+        .await?;
+    tracing::info!(node = options.node_id, "stopping replicas");
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    db.flush_async().await?;
+    tracing::info!(node = options.node_id, "node stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,531 @@
+//! The Raft loop of one shard replica: one task owning one `RawNode`, its store and state machine.
+//!
+//! Everything that touches the replica arrives through its inbox (Raft messages, proposals, reads,
+//! transport reports) and is handled by this one task, so no lock guards the state machine. Each
+//! turn of the loop drains the inbox (up to [`INBOX_DRAIN_MAX`] messages: many proposals ride one
+//! Ready), then handles the Ready in raft-rs's order (DESIGN §4):
+//! send leader messages → install snapshot → apply committed entries → append entries + HardState
+//! → **one fsync** → send persisted messages → advance → apply the LightReady's entries.
+//!
+//! A proposal is answered when its entry is applied here, which happens only after a majority
+//! fsynced it (G3). A leader that steps down fails its pending proposals with `NOT_LEADER`; their
+//! entries may still commit, which is safe because every command applies once by its id (G4).
+//! Reads use ReadIndex, batched: all reads that arrive in one turn share one read index.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message as _;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use wallet_proto::reason::{Reason, LEADER_HINT_KEY};
+use wallet_proto::v1::{
+    read_result, shard_read::Query, Command, Outcome, ReadResult, Rejection, ReplicaStatus,
+};
+
+use crate::shard_store::{ShardStore, StoreError};
+use crate::state_machine::StateMachine;
+use crate::transport::Transport;
+
+/// One Raft tick.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Messages handled per loop turn before the Ready is processed.
+pub const INBOX_DRAIN_MAX: usize = 4096;
+/// Capacity of a replica's inbox; Raft messages beyond it are dropped (Raft resends).
+pub const INBOX_CAPACITY: usize = 16_384;
+
+/// Tunables of a replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// Build a snapshot and compact the log every this many applied entries.
+    pub compact_every: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            compact_every: 10_000,
+        }
+    }
+}
+
+/// What a replica's inbox carries.
+pub enum ReplicaMsg {
+    Raft(Box<Message>),
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, Status>>,
+    },
+    Read {
+        query: Query,
+        reply: oneshot::Sender<Result<ReadResult, Status>>,
+    },
+    Unreachable(u64),
+    SnapshotReport(u64, SnapshotStatus),
+}
+
+/// A handle on a running replica: its inbox and its last published status.
+#[derive(Clone)]
+pub struct ReplicaHandle {
+    pub shard_id: u64,
+    pub inbox: mpsc::Sender<ReplicaMsg>,
+    pub status: Arc<Mutex<ReplicaStatus>>,
+}
+
+impl ReplicaHandle {
+    /// A copy of the replica's last published status.
+    pub fn status(&self) -> ReplicaStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// A `NOT_LEADER` status with the leader hint (0 = unknown).
+pub fn not_leader(shard_id: u64, leader_id: u64) -> Status {
+    let mut status = Reason::NotLeader.status(format!(
+        "this node does not lead shard {shard_id} (leader hint: {leader_id})"
+    ));
+    if let Ok(value) = leader_id.to_string().parse() {
+        status.metadata_mut().insert(LEADER_HINT_KEY, value);
+    }
+    status
+}
+
+type ReadReply = (Query, oneshot::Sender<Result<ReadResult, Status>>);
+
+/// The replica task's state.
+pub struct Replica {
+    shard_id: u64,
+    node_id: u64,
+    config: ReplicaConfig,
+    raw: RawNode<crate::shard_store::LogStore>,
+    store: ShardStore,
+    state_machine: StateMachine,
+    applied: u64,
+    transport: Transport,
+    status: Arc<Mutex<ReplicaStatus>>,
+    next_proposal: u64,
+    proposals: HashMap<u64, oneshot::Sender<Result<Outcome, Status>>>,
+    next_read: u64,
+    read_batch: Vec<ReadReply>,
+    reads_awaiting_index: HashMap<u64, Vec<ReadReply>>,
+    reads_awaiting_apply: Vec<(u64, Vec<ReadReply>)>,
+}
+
+impl Replica {
+    /// Opens the replica's store and creates its RawNode.
+    pub fn open(
+        db: &sled::Db,
+        shard_id: u64,
+        node_id: u64,
+        voters: &[u64],
+        state_machine: StateMachine,
+        transport: Transport,
+        config: ReplicaConfig,
+    ) -> Result<(Replica, ReplicaHandle, mpsc::Receiver<ReplicaMsg>), Box<dyn std::error::Error>> {
+        let recovered = ShardStore::open(db, shard_id, voters, state_machine)?;
+        let raft_config = raft::Config {
+            id: node_id,
+            election_tick: 10,
+            heartbeat_tick: 3,
+            applied: recovered.applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let logger = crate::raft_log::logger(shard_id, node_id);
+        let raw = RawNode::new(&raft_config, recovered.store.log(), &logger)?;
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+        let status = Arc::new(Mutex::new(ReplicaStatus {
+            shard_id,
+            ..Default::default()
+        }));
+        // Proposal and read ids start at the clock so a restarted node never reuses one.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let replica = Replica {
+            shard_id,
+            node_id,
+            config,
+            raw,
+            store: recovered.store,
+            state_machine: recovered.state_machine,
+            applied: recovered.applied,
+            transport,
+            status: status.clone(),
+            next_proposal: start,
+            proposals: HashMap::new(),
+            next_read: start,
+            read_batch: Vec::new(),
+            reads_awaiting_index: HashMap::new(),
+            reads_awaiting_apply: Vec::new(),
+        };
+        let handle = ReplicaHandle {
+            shard_id,
+            inbox: inbox_tx,
+            status,
+        };
+        Ok((replica, handle, inbox_rx))
+    }
+
+    /// Runs the loop until the inbox closes or `stop` fires. A storage failure (I/O error or a
+    /// corrupt record) ends the process: a replica must never serve from a store it cannot trust.
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<ReplicaMsg>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.forget_abandoned_requests();
+                }
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+            for _ in 0..INBOX_DRAIN_MAX {
+                match inbox.try_recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            self.start_read_batch();
+            if let Err(e) = self.turn().await {
+                tracing::error!(shard = self.shard_id, error = %e, "replica storage failed; stopping the node");
+                std::process::exit(70);
+            }
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(shard = self.shard_id, error = %e, "final flush failed");
+        }
+        tracing::info!(shard = self.shard_id, "replica stopped");
+    }
+
+    async fn turn(&mut self) -> Result<(), StoreError> {
+        if self.raw.has_ready() {
+            self.on_ready().await?;
+        }
+        self.serve_reads()?;
+        self.maybe_snapshot()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: ReplicaMsg) {
+        match msg {
+            ReplicaMsg::Raft(message) => {
+                if let Err(e) = self.raw.step(*message) {
+                    tracing::debug!(shard = self.shard_id, error = %e, "raft step refused a message");
+                }
+            }
+            ReplicaMsg::Propose { command, reply } => self.propose(command, reply),
+            ReplicaMsg::Read { query, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
+                } else {
+                    self.read_batch.push((query, reply));
+                }
+            }
+            ReplicaMsg::Unreachable(to) => self.raw.report_unreachable(to),
+            ReplicaMsg::SnapshotReport(to, status) => self.raw.report_snapshot(to, status),
+        }
+    }
+
+    fn propose(&mut self, command: Command, reply: oneshot::Sender<Result<Outcome, Status>>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
+            return;
+        }
+        let id = self.next_proposal;
+        self.next_proposal = self.next_proposal.wrapping_add(1);
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.node_id.to_be_bytes());
+        context.extend_from_slice(&id.to_be_bytes());
+        match self.raw.propose(context, command.encode_to_vec()) {
+            Ok(()) => {
+                self.proposals.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Reason::Unavailable.status(format!(
+                    "shard {} dropped the proposal: {e}",
+                    self.shard_id
+                ))));
+            }
+        }
+    }
+
+    fn start_read_batch(&mut self) {
+        if self.read_batch.is_empty() {
+            return;
+        }
+        let id = self.next_read;
+        self.next_read = self.next_read.wrapping_add(1);
+        self.raw.read_index(id.to_be_bytes().to_vec());
+        let batch = std::mem::take(&mut self.read_batch);
+        self.reads_awaiting_index.insert(id, batch);
+    }
+
+    async fn on_ready(&mut self) -> Result<(), StoreError> {
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.transport.send(self.shard_id, ready.take_messages());
+        }
+        if let Some(soft) = ready.ss() {
+            if soft.raft_state != StateRole::Leader {
+                self.step_down(soft.leader_id);
+            }
+        }
+        for read in ready.take_read_states() {
+            if read.request_ctx.len() == 8 {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&read.request_ctx);
+                if let Some(batch) = self.reads_awaiting_index.remove(&u64::from_be_bytes(id)) {
+                    self.reads_awaiting_apply.push((read.index, batch));
+                }
+            }
+        }
+        let mut must_flush = false;
+        if *ready.snapshot() != Snapshot::default() {
+            let snapshot = ready.snapshot().clone();
+            self.store
+                .install_snapshot(&snapshot, &mut self.state_machine)?;
+            self.applied = snapshot.get_metadata().index;
+            must_flush = true;
+            tracing::info!(shard = self.shard_id, index = self.applied, "installed snapshot");
+        }
+        self.apply(ready.take_committed_entries())?;
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            self.store.append(ready.entries(), ready.hs())?;
+            must_flush = true;
+        }
+        if must_flush || ready.must_sync() {
+            self.store.flush().await?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.transport
+                .send(self.shard_id, ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.store.set_commit(commit)?;
+        }
+        if !light.messages().is_empty() {
+            self.transport.send(self.shard_id, light.take_messages());
+        }
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    /// Applies committed entries, stores their effects with the applied index in one batch, then
+    /// answers the proposals made here.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let last_index = last.index;
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        for entry in &entries {
+            if entry.index <= self.applied {
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    let outcome = match Command::decode(&entry.data[..]) {
+                        Ok(command) => self.state_machine.apply(&command, &mut writes),
+                        Err(e) => Outcome {
+                            result: Some(wallet_proto::v1::outcome::Result::Rejected(Rejection {
+                                reason: Reason::InvalidArgument.as_str().into(),
+                                message: format!("undecodable command: {e}"),
+                            })),
+                        },
+                    };
+                    if let Some(reply) = self.take_proposal(&entry.context) {
+                        replies.push((reply, outcome));
+                    }
+                }
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange => {
+                    if let Ok(cc) = ConfChange::parse_from_bytes(&entry.data) {
+                        if let Ok(cs) = self.raw.apply_conf_change(&cc) {
+                            self.store.set_conf_state(&cs)?;
+                        }
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    if let Ok(cc) = ConfChangeV2::parse_from_bytes(&entry.data) {
+                        if let Ok(cs) = self.raw.apply_conf_change(&cc) {
+                            self.store.set_conf_state(&cs)?;
+                        }
+                    }
+                }
+            }
+        }
+        if last_index > self.applied {
+            self.applied = last_index;
+            self.store.write_applied(&writes, self.applied)?;
+        }
+        for (reply, outcome) in replies {
+            let _ = reply.send(Ok(outcome));
+        }
+        Ok(())
+    }
+
+    fn take_proposal(&mut self, context: &[u8]) -> Option<oneshot::Sender<Result<Outcome, Status>>> {
+        if context.len() != 16 || context[..8] != self.node_id.to_be_bytes() {
+            return None;
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&context[8..]);
+        self.proposals.remove(&u64::from_be_bytes(id))
+    }
+
+    /// Lost leadership: nobody here will see these through, so tell the callers now.
+    fn step_down(&mut self, leader_id: u64) {
+        for (_, reply) in self.proposals.drain() {
+            let _ = reply.send(Err(not_leader(self.shard_id, leader_id)));
+        }
+        let waiting = self
+            .reads_awaiting_index
+            .drain()
+            .flat_map(|(_, batch)| batch)
+            .chain(self.reads_awaiting_apply.drain(..).flat_map(|(_, b)| b))
+            .chain(self.read_batch.drain(..));
+        for (_, reply) in waiting {
+            let _ = reply.send(Err(not_leader(self.shard_id, leader_id)));
+        }
+    }
+
+    /// Drops waiters whose caller gave up (timed out), so the maps stay bounded.
+    fn forget_abandoned_requests(&mut self) {
+        self.proposals.retain(|_, reply| !reply.is_closed());
+        self.reads_awaiting_index.retain(|_, batch| {
+            batch.retain(|(_, reply)| !reply.is_closed());
+            !batch.is_empty()
+        });
+    }
+
+    fn serve_reads(&mut self) -> Result<(), StoreError> {
+        if self.reads_awaiting_apply.is_empty() {
+            return Ok(());
+        }
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_awaiting_apply)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_awaiting_apply = waiting;
+        for (_, batch) in ready {
+            for (query, reply) in batch {
+                let result = self.answer(&query)?;
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&self, query: &Query) -> Result<ReadResult, StoreError> {
+        let rejected = |reason: Reason, message: String| ReadResult {
+            result: Some(read_result::Result::Rejected(Rejection {
+                reason: reason.as_str().into(),
+                message,
+            })),
+        };
+        Ok(match query {
+            Query::Account(get) => match self.state_machine.account(&get.account_id) {
+                Some(account) => {
+                    // Pair assertion: what memory serves is what the disk holds, CRC-checked.
+                    debug_assert_eq!(
+                        self.store.stored_account(&get.account_id)?.as_ref(),
+                        Some(account)
+                    );
+                    ReadResult {
+                        result: Some(read_result::Result::Account(account.clone())),
+                    }
+                }
+                None => rejected(
+                    Reason::AccountNotFound,
+                    format!("account {} does not exist", get.account_id),
+                ),
+            },
+            Query::History(list) => {
+                if self.state_machine.account(&list.account_id).is_none() {
+                    rejected(
+                        Reason::AccountNotFound,
+                        format!("account {} does not exist", list.account_id),
+                    )
+                } else {
+                    let page = self.store.history(&list.account_id, list.limit, list.cursor)?;
+                    ReadResult {
+                        result: Some(read_result::Result::History(page)),
+                    }
+                }
+            }
+            Query::Transfer(get) => {
+                match self
+                    .state_machine
+                    .transfer(&get.from_account_id, &get.transfer_id)
+                {
+                    Some(transfer) => ReadResult {
+                        result: Some(read_result::Result::Transfer(transfer)),
+                    },
+                    None => rejected(
+                        Reason::TransferNotFound,
+                        format!(
+                            "no transfer {} from account {}",
+                            get.transfer_id, get.from_account_id
+                        ),
+                    ),
+                }
+            }
+        })
+    }
+
+    /// Builds a snapshot when raft-rs asked for one, and compacts the log every `compact_every`
+    /// applied entries (keeping half of that as slack for followers that are only a little behind).
+    fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+        let log = self.store.log();
+        if log.snapshot_wanted() {
+            self.store.build_snapshot(self.applied)?;
+        }
+        let first = log.first_index_now();
+        let every = self.config.compact_every.max(2);
+        if self.applied >= first + every {
+            self.store.build_snapshot(self.applied)?;
+            self.store.compact(self.applied - every / 2)?;
+            tracing::debug!(shard = self.shard_id, applied = self.applied, "compacted the log");
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let status = ReplicaStatus {
+            shard_id: self.shard_id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+            first_log_index: self.store.log().first_index_now(),
+            is_leader: raft.state == StateRole::Leader,
+            accounts: self.state_machine.account_count() as u64,
+        };
+        if let Ok(mut slot) = self.status.lock() {
+            *slot = status;
+        }
+    }
+}

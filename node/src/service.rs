@@ -1,0 +1,161 @@
+//! The node's gRPC services: `wallet.v1.Shard` (commands and reads from routers, status) and
+//! `wallet.v1.Raft` (messages from peer nodes).
+//!
+//! Before a command reaches Raft the node checks what it can check alone: that it hosts the shard
+//! and that the shard owns the command's accounts (`WRONG_SHARD` otherwise, nothing proposed, so a
+//! stale router cannot write to the wrong place), then stamps the proposal time. Answers wait for
+//! the replica at most [`REQUEST_TIMEOUT`]; a timeout is `UNAVAILABLE`, safe to retry by id (G4).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+use wallet_proto::reason::Reason;
+use wallet_proto::topology::Ring;
+use wallet_proto::v1::{
+    command::Op, shard_read::Query, NodeStatus, Outcome, RaftAck, RaftBatch, ReadResult,
+    ShardCommand, ShardRead, StatusRequest,
+};
+
+use crate::replica::{ReplicaHandle, ReplicaMsg};
+use crate::transport::{self, Registry};
+
+/// How long a command or read may wait for its replica.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Implements both services over this node's replicas.
+#[derive(Clone)]
+pub struct NodeService {
+    node_id: u64,
+    ring: Ring,
+    registry: Registry,
+}
+
+impl NodeService {
+    pub fn new(node_id: u64, ring: Ring, registry: Registry) -> NodeService {
+        NodeService {
+            node_id,
+            ring,
+            registry,
+        }
+    }
+
+    fn replicas(&self) -> Result<&HashMap<u64, ReplicaHandle>, Status> {
+        self.registry
+            .get()
+            .ok_or_else(|| Reason::Unavailable.status("node is starting"))
+    }
+
+    fn replica(&self, shard_id: u64) -> Result<&ReplicaHandle, Status> {
+        self.replicas()?.get(&shard_id).ok_or_else(|| {
+            Reason::WrongShard.status(format!(
+                "node {} hosts no replica of shard {shard_id}",
+                self.node_id
+            ))
+        })
+    }
+
+    fn check_owner(&self, shard_id: u64, account_id: &str) -> Result<(), Status> {
+        let owner = self.ring.shard_of(account_id);
+        if owner != shard_id {
+            return Err(Reason::WrongShard.status(format!(
+                "account {account_id} belongs to shard {owner}, not {shard_id}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn ask<T>(
+        &self,
+        replica: &ReplicaHandle,
+        make: impl FnOnce(oneshot::Sender<Result<T, Status>>) -> ReplicaMsg,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        let sent = tokio::time::timeout(REQUEST_TIMEOUT, replica.inbox.send(make(tx))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Err(Reason::Overloaded.status(format!(
+                "shard {} replica is not keeping up",
+                replica.shard_id
+            )));
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Reason::Unavailable.status("replica stopped")),
+            Err(_) => Err(Reason::Unavailable.status(format!(
+                "shard {} did not answer within {REQUEST_TIMEOUT:?}",
+                replica.shard_id
+            ))),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl wallet_proto::v1::shard_server::Shard for NodeService {
+    async fn execute(&self, request: Request<ShardCommand>) -> Result<Response<Outcome>, Status> {
+        let ShardCommand { shard_id, command } = request.into_inner();
+        let replica = self.replica(shard_id)?;
+        let mut command =
+            command.ok_or_else(|| Reason::InvalidArgument.status("missing command"))?;
+        match &command.op {
+            Some(Op::CreateAccount(c)) => self.check_owner(shard_id, &c.account_id)?,
+            Some(Op::Deposit(d)) => self.check_owner(shard_id, &d.account_id)?,
+            Some(Op::Withdraw(w)) => self.check_owner(shard_id, &w.account_id)?,
+            Some(Op::Transfer(t)) => {
+                self.check_owner(shard_id, &t.from_account_id)?;
+                self.check_owner(shard_id, &t.to_account_id)?;
+            }
+            None => return Err(Reason::InvalidArgument.status("command has no operation")),
+        }
+        command.at_ms = now_ms();
+        let outcome = self
+            .ask(replica, |reply| ReplicaMsg::Propose { command, reply })
+            .await?;
+        Ok(Response::new(outcome))
+    }
+
+    async fn read(&self, request: Request<ShardRead>) -> Result<Response<ReadResult>, Status> {
+        let ShardRead { shard_id, query } = request.into_inner();
+        let replica = self.replica(shard_id)?;
+        let query = query.ok_or_else(|| Reason::InvalidArgument.status("missing query"))?;
+        match &query {
+            Query::Account(a) => self.check_owner(shard_id, &a.account_id)?,
+            Query::History(h) => self.check_owner(shard_id, &h.account_id)?,
+            Query::Transfer(t) => self.check_owner(shard_id, &t.from_account_id)?,
+        }
+        let result = self
+            .ask(replica, |reply| ReplicaMsg::Read { query, reply })
+            .await?;
+        Ok(Response::new(result))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<NodeStatus>, Status> {
+        let mut replicas: Vec<_> = self.replicas()?.values().map(|r| r.status()).collect();
+        replicas.sort_by_key(|r| r.shard_id);
+        Ok(Response::new(NodeStatus {
+            node_id: self.node_id,
+            replicas,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl wallet_proto::v1::raft_server::Raft for NodeService {
+    async fn send(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let dropped = transport::deliver(&self.registry, request.into_inner());
+        if dropped > 0 {
+            tracing::debug!(dropped, "dropped inbound raft messages");
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+}

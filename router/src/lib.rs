@@ -1,0 +1,8 @@
+//! wallet-router: the stateless front door of the wallet store.
+//!
+//! - [`shards`]: routes a command or read to the leader of the shard owning an account, following
+//!   `NOT_LEADER` hints and retrying with backoff (safe because every command carries its id, G4).
+//! - [`service`]: the public `wallet.v1.Wallet` API: input checks, placement on the ring, the bound
+//!   on requests in flight (`OVERLOADED` beyond it).
+pub mod service;
+pub mod shards;

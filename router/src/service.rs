@@ -1,0 +1,205 @@
+//! The public `wallet.v1.Wallet` API as the router serves it.
+//!
+//! Every request is checked here first (ids, amounts, currencies, DESIGN §10) so bad input is
+//! refused before it costs a Raft entry; the node's state machine checks again. Requests beyond
+//! `max_in_flight` are refused with `OVERLOADED` rather than queued without bound.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+use wallet_proto::reason::Reason;
+use wallet_proto::v1::{
+    command::Op, outcome, read_result, shard_read::Query, Account, BalanceChange, Command,
+    CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
+    ListTransfersRequest, ListTransfersResponse, Outcome, ReadResult, Transfer, TransferRequest,
+    WithdrawRequest,
+};
+use wallet_proto::validate;
+
+use crate::shards::Shards;
+
+/// Default bound on requests in flight through one router.
+pub const MAX_IN_FLIGHT_DEFAULT: usize = 4096;
+
+/// The router's Wallet service.
+#[derive(Clone)]
+pub struct WalletService {
+    shards: Arc<Shards>,
+    in_flight: Arc<Semaphore>,
+}
+
+fn check(result: Result<(), (Reason, String)>) -> Result<(), Status> {
+    result.map_err(|(reason, message)| reason.status(message))
+}
+
+fn refused(reason: &str, message: &str) -> Status {
+    Reason::parse(reason)
+        .unwrap_or(Reason::Internal)
+        .status(message)
+}
+
+fn unexpected(what: &str) -> Status {
+    Reason::Internal.status(format!("unexpected answer from shard: {what}"))
+}
+
+impl WalletService {
+    pub fn new(shards: Arc<Shards>, max_in_flight: usize) -> WalletService {
+        WalletService {
+            shards,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Reason::Overloaded.status("too many requests in flight; retry later"))
+    }
+
+    async fn execute(&self, account_id: &str, request_id: &str, op: Op) -> Result<outcome::Result, Status> {
+        let _permit = self.admit()?;
+        let shard_id = self.shards.shard_of(account_id);
+        let command = Command {
+            request_id: request_id.to_string(),
+            at_ms: 0,
+            op: Some(op),
+        };
+        match self.shards.execute(shard_id, command).await? {
+            Outcome {
+                result: Some(outcome::Result::Rejected(r)),
+            } => Err(refused(&r.reason, &r.message)),
+            Outcome { result: Some(result) } => Ok(result),
+            Outcome { result: None } => Err(unexpected("empty outcome")),
+        }
+    }
+
+    async fn read(&self, account_id: &str, query: Query) -> Result<read_result::Result, Status> {
+        let _permit = self.admit()?;
+        let shard_id = self.shards.shard_of(account_id);
+        match self.shards.read(shard_id, query).await? {
+            ReadResult {
+                result: Some(read_result::Result::Rejected(r)),
+            } => Err(refused(&r.reason, &r.message)),
+            ReadResult { result: Some(result) } => Ok(result),
+            ReadResult { result: None } => Err(unexpected("empty read")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl wallet_proto::v1::wallet_server::Wallet for WalletService {
+    async fn create_account(
+        &self,
+        request: Request<CreateAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
+        let create = request.into_inner();
+        check(validate::id("account id", &create.account_id))?;
+        check(validate::currency(&create.currency))?;
+        check(validate::credit_limit(create.credit_limit))?;
+        let account_id = create.account_id.clone();
+        match self.execute(&account_id, "", Op::CreateAccount(create)).await? {
+            outcome::Result::Account(account) => Ok(Response::new(account)),
+            _ => Err(unexpected("not an account")),
+        }
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
+        let get = request.into_inner();
+        check(validate::id("account id", &get.account_id))?;
+        let account_id = get.account_id.clone();
+        match self.read(&account_id, Query::Account(get)).await? {
+            read_result::Result::Account(account) => Ok(Response::new(account)),
+            _ => Err(unexpected("not an account")),
+        }
+    }
+
+    async fn deposit(
+        &self,
+        request: Request<DepositRequest>,
+    ) -> Result<Response<BalanceChange>, Status> {
+        let deposit = request.into_inner();
+        check(validate::id("request id", &deposit.request_id))?;
+        check(validate::id("account id", &deposit.account_id))?;
+        check(validate::amount(deposit.amount))?;
+        let (account_id, request_id) = (deposit.account_id.clone(), deposit.request_id.clone());
+        match self.execute(&account_id, &request_id, Op::Deposit(deposit)).await? {
+            outcome::Result::Change(change) => Ok(Response::new(change)),
+            _ => Err(unexpected("not a balance change")),
+        }
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<WithdrawRequest>,
+    ) -> Result<Response<BalanceChange>, Status> {
+        let withdraw = request.into_inner();
+        check(validate::id("request id", &withdraw.request_id))?;
+        check(validate::id("account id", &withdraw.account_id))?;
+        check(validate::amount(withdraw.amount))?;
+        let (account_id, request_id) = (withdraw.account_id.clone(), withdraw.request_id.clone());
+        match self.execute(&account_id, &request_id, Op::Withdraw(withdraw)).await? {
+            outcome::Result::Change(change) => Ok(Response::new(change)),
+            _ => Err(unexpected("not a balance change")),
+        }
+    }
+
+    async fn transfer(
+        &self,
+        request: Request<TransferRequest>,
+    ) -> Result<Response<Transfer>, Status> {
+        let transfer = request.into_inner();
+        check(validate::id("transfer id", &transfer.transfer_id))?;
+        check(validate::id("from account id", &transfer.from_account_id))?;
+        check(validate::id("to account id", &transfer.to_account_id))?;
+        check(validate::amount(transfer.amount))?;
+        if transfer.from_account_id == transfer.to_account_id {
+            return Err(Reason::SameAccount.status("cannot transfer from an account to itself"));
+        }
+        let from_shard = self.shards.shard_of(&transfer.from_account_id);
+        let to_shard = self.shards.shard_of(&transfer.to_account_id);
+        if from_shard != to_shard {
+            return Err(Reason::CrossShardNotSupported.status(format!(
+                "{} is on shard {from_shard} and {} on shard {to_shard}; cross-shard transfers \
+                 are not supported yet",
+                transfer.from_account_id, transfer.to_account_id
+            )));
+        }
+        let (from, id) = (transfer.from_account_id.clone(), transfer.transfer_id.clone());
+        match self.execute(&from, &id, Op::Transfer(transfer)).await? {
+            outcome::Result::Transfer(t) => Ok(Response::new(t)),
+            _ => Err(unexpected("not a transfer")),
+        }
+    }
+
+    async fn get_transfer(
+        &self,
+        request: Request<GetTransferRequest>,
+    ) -> Result<Response<Transfer>, Status> {
+        let get = request.into_inner();
+        check(validate::id("transfer id", &get.transfer_id))?;
+        check(validate::id("from account id", &get.from_account_id))?;
+        let from = get.from_account_id.clone();
+        match self.read(&from, Query::Transfer(get)).await? {
+            read_result::Result::Transfer(t) => Ok(Response::new(t)),
+            _ => Err(unexpected("not a transfer")),
+        }
+    }
+
+    async fn list_transfers(
+        &self,
+        request: Request<ListTransfersRequest>,
+    ) -> Result<Response<ListTransfersResponse>, Status> {
+        let list = request.into_inner();
+        check(validate::id("account id", &list.account_id))?;
+        let account_id = list.account_id.clone();
+        match self.read(&account_id, Query::History(list)).await? {
+            read_result::Result::History(page) => Ok(Response::new(page)),
+            _ => Err(unexpected("not a history page")),
+        }
+    }
+}
