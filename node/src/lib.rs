@@ -7,7 +7,8 @@
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
 //! - [`transport`]: Raft messages between nodes, batched per peer.
 //! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers).
-//! - [`node`]: start-up and graceful shutdown.
+//! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
+pub mod cli;
 pub mod node;
 mod raft_log;
 pub mod record;

@@ -1,69 +1,7 @@
 //! `wallet-node`: serves replicas of the shards the cluster file places on this node.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
 use clap::Parser;
-use wallet_node::node::{self, NodeOptions};
-use wallet_node::replica::ReplicaConfig;
-use wallet_proto::topology::Topology;
-
-/// A wallet store node: hosts Raft replicas of several shards on sled and serves them over gRPC.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// This node's id in the cluster file.
-    #[arg(long, env = "WALLET_NODE_ID")]
-    id: u64,
-    /// Address to serve gRPC on (defaults to this node's address in the cluster file).
-    #[arg(long, env = "WALLET_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Directory for this node's data (created if missing).
-    #[arg(long, env = "WALLET_DATA_DIR")]
-    data_dir: PathBuf,
-    /// TOML cluster file: nodes with addresses, shards with replica node ids, virtual nodes.
-    #[arg(long, env = "WALLET_CLUSTER")]
-    cluster: PathBuf,
-    /// Snapshot and compact a shard's Raft log every this many applied entries.
-    #[arg(long, env = "WALLET_COMPACT_EVERY", default_value_t = 10_000)]
-    compact_every: u64,
-}
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,raft=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
-    if let Err(e) = start(args) {
-        eprintln!("wallet-node: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let topology = Topology::load(&args.cluster)?;
-    let listen = match args.listen {
-        Some(listen) => listen,
-        None => topology
-            .address_of(args.id)
-            .ok_or_else(|| format!("node {} is not in the cluster file", args.id))?
-            .parse()?,
-    };
-    let options = NodeOptions {
-        node_id: args.id,
-        listen,
-        data_dir: args.data_dir,
-        topology,
-        replica: ReplicaConfig {
-            compact_every: args.compact_every,
-        },
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(node::run(options, node::shutdown_signal()))
+    wallet_node::cli::main_with(wallet_node::cli::NodeArgs::parse());
 }

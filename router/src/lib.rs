@@ -4,5 +4,6 @@
 //!   `NOT_LEADER` hints and retrying with backoff (safe because every command carries its id, G4).
 //! - [`service`]: the public `wallet.v1.Wallet` API: input checks, placement on the ring, the bound
 //!   on requests in flight (`OVERLOADED` beyond it).
+pub mod cli;
 pub mod service;
 pub mod shards;

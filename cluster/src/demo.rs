@@ -1,0 +1,407 @@
+//! The demo payment workload: open accounts, fund them, then let `clients` concurrent clients pay,
+//! recharge and transfer for a fixed time, printing a live progress line; afterwards resolve every
+//! call whose outcome was unknown (by retrying it with the same id, G4), print a summary table and
+//! check conservation: the money in the accounts equals deposits minus withdrawals (G1).
+//!
+//! Transfers pick both accounts on the same shard when the topology is known (cross-shard
+//! transfers arrive with the two-phase protocol). The workload is bounded in time and count.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use wallet_client::{WalletClient, WalletError};
+use wallet_proto::topology::Ring;
+
+/// Shape of a demo run.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub accounts: usize,
+    pub clients: usize,
+    pub seconds: u64,
+    /// Money each account starts with (a deposit), in minor units.
+    pub initial_balance: i64,
+    /// Hard bound on operations per client.
+    pub ops_per_client_max: u64,
+}
+
+/// Kinds of operations in the mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OpKind {
+    Transfer,
+    Deposit,
+    Withdraw,
+}
+
+impl OpKind {
+    fn name(self) -> &'static str {
+        match self {
+            OpKind::Transfer => "transfer",
+            OpKind::Deposit => "deposit",
+            OpKind::Withdraw => "withdraw",
+        }
+    }
+}
+
+/// What a demo run measured.
+#[derive(Debug)]
+pub struct DemoReport {
+    pub elapsed: Duration,
+    pub ok: BTreeMap<OpKind, u64>,
+    pub latency: BTreeMap<OpKind, Histogram<u64>>,
+    pub errors: BTreeMap<String, u64>,
+    pub expected_total: i128,
+    pub actual_total: i128,
+    pub unknown_resolved: u64,
+}
+
+impl DemoReport {
+    /// Whether the money adds up.
+    pub fn conserved(&self) -> bool {
+        self.expected_total == self.actual_total
+    }
+
+    /// Successful operations of a kind per second.
+    pub fn rate(&self, kind: OpKind) -> f64 {
+        *self.ok.get(&kind).unwrap_or(&0) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+            "operation", "ok", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        );
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let mut all = Histogram::<u64>::new(3).expect("valid histogram precision");
+        for (kind, h) in &self.latency {
+            let _ = all.add(h);
+            out.push_str(&format!(
+                "{:<10} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                kind.name(),
+                self.ok.get(kind).unwrap_or(&0),
+                self.rate(*kind),
+                ms(h, 0.5),
+                ms(h, 0.9),
+                ms(h, 0.99),
+                h.max() as f64 / 1000.0
+            ));
+        }
+        let total: u64 = self.ok.values().sum();
+        out.push_str(&format!(
+            "{:<10} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+            "all",
+            total,
+            total as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            ms(&all, 0.5),
+            ms(&all, 0.9),
+            ms(&all, 0.99),
+            all.max() as f64 / 1000.0
+        ));
+        if self.errors.is_empty() {
+            out.push_str("refusals: none\n");
+        } else {
+            let list: Vec<String> = self.errors.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            out.push_str(&format!("refusals: {}\n", list.join(" ")));
+        }
+        out.push_str(&format!(
+            "unknown outcomes resolved by retrying the same id: {}\n",
+            self.unknown_resolved
+        ));
+        out.push_str(&format!(
+            "conservation: sum of balances {} vs deposits - withdrawals {} -> {}\n",
+            self.actual_total,
+            self.expected_total,
+            if self.conserved() { "OK" } else { "MISMATCH" }
+        ));
+        out
+    }
+}
+
+/// xorshift64*: a tiny deterministic generator, enough to pick accounts and amounts.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    ops: AtomicU64,
+    interval: Mutex<Option<Histogram<u64>>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A call whose outcome the client could not learn (it ran out of retries).
+struct Unknown {
+    kind: OpKind,
+    id: String,
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+async fn call(client: &WalletClient, u: &Unknown) -> Result<(), WalletError> {
+    match u.kind {
+        OpKind::Transfer => client.transfer(&u.id, &u.from, &u.to, u.amount).await.map(|_| ()),
+        OpKind::Deposit => client.deposit(&u.id, &u.from, u.amount).await.map(|_| ()),
+        OpKind::Withdraw => client.withdraw(&u.id, &u.from, u.amount).await.map(|_| ()),
+    }
+}
+
+fn signed(kind: OpKind, amount: i64) -> i128 {
+    match kind {
+        OpKind::Deposit => i128::from(amount),
+        OpKind::Withdraw => -i128::from(amount),
+        OpKind::Transfer => 0,
+    }
+}
+
+/// Runs the demo against a router. `ring` (when known) keeps transfers inside one shard.
+pub async fn run(
+    client: WalletClient,
+    ring: Option<Ring>,
+    options: DemoOptions,
+) -> Result<DemoReport, String> {
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let ids: Vec<String> = (0..options.accounts)
+        .map(|i| format!("demo{run_id}-{i:05}"))
+        .collect();
+    println!("opening and funding {} accounts ...", ids.len());
+    let ids = Arc::new(ids);
+    let mut setup = Vec::new();
+    for chunk in 0..options.clients.max(1) {
+        let client = client.clone();
+        let ids = ids.clone();
+        let clients = options.clients.max(1);
+        let initial = options.initial_balance;
+        setup.push(tokio::spawn(async move {
+            for i in (chunk..ids.len()).step_by(clients) {
+                client.create_account(&ids[i], "USD", 0).await?;
+                client.deposit(&format!("fund-{}", ids[i]), &ids[i], initial).await?;
+            }
+            Ok::<(), WalletError>(())
+        }));
+    }
+    for task in setup {
+        task.await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("setup failed: {e}"))?;
+    }
+    // Accounts grouped by shard, so a transfer's two accounts share one.
+    let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let shard = ring.as_ref().map(|r| r.shard_of(id)).unwrap_or(0);
+        groups.entry(shard).or_default().push(i);
+    }
+    let groups: Arc<Vec<Vec<usize>>> = Arc::new(groups.into_values().filter(|g| g.len() > 1).collect());
+    if groups.is_empty() {
+        return Err("need at least two accounts on one shard".into());
+    }
+    let account_group: Arc<Vec<usize>> = Arc::new({
+        let mut of = vec![usize::MAX; ids.len()];
+        for (g, members) in groups.iter().enumerate() {
+            for &i in members {
+                of[i] = g;
+            }
+        }
+        of
+    });
+
+    println!(
+        "running {} clients for {}s ({} transfer groups)",
+        options.clients,
+        options.seconds,
+        groups.len()
+    );
+    let live = Arc::new(Live::default());
+    let started = Instant::now();
+    let end = started + Duration::from_secs(options.seconds);
+    let progress = tokio::spawn(progress_printer(live.clone(), started, end));
+    let mut workers = Vec::new();
+    for worker in 0..options.clients {
+        let client = client.clone();
+        let ids = ids.clone();
+        let groups = groups.clone();
+        let account_group = account_group.clone();
+        let live = live.clone();
+        let max_ops = options.ops_per_client_max;
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+            let mut ok: BTreeMap<OpKind, u64> = BTreeMap::new();
+            let mut latency: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
+            let mut net: i128 = 0;
+            let mut unknown = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < end && n < max_ops {
+                n += 1;
+                let roll = rng.below(100);
+                let kind = match roll {
+                    0..=89 => OpKind::Transfer,
+                    90..=94 => OpKind::Deposit,
+                    _ => OpKind::Withdraw,
+                };
+                let from_group = &groups[rng.below(groups.len() as u64) as usize];
+                let from = from_group[rng.below(from_group.len() as u64) as usize];
+                let to = loop {
+                    let g = &groups[account_group[from]];
+                    let to = g[rng.below(g.len() as u64) as usize];
+                    if to != from {
+                        break to;
+                    }
+                };
+                let op = Unknown {
+                    kind,
+                    id: format!("w{worker}-{n}"),
+                    from: ids[from].clone(),
+                    to: ids[to].clone(),
+                    amount: 1 + rng.below(if kind == OpKind::Transfer { 100 } else { 1000 }) as i64,
+                };
+                let t0 = Instant::now();
+                let result = call(&client, &op).await;
+                let micros = t0.elapsed().as_micros() as u64;
+                match result {
+                    Ok(()) => {
+                        *ok.entry(kind).or_default() += 1;
+                        net += signed(kind, op.amount);
+                        let h = latency
+                            .entry(kind)
+                            .or_insert_with(|| Histogram::new(3).expect("valid precision"));
+                        let _ = h.record(micros.max(1));
+                        live.ops.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut interval) = live.interval.lock() {
+                            let h = interval.get_or_insert_with(|| Histogram::new(3).expect("valid precision"));
+                            let _ = h.record(micros.max(1));
+                        }
+                    }
+                    Err(e) if e.reason.is_retryable() => unknown.push(op),
+                    Err(e) => {
+                        if let Ok(mut errors) = live.errors.lock() {
+                            *errors.entry(e.reason.as_str().to_string()).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            (ok, latency, net, unknown)
+        }));
+    }
+    let mut report = DemoReport {
+        elapsed: Duration::ZERO,
+        ok: BTreeMap::new(),
+        latency: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        expected_total: i128::from(options.initial_balance) * ids.len() as i128,
+        actual_total: 0,
+        unknown_resolved: 0,
+    };
+    let mut unknown = Vec::new();
+    for worker in workers {
+        let (ok, latency, net, more) = worker.await.map_err(|e| e.to_string())?;
+        for (k, v) in ok {
+            *report.ok.entry(k).or_default() += v;
+        }
+        for (k, h) in latency {
+            let _ = report
+                .latency
+                .entry(k)
+                .or_insert_with(|| Histogram::new(3).expect("valid precision"))
+                .add(&h);
+        }
+        report.expected_total += net;
+        unknown.extend(more);
+    }
+    report.elapsed = started.elapsed();
+    progress.abort();
+    println!();
+    // Calls that ran out of retries may or may not have applied: ask again with the same id.
+    for op in &unknown {
+        let mut attempts = 0;
+        loop {
+            match call(&client, op).await {
+                Ok(()) => {
+                    report.expected_total += signed(op.kind, op.amount);
+                    break;
+                }
+                Err(e) if e.reason.is_retryable() && attempts < 10 => attempts += 1,
+                Err(e) if e.reason.is_retryable() => {
+                    return Err(format!("could not resolve request {}: {e}", op.id))
+                }
+                Err(_) => break,
+            }
+        }
+        report.unknown_resolved += 1;
+    }
+    report.errors = live.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    for id in ids.iter() {
+        let account = client
+            .get_account(id)
+            .await
+            .map_err(|e| format!("audit read of {id}: {e}"))?;
+        if account.balance < account.floor {
+            return Err(format!("account {id} is below its floor: {account:?}"));
+        }
+        report.actual_total += i128::from(account.balance);
+    }
+    Ok(report)
+}
+
+async fn progress_printer(live: Arc<Live>, started: Instant, end: Instant) {
+    let terminal = std::io::stdout().is_terminal();
+    let mut last_ops = 0;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let ops = live.ops.load(Ordering::Relaxed);
+        let interval = live.interval.lock().ok().and_then(|mut h| h.take());
+        let (p50, p99) = interval
+            .map(|h| {
+                (
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                )
+            })
+            .unwrap_or((0.0, 0.0));
+        let errors = live
+            .errors
+            .lock()
+            .map(|e| {
+                e.iter()
+                    .map(|(r, n)| format!("{r}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let line = format!(
+            "[{:>4}s/{}s] {:>7} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  refusals: {}",
+            started.elapsed().as_secs(),
+            (end - started).as_secs(),
+            ops - last_ops,
+            p50,
+            p99,
+            if errors.is_empty() { "none".into() } else { errors }
+        );
+        last_ops = ops;
+        if terminal {
+            print!("\r{line}\x1b[K");
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("{line}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `wallet-cluster`: the wallet store on one machine. `up` starts a playground cluster, `demo` runs
+//! a payment workload against one, `node` and `router` run a single process in the foreground.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use wallet_client::{ClientOptions, WalletClient};
+use wallet_cluster::demo::{self, DemoOptions};
+use wallet_cluster::playground::{Playground, PlaygroundOptions};
+use wallet_proto::topology::Topology;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Run the wallet store on one machine: playground cluster and demo workload")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClusterShape {
+    /// Number of node processes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Number of shards (Raft groups).
+    #[arg(long, default_value_t = 3)]
+    shards: u64,
+    /// Replicas per shard.
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    /// Snapshot and compact each shard's log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    compact_every: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Start nodes and a router on 127.0.0.1 and keep them running until Ctrl-C / SIGTERM.
+    /// Run again on the same --dir to resume its data.
+    Up {
+        #[command(flatten)]
+        shape: ClusterShape,
+        /// Playground directory (cluster.toml, data, logs).
+        #[arg(long, default_value = "./wallet-data")]
+        dir: PathBuf,
+        /// Router port; nodes take the next ones.
+        #[arg(long, default_value_t = 7000)]
+        port: u16,
+    },
+    /// Run a concurrent payment workload and check that money is conserved. Starts its own
+    /// playground in a temporary directory unless --endpoint is given.
+    Demo {
+        #[command(flatten)]
+        shape: ClusterShape,
+        /// Use a running router instead of starting a playground.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Cluster file of that running cluster (keeps transfers inside one shard).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Playground directory (default: a fresh temporary one, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Duration of the workload in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Accounts to open.
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+    },
+    /// Run one node in the foreground (same flags as `wallet-node`).
+    Node(wallet_node::cli::NodeArgs),
+    /// Run one router in the foreground (same flags as `wallet-router`).
+    Router(wallet_router::cli::RouterArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Commands::Node(args) => {
+            wallet_node::cli::main_with(args);
+            0
+        }
+        Commands::Router(args) => {
+            wallet_router::cli::main_with(args);
+            0
+        }
+        command => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => match runtime.block_on(run(command)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("wallet-cluster: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("wallet-cluster: cannot start runtime: {e}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn options(shape: &ClusterShape, dir: PathBuf, port: u16) -> Result<PlaygroundOptions, String> {
+    Ok(PlaygroundOptions {
+        dir,
+        nodes: shape.nodes,
+        shards: shape.shards,
+        replicas: shape.replicas.min(shape.nodes),
+        port,
+        compact_every: shape.compact_every,
+        exe: std::env::current_exe().map_err(|e| e.to_string())?,
+    })
+}
+
+async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
+    let mut playground = Playground::create(options)?;
+    println!(
+        "starting {} nodes, {} shards x {} replicas in {}",
+        playground.topology.nodes.len(),
+        playground.topology.shards.len(),
+        options.replicas,
+        playground.dir.display()
+    );
+    playground.start_all()?;
+    let leaders = playground.wait_ready(Duration::from_secs(60)).await?;
+    for node in &playground.topology.nodes {
+        println!("node {} at {}", node.id, node.address);
+    }
+    for (shard, leader) in &leaders {
+        println!("shard {shard} led by node {leader}");
+    }
+    println!("router at {}", playground.router_address);
+    Ok(playground)
+}
+
+async fn shutdown_signal() {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(command: Commands) -> Result<i32, String> {
+    match command {
+        Commands::Up { shape, dir, port } => {
+            let mut playground = start(&options(&shape, dir, port)?).await?;
+            println!("ready (WALLET_ENDPOINT={}); Ctrl-C stops", playground.router_address);
+            shutdown_signal().await;
+            println!("stopping ...");
+            let killed = playground.stop_all();
+            if killed.is_empty() {
+                println!("stopped cleanly");
+            } else {
+                println!("had to kill: {}", killed.join(", "));
+            }
+            Ok(0)
+        }
+        Commands::Demo {
+            shape,
+            endpoint,
+            cluster,
+            dir,
+            clients,
+            seconds,
+            accounts,
+        } => {
+            let mut temp = None;
+            let (endpoint, ring, mut playground) = match endpoint {
+                Some(endpoint) => {
+                    let ring = match cluster {
+                        Some(path) => Some(Topology::load(&path)?.ring()),
+                        None => None,
+                    };
+                    (endpoint, ring, None)
+                }
+                None => {
+                    let dir = match dir {
+                        Some(dir) => dir,
+                        None => {
+                            let path = std::env::temp_dir().join(format!(
+                                "wallet-demo-{}",
+                                std::process::id()
+                            ));
+                            temp = Some(path.clone());
+                            path
+                        }
+                    };
+                    let playground = start(&options(&shape, dir, 0)?).await?;
+                    let ring = Some(playground.topology.ring());
+                    (playground.router_address.clone(), ring, Some(playground))
+                }
+            };
+            let client = WalletClient::with_options(&[endpoint.as_str()], ClientOptions::default())
+                .map_err(|e| e.to_string())?;
+            let result = demo::run(
+                client,
+                ring,
+                DemoOptions {
+                    accounts,
+                    clients,
+                    seconds,
+                    initial_balance: 1_000_000,
+                    ops_per_client_max: 10_000_000,
+                },
+            )
+            .await;
+            if let Some(playground) = playground.as_mut() {
+                playground.stop_all();
+            }
+            if let Some(path) = temp {
+                let _ = std::fs::remove_dir_all(path);
+            }
+            let report = result?;
+            println!("{}", report.table());
+            Ok(if report.conserved() { 0 } else { 2 })
+        }
+        Commands::Node(_) | Commands::Router(_) => unreachable!("handled in main"),
+    }
+}

@@ -1,0 +1,362 @@
+//! A cluster of real processes on 127.0.0.1: one per node, one router.
+//!
+//! Layout of the playground directory:
+//! - `cluster.toml`: the topology every process reads (kept, so a second `up` resumes the data);
+//! - `router.addr`: the router's address;
+//! - `node-N/`: node N's data (sled); `logs/node-N.log`, `logs/router.log`: their output.
+//!
+//! Processes are started from one executable with the `node` / `router` subcommands (the
+//! `wallet-cluster` binary itself), so the playground needs nothing else on disk. Every process the
+//! playground starts is ended by it, by pid: on `stop_all` gracefully (SIGTERM, then SIGKILL after a
+//! grace period), and on drop with SIGKILL.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wallet_proto::topology::Topology;
+use wallet_proto::v1::shard_client::ShardClient;
+use wallet_proto::v1::{NodeStatus, StatusRequest};
+
+/// How a playground is laid out.
+#[derive(Clone, Debug)]
+pub struct PlaygroundOptions {
+    pub dir: PathBuf,
+    pub nodes: u64,
+    pub shards: u64,
+    pub replicas: u64,
+    /// The router's port; nodes take the following ones. 0 picks free ports.
+    pub port: u16,
+    /// Passed to every node (`--compact-every`).
+    pub compact_every: u64,
+    /// The executable with `node` and `router` subcommands.
+    pub exe: PathBuf,
+}
+
+/// Grace period for a process asked to stop before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A running (or partly running) cluster.
+pub struct Playground {
+    pub dir: PathBuf,
+    pub topology: Topology,
+    pub router_address: String,
+    exe: PathBuf,
+    compact_every: u64,
+    nodes: BTreeMap<u64, Child>,
+    router: Option<Child>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn signal(child: &Child, signal: i32) {
+    // The pid is our own child's: it cannot have been reused while the Child is not yet waited.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+/// Sends SIGTERM, waits up to `grace`, then SIGKILL. Returns whether it stopped by itself.
+fn stop_child(child: &mut Child, grace: Duration) -> bool {
+    signal(child, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+impl Playground {
+    /// Prepares the directory: reuses its `cluster.toml` if there is one (resume), else writes one.
+    pub fn create(options: &PlaygroundOptions) -> Result<Playground, String> {
+        let io = |e: std::io::Error| e.to_string();
+        fs::create_dir_all(options.dir.join("logs")).map_err(io)?;
+        let cluster_file = options.dir.join("cluster.toml");
+        let addr_file = options.dir.join("router.addr");
+        let (topology, router_address) = if cluster_file.exists() && addr_file.exists() {
+            let topology = Topology::load(&cluster_file)?;
+            let address = fs::read_to_string(&addr_file).map_err(io)?.trim().to_string();
+            (topology, address)
+        } else {
+            let mut topology =
+                Topology::local(options.nodes, options.shards, options.replicas, options.port + 1);
+            let router_port = if options.port == 0 {
+                for node in &mut topology.nodes {
+                    node.address = format!("127.0.0.1:{}", free_port().map_err(io)?);
+                }
+                free_port().map_err(io)?
+            } else {
+                options.port
+            };
+            let address = format!("127.0.0.1:{router_port}");
+            fs::write(&cluster_file, topology.to_toml()).map_err(io)?;
+            fs::write(&addr_file, &address).map_err(io)?;
+            (topology, address)
+        };
+        Ok(Playground {
+            dir: options.dir.clone(),
+            topology,
+            router_address,
+            exe: options.exe.clone(),
+            compact_every: options.compact_every,
+            nodes: BTreeMap::new(),
+            router: None,
+        })
+    }
+
+    fn log_file(&self, name: &str) -> Result<fs::File, String> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("logs").join(format!("{name}.log")))
+            .map_err(|e| e.to_string())
+    }
+
+    fn spawn(&self, log_name: &str, args: &[String]) -> Result<Child, String> {
+        let log = self.log_file(log_name)?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        Command::new(&self.exe)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))
+    }
+
+    /// Node ids of the topology.
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.topology.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The data directory of a node.
+    pub fn node_dir(&self, node_id: u64) -> PathBuf {
+        self.dir.join(format!("node-{node_id}"))
+    }
+
+    /// The cluster file.
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir.join("cluster.toml")
+    }
+
+    /// Starts every node and the router.
+    pub fn start_all(&mut self) -> Result<(), String> {
+        for id in self.node_ids() {
+            self.start_node(id)?;
+        }
+        self.start_router()
+    }
+
+    /// Starts one node (no-op if it runs).
+    pub fn start_node(&mut self, node_id: u64) -> Result<(), String> {
+        if self.nodes.contains_key(&node_id) {
+            return Ok(());
+        }
+        let args = vec![
+            "node".to_string(),
+            "--id".into(),
+            node_id.to_string(),
+            "--data-dir".into(),
+            self.node_dir(node_id).display().to_string(),
+            "--cluster".into(),
+            self.cluster_file().display().to_string(),
+            "--compact-every".into(),
+            self.compact_every.to_string(),
+        ];
+        let child = self.spawn(&format!("node-{node_id}"), &args)?;
+        self.nodes.insert(node_id, child);
+        Ok(())
+    }
+
+    /// Starts the router (no-op if it runs).
+    pub fn start_router(&mut self) -> Result<(), String> {
+        if self.router.is_some() {
+            return Ok(());
+        }
+        let args = vec![
+            "router".to_string(),
+            "--listen".into(),
+            self.router_address.clone(),
+            "--cluster".into(),
+            self.cluster_file().display().to_string(),
+        ];
+        self.router = Some(self.spawn("router", &args)?);
+        Ok(())
+    }
+
+    /// kill -9 of one node.
+    pub fn kill_node(&mut self, node_id: u64) {
+        if let Some(mut child) = self.nodes.remove(&node_id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Graceful stop of one node (SIGTERM); returns whether it exited within the grace period.
+    pub fn stop_node(&mut self, node_id: u64) -> bool {
+        match self.nodes.remove(&node_id) {
+            Some(mut child) => stop_child(&mut child, STOP_GRACE),
+            None => true,
+        }
+    }
+
+    /// Deletes a (stopped) node's data directory.
+    pub fn wipe_node(&self, node_id: u64) -> Result<(), String> {
+        assert!(!self.nodes.contains_key(&node_id), "wipe a running node");
+        match fs::remove_dir_all(self.node_dir(node_id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// kill -9 of the router.
+    pub fn kill_router(&mut self) {
+        if let Some(mut child) = self.router.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether a node process is running (started by us and not exited).
+    pub fn node_running(&mut self, node_id: u64) -> bool {
+        match self.nodes.get_mut(&node_id) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Stops everything gracefully; returns the processes that had to be killed.
+    pub fn stop_all(&mut self) -> Vec<String> {
+        let mut killed = Vec::new();
+        if let Some(mut router) = self.router.take() {
+            if !stop_child(&mut router, STOP_GRACE) {
+                killed.push("router".to_string());
+            }
+        }
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            if let Some(child) = self.nodes.get(id) {
+                signal(child, libc::SIGTERM);
+            }
+        }
+        for id in ids {
+            if let Some(mut child) = self.nodes.remove(&id) {
+                if !stop_child(&mut child, STOP_GRACE) {
+                    killed.push(format!("node-{id}"));
+                }
+            }
+        }
+        killed
+    }
+
+    /// A node's status, or None if it does not answer within a second.
+    pub async fn status(&self, node_id: u64) -> Option<NodeStatus> {
+        let address = self.topology.address_of(node_id)?;
+        let call = async {
+            let mut client = ShardClient::connect(format!("http://{address}")).await.ok()?;
+            client
+                .status(StatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        };
+        tokio::time::timeout(Duration::from_secs(1), call).await.ok().flatten()
+    }
+
+    /// The node leading each shard, as the leaders themselves report it (shards without one are
+    /// missing). Only nodes that answer count.
+    pub async fn leaders(&self) -> BTreeMap<u64, u64> {
+        let mut leaders = BTreeMap::new();
+        for id in self.node_ids() {
+            if let Some(status) = self.status(id).await {
+                for replica in status.replicas.iter().filter(|r| r.is_leader) {
+                    leaders.insert(replica.shard_id, id);
+                }
+            }
+        }
+        leaders
+    }
+
+    /// Waits until every shard has a leader and the router answers; returns the leaders.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<BTreeMap<u64, u64>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders = self.leaders().await;
+            let router_up = std::net::TcpStream::connect(&self.router_address).is_ok()
+                || self.router.is_none();
+            if leaders.len() == self.topology.shards.len() && router_up {
+                return Ok(leaders);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "cluster not ready after {timeout:?}: leaders {leaders:?}, router up: {router_up}; see {}",
+                    self.dir.join("logs").display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `node_id` has applied at least `index` on `shard_id`.
+    pub async fn wait_applied(
+        &self,
+        node_id: u64,
+        shard_id: u64,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let applied = self.status(node_id).await.and_then(|s| {
+                s.replicas
+                    .iter()
+                    .find(|r| r.shard_id == shard_id)
+                    .map(|r| r.applied_index)
+            });
+            if applied.is_some_and(|a| a >= index) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "node {node_id} applied {applied:?} of shard {shard_id}, wanted {index}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Playground {
+    fn drop(&mut self) {
+        if let Some(mut router) = self.router.take() {
+            let _ = router.kill();
+            let _ = router.wait();
+        }
+        for (_, mut child) in std::mem::take(&mut self.nodes) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads the last `lines` lines of a playground log (for test failure messages).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,75 @@
+//! Command line of a node (`wallet-node`, and `wallet-cluster node`).
+
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use crate::node::{self, NodeOptions};
+use crate::replica::ReplicaConfig;
+use wallet_proto::topology::Topology;
+
+/// A wallet store node: hosts Raft replicas of several shards on sled and serves them over gRPC.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+pub struct NodeArgs {
+    /// This node's id in the cluster file.
+    #[arg(long, env = "WALLET_NODE_ID")]
+    pub id: u64,
+    /// Address to serve gRPC on (defaults to this node's address in the cluster file).
+    #[arg(long, env = "WALLET_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for this node's data (created if missing).
+    #[arg(long, env = "WALLET_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// TOML cluster file: nodes with addresses, shards with replica node ids, virtual nodes.
+    #[arg(long, env = "WALLET_CLUSTER")]
+    pub cluster: PathBuf,
+    /// Snapshot and compact a shard's Raft log every this many applied entries.
+    #[arg(long, env = "WALLET_COMPACT_EVERY", default_value_t = 10_000)]
+    pub compact_every: u64,
+}
+
+/// Sets up logging (`RUST_LOG`, default info) on stderr.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a node with these arguments until SIGTERM/SIGINT; exits the process on a start-up error.
+pub fn main_with(args: NodeArgs) {
+    init_logging();
+    if let Err(e) = start(args) {
+        eprintln!("wallet-node: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn start(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let topology = Topology::load(&args.cluster)?;
+    let listen = match args.listen {
+        Some(listen) => listen,
+        None => topology
+            .address_of(args.id)
+            .ok_or_else(|| format!("node {} is not in the cluster file", args.id))?
+            .parse()?,
+    };
+    let options = NodeOptions {
+        node_id: args.id,
+        listen,
+        data_dir: args.data_dir,
+        topology,
+        replica: ReplicaConfig {
+            compact_every: args.compact_every,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(node::run(options, node::shutdown_signal()))
+}

@@ -1,0 +1,73 @@
+//! Command line of a router (`wallet-router`, and `wallet-cluster router`).
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wallet_proto::topology::Topology;
+use wallet_proto::v1::wallet_server::WalletServer;
+use crate::service::{WalletService, MAX_IN_FLIGHT_DEFAULT};
+use crate::shards::Shards;
+
+/// The wallet store's router: consistent-hashing ring over the shards, leader cache, retries.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+pub struct RouterArgs {
+    /// Address to serve the Wallet API on.
+    #[arg(long, env = "WALLET_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// TOML cluster file (the same one the nodes use).
+    #[arg(long, env = "WALLET_CLUSTER")]
+    pub cluster: PathBuf,
+    /// Requests in flight beyond this are refused with OVERLOADED.
+    #[arg(long, env = "WALLET_MAX_IN_FLIGHT", default_value_t = MAX_IN_FLIGHT_DEFAULT)]
+    pub max_in_flight: usize,
+}
+
+/// Runs a router with these arguments until SIGTERM/SIGINT; exits the process on a start-up error.
+pub fn main_with(args: RouterArgs) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    if let Err(e) = start(args) {
+        eprintln!("wallet-router: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let topology = Topology::load(&args.cluster)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shards = Arc::new(Shards::new(topology)?);
+        let service = WalletService::new(shards, args.max_in_flight);
+        tracing::info!(listen = %args.listen, "router serving");
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                WalletServer::new(service)
+                    .max_decoding_message_size(wallet_proto::REQUEST_BYTES_MAX),
+            )
+            .serve_with_shutdown(args.listen, shutdown_signal())
+            .await?;
+        tracing::info!("router stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
