@@ -94,7 +94,10 @@ impl WalletClient {
     }
 
     /// Same as [`WalletClient::connect`] with explicit options.
-    pub fn with_options(endpoints: &[&str], options: ClientOptions) -> Result<WalletClient, WalletError> {
+    pub fn with_options(
+        endpoints: &[&str],
+        options: ClientOptions,
+    ) -> Result<WalletClient, WalletError> {
         if endpoints.is_empty() {
             return Err(WalletError {
                 reason: Reason::InvalidArgument,

@@ -104,7 +104,11 @@ impl DemoReport {
         if self.errors.is_empty() {
             out.push_str("refusals: none\n");
         } else {
-            let list: Vec<String> = self.errors.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
             out.push_str(&format!("refusals: {}\n", list.join(" ")));
         }
         out.push_str(&format!(
@@ -155,7 +159,10 @@ struct Unknown {
 
 async fn call(client: &WalletClient, u: &Unknown) -> Result<(), WalletError> {
     match u.kind {
-        OpKind::Transfer => client.transfer(&u.id, &u.from, &u.to, u.amount).await.map(|_| ()),
+        OpKind::Transfer => client
+            .transfer(&u.id, &u.from, &u.to, u.amount)
+            .await
+            .map(|_| ()),
         OpKind::Deposit => client.deposit(&u.id, &u.from, u.amount).await.map(|_| ()),
         OpKind::Withdraw => client.withdraw(&u.id, &u.from, u.amount).await.map(|_| ()),
     }
@@ -193,7 +200,9 @@ pub async fn run(
         setup.push(tokio::spawn(async move {
             for i in (chunk..ids.len()).step_by(clients) {
                 client.create_account(&ids[i], "USD", 0).await?;
-                client.deposit(&format!("fund-{}", ids[i]), &ids[i], initial).await?;
+                client
+                    .deposit(&format!("fund-{}", ids[i]), &ids[i], initial)
+                    .await?;
             }
             Ok::<(), WalletError>(())
         }));
@@ -209,7 +218,8 @@ pub async fn run(
         let shard = ring.as_ref().map(|r| r.shard_of(id)).unwrap_or(0);
         groups.entry(shard).or_default().push(i);
     }
-    let groups: Arc<Vec<Vec<usize>>> = Arc::new(groups.into_values().filter(|g| g.len() > 1).collect());
+    let groups: Arc<Vec<Vec<usize>>> =
+        Arc::new(groups.into_values().filter(|g| g.len() > 1).collect());
     if groups.is_empty() {
         return Err("need at least two accounts on one shard".into());
     }
@@ -242,7 +252,9 @@ pub async fn run(
         let live = live.clone();
         let max_ops = options.ops_per_client_max;
         workers.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+            let mut rng = Rng(
+                0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
+            );
             let mut ok: BTreeMap<OpKind, u64> = BTreeMap::new();
             let mut latency: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
             let mut net: i128 = 0;
@@ -285,7 +297,8 @@ pub async fn run(
                         let _ = h.record(micros.max(1));
                         live.ops.fetch_add(1, Ordering::Relaxed);
                         if let Ok(mut interval) = live.interval.lock() {
-                            let h = interval.get_or_insert_with(|| Histogram::new(3).expect("valid precision"));
+                            let h = interval
+                                .get_or_insert_with(|| Histogram::new(3).expect("valid precision"));
                             let _ = h.record(micros.max(1));
                         }
                     }
@@ -394,7 +407,11 @@ async fn progress_printer(live: Arc<Live>, started: Instant, end: Instant) {
             ops - last_ops,
             p50,
             p99,
-            if errors.is_empty() { "none".into() } else { errors }
+            if errors.is_empty() {
+                "none".into()
+            } else {
+                errors
+            }
         );
         last_ops = ops;
         if terminal {

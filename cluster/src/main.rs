@@ -11,7 +11,10 @@ use wallet_cluster::playground::{Playground, PlaygroundOptions};
 use wallet_proto::topology::Topology;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Run the wallet store on one machine: playground cluster and demo workload")]
+#[command(
+    version,
+    about = "Run the wallet store on one machine: playground cluster and demo workload"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -88,7 +91,10 @@ fn main() {
             wallet_router::cli::main_with(args);
             0
         }
-        command => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        command => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => match runtime.block_on(run(command)) {
                 Ok(code) => code,
                 Err(e) => {
@@ -139,7 +145,8 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
 }
 
 async fn shutdown_signal() {
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -153,7 +160,10 @@ async fn run(command: Commands) -> Result<i32, String> {
     match command {
         Commands::Up { shape, dir, port } => {
             let mut playground = start(&options(&shape, dir, port)?).await?;
-            println!("ready (WALLET_ENDPOINT={}); Ctrl-C stops", playground.router_address);
+            println!(
+                "ready (WALLET_ENDPOINT={}); Ctrl-C stops",
+                playground.router_address
+            );
             shutdown_signal().await;
             println!("stopping ...");
             let killed = playground.stop_all();
@@ -186,10 +196,8 @@ async fn run(command: Commands) -> Result<i32, String> {
                     let dir = match dir {
                         Some(dir) => dir,
                         None => {
-                            let path = std::env::temp_dir().join(format!(
-                                "wallet-demo-{}",
-                                std::process::id()
-                            ));
+                            let path = std::env::temp_dir()
+                                .join(format!("wallet-demo-{}", std::process::id()));
                             temp = Some(path.clone());
                             path
                         }

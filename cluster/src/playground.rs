@@ -85,11 +85,18 @@ impl Playground {
         let addr_file = options.dir.join("router.addr");
         let (topology, router_address) = if cluster_file.exists() && addr_file.exists() {
             let topology = Topology::load(&cluster_file)?;
-            let address = fs::read_to_string(&addr_file).map_err(io)?.trim().to_string();
+            let address = fs::read_to_string(&addr_file)
+                .map_err(io)?
+                .trim()
+                .to_string();
             (topology, address)
         } else {
-            let mut topology =
-                Topology::local(options.nodes, options.shards, options.replicas, options.port + 1);
+            let mut topology = Topology::local(
+                options.nodes,
+                options.shards,
+                options.replicas,
+                options.port + 1,
+            );
             let router_port = if options.port == 0 {
                 for node in &mut topology.nodes {
                     node.address = format!("127.0.0.1:{}", free_port().map_err(io)?);
@@ -268,14 +275,19 @@ impl Playground {
     pub async fn status(&self, node_id: u64) -> Option<NodeStatus> {
         let address = self.topology.address_of(node_id)?;
         let call = async {
-            let mut client = ShardClient::connect(format!("http://{address}")).await.ok()?;
+            let mut client = ShardClient::connect(format!("http://{address}"))
+                .await
+                .ok()?;
             client
                 .status(StatusRequest {})
                 .await
                 .ok()
                 .map(|r| r.into_inner())
         };
-        tokio::time::timeout(Duration::from_secs(1), call).await.ok().flatten()
+        tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The node leading each shard, as the leaders themselves report it (shards without one are
@@ -297,8 +309,8 @@ impl Playground {
         let deadline = Instant::now() + timeout;
         loop {
             let leaders = self.leaders().await;
-            let router_up = std::net::TcpStream::connect(&self.router_address).is_ok()
-                || self.router.is_none();
+            let router_up =
+                std::net::TcpStream::connect(&self.router_address).is_ok() || self.router.is_none();
             if leaders.len() == self.topology.shards.len() && router_up {
                 return Ok(leaders);
             }

@@ -1,12 +1,11 @@
 //! Command line of a node (`wallet-node`, and `wallet-cluster node`).
 
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
 use crate::node::{self, NodeOptions};
 use crate::replica::ReplicaConfig;
+use clap::Parser;
 use wallet_proto::topology::Topology;
 
 /// A wallet store node: hosts Raft replicas of several shards on sled and serves them over gRPC.

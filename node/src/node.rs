@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::raft_server::RaftServer;
+use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::shard_server::ShardServer;
+use wallet_proto::v1::StatusRequest;
 
 use crate::replica::{Replica, ReplicaConfig};
 use crate::service::NodeService;
@@ -51,9 +53,9 @@ pub async fn run(
     let ring = topology.ring();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = HashMap::new();
-    let mut tasks = Vec::new();
+    let mut opened = Vec::new();
     for shard in topology.shards_on(options.node_id) {
-        let (replica, handle, inbox) = Replica::open(
+        opened.push(Replica::open(
             &db,
             shard.id,
             options.node_id,
@@ -61,9 +63,19 @@ pub async fn run(
             StateMachine::new(shard.id, ring.clone()),
             transport.clone(),
             options.replica.clone(),
-        )?;
-        handles.insert(shard.id, handle);
-        tasks.push(tokio::spawn(replica.run(inbox, stop_rx.clone())));
+        )?);
+    }
+    if opened.iter().any(|o| o.pristine) {
+        let commits = peer_commits(topology, options.node_id).await;
+        for o in opened.iter_mut().filter(|o| o.pristine) {
+            o.replica
+                .recover_to(commits.get(&o.handle.shard_id).copied().unwrap_or(0));
+        }
+    }
+    let mut tasks = Vec::new();
+    for o in opened {
+        handles.insert(o.handle.shard_id, o.handle);
+        tasks.push(tokio::spawn(o.replica.run(o.inbox, stop_rx.clone())));
     }
     let shard_count = handles.len();
     let _ = registry.set(handles);
@@ -76,8 +88,7 @@ pub async fn run(
                 .max_decoding_message_size(wallet_proto::REQUEST_BYTES_MAX),
         )
         .add_service(
-            RaftServer::new(service)
-                .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX),
+            RaftServer::new(service).max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX),
         )
         .serve_with_shutdown(options.listen, shutdown)
         .await?;
@@ -89,6 +100,56 @@ pub async fn run(
     db.flush_async().await?;
     tracing::info!(node = options.node_id, "node stopped cleanly");
     Ok(())
+}
+
+/// The highest commit index each shard's replicas on other nodes report, asking each peer once
+/// (one second each, in parallel). A node whose store is empty uses it to tell a brand-new cluster
+/// (nobody has data) from a rejoin after its data was lost (peers have data).
+async fn peer_commits(topology: &Topology, node_id: u64) -> HashMap<u64, u64> {
+    let asks = topology
+        .nodes
+        .iter()
+        .filter(|n| n.id != node_id)
+        .map(|peer| {
+            let address = format!("http://{}", peer.address);
+            async move {
+                let call = async {
+                    let mut client = ShardClient::connect(address).await.ok()?;
+                    client
+                        .status(StatusRequest {})
+                        .await
+                        .ok()
+                        .map(|r| r.into_inner())
+                };
+                tokio::time::timeout(std::time::Duration::from_secs(1), call)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        });
+    let mut commits = HashMap::new();
+    for status in futures_join_all(asks).await.into_iter().flatten() {
+        for replica in status.replicas {
+            let entry = commits.entry(replica.shard_id).or_insert(0);
+            *entry = (*entry).max(replica.commit_index);
+        }
+    }
+    commits
+}
+
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        if let Ok(value) = handle.await {
+            out.push(value);
+        }
+    }
+    out
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -23,5 +23,8 @@ impl Drain for TracingDrain {
 
 /// A logger for one replica's RawNode.
 pub fn logger(shard_id: u64, node_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), o!("shard" => shard_id, "node" => node_id))
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        o!("shard" => shard_id, "node" => node_id),
+    )
 }

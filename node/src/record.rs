@@ -36,7 +36,10 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 /// Checks a frame and returns its payload.
 pub fn unframe(bytes: &[u8]) -> Result<&[u8], Corrupt> {
     if bytes.len() < HEADER_BYTES {
-        return Err(Corrupt(format!("frame of {} bytes is too short", bytes.len())));
+        return Err(Corrupt(format!(
+            "frame of {} bytes is too short",
+            bytes.len()
+        )));
     }
     let stored = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let actual = crc32fast::hash(&bytes[4..]);
@@ -92,7 +95,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(decode::<Account>(&bad).is_err(), "flip at byte {i} bit {bit}");
+                assert!(
+                    decode::<Account>(&bad).is_err(),
+                    "flip at byte {i} bit {bit}"
+                );
             }
         }
         assert!(decode::<Account>(&bytes[..3]).is_err());

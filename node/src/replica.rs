@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use prost::Message as _;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::Storage;
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -79,7 +80,7 @@ pub struct ReplicaHandle {
 impl ReplicaHandle {
     /// A copy of the replica's last published status.
     pub fn status(&self) -> ReplicaStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        self.status.lock().map(|s| *s).unwrap_or_default()
     }
 }
 
@@ -92,6 +93,15 @@ pub fn not_leader(shard_id: u64, leader_id: u64) -> Status {
         status.metadata_mut().insert(LEADER_HINT_KEY, value);
     }
     status
+}
+
+/// A replica ready to run, with its handle and inbox.
+pub struct OpenedReplica {
+    pub replica: Replica,
+    pub handle: ReplicaHandle,
+    pub inbox: mpsc::Receiver<ReplicaMsg>,
+    /// Its store was empty (new, or wiped).
+    pub pristine: bool,
 }
 
 type ReadReply = (Query, oneshot::Sender<Result<ReadResult, Status>>);
@@ -113,6 +123,10 @@ pub struct Replica {
     read_batch: Vec<ReadReply>,
     reads_awaiting_index: HashMap<u64, Vec<ReadReply>>,
     reads_awaiting_apply: Vec<(u64, Vec<ReadReply>)>,
+    /// While a replica rebuilds after its data was lost, it must not vote (its empty log could
+    /// elect a leader missing entries it had acknowledged): it abstains until it has applied this
+    /// index, the highest commit its peers reported when it started. 0 when not recovering.
+    recover_to: u64,
 }
 
 impl Replica {
@@ -125,8 +139,9 @@ impl Replica {
         state_machine: StateMachine,
         transport: Transport,
         config: ReplicaConfig,
-    ) -> Result<(Replica, ReplicaHandle, mpsc::Receiver<ReplicaMsg>), Box<dyn std::error::Error>> {
+    ) -> Result<OpenedReplica, Box<dyn std::error::Error>> {
         let recovered = ShardStore::open(db, shard_id, voters, state_machine)?;
+        let pristine = recovered.pristine;
         let raft_config = raft::Config {
             id: node_id,
             election_tick: 10,
@@ -167,13 +182,19 @@ impl Replica {
             read_batch: Vec::new(),
             reads_awaiting_index: HashMap::new(),
             reads_awaiting_apply: Vec::new(),
+            recover_to: 0,
         };
         let handle = ReplicaHandle {
             shard_id,
             inbox: inbox_tx,
             status,
         };
-        Ok((replica, handle, inbox_rx))
+        Ok(OpenedReplica {
+            replica,
+            handle,
+            inbox: inbox_rx,
+            pristine,
+        })
     }
 
     /// Runs the loop until the inbox closes or `stop` fires. A storage failure (I/O error or a
@@ -228,8 +249,15 @@ impl Replica {
     fn handle(&mut self, msg: ReplicaMsg) {
         match msg {
             ReplicaMsg::Raft(message) => {
-                if let Err(e) = self.raw.step(*message) {
+                let lost_from = Self::lost_entries_claim(&message, self.last_index());
+                let Some(message) = self.screen(*message) else {
+                    return;
+                };
+                if let Err(e) = self.raw.step(message) {
                     tracing::debug!(shard = self.shard_id, error = %e, "raft step refused a message");
+                }
+                if let Some((leader, claimed)) = lost_from {
+                    self.tell_leader_what_we_have(leader, claimed);
                 }
             }
             ReplicaMsg::Propose { command, reply } => self.propose(command, reply),
@@ -243,6 +271,87 @@ impl Replica {
             ReplicaMsg::Unreachable(to) => self.raw.report_unreachable(to),
             ReplicaMsg::SnapshotReport(to, status) => self.raw.report_snapshot(to, status),
         }
+    }
+
+    /// Whether this replica still rebuilds after a data loss.
+    pub fn recovering(&self) -> bool {
+        self.recover_to > self.applied
+    }
+
+    /// Starts the replica in recovery: no votes until it has applied `commit`.
+    pub fn recover_to(&mut self, commit: u64) {
+        if commit > self.applied {
+            tracing::warn!(
+                shard = self.shard_id,
+                commit,
+                "replica has no data but its peers do: rebuilding from them, not voting until caught up"
+            );
+            self.recover_to = commit;
+        }
+    }
+
+    fn last_index(&self) -> u64 {
+        self.store.log().last_index().unwrap_or(0)
+    }
+
+    /// A heartbeat whose commit is beyond our log means its leader believes we hold entries we do
+    /// not have (our data was lost): returns (leader, the commit it claimed).
+    fn lost_entries_claim(message: &Message, last_index: u64) -> Option<(u64, u64)> {
+        (message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > last_index)
+            .then_some((message.from, message.commit))
+    }
+
+    /// Answers such a leader with an append rejection carrying our real last index, so that it
+    /// resets our progress (see `screen`) and sends us what we miss (entries or a snapshot).
+    fn tell_leader_what_we_have(&mut self, leader: u64, claimed: u64) {
+        let mut reply = Message::default();
+        reply.set_msg_type(MessageType::MsgAppendResponse);
+        reply.to = leader;
+        reply.from = self.node_id;
+        reply.term = self.raw.raft.term;
+        reply.reject = true;
+        reply.index = claimed;
+        reply.reject_hint = self.last_index();
+        self.transport.send(self.shard_id, vec![reply]);
+    }
+
+    /// Adjusts or drops inbound Raft messages around a replica that lost its data (raft-rs assumes
+    /// storage is never lost):
+    /// - a recovering replica ignores vote requests;
+    /// - a heartbeat's commit is clamped to the local log (raft-rs would panic on a commit beyond
+    ///   it; the entries arrive by append or snapshot next);
+    /// - a leader whose follower rejects an append with a hint below what it had acknowledged
+    ///   resets that follower's progress, so it is probed and rebuilt from its actual log.
+    fn screen(&mut self, mut message: Message) -> Option<Message> {
+        match message.get_msg_type() {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.recovering() => {
+                return None;
+            }
+            MessageType::MsgHeartbeat => {
+                let last = self.last_index();
+                if message.commit > last {
+                    message.commit = last;
+                }
+            }
+            MessageType::MsgAppendResponse if message.reject => {
+                if let Some(progress) = self.raw.raft.mut_prs().get_mut(message.from) {
+                    if message.reject_hint < progress.matched {
+                        tracing::warn!(
+                            shard = self.shard_id,
+                            follower = message.from,
+                            acknowledged = progress.matched,
+                            has = message.reject_hint,
+                            "follower lost log entries it had acknowledged; rebuilding it"
+                        );
+                        progress.matched = message.reject_hint;
+                        progress.become_probe();
+                        progress.next_idx = message.reject_hint + 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Some(message)
     }
 
     fn propose(&mut self, command: Command, reply: oneshot::Sender<Result<Outcome, Status>>) {
@@ -260,10 +369,8 @@ impl Replica {
                 self.proposals.insert(id, reply);
             }
             Err(e) => {
-                let _ = reply.send(Err(Reason::Unavailable.status(format!(
-                    "shard {} dropped the proposal: {e}",
-                    self.shard_id
-                ))));
+                let _ = reply.send(Err(Reason::Unavailable
+                    .status(format!("shard {} dropped the proposal: {e}", self.shard_id))));
             }
         }
     }
@@ -305,7 +412,11 @@ impl Replica {
                 .install_snapshot(&snapshot, &mut self.state_machine)?;
             self.applied = snapshot.get_metadata().index;
             must_flush = true;
-            tracing::info!(shard = self.shard_id, index = self.applied, "installed snapshot");
+            tracing::info!(
+                shard = self.shard_id,
+                index = self.applied,
+                "installed snapshot"
+            );
         }
         self.apply(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
@@ -386,7 +497,10 @@ impl Replica {
         Ok(())
     }
 
-    fn take_proposal(&mut self, context: &[u8]) -> Option<oneshot::Sender<Result<Outcome, Status>>> {
+    fn take_proposal(
+        &mut self,
+        context: &[u8],
+    ) -> Option<oneshot::Sender<Result<Outcome, Status>>> {
         if context.len() != 16 || context[..8] != self.node_id.to_be_bytes() {
             return None;
         }
@@ -469,7 +583,9 @@ impl Replica {
                         format!("account {} does not exist", list.account_id),
                     )
                 } else {
-                    let page = self.store.history(&list.account_id, list.limit, list.cursor)?;
+                    let page = self
+                        .store
+                        .history(&list.account_id, list.limit, list.cursor)?;
                     ReadResult {
                         result: Some(read_result::Result::History(page)),
                     }
@@ -507,7 +623,11 @@ impl Replica {
         if self.applied >= first + every {
             self.store.build_snapshot(self.applied)?;
             self.store.compact(self.applied - every / 2)?;
-            tracing::debug!(shard = self.shard_id, applied = self.applied, "compacted the log");
+            tracing::debug!(
+                shard = self.shard_id,
+                applied = self.applied,
+                "compacted the log"
+            );
         }
         Ok(())
     }

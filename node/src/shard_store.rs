@@ -84,7 +84,13 @@ fn account_key(account_id: &str) -> Vec<u8> {
 }
 
 fn request_key(account_id: &str, request_id: &str) -> Vec<u8> {
-    [REQUEST_PREFIX, account_id.as_bytes(), &[0], request_id.as_bytes()].concat()
+    [
+        REQUEST_PREFIX,
+        account_id.as_bytes(),
+        &[0],
+        request_id.as_bytes(),
+    ]
+    .concat()
 }
 
 fn history_prefix(account_id: &str) -> Vec<u8> {
@@ -113,7 +119,11 @@ fn encode_u64s(values: &[u64]) -> Vec<u8> {
 fn decode_u64s<const N: usize>(bytes: &[u8]) -> Result<[u64; N], StoreError> {
     let payload = record::unframe(bytes)?;
     if payload.len() != N * 8 {
-        return Err(StoreError::Corrupt(format!("expected {} bytes, got {}", N * 8, payload.len())));
+        return Err(StoreError::Corrupt(format!(
+            "expected {} bytes, got {}",
+            N * 8,
+            payload.len()
+        )));
     }
     let mut out = [0u64; N];
     for (i, chunk) in payload.chunks_exact(8).enumerate() {
@@ -145,7 +155,10 @@ impl LogCore {
     }
 
     fn last_index(&self) -> u64 {
-        self.entries.last().map(|e| e.index).unwrap_or(self.truncated.0)
+        self.entries
+            .last()
+            .map(|e| e.index)
+            .unwrap_or(self.truncated.0)
     }
 }
 
@@ -179,7 +192,10 @@ impl LogStore {
 impl Storage for LogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let core = self.read();
-        Ok(RaftState::new(core.hard_state.clone(), core.conf_state.clone()))
+        Ok(RaftState::new(
+            core.hard_state.clone(),
+            core.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -197,8 +213,7 @@ impl Storage for LogStore {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let offset = core.first_index();
-        let mut entries =
-            core.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        let mut entries = core.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
         raft::util::limit_size(&mut entries, max_size.into());
         Ok(entries)
     }
@@ -235,7 +250,9 @@ impl Storage for LogStore {
         }
         // The Raft loop builds one at its applied index and raft-rs asks again on the next append.
         core.snapshot_wanted = true;
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -250,6 +267,8 @@ pub struct Recovered {
     pub store: ShardStore,
     pub state_machine: StateMachine,
     pub applied: u64,
+    /// Nothing was ever stored: a new replica, or one whose data was wiped.
+    pub pristine: bool,
 }
 
 impl ShardStore {
@@ -289,6 +308,9 @@ impl ShardStore {
             }
             core.entries.push(entry);
         }
+        let pristine = core.hard_state == HardState::default()
+            && core.entries.is_empty()
+            && core.truncated == (0, 0);
         let applied = match tree.get(KEY_APPLIED)? {
             Some(bytes) => decode_u64s::<1>(&bytes)?[0],
             None => core.truncated.0,
@@ -309,6 +331,7 @@ impl ShardStore {
             store,
             state_machine,
             applied,
+            pristine,
         })
     }
 
@@ -339,7 +362,11 @@ impl ShardStore {
 
     /// Appends entries received from raft-rs (dropping any conflicting tail) and the HardState, in
     /// one batch. Not yet durable: call [`ShardStore::flush`] before acting on it.
-    pub fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StoreError> {
+    pub fn append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
         let mut core = self.log.write();
         let mut batch = sled::Batch::default();
         if let Some(first) = entries.first() {
@@ -372,7 +399,8 @@ impl ShardStore {
     pub fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
         let mut core = self.log.write();
         core.hard_state.commit = commit;
-        self.tree.insert(KEY_HARD_STATE, encode_pb(&core.hard_state))?;
+        self.tree
+            .insert(KEY_HARD_STATE, encode_pb(&core.hard_state))?;
         Ok(())
     }
 
@@ -559,9 +587,14 @@ fn push_chunk(data: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Checks a snapshot's CRC and every record in it; returns the (key, framed value) pairs.
-fn parse_snapshot(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+/// A state record: key and framed value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
+fn parse_snapshot(data: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
     if data.len() < 4 {
-        return Err(StoreError::Corrupt("snapshot shorter than its checksum".into()));
+        return Err(StoreError::Corrupt(
+            "snapshot shorter than its checksum".into(),
+        ));
     }
     let (body, crc) = data.split_at(data.len() - 4);
     if crc32fast::hash(body).to_le_bytes() != crc {
@@ -585,7 +618,9 @@ fn parse_snapshot(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let key = take(&mut rest)?;
         let value = take(&mut rest)?;
         if !key.starts_with(STATE_PREFIX) {
-            return Err(StoreError::Corrupt("snapshot record outside the state".into()));
+            return Err(StoreError::Corrupt(
+                "snapshot record outside the state".into(),
+            ));
         }
         record::unframe(&value)?;
         records.push((key, value));
@@ -594,6 +629,7 @@ fn parse_snapshot(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)] // protobuf-2 messages, as raft-rs does
 mod tests {
     use super::*;
     use wallet_proto::topology::Ring;
@@ -615,7 +651,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let r = open(&db);
-        r.store.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None).unwrap();
+        r.store
+            .append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
         r.store.append(&[entry(2, 2)], None).unwrap();
         let mut hs = HardState::default();
         hs.term = 2;
@@ -627,7 +665,10 @@ mod tests {
         assert_eq!(log.last_index().unwrap(), 2);
         assert_eq!(log.term(2).unwrap(), 2);
         assert_eq!(log.initial_state().unwrap().hard_state.commit, 2);
-        assert_eq!(log.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(
+            log.initial_state().unwrap().conf_state.voters,
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
@@ -635,15 +676,122 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let r = open(&db);
-        r.store.append(&[entry(1, 1), entry(2, 1), entry(3, 2)], None).unwrap();
+        r.store
+            .append(&[entry(1, 1), entry(2, 1), entry(3, 2)], None)
+            .unwrap();
         r.store.compact(2).unwrap();
         let log = r.store.log();
         assert_eq!(log.first_index().unwrap(), 3);
         assert_eq!(log.term(2).unwrap(), 1);
-        assert!(log.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
+        assert!(log
+            .entries(2, 4, None, GetEntriesContext::empty(false))
+            .is_err());
         drop(r);
         let r = open(&db);
         assert_eq!(r.store.log().first_index().unwrap(), 3);
         assert_eq!(r.store.log().term(3).unwrap(), 2);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::field_reassign_with_default)]
+mod corruption_tests {
+    use super::*;
+    use crate::state_machine::Write;
+    use wallet_proto::topology::Ring;
+
+    fn machine() -> StateMachine {
+        StateMachine::new(1, Ring::new([1], 4))
+    }
+
+    /// G7: a flipped byte in a stored record is detected on read and reported, never served.
+    #[test]
+    fn a_flipped_byte_in_a_stored_record_is_detected_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
+        let account = Account {
+            account_id: "alice".into(),
+            currency: "USD".into(),
+            balance: 500,
+            ..Default::default()
+        };
+        r.store
+            .write_applied(&[Write::Account(account.clone())], 7)
+            .unwrap();
+        assert_eq!(r.store.stored_account("alice").unwrap(), Some(account));
+        drop(r);
+
+        let tree = db.open_tree("shard-1").unwrap();
+        let key = account_key("alice");
+        let mut bytes = tree.get(&key).unwrap().unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        tree.insert(&key, bytes).unwrap();
+
+        // Opening the replica reads every account: it refuses to start rather than serve it.
+        match ShardStore::open(&db, 1, &[1], machine()) {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("crc32"), "{message}"),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a corrupt account was loaded"),
+        }
+    }
+
+    #[test]
+    fn a_corrupt_log_entry_is_detected_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
+        let mut e = Entry::default();
+        e.index = 1;
+        e.term = 1;
+        r.store.append(&[e], None).unwrap();
+        drop(r);
+        let tree = db.open_tree("shard-1").unwrap();
+        let mut bytes = tree.get(log_key(1)).unwrap().unwrap().to_vec();
+        bytes[6] ^= 0x80;
+        tree.insert(log_key(1), bytes).unwrap();
+        assert!(matches!(
+            ShardStore::open(&db, 1, &[1], machine()),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
+        let mut e = Entry::default();
+        e.index = 1;
+        e.term = 1;
+        r.store.append(&[e], None).unwrap();
+        let account = Account {
+            account_id: "alice".into(),
+            currency: "USD".into(),
+            balance: 5,
+            ..Default::default()
+        };
+        r.store
+            .write_applied(&[Write::Account(account)], 1)
+            .unwrap();
+        r.store.build_snapshot(1).unwrap();
+        let mut snapshot = r.store.log().snapshot(0, 2).unwrap();
+        let mut data = snapshot.get_data().to_vec();
+        data[10] ^= 0x04;
+        snapshot.set_data(data.into());
+        let other = tempfile::tempdir().unwrap();
+        let db2 = sled::open(other.path()).unwrap();
+        let r2 = ShardStore::open(&db2, 1, &[1], machine()).unwrap();
+        let mut sm = machine();
+        assert!(matches!(
+            r2.store.install_snapshot(&snapshot, &mut sm),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(sm.account_count(), 0);
+        // The intact snapshot installs and carries the account.
+        let good = r.store.log().snapshot(0, 2).unwrap();
+        r2.store.install_snapshot(&good, &mut sm).unwrap();
+        assert_eq!(sm.account("alice").map(|a| a.balance), Some(5));
     }
 }

@@ -69,7 +69,9 @@ fn reject((reason, message): Refusal) -> Outcome {
 /// The refusal inside an outcome, if it is one.
 pub fn rejection_of(outcome: &Outcome) -> Option<Reason> {
     match &outcome.result {
-        Some(outcome::Result::Rejected(r)) => Some(Reason::parse(&r.reason).unwrap_or(Reason::Internal)),
+        Some(outcome::Result::Rejected(r)) => {
+            Some(Reason::parse(&r.reason).unwrap_or(Reason::Internal))
+        }
         _ => None,
     }
 }
@@ -192,7 +194,12 @@ impl StateMachine {
     }
 
     /// Deposit, withdraw and transfer: deduplicated by (account, request id).
-    fn idempotent(&mut self, command: &Command, op: &Op, writes: &mut Writes) -> Result<Outcome, Outcome> {
+    fn idempotent(
+        &mut self,
+        command: &Command,
+        op: &Op,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Outcome> {
         validate::id("request id", &command.request_id).map_err(reject)?;
         let (account_id, amount) = match op {
             Op::Deposit(d) => (&d.account_id, d.amount),

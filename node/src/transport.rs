@@ -133,7 +133,10 @@ async fn peer_sender(
         match result {
             Ok(_) => {
                 for shard_id in &snapshots {
-                    report(shard_id, ReplicaMsg::SnapshotReport(peer_id, SnapshotStatus::Finish));
+                    report(
+                        shard_id,
+                        ReplicaMsg::SnapshotReport(peer_id, SnapshotStatus::Finish),
+                    );
                 }
             }
             Err(status) => {
@@ -142,7 +145,10 @@ async fn peer_sender(
                     report(shard_id, ReplicaMsg::Unreachable(peer_id));
                 }
                 for shard_id in &snapshots {
-                    report(shard_id, ReplicaMsg::SnapshotReport(peer_id, SnapshotStatus::Failure));
+                    report(
+                        shard_id,
+                        ReplicaMsg::SnapshotReport(peer_id, SnapshotStatus::Failure),
+                    );
                 }
                 // Do not spin on a dead peer: the queue keeps filling and dropping meanwhile.
                 tokio::time::sleep(Duration::from_millis(100)).await;

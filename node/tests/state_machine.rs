@@ -126,8 +126,12 @@ fn deposit_and_withdraw_move_the_balance_and_write_history() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(writes.iter().any(|w| matches!(w, Write::History { entry, .. } if entry.seq == 2)));
-    assert!(writes.iter().any(|w| matches!(w, Write::Request { request_id, .. } if request_id == "w1")));
+    assert!(writes
+        .iter()
+        .any(|w| matches!(w, Write::History { entry, .. } if entry.seq == 2)));
+    assert!(writes
+        .iter()
+        .any(|w| matches!(w, Write::Request { request_id, .. } if request_id == "w1")));
     assert_eq!(balance(&sm, "alice"), 70);
 }
 
@@ -192,7 +196,10 @@ fn transfer_moves_money_both_legs_or_neither() {
     let (outcome, writes) = run(&mut sm, transfer("t1", "alice", "bob", 40), "t1");
     assert!(refused(&outcome).is_none(), "{outcome:?}");
     assert_eq!((balance(&sm, "alice"), balance(&sm, "bob")), (60, 40));
-    let histories = writes.iter().filter(|w| matches!(w, Write::History { .. })).count();
+    let histories = writes
+        .iter()
+        .filter(|w| matches!(w, Write::History { .. }))
+        .count();
     assert_eq!(histories, 2);
     assert!(sm.transfer("alice", "t1").is_some());
     let (outcome, writes) = run(&mut sm, transfer("t2", "alice", "bob", 61), "t2");
@@ -206,15 +213,39 @@ fn transfer_refuses_bad_input_and_writes_nothing() {
     let mut sm = setup();
     for (op, id, reason) in [
         (transfer("t", "alice", "alice", 1), "t", Reason::SameAccount),
-        (transfer("t", "alice", "nobody", 1), "t", Reason::AccountNotFound),
-        (transfer("t", "nobody", "alice", 1), "t", Reason::AccountNotFound),
-        (transfer("t", "alice", "eve", 1), "t", Reason::CurrencyMismatch),
+        (
+            transfer("t", "alice", "nobody", 1),
+            "t",
+            Reason::AccountNotFound,
+        ),
+        (
+            transfer("t", "nobody", "alice", 1),
+            "t",
+            Reason::AccountNotFound,
+        ),
+        (
+            transfer("t", "alice", "eve", 1),
+            "t",
+            Reason::CurrencyMismatch,
+        ),
         (transfer("t", "alice", "bob", 0), "t", Reason::InvalidAmount),
-        (transfer("t", "alice", "bob", -1), "t", Reason::InvalidAmount),
-        (transfer("t", "alice", "bob", i64::MIN), "t", Reason::InvalidAmount),
+        (
+            transfer("t", "alice", "bob", -1),
+            "t",
+            Reason::InvalidAmount,
+        ),
+        (
+            transfer("t", "alice", "bob", i64::MIN),
+            "t",
+            Reason::InvalidAmount,
+        ),
         (transfer("t", "alice", "b/b", 1), "t", Reason::InvalidId),
         (transfer("t", "alice", "bob", 1), "", Reason::InvalidId),
-        (transfer("t", "alice", "bob", 1), "other", Reason::InvalidArgument),
+        (
+            transfer("t", "alice", "bob", 1),
+            "other",
+            Reason::InvalidArgument,
+        ),
     ] {
         let (outcome, writes) = run(&mut sm, op, id);
         assert_eq!(refused(&outcome), Some(reason));
@@ -281,7 +312,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0..4usize, amount.clone(), 0..12u8).prop_map(|(a, x, id)| Step::Deposit(a, x, id)),
         (0..4usize, amount.clone(), 0..12u8).prop_map(|(a, x, id)| Step::Withdraw(a, x, id)),
-        (0..4usize, 0..4usize, amount, 0..12u8).prop_map(|(a, b, x, id)| Step::Transfer(a, b, x, id)),
+        (0..4usize, 0..4usize, amount, 0..12u8)
+            .prop_map(|(a, b, x, id)| Step::Transfer(a, b, x, id)),
     ]
 }
 

@@ -146,12 +146,7 @@ pub fn of_status(status: &Status) -> Reason {
     {
         return reason;
     }
-    if let Some(reason) = status
-        .message()
-        .split(':')
-        .next()
-        .and_then(Reason::parse)
-    {
+    if let Some(reason) = status.message().split(':').next().and_then(Reason::parse) {
         return reason;
     }
     match status.code() {

@@ -108,13 +108,19 @@ impl Topology {
         let mut ids = BTreeMap::new();
         for node in &self.nodes {
             if node.id == 0 || ids.insert(node.id, ()).is_some() {
-                return Err(format!("node ids must be unique and non-zero ({})", node.id));
+                return Err(format!(
+                    "node ids must be unique and non-zero ({})",
+                    node.id
+                ));
             }
         }
         let mut shard_ids = BTreeMap::new();
         for shard in &self.shards {
             if shard.id == 0 || shard_ids.insert(shard.id, ()).is_some() {
-                return Err(format!("shard ids must be unique and non-zero ({})", shard.id));
+                return Err(format!(
+                    "shard ids must be unique and non-zero ({})",
+                    shard.id
+                ));
             }
             if shard.replicas.is_empty() {
                 return Err(format!("shard {} has no replicas", shard.id));
@@ -206,7 +212,9 @@ mod tests {
         let ring = Topology::local(3, 3, 3, 7100).ring();
         let mut counts = BTreeMap::new();
         for i in 0..3000 {
-            *counts.entry(ring.shard_of(&format!("acct-{i}"))).or_insert(0) += 1;
+            *counts
+                .entry(ring.shard_of(&format!("acct-{i}")))
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|c| *c > 500), "{counts:?}");

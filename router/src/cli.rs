@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wallet_proto::topology::Topology;
-use wallet_proto::v1::wallet_server::WalletServer;
 use crate::service::{WalletService, MAX_IN_FLIGHT_DEFAULT};
 use crate::shards::Shards;
+use wallet_proto::topology::Topology;
+use wallet_proto::v1::wallet_server::WalletServer;
 
 /// The wallet store's router: consistent-hashing ring over the shards, leader cache, retries.
 #[derive(Parser, Debug, Clone)]
@@ -62,7 +62,8 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn shutdown_signal() {
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -58,7 +58,12 @@ impl WalletService {
             .map_err(|_| Reason::Overloaded.status("too many requests in flight; retry later"))
     }
 
-    async fn execute(&self, account_id: &str, request_id: &str, op: Op) -> Result<outcome::Result, Status> {
+    async fn execute(
+        &self,
+        account_id: &str,
+        request_id: &str,
+        op: Op,
+    ) -> Result<outcome::Result, Status> {
         let _permit = self.admit()?;
         let shard_id = self.shards.shard_of(account_id);
         let command = Command {
@@ -70,7 +75,9 @@ impl WalletService {
             Outcome {
                 result: Some(outcome::Result::Rejected(r)),
             } => Err(refused(&r.reason, &r.message)),
-            Outcome { result: Some(result) } => Ok(result),
+            Outcome {
+                result: Some(result),
+            } => Ok(result),
             Outcome { result: None } => Err(unexpected("empty outcome")),
         }
     }
@@ -82,7 +89,9 @@ impl WalletService {
             ReadResult {
                 result: Some(read_result::Result::Rejected(r)),
             } => Err(refused(&r.reason, &r.message)),
-            ReadResult { result: Some(result) } => Ok(result),
+            ReadResult {
+                result: Some(result),
+            } => Ok(result),
             ReadResult { result: None } => Err(unexpected("empty read")),
         }
     }
@@ -99,7 +108,10 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         check(validate::currency(&create.currency))?;
         check(validate::credit_limit(create.credit_limit))?;
         let account_id = create.account_id.clone();
-        match self.execute(&account_id, "", Op::CreateAccount(create)).await? {
+        match self
+            .execute(&account_id, "", Op::CreateAccount(create))
+            .await?
+        {
             outcome::Result::Account(account) => Ok(Response::new(account)),
             _ => Err(unexpected("not an account")),
         }
@@ -127,7 +139,10 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         check(validate::id("account id", &deposit.account_id))?;
         check(validate::amount(deposit.amount))?;
         let (account_id, request_id) = (deposit.account_id.clone(), deposit.request_id.clone());
-        match self.execute(&account_id, &request_id, Op::Deposit(deposit)).await? {
+        match self
+            .execute(&account_id, &request_id, Op::Deposit(deposit))
+            .await?
+        {
             outcome::Result::Change(change) => Ok(Response::new(change)),
             _ => Err(unexpected("not a balance change")),
         }
@@ -142,7 +157,10 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         check(validate::id("account id", &withdraw.account_id))?;
         check(validate::amount(withdraw.amount))?;
         let (account_id, request_id) = (withdraw.account_id.clone(), withdraw.request_id.clone());
-        match self.execute(&account_id, &request_id, Op::Withdraw(withdraw)).await? {
+        match self
+            .execute(&account_id, &request_id, Op::Withdraw(withdraw))
+            .await?
+        {
             outcome::Result::Change(change) => Ok(Response::new(change)),
             _ => Err(unexpected("not a balance change")),
         }
@@ -169,7 +187,10 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                 transfer.from_account_id, transfer.to_account_id
             )));
         }
-        let (from, id) = (transfer.from_account_id.clone(), transfer.transfer_id.clone());
+        let (from, id) = (
+            transfer.from_account_id.clone(),
+            transfer.transfer_id.clone(),
+        );
         match self.execute(&from, &id, Op::Transfer(transfer)).await? {
             outcome::Result::Transfer(t) => Ok(Response::new(t)),
             _ => Err(unexpected("not a transfer")),

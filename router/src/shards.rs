@@ -80,7 +80,11 @@ impl Shards {
     }
 
     fn guess_leader(&self, shard_id: u64, replicas: &[u64], attempt: usize) -> u64 {
-        let cached = self.leaders.lock().ok().and_then(|l| l.get(&shard_id).copied());
+        let cached = self
+            .leaders
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&shard_id).copied());
         cached.unwrap_or(replicas[attempt % replicas.len()])
     }
 

@@ -3,17 +3,27 @@
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use wallet_client::{fresh_id, Account, BalanceChange, EntryKind, Transfer, WalletClient, WalletError};
+use wallet_client::{
+    fresh_id, ClientOptions, Account, BalanceChange, EntryKind, Transfer, WalletClient, WalletError,
+};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Command-line client of the wallet store")]
 struct Cli {
     /// Router endpoint(s), comma-separated host:port.
-    #[arg(long, global = true, env = "WALLET_ENDPOINT", default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALLET_ENDPOINT",
+        default_value = "127.0.0.1:7000"
+    )]
     endpoint: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Keep retrying retryable failures (same request id) for this many seconds.
+    #[arg(long, global = true, env = "WALLET_TIMEOUT", default_value_t = 15)]
+    timeout: u64,
     #[command(subcommand)]
     command: Commands,
 }
@@ -119,7 +129,11 @@ fn kind_name(kind: i32) -> &'static str {
 
 async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
     let endpoints: Vec<&str> = cli.endpoint.split(',').map(str::trim).collect();
-    let client = WalletClient::connect(&endpoints)?;
+    let options = ClientOptions {
+        retry_budget: std::time::Duration::from_secs(cli.timeout),
+        ..ClientOptions::default()
+    };
+    let client = WalletClient::with_options(&endpoints, options)?;
     Ok(match cli.command {
         Commands::Account(AccountCommand::Create {
             id,
@@ -133,12 +147,20 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             let a = client.get_account(&id).await?;
             (account_json(&a), account_text(&a))
         }
-        Commands::Deposit { account, amount, id } => {
+        Commands::Deposit {
+            account,
+            amount,
+            id,
+        } => {
             let id = id.unwrap_or_else(|| fresh_id("dep"));
             let c = client.deposit(&id, &account, amount).await?;
             (change_json(&c), change_text(&c))
         }
-        Commands::Withdraw { account, amount, id } => {
+        Commands::Withdraw {
+            account,
+            amount,
+            id,
+        } => {
             let id = id.unwrap_or_else(|| fresh_id("wd"));
             let c = client.withdraw(&id, &account, amount).await?;
             (change_json(&c), change_text(&c))
@@ -153,7 +175,11 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             let t = client.transfer(&id, &from, &to, amount).await?;
             let text = format!(
                 "transfer {} committed: {} -> {} amount {} ({} balance now {})",
-                t.transfer_id, t.from_account_id, t.to_account_id, t.amount, t.from_account_id,
+                t.transfer_id,
+                t.from_account_id,
+                t.to_account_id,
+                t.amount,
+                t.from_account_id,
                 t.from_balance_after
             );
             (transfer_json(&t), text)
@@ -164,14 +190,22 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             cursor,
         } => {
             let page = client.list_transfers(&account, limit, cursor).await?;
-            let mut text = format!("{:>6}  {:<13} {:>14} {:>14}  {:<24} request\n", "seq", "kind", "delta", "balance", "counterparty");
+            let mut text = format!(
+                "{:>6}  {:<13} {:>14} {:>14}  {:<24} request\n",
+                "seq", "kind", "delta", "balance", "counterparty"
+            );
             let entries: Vec<_> = page
                 .entries
                 .iter()
                 .map(|e| {
                     text.push_str(&format!(
                         "{:>6}  {:<13} {:>+14} {:>14}  {:<24} {}\n",
-                        e.seq, kind_name(e.kind), e.delta, e.balance_after, e.counterparty, e.request_id
+                        e.seq,
+                        kind_name(e.kind),
+                        e.delta,
+                        e.balance_after,
+                        e.counterparty,
+                        e.request_id
                     ));
                     json!({"seq": e.seq, "kind": kind_name(e.kind), "delta": e.delta,
                            "balance_after": e.balance_after, "counterparty": e.counterparty,
@@ -192,7 +226,10 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
 fn main() {
     let cli = Cli::parse();
     let json = cli.json;
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: INTERNAL: cannot start runtime: {e}");
@@ -209,7 +246,10 @@ fn main() {
         }
         Err(e) => {
             if json {
-                println!("{}", json!({"error": e.reason.as_str(), "message": e.message}));
+                println!(
+                    "{}",
+                    json!({"error": e.reason.as_str(), "message": e.message})
+                );
             }
             eprintln!("error: {e}");
             std::process::exit(match e.reason {
