@@ -36,7 +36,15 @@ fn an_amount_that_is_not_an_integer_is_refused_before_any_call() {
 #[test]
 fn an_unreachable_endpoint_fails_with_unavailable() {
     // Port 9 (discard) on loopback: nothing listens there in the test environment.
-    let (code, _, err) = wallet(&["--endpoint", "127.0.0.1:9", "--timeout", "1", "account", "get", "alice"]);
+    let (code, _, err) = wallet(&[
+        "--endpoint",
+        "127.0.0.1:9",
+        "--timeout",
+        "1",
+        "account",
+        "get",
+        "alice",
+    ]);
     assert_eq!(code, 3, "{err}");
     assert!(err.starts_with("error: UNAVAILABLE"), "{err}");
 }

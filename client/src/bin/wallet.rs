@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
-    fresh_id, ClientOptions, Account, BalanceChange, EntryKind, Transfer, WalletClient, WalletError,
+    fresh_id, Account, BalanceChange, ClientOptions, EntryKind, Transfer, WalletClient, WalletError,
 };
 
 #[derive(Parser, Debug)]
