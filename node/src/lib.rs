@@ -3,12 +3,14 @@
 //! Module map, bottom up:
 //! - [`record`]: CRC32-framed records, the only format that touches the disk (G7).
 //! - [`state_machine`]: the pure wallet state machine of one shard (DESIGN §5).
+//! - [`group_commit`]: one fsync for every replica of the node that needs one meanwhile.
 //! - [`shard_store`]: one replica's Raft log, Raft state and state machine records in one sled tree.
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
 //! - [`transport`]: Raft messages between nodes, batched per peer.
 //! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers).
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
 pub mod cli;
+pub mod group_commit;
 pub mod node;
 mod raft_log;
 pub mod record;

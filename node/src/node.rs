@@ -14,6 +14,7 @@ use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::shard_server::ShardServer;
 use wallet_proto::v1::StatusRequest;
 
+use crate::group_commit::GroupCommit;
 use crate::replica::{Replica, ReplicaConfig};
 use crate::service::NodeService;
 use crate::state_machine::StateMachine;
@@ -43,6 +44,7 @@ pub async fn run(
         .path(options.data_dir.join("sled"))
         .cache_capacity(256 * 1024 * 1024)
         .open()?;
+    let group_commit = Arc::new(GroupCommit::new(db.clone()));
     let registry: Registry = Arc::new(OnceLock::new());
     let peers: Vec<(u64, String)> = topology
         .nodes
@@ -56,7 +58,7 @@ pub async fn run(
     let mut opened = Vec::new();
     for shard in topology.shards_on(options.node_id) {
         opened.push(Replica::open(
-            &db,
+            &group_commit,
             shard.id,
             options.node_id,
             &shard.replicas,

@@ -132,7 +132,7 @@ pub struct Replica {
 impl Replica {
     /// Opens the replica's store and creates its RawNode.
     pub fn open(
-        db: &sled::Db,
+        db: &Arc<crate::group_commit::GroupCommit>,
         shard_id: u64,
         node_id: u64,
         voters: &[u64],

@@ -24,6 +24,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
+use crate::group_commit::GroupCommit;
 use crate::record::{self, Corrupt};
 use crate::state_machine::{StateMachine, Write};
 use wallet_proto::v1::{Account, HistoryEntry, ListTransfersResponse, RequestRecord};
@@ -260,6 +261,7 @@ impl Storage for LogStore {
 pub struct ShardStore {
     tree: sled::Tree,
     log: LogStore,
+    group_commit: Arc<GroupCommit>,
 }
 
 /// What a replica recovers from disk when it opens.
@@ -275,12 +277,12 @@ impl ShardStore {
     /// Opens (or creates) the replica of `shard_id` in `db`. A new replica starts with `voters` as
     /// its configuration, like every other replica of the shard.
     pub fn open(
-        db: &sled::Db,
+        group_commit: &Arc<GroupCommit>,
         shard_id: u64,
         voters: &[u64],
         state_machine: StateMachine,
     ) -> Result<Recovered, StoreError> {
-        let tree = db.open_tree(format!("shard-{shard_id}"))?;
+        let tree = group_commit.db().open_tree(format!("shard-{shard_id}"))?;
         let mut core = LogCore::default();
         match tree.get(KEY_CONF_STATE)? {
             Some(bytes) => core.conf_state = decode_pb(&bytes)?,
@@ -324,6 +326,7 @@ impl ShardStore {
             log: LogStore {
                 core: Arc::new(RwLock::new(core)),
             },
+            group_commit: group_commit.clone(),
         };
         let mut state_machine = state_machine;
         store.load_state(&mut state_machine)?;
@@ -434,9 +437,10 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Makes everything written so far durable (fsync). One call per Raft Ready.
+    /// Makes everything written so far durable (fsync, shared with the node's other replicas
+    /// through group commit). One call per Raft Ready.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.tree.flush_async().await?;
+        self.group_commit.flush().await?;
         Ok(())
     }
 
@@ -634,7 +638,7 @@ mod tests {
     use super::*;
     use wallet_proto::topology::Ring;
 
-    fn open(db: &sled::Db) -> Recovered {
+    fn open(db: &Arc<GroupCommit>) -> Recovered {
         ShardStore::open(db, 1, &[1, 2, 3], StateMachine::new(1, Ring::new([1], 4))).unwrap()
     }
 
@@ -649,7 +653,7 @@ mod tests {
     #[test]
     fn log_survives_reopen_and_conflicting_tail_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Arc::new(GroupCommit::new(sled::open(dir.path()).unwrap()));
         let r = open(&db);
         r.store
             .append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
@@ -674,7 +678,7 @@ mod tests {
     #[test]
     fn compaction_keeps_the_term_of_the_truncation_point() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Arc::new(GroupCommit::new(sled::open(dir.path()).unwrap()));
         let r = open(&db);
         r.store
             .append(&[entry(1, 1), entry(2, 1), entry(3, 2)], None)
@@ -708,7 +712,7 @@ mod corruption_tests {
     #[test]
     fn a_flipped_byte_in_a_stored_record_is_detected_on_read() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Arc::new(GroupCommit::new(sled::open(dir.path()).unwrap()));
         let r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
         let account = Account {
             account_id: "alice".into(),
@@ -722,7 +726,7 @@ mod corruption_tests {
         assert_eq!(r.store.stored_account("alice").unwrap(), Some(account));
         drop(r);
 
-        let tree = db.open_tree("shard-1").unwrap();
+        let tree = db.db().open_tree("shard-1").unwrap();
         let key = account_key("alice");
         let mut bytes = tree.get(&key).unwrap().unwrap().to_vec();
         let last = bytes.len() - 1;
@@ -740,14 +744,14 @@ mod corruption_tests {
     #[test]
     fn a_corrupt_log_entry_is_detected_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Arc::new(GroupCommit::new(sled::open(dir.path()).unwrap()));
         let r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
         let mut e = Entry::default();
         e.index = 1;
         e.term = 1;
         r.store.append(&[e], None).unwrap();
         drop(r);
-        let tree = db.open_tree("shard-1").unwrap();
+        let tree = db.db().open_tree("shard-1").unwrap();
         let mut bytes = tree.get(log_key(1)).unwrap().unwrap().to_vec();
         bytes[6] ^= 0x80;
         tree.insert(log_key(1), bytes).unwrap();
@@ -760,7 +764,7 @@ mod corruption_tests {
     #[test]
     fn a_corrupt_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Arc::new(GroupCommit::new(sled::open(dir.path()).unwrap()));
         let r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
         let mut e = Entry::default();
         e.index = 1;
@@ -781,7 +785,7 @@ mod corruption_tests {
         data[10] ^= 0x04;
         snapshot.set_data(data.into());
         let other = tempfile::tempdir().unwrap();
-        let db2 = sled::open(other.path()).unwrap();
+        let db2 = Arc::new(GroupCommit::new(sled::open(other.path()).unwrap()));
         let r2 = ShardStore::open(&db2, 1, &[1], machine()).unwrap();
         let mut sm = machine();
         assert!(matches!(
