@@ -144,18 +144,6 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
     Ok(playground)
 }
 
-async fn shutdown_signal() {
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    } else {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 async fn run(command: Commands) -> Result<i32, String> {
     match command {
         Commands::Up { shape, dir, port } => {
@@ -164,7 +152,7 @@ async fn run(command: Commands) -> Result<i32, String> {
                 "ready (WALLET_ENDPOINT={}); Ctrl-C stops",
                 playground.router_address
             );
-            shutdown_signal().await;
+            wallet_proto::shutdown::signal().await;
             println!("stopping ...");
             let killed = playground.stop_all();
             if killed.is_empty() {

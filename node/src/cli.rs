@@ -70,5 +70,5 @@ fn start(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(node::run(options, node::shutdown_signal()))
+    runtime.block_on(node::run(options, wallet_proto::shutdown::signal()))
 }

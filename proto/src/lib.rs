@@ -5,8 +5,10 @@
 //! - [`reason`]: the stable reason codes carried by every error, and their gRPC mapping.
 //! - [`validate`]: the input rules of DESIGN §10, applied at every entry point.
 //! - [`topology`]: the TOML cluster file and the consistent-hashing ring (account id → shard).
+//! - [`shutdown`]: the SIGTERM/SIGINT signal every binary stops on.
 
 pub mod reason;
+pub mod shutdown;
 pub mod topology;
 pub mod validate;
 

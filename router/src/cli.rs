@@ -54,21 +54,9 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
                 WalletServer::new(service)
                     .max_decoding_message_size(wallet_proto::REQUEST_BYTES_MAX),
             )
-            .serve_with_shutdown(args.listen, shutdown_signal())
+            .serve_with_shutdown(args.listen, wallet_proto::shutdown::signal())
             .await?;
         tracing::info!("router stopped");
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    } else {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
