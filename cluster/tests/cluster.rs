@@ -98,9 +98,13 @@ impl Cluster {
         commits
     }
 
-    /// Waits until `node_id` applied everything the leaders had committed when asked.
+    /// Waits until `node_id` applied everything the leaders had committed when asked (after every
+    /// shard has a leader again: a shard in an election reports no commit index).
     async fn caught_up(&self, node_id: u64) {
-        for (shard, commit) in self.commits().await {
+        self.ready().await;
+        let commits = self.commits().await;
+        assert_eq!(commits.len(), self.playground.topology.shards.len());
+        for (shard, commit) in commits {
             if let Err(e) = self
                 .playground
                 .wait_applied(node_id, shard, commit, Duration::from_secs(30))
