@@ -2,7 +2,8 @@
 //!
 //! Module map, bottom up:
 //! - [`record`]: CRC32-framed records, the only format that touches the disk (G7).
-//! - [`state_machine`]: the pure wallet state machine of one shard (DESIGN §5).
+//! - [`state_machine`]: the pure wallet state machine of one shard (DESIGN §5); [`two_phase`]:
+//!   its side of cross-shard transfers (DESIGN §6).
 //! - [`group_commit`]: one fsync for every replica of the node that needs one meanwhile.
 //! - [`shard_store`]: one replica's Raft log, Raft state and state machine records in one sled tree.
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
@@ -19,3 +20,4 @@ pub mod service;
 pub mod shard_store;
 pub mod state_machine;
 pub mod transport;
+pub mod two_phase;

@@ -591,6 +591,11 @@ impl Replica {
                     }
                 }
             }
+            Query::Stuck(stuck) => ReadResult {
+                result: Some(read_result::Result::Stuck(
+                    self.state_machine.stuck(stuck.before_ms),
+                )),
+            },
             Query::Transfer(get) => {
                 match self
                     .state_machine

@@ -112,6 +112,17 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
                 self.check_owner(shard_id, &t.from_account_id)?;
                 self.check_owner(shard_id, &t.to_account_id)?;
             }
+            Some(Op::PrepareDebit(p)) => {
+                let t = p.transfer.as_ref();
+                self.check_owner(shard_id, t.map_or("", |t| &t.from_account_id))?;
+            }
+            Some(Op::PrepareCredit(p)) => {
+                let t = p.transfer.as_ref();
+                self.check_owner(shard_id, t.map_or("", |t| &t.to_account_id))?;
+            }
+            Some(
+                Op::CommitDebit(s) | Op::AbortDebit(s) | Op::CommitCredit(s) | Op::AbortCredit(s),
+            ) => self.check_owner(shard_id, &s.account_id)?,
             None => return Err(Reason::InvalidArgument.status("command has no operation")),
         }
         command.at_ms = now_ms();
@@ -129,6 +140,7 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             Query::Account(a) => self.check_owner(shard_id, &a.account_id)?,
             Query::History(h) => self.check_owner(shard_id, &h.account_id)?,
             Query::Transfer(t) => self.check_owner(shard_id, &t.from_account_id)?,
+            Query::Stuck(_) => {}
         }
         let result = self
             .ask(replica, |reply| ReplicaMsg::Read { query, reply })

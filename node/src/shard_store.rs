@@ -11,6 +11,7 @@
 //! - `Sa` + account                      → Account
 //! - `Sr` + account + 0 + request id     → RequestRecord (first outcome of a request)
 //! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
+//! - `Si` + account + 0 + transfer id    → Intent (credit side of a cross-shard transfer)
 //!
 //! Every value is a CRC32-framed record ([`crate::record`]), checked on every read: a corrupt record
 //! stops the replica with an error instead of being served (G7).
@@ -38,6 +39,7 @@ const STATE_PREFIX: &[u8] = b"S";
 const ACCOUNT_PREFIX: &[u8] = b"Sa";
 const REQUEST_PREFIX: &[u8] = b"Sr";
 const HISTORY_PREFIX: &[u8] = b"Sh";
+const INTENT_PREFIX: &[u8] = b"Si";
 
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
@@ -92,6 +94,29 @@ fn request_key(account_id: &str, request_id: &str) -> Vec<u8> {
         request_id.as_bytes(),
     ]
     .concat()
+}
+
+fn intent_key(account_id: &str, transfer_id: &str) -> Vec<u8> {
+    [
+        INTENT_PREFIX,
+        account_id.as_bytes(),
+        &[0],
+        transfer_id.as_bytes(),
+    ]
+    .concat()
+}
+
+/// Splits `prefix + account + 0 + id` into (account, id).
+fn split_pair_key(key: &[u8], prefix: &[u8]) -> Result<(String, String), StoreError> {
+    let rest = &key[prefix.len()..];
+    let split = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| StoreError::Corrupt("state key without separator".into()))?;
+    Ok((
+        String::from_utf8_lossy(&rest[..split]).into_owned(),
+        String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
+    ))
 }
 
 fn history_prefix(account_id: &str) -> Vec<u8> {
@@ -351,14 +376,13 @@ impl ShardStore {
         }
         for item in self.tree.scan_prefix(REQUEST_PREFIX) {
             let (key, value) = item?;
-            let rest = &key[REQUEST_PREFIX.len()..];
-            let split = rest
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| StoreError::Corrupt("request key without separator".into()))?;
-            let account_id = String::from_utf8_lossy(&rest[..split]).into_owned();
-            let request_id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+            let (account_id, request_id) = split_pair_key(&key, REQUEST_PREFIX)?;
             state_machine.load_request(account_id, request_id, record::decode(&value)?);
+        }
+        for item in self.tree.scan_prefix(INTENT_PREFIX) {
+            let (key, value) = item?;
+            let (account_id, transfer_id) = split_pair_key(&key, INTENT_PREFIX)?;
+            state_machine.load_intent(account_id, transfer_id, record::decode(&value)?);
         }
         Ok(())
     }
@@ -423,6 +447,11 @@ impl ShardStore {
                 Write::History { account_id, entry } => {
                     batch.insert(history_key(account_id, entry.seq), record::encode(entry))
                 }
+                Write::Intent {
+                    account_id,
+                    transfer_id,
+                    intent,
+                } => batch.insert(intent_key(account_id, transfer_id), record::encode(intent)),
             }
         }
         batch.insert(KEY_APPLIED, encode_u64s(&[applied]));

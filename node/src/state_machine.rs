@@ -15,13 +15,13 @@
 //! write nothing. A business refusal of a valid request (`INSUFFICIENT_FUNDS`) is remembered as the
 //! request's first outcome, so a retry cannot succeed later and pay twice in the client's eyes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, EntryKind,
-    HistoryEntry, Outcome, Rejection, RequestRecord, Transfer, TransferStatus,
+    HistoryEntry, Intent, IntentState, Outcome, Rejection, RequestRecord, Transfer, TransferStatus,
 };
 use wallet_proto::validate;
 
@@ -38,26 +38,39 @@ pub enum Write {
         account_id: String,
         entry: HistoryEntry,
     },
+    Intent {
+        account_id: String,
+        transfer_id: String,
+        intent: Intent,
+    },
 }
 
 /// The records changed by a batch of applies.
 pub type Writes = Vec<Write>;
 
-type RequestKey = (String, String);
+/// (account id, request or transfer id).
+pub(crate) type RequestKey = (String, String);
 
-/// State of one shard: its accounts and the outcome of every request it applied.
+/// State of one shard: its accounts, the outcome of every request it applied, and the credit
+/// side of cross-shard transfers (intents).
 #[derive(Clone, Debug)]
 pub struct StateMachine {
-    shard_id: u64,
-    ring: Ring,
-    accounts: HashMap<String, Account>,
-    requests: HashMap<RequestKey, RequestRecord>,
+    pub(crate) shard_id: u64,
+    pub(crate) ring: Ring,
+    pub(crate) accounts: HashMap<String, Account>,
+    pub(crate) requests: HashMap<RequestKey, RequestRecord>,
+    /// Credit sides of cross-shard transfers, by (credit account, transfer id).
+    pub(crate) intents: HashMap<RequestKey, Intent>,
+    /// Transfers this shard is primary for that are PREPARED, awaiting a decision.
+    pub(crate) prepared: BTreeSet<RequestKey>,
+    /// Intents still PENDING.
+    pub(crate) pending: BTreeSet<RequestKey>,
 }
 
 /// A refusal: a reason code and a message.
 pub type Refusal = (Reason, String);
 
-fn reject((reason, message): Refusal) -> Outcome {
+pub(crate) fn reject((reason, message): Refusal) -> Outcome {
     Outcome {
         result: Some(outcome::Result::Rejected(Rejection {
             reason: reason.as_str().to_string(),
@@ -84,6 +97,9 @@ impl StateMachine {
             ring,
             accounts: HashMap::new(),
             requests: HashMap::new(),
+            intents: HashMap::new(),
+            prepared: BTreeSet::new(),
+            pending: BTreeSet::new(),
         }
     }
 
@@ -94,13 +110,29 @@ impl StateMachine {
 
     /// Loads a stored request record (on start or snapshot install).
     pub fn load_request(&mut self, account_id: String, request_id: String, record: RequestRecord) {
-        self.requests.insert((account_id, request_id), record);
+        let key = (account_id, request_id);
+        if crate::two_phase::is_prepared(&record) {
+            self.prepared.insert(key.clone());
+        }
+        self.requests.insert(key, record);
+    }
+
+    /// Loads a stored intent (on start or snapshot install).
+    pub fn load_intent(&mut self, account_id: String, transfer_id: String, intent: Intent) {
+        let key = (account_id, transfer_id);
+        if intent.state == IntentState::Pending as i32 {
+            self.pending.insert(key.clone());
+        }
+        self.intents.insert(key, intent);
     }
 
     /// Forgets everything (before a snapshot install).
     pub fn clear(&mut self) {
         self.accounts.clear();
         self.requests.clear();
+        self.intents.clear();
+        self.prepared.clear();
+        self.pending.clear();
     }
 
     /// Number of accounts on the shard.
@@ -138,9 +170,13 @@ impl StateMachine {
     pub fn apply(&mut self, command: &Command, writes: &mut Writes) -> Outcome {
         let outcome = match &command.op {
             Some(Op::CreateAccount(create)) => self.create_account(create, command.at_ms, writes),
-            Some(op) => match self.idempotent(command, op, writes) {
-                Ok(outcome) | Err(outcome) => outcome,
-            },
+            Some(Op::PrepareDebit(prepare)) => self.prepare_debit(command, prepare, writes),
+            Some(Op::PrepareCredit(prepare)) => self.prepare_credit(command, prepare, writes),
+            Some(Op::CommitDebit(step)) => self.decide_debit(command, step, true, writes),
+            Some(Op::AbortDebit(step)) => self.decide_debit(command, step, false, writes),
+            Some(Op::CommitCredit(step)) => self.decide_credit(command, step, true, writes),
+            Some(Op::AbortCredit(step)) => self.decide_credit(command, step, false, writes),
+            Some(op) => self.idempotent(command, op, writes).unwrap_or_else(reject),
             None => reject((Reason::InvalidArgument, "command has no operation".into())),
         };
         #[cfg(debug_assertions)]
@@ -184,6 +220,7 @@ impl StateMachine {
             reserved: 0,
             created_at_ms: at_ms,
             version: 0,
+            pending_credit: 0,
         };
         self.accounts
             .insert(account.account_id.clone(), account.clone());
@@ -199,37 +236,37 @@ impl StateMachine {
         command: &Command,
         op: &Op,
         writes: &mut Writes,
-    ) -> Result<Outcome, Outcome> {
-        validate::id("request id", &command.request_id).map_err(reject)?;
+    ) -> Result<Outcome, Refusal> {
+        validate::id("request id", &command.request_id)?;
         let (account_id, amount) = match op {
             Op::Deposit(d) => (&d.account_id, d.amount),
             Op::Withdraw(w) => (&w.account_id, w.amount),
             Op::Transfer(t) => (&t.from_account_id, t.amount),
-            Op::CreateAccount(_) => unreachable!("create is not keyed by request id"),
+            _ => unreachable!("apply routes only deposit, withdraw and transfer here"),
         };
-        validate::id("account id", account_id).map_err(reject)?;
-        validate::amount(amount).map_err(reject)?;
-        self.check_owned(account_id).map_err(reject)?;
+        validate::id("account id", account_id)?;
+        validate::amount(amount)?;
+        self.check_owned(account_id)?;
         let key = (account_id.clone(), command.request_id.clone());
         if let Some(record) = self.requests.get(&key) {
             let first = record.command.as_ref().and_then(|c| c.op.as_ref());
             if first == Some(op) {
                 return Ok(record.outcome.clone().unwrap_or_default());
             }
-            return Err(reject((
+            return Err((
                 Reason::IdReused,
                 format!(
                     "request id {} was used on account {} for another operation",
                     command.request_id, account_id
                 ),
-            )));
+            ));
         }
         let outcome = match op {
             Op::Deposit(d) => self.change_balance(command, &d.account_id, d.amount, writes),
             // amount >= 1 was checked above, so the negation cannot overflow.
             Op::Withdraw(w) => self.change_balance(command, &w.account_id, -w.amount, writes),
             Op::Transfer(t) => self.transfer_within_shard(command, t, writes),
-            Op::CreateAccount(_) => unreachable!("create is not keyed by request id"),
+            _ => unreachable!("apply routes only deposit, withdraw and transfer here"),
         }?;
         let record = RequestRecord {
             command: Some(command.clone()),
@@ -244,7 +281,7 @@ impl StateMachine {
         Ok(outcome)
     }
 
-    fn check_owned(&self, account_id: &str) -> Result<(), Refusal> {
+    pub(crate) fn check_owned(&self, account_id: &str) -> Result<(), Refusal> {
         if self.owns(account_id) {
             return Ok(());
         }
@@ -258,7 +295,7 @@ impl StateMachine {
         ))
     }
 
-    fn existing(&self, account_id: &str) -> Result<&Account, Refusal> {
+    pub(crate) fn existing(&self, account_id: &str) -> Result<&Account, Refusal> {
         self.accounts.get(account_id).ok_or_else(|| {
             (
                 Reason::AccountNotFound,
@@ -268,13 +305,20 @@ impl StateMachine {
     }
 
     /// The balance after adding `delta`, or the refusal: overflow, or below the floor.
-    fn balance_after(account: &Account, delta: i64) -> Result<i64, Refusal> {
+    pub(crate) fn balance_after(account: &Account, delta: i64) -> Result<i64, Refusal> {
         let balance = account.balance.checked_add(delta).ok_or_else(|| {
             (
                 Reason::BalanceOverflow,
                 format!("balance of {} would overflow", account.account_id),
             )
         })?;
+        // Promised credits must still fit when they land.
+        if delta > 0 && balance.checked_add(account.pending_credit).is_none() {
+            return Err((
+                Reason::BalanceOverflow,
+                format!("balance of {} would overflow", account.account_id),
+            ));
+        }
         if delta < 0 {
             // Spendable = balance - reserved - floor; computed in i128 so no operand can wrap.
             let spendable_after =
@@ -303,13 +347,13 @@ impl StateMachine {
         account_id: &str,
         delta: i64,
         writes: &mut Writes,
-    ) -> Result<Outcome, Outcome> {
+    ) -> Result<Outcome, Refusal> {
         debug_assert!(delta != 0);
-        let account = self.existing(account_id).map_err(reject)?;
+        let account = self.existing(account_id)?;
         let balance = match Self::balance_after(account, delta) {
             Ok(balance) => balance,
             Err(refusal @ (Reason::InsufficientFunds, _)) => return Ok(reject(refusal)),
-            Err(refusal) => return Err(reject(refusal)),
+            Err(refusal) => return Err(refusal),
         };
         let kind = if delta > 0 {
             EntryKind::Deposit
@@ -334,37 +378,38 @@ impl StateMachine {
         command: &Command,
         t: &wallet_proto::v1::TransferRequest,
         writes: &mut Writes,
-    ) -> Result<Outcome, Outcome> {
+    ) -> Result<Outcome, Refusal> {
         if command.request_id != t.transfer_id {
-            return Err(reject((
+            return Err((
                 Reason::InvalidArgument,
                 "transfer id and request id differ".into(),
-            )));
+            ));
         }
-        validate::id("to account id", &t.to_account_id).map_err(reject)?;
+        validate::id("to account id", &t.to_account_id)?;
         if t.from_account_id == t.to_account_id {
-            return Err(reject((
+            return Err((
                 Reason::SameAccount,
                 "cannot transfer from an account to itself".into(),
-            )));
+            ));
         }
-        self.check_owned(&t.to_account_id).map_err(reject)?;
-        let from = self.existing(&t.from_account_id).map_err(reject)?;
-        let to = self.existing(&t.to_account_id).map_err(reject)?;
+        self.check_owned(&t.to_account_id)?;
+        let from = self.existing(&t.from_account_id)?;
+        let to = self.existing(&t.to_account_id)?;
+        let currency = from.currency.clone();
         if from.currency != to.currency {
-            return Err(reject((
+            return Err((
                 Reason::CurrencyMismatch,
                 format!(
                     "{} holds {}, {} holds {}",
                     from.account_id, from.currency, to.account_id, to.currency
                 ),
-            )));
+            ));
         }
-        let to_balance = Self::balance_after(to, t.amount).map_err(reject)?;
+        let to_balance = Self::balance_after(to, t.amount)?;
         let from_balance = match Self::balance_after(from, -t.amount) {
             Ok(balance) => balance,
             Err(refusal @ (Reason::InsufficientFunds, _)) => return Ok(reject(refusal)),
-            Err(refusal) => return Err(reject(refusal)),
+            Err(refusal) => return Err(refusal),
         };
         let from_seq = self.set_balance(&t.from_account_id, from_balance, writes);
         let to_seq = self.set_balance(&t.to_account_id, to_balance, writes);
@@ -397,12 +442,18 @@ impl StateMachine {
                 status: TransferStatus::Committed as i32,
                 created_at_ms: command.at_ms,
                 from_balance_after: from_balance,
+                currency,
             })),
         })
     }
 
     /// Sets a balance, bumps the account's version, records the write; returns the new version.
-    fn set_balance(&mut self, account_id: &str, balance: i64, writes: &mut Writes) -> u64 {
+    pub(crate) fn set_balance(
+        &mut self,
+        account_id: &str,
+        balance: i64,
+        writes: &mut Writes,
+    ) -> u64 {
         let account = self
             .accounts
             .get_mut(account_id)
@@ -414,7 +465,7 @@ impl StateMachine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push_history(
+    pub(crate) fn push_history(
         &self,
         account_id: &str,
         seq: u64,
@@ -457,9 +508,14 @@ impl StateMachine {
     }
 }
 
-/// G5 on one account: what is spendable never goes below the floor; reserved is never negative.
+/// G5 on one account: what is spendable never goes below the floor; reserved and pending credits
+/// are never negative.
 pub fn assert_account_invariant(account: &Account) {
     assert!(account.reserved >= 0, "negative reservation: {account:?}");
+    assert!(
+        account.pending_credit >= 0,
+        "negative pending credit: {account:?}"
+    );
     assert!(account.floor <= 0, "positive floor: {account:?}");
     assert!(
         i128::from(account.balance) - i128::from(account.reserved) >= i128::from(account.floor),

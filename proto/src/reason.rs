@@ -26,6 +26,7 @@ pub enum Reason {
     IdReused,
     BalanceOverflow,
     TransferNotFound,
+    TransferAborted,
     NotLeader,
     WrongShard,
     Unavailable,
@@ -37,7 +38,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every code, for documentation tests and parsing.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::InsufficientFunds,
         Reason::AccountNotFound,
         Reason::AccountExists,
@@ -50,6 +51,7 @@ impl Reason {
         Reason::IdReused,
         Reason::BalanceOverflow,
         Reason::TransferNotFound,
+        Reason::TransferAborted,
         Reason::NotLeader,
         Reason::WrongShard,
         Reason::Unavailable,
@@ -74,6 +76,7 @@ impl Reason {
             Reason::IdReused => "ID_REUSED",
             Reason::BalanceOverflow => "BALANCE_OVERFLOW",
             Reason::TransferNotFound => "TRANSFER_NOT_FOUND",
+            Reason::TransferAborted => "TRANSFER_ABORTED",
             Reason::NotLeader => "NOT_LEADER",
             Reason::WrongShard => "WRONG_SHARD",
             Reason::Unavailable => "UNAVAILABLE",
@@ -95,6 +98,7 @@ impl Reason {
             Reason::InsufficientFunds
             | Reason::CurrencyMismatch
             | Reason::BalanceOverflow
+            | Reason::TransferAborted
             | Reason::WrongShard
             | Reason::CrossShardNotSupported => Code::FailedPrecondition,
             Reason::AccountNotFound | Reason::TransferNotFound => Code::NotFound,

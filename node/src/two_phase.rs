@@ -1,0 +1,525 @@
+//! The state machine's side of cross-shard transfers (DESIGN §6), decided on the debit shard.
+//!
+//! Primary (the debit account's shard), keyed by (debit account, transfer id) like any request:
+//! - `PrepareDebit`: records the transfer PREPARED and moves the amount from spendable into
+//!   `reserved`; too little money → the refusal `INSUFFICIENT_FUNDS` is remembered as the outcome.
+//! - `CommitDebit`: PREPARED → COMMITTED, the reservation is spent. **This entry is the commit
+//!   point**: once applied, the transfer happens, whatever crashes next.
+//! - `AbortDebit`: PREPARED → ABORTED, the reservation is released. Aborting a COMMITTED transfer
+//!   answers COMMITTED: the first decision stands, whoever asks.
+//!
+//! Credit shard, keyed by (credit account, transfer id):
+//! - `PrepareCredit`: an intent PENDING, its amount counted in the account's `pending_credit` (so a
+//!   later credit cannot overflow).
+//! - `CommitCredit`: PENDING → CREDITED, the balance grows. `AbortCredit`: PENDING → ABORTED; on
+//!   an unknown intent it leaves an ABORTED tombstone, so a late `PrepareCredit` cannot revive it.
+//!
+//! Every step is idempotent: repeating it returns the current state and writes nothing. Money is
+//! conserved at every step: between `CommitDebit` and `CommitCredit` the amount is in flight (the
+//! committed debit's record is the proof), which audits count.
+
+use wallet_proto::reason::Reason;
+use wallet_proto::v1::{
+    command::Op, outcome, Command, EntryKind, Intent, IntentState, Outcome, PrepareCredit,
+    PrepareDebit, RequestRecord, StuckTransfers, Transfer, TransferRequest, TransferStatus,
+    TransferStep,
+};
+use wallet_proto::validate;
+
+use crate::state_machine::{reject, Refusal, StateMachine, Write, Writes};
+
+fn transfer_outcome(transfer: Transfer) -> Outcome {
+    Outcome {
+        result: Some(outcome::Result::Transfer(transfer)),
+    }
+}
+
+/// Whether a stored request record is a transfer PREPARED on this (primary) shard.
+pub(crate) fn is_prepared(record: &RequestRecord) -> bool {
+    matches!(
+        record.outcome.as_ref().and_then(|o| o.result.as_ref()),
+        Some(outcome::Result::Transfer(t)) if t.status == TransferStatus::Prepared as i32
+    )
+}
+
+fn check_transfer(command: &Command, t: &TransferRequest) -> Result<(), Refusal> {
+    validate::id("transfer id", &t.transfer_id)?;
+    validate::id("from account id", &t.from_account_id)?;
+    validate::id("to account id", &t.to_account_id)?;
+    validate::amount(t.amount)?;
+    if command.request_id != t.transfer_id {
+        return Err((
+            Reason::InvalidArgument,
+            "transfer id and request id differ".into(),
+        ));
+    }
+    if t.from_account_id == t.to_account_id {
+        return Err((
+            Reason::SameAccount,
+            "cannot transfer from an account to itself".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn intent_transfer(intent: &Intent, status: TransferStatus) -> Transfer {
+    let t = intent.transfer.clone().unwrap_or_default();
+    Transfer {
+        transfer_id: t.transfer_id,
+        from_account_id: t.from_account_id,
+        to_account_id: t.to_account_id,
+        amount: t.amount,
+        status: status as i32,
+        created_at_ms: intent.prepared_at_ms,
+        from_balance_after: 0,
+        currency: String::new(),
+    }
+}
+
+impl StateMachine {
+    pub(crate) fn prepare_debit(
+        &mut self,
+        command: &Command,
+        prepare: &PrepareDebit,
+        writes: &mut Writes,
+    ) -> Outcome {
+        self.try_prepare_debit(command, prepare, writes)
+            .unwrap_or_else(reject)
+    }
+
+    fn try_prepare_debit(
+        &mut self,
+        command: &Command,
+        prepare: &PrepareDebit,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Refusal> {
+        let t = prepare.transfer.as_ref().ok_or_else(|| {
+            (
+                Reason::InvalidArgument,
+                "prepare without transfer".to_string(),
+            )
+        })?;
+        check_transfer(command, t)?;
+        self.check_owned(&t.from_account_id)?;
+        let credit_shard = self.ring.shard_of(&t.to_account_id);
+        if credit_shard == self.shard_id || credit_shard != prepare.credit_shard_id {
+            return Err((
+                Reason::InvalidArgument,
+                format!(
+                    "{} lives on shard {credit_shard}: not a cross-shard transfer from shard {}",
+                    t.to_account_id, self.shard_id
+                ),
+            ));
+        }
+        let key = (t.from_account_id.clone(), t.transfer_id.clone());
+        if let Some(record) = self.requests.get(&key) {
+            let first = record.command.as_ref().and_then(|c| c.op.as_ref());
+            if let Some(Op::PrepareDebit(first)) = first {
+                if first == prepare {
+                    return Ok(record.outcome.clone().unwrap_or_default());
+                }
+            }
+            return Err((
+                Reason::IdReused,
+                format!(
+                    "transfer id {} was used on account {} for another operation",
+                    t.transfer_id, t.from_account_id
+                ),
+            ));
+        }
+        let from = self.existing(&t.from_account_id)?;
+        let spendable =
+            i128::from(from.balance) - i128::from(from.reserved) - i128::from(from.floor);
+        let outcome = if spendable < i128::from(t.amount) {
+            reject((
+                Reason::InsufficientFunds,
+                format!(
+                    "account {} has {spendable} available, needs {}",
+                    t.from_account_id, t.amount
+                ),
+            ))
+        } else {
+            let mut account = from.clone();
+            // spendable >= amount >= 1 bounds reserved + amount by balance - floor: no overflow.
+            account.reserved = account
+                .reserved
+                .checked_add(t.amount)
+                .ok_or_else(|| (Reason::BalanceOverflow, "reservation overflow".to_string()))?;
+            let currency = account.currency.clone();
+            let balance = account.balance;
+            writes.push(Write::Account(account.clone()));
+            self.accounts.insert(account.account_id.clone(), account);
+            self.prepared.insert(key.clone());
+            transfer_outcome(Transfer {
+                transfer_id: t.transfer_id.clone(),
+                from_account_id: t.from_account_id.clone(),
+                to_account_id: t.to_account_id.clone(),
+                amount: t.amount,
+                status: TransferStatus::Prepared as i32,
+                created_at_ms: command.at_ms,
+                from_balance_after: balance,
+                currency,
+            })
+        };
+        self.remember(key, command, outcome.clone(), writes);
+        Ok(outcome)
+    }
+
+    fn remember(
+        &mut self,
+        key: (String, String),
+        command: &Command,
+        outcome: Outcome,
+        writes: &mut Writes,
+    ) {
+        let record = RequestRecord {
+            command: Some(command.clone()),
+            outcome: Some(outcome),
+        };
+        writes.push(Write::Request {
+            account_id: key.0.clone(),
+            request_id: key.1.clone(),
+            record: record.clone(),
+        });
+        self.requests.insert(key, record);
+    }
+
+    pub(crate) fn decide_debit(
+        &mut self,
+        command: &Command,
+        step: &TransferStep,
+        commit: bool,
+        writes: &mut Writes,
+    ) -> Outcome {
+        let checked = validate::id("transfer id", &step.transfer_id)
+            .and_then(|_| validate::id("account id", &step.account_id))
+            .and_then(|_| self.check_owned(&step.account_id));
+        if let Err(refusal) = checked {
+            return reject(refusal);
+        }
+        let key = (step.account_id.clone(), step.transfer_id.clone());
+        let Some(record) = self.requests.get(&key) else {
+            return reject((
+                Reason::TransferNotFound,
+                format!("no transfer {} from {}", step.transfer_id, step.account_id),
+            ));
+        };
+        let is_two_phase = matches!(
+            record.command.as_ref().and_then(|c| c.op.as_ref()),
+            Some(Op::PrepareDebit(_))
+        );
+        let current = record.outcome.clone().unwrap_or_default();
+        let transfer = match (&current.result, is_two_phase) {
+            (Some(outcome::Result::Transfer(t)), true) => t.clone(),
+            // Refused at prepare (e.g. INSUFFICIENT_FUNDS): it never happens.
+            (Some(outcome::Result::Rejected(_)), true) => {
+                return if commit {
+                    reject((
+                        Reason::TransferAborted,
+                        format!("transfer {} was refused", step.transfer_id),
+                    ))
+                } else {
+                    current
+                };
+            }
+            _ => {
+                return reject((
+                    Reason::InvalidArgument,
+                    format!("{} is not a cross-shard transfer", step.transfer_id),
+                ))
+            }
+        };
+        match TransferStatus::try_from(transfer.status) {
+            Ok(TransferStatus::Prepared) => {}
+            Ok(TransferStatus::Aborted) if commit => {
+                return reject((
+                    Reason::TransferAborted,
+                    format!("transfer {} was aborted", step.transfer_id),
+                ))
+            }
+            // Decided already: the first decision stands.
+            _ => return current,
+        }
+        let mut decided = transfer;
+        let Some(account) = self.accounts.get(&step.account_id).cloned() else {
+            return reject((Reason::AccountNotFound, "debit account vanished".into()));
+        };
+        let mut account = account;
+        account.reserved = account
+            .reserved
+            .checked_sub(decided.amount)
+            .expect("a prepared transfer's amount is reserved");
+        if commit {
+            account.balance = account
+                .balance
+                .checked_sub(decided.amount)
+                .expect("a reservation keeps the balance above the floor");
+            account.version += 1;
+            decided.status = TransferStatus::Committed as i32;
+            decided.from_balance_after = account.balance;
+            decided.created_at_ms = command.at_ms;
+        } else {
+            decided.status = TransferStatus::Aborted as i32;
+        }
+        writes.push(Write::Account(account.clone()));
+        let (balance, seq) = (account.balance, account.version);
+        self.accounts.insert(account.account_id.clone(), account);
+        if commit {
+            let entry_command = Command {
+                request_id: decided.transfer_id.clone(),
+                ..command.clone()
+            };
+            self.push_history(
+                &step.account_id,
+                seq,
+                &entry_command,
+                EntryKind::TransferOut,
+                -decided.amount,
+                balance,
+                &decided.to_account_id,
+                writes,
+            );
+        }
+        self.prepared.remove(&key);
+        let outcome = transfer_outcome(decided);
+        if let Some(record) = self.requests.get_mut(&key) {
+            record.outcome = Some(outcome.clone());
+            writes.push(Write::Request {
+                account_id: key.0.clone(),
+                request_id: key.1.clone(),
+                record: record.clone(),
+            });
+        }
+        outcome
+    }
+
+    pub(crate) fn prepare_credit(
+        &mut self,
+        command: &Command,
+        prepare: &PrepareCredit,
+        writes: &mut Writes,
+    ) -> Outcome {
+        let Some(t) = prepare.transfer.as_ref() else {
+            return reject((Reason::InvalidArgument, "prepare without transfer".into()));
+        };
+        if let Err(refusal) =
+            check_transfer(command, t).and_then(|_| self.check_owned(&t.to_account_id))
+        {
+            return reject(refusal);
+        }
+        if self.ring.shard_of(&t.from_account_id) != prepare.primary_shard_id
+            || prepare.primary_shard_id == self.shard_id
+        {
+            return reject((Reason::InvalidArgument, "wrong primary shard".into()));
+        }
+        let key = (t.to_account_id.clone(), t.transfer_id.clone());
+        if let Some(intent) = self.intents.get(&key) {
+            return match IntentState::try_from(intent.state) {
+                Ok(IntentState::Aborted) => reject((
+                    Reason::TransferAborted,
+                    format!("transfer {} was aborted", t.transfer_id),
+                )),
+                _ if intent.transfer.as_ref() != Some(t) => reject((
+                    Reason::IdReused,
+                    format!(
+                        "transfer id {} was used for another transfer",
+                        t.transfer_id
+                    ),
+                )),
+                Ok(IntentState::Credited) => {
+                    transfer_outcome(intent_transfer(intent, TransferStatus::Committed))
+                }
+                _ => transfer_outcome(intent_transfer(intent, TransferStatus::Prepared)),
+            };
+        }
+        let to = match self.existing(&t.to_account_id) {
+            Ok(to) => to,
+            Err(refusal) => return reject(refusal),
+        };
+        if to.currency != prepare.currency {
+            return reject((
+                Reason::CurrencyMismatch,
+                format!(
+                    "{} holds {}, {} holds {}",
+                    t.from_account_id, prepare.currency, to.account_id, to.currency
+                ),
+            ));
+        }
+        let room = to
+            .balance
+            .checked_add(to.pending_credit)
+            .and_then(|v| v.checked_add(t.amount));
+        if room.is_none() {
+            return reject((
+                Reason::BalanceOverflow,
+                format!("balance of {} would overflow", to.account_id),
+            ));
+        }
+        let mut account = to.clone();
+        account.pending_credit += t.amount; // fits: checked just above
+        writes.push(Write::Account(account.clone()));
+        self.accounts.insert(account.account_id.clone(), account);
+        let intent = Intent {
+            transfer: Some(t.clone()),
+            primary_shard_id: prepare.primary_shard_id,
+            state: IntentState::Pending as i32,
+            prepared_at_ms: command.at_ms,
+        };
+        self.store_intent(key.clone(), intent.clone(), writes);
+        self.pending.insert(key);
+        transfer_outcome(intent_transfer(&intent, TransferStatus::Prepared))
+    }
+
+    fn store_intent(&mut self, key: (String, String), intent: Intent, writes: &mut Writes) {
+        writes.push(Write::Intent {
+            account_id: key.0.clone(),
+            transfer_id: key.1.clone(),
+            intent: intent.clone(),
+        });
+        self.intents.insert(key, intent);
+    }
+
+    pub(crate) fn decide_credit(
+        &mut self,
+        command: &Command,
+        step: &TransferStep,
+        commit: bool,
+        writes: &mut Writes,
+    ) -> Outcome {
+        let checked = validate::id("transfer id", &step.transfer_id)
+            .and_then(|_| validate::id("account id", &step.account_id))
+            .and_then(|_| self.check_owned(&step.account_id));
+        if let Err(refusal) = checked {
+            return reject(refusal);
+        }
+        let key = (step.account_id.clone(), step.transfer_id.clone());
+        let Some(intent) = self.intents.get(&key).cloned() else {
+            if commit {
+                return reject((
+                    Reason::TransferNotFound,
+                    format!(
+                        "no intent of transfer {} on {}",
+                        step.transfer_id, step.account_id
+                    ),
+                ));
+            }
+            // Abort before prepare: a tombstone keeps a late prepare from reviving it.
+            let tombstone = Intent {
+                transfer: Some(TransferRequest {
+                    transfer_id: step.transfer_id.clone(),
+                    to_account_id: step.account_id.clone(),
+                    ..Default::default()
+                }),
+                primary_shard_id: 0,
+                state: IntentState::Aborted as i32,
+                prepared_at_ms: command.at_ms,
+            };
+            self.store_intent(key, tombstone.clone(), writes);
+            return transfer_outcome(intent_transfer(&tombstone, TransferStatus::Aborted));
+        };
+        match (IntentState::try_from(intent.state), commit) {
+            (Ok(IntentState::Pending), _) => {}
+            (Ok(IntentState::Credited), true) => {
+                return transfer_outcome(intent_transfer(&intent, TransferStatus::Committed))
+            }
+            (Ok(IntentState::Aborted), false) => {
+                return transfer_outcome(intent_transfer(&intent, TransferStatus::Aborted))
+            }
+            (Ok(IntentState::Credited), false)
+            | (Ok(IntentState::Aborted), true)
+            | (Err(_), _)
+            | (Ok(IntentState::Unspecified), _) => {
+                return reject((
+                    Reason::InvalidArgument,
+                    format!("transfer {} was decided the other way", step.transfer_id),
+                ))
+            }
+        }
+        let amount = intent.transfer.as_ref().map(|t| t.amount).unwrap_or(0);
+        let Some(mut account) = self.accounts.get(&step.account_id).cloned() else {
+            return reject((Reason::AccountNotFound, "credit account vanished".into()));
+        };
+        account.pending_credit = account
+            .pending_credit
+            .checked_sub(amount)
+            .expect("a pending intent's amount is counted in pending_credit");
+        let mut decided = intent;
+        if commit {
+            account.balance = account
+                .balance
+                .checked_add(amount)
+                .expect("prepare checked that the credit fits");
+            account.version += 1;
+            decided.state = IntentState::Credited as i32;
+        } else {
+            decided.state = IntentState::Aborted as i32;
+        }
+        writes.push(Write::Account(account.clone()));
+        let (balance, seq) = (account.balance, account.version);
+        self.accounts.insert(account.account_id.clone(), account);
+        if commit {
+            let from = decided
+                .transfer
+                .as_ref()
+                .map(|t| t.from_account_id.clone())
+                .unwrap_or_default();
+            let entry_command = Command {
+                request_id: step.transfer_id.clone(),
+                ..command.clone()
+            };
+            self.push_history(
+                &step.account_id,
+                seq,
+                &entry_command,
+                EntryKind::TransferIn,
+                amount,
+                balance,
+                &from,
+                writes,
+            );
+        }
+        self.pending.remove(&key);
+        let status = if commit {
+            TransferStatus::Committed
+        } else {
+            TransferStatus::Aborted
+        };
+        let outcome = transfer_outcome(intent_transfer(&decided, status));
+        self.store_intent(key, decided, writes);
+        outcome
+    }
+
+    /// PREPARED transfers (primary side) and PENDING intents (credit side) prepared before
+    /// `before_ms`: what recovery must decide or resolve.
+    pub fn stuck(&self, before_ms: i64) -> StuckTransfers {
+        let prepared = self
+            .prepared
+            .iter()
+            .filter_map(|key| self.requests.get(key))
+            .filter_map(
+                |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
+                    Some(outcome::Result::Transfer(t)) if t.created_at_ms < before_ms => {
+                        Some(t.clone())
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        let pending = self
+            .pending
+            .iter()
+            .filter_map(|key| self.intents.get(key))
+            .filter(|i| i.prepared_at_ms < before_ms)
+            .cloned()
+            .collect();
+        StuckTransfers { prepared, pending }
+    }
+
+    /// Money committed on this (primary) shard's debit side and intents credited or pending:
+    /// for tests and audits. Returns (sum of balances, sum of pending credits).
+    pub fn totals(&self) -> (i128, i128) {
+        self.accounts.values().fold((0, 0), |(b, p), a| {
+            (b + i128::from(a.balance), p + i128::from(a.pending_credit))
+        })
+    }
+}

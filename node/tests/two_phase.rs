@@ -1,0 +1,438 @@
+//! The state machine's side of cross-shard transfers: two shards' state machines driven step by
+//! step, including crashes between steps (a step simply never comes) and repeated steps.
+
+use proptest::prelude::*;
+use wallet_node::state_machine::{rejection_of, StateMachine, Writes};
+use wallet_proto::reason::Reason;
+use wallet_proto::topology::Ring;
+use wallet_proto::v1::{
+    command::Op, outcome, Command, CreateAccountRequest, DepositRequest, Outcome, PrepareCredit,
+    PrepareDebit, TransferRequest, TransferStatus, TransferStep, WithdrawRequest,
+};
+
+struct Shards {
+    ring: Ring,
+    sm: [StateMachine; 2],
+}
+
+fn run(sm: &mut StateMachine, request_id: &str, op: Op) -> (Outcome, Writes) {
+    let mut writes = Vec::new();
+    let command = Command {
+        request_id: request_id.into(),
+        at_ms: 1_000,
+        op: Some(op),
+    };
+    let outcome = sm.apply(&command, &mut writes);
+    sm.assert_invariants();
+    (outcome, writes)
+}
+
+fn status(outcome: &Outcome) -> Option<TransferStatus> {
+    match &outcome.result {
+        Some(outcome::Result::Transfer(t)) => TransferStatus::try_from(t.status).ok(),
+        _ => None,
+    }
+}
+
+impl Shards {
+    fn new() -> Shards {
+        let ring = Ring::new([1, 2], 16);
+        Shards {
+            sm: [
+                StateMachine::new(1, ring.clone()),
+                StateMachine::new(2, ring.clone()),
+            ],
+            ring,
+        }
+    }
+
+    /// `n` account ids placed on `shard`.
+    fn ids_on(&self, shard: u64, n: usize) -> Vec<String> {
+        (0..1000)
+            .map(|i| format!("acct-{i}"))
+            .filter(|id| self.ring.shard_of(id) == shard)
+            .take(n)
+            .collect()
+    }
+
+    fn of(&mut self, account: &str) -> &mut StateMachine {
+        let shard = self.ring.shard_of(account);
+        &mut self.sm[(shard - 1) as usize]
+    }
+
+    fn open(&mut self, account: &str, currency: &str, funds: i64) {
+        let sm = self.of(account);
+        run(
+            sm,
+            "",
+            Op::CreateAccount(CreateAccountRequest {
+                account_id: account.into(),
+                currency: currency.into(),
+                credit_limit: 0,
+            }),
+        );
+        if funds > 0 {
+            let (o, _) = run(
+                sm,
+                "fund",
+                Op::Deposit(DepositRequest {
+                    request_id: "fund".into(),
+                    account_id: account.into(),
+                    amount: funds,
+                }),
+            );
+            assert!(rejection_of(&o).is_none());
+        }
+    }
+
+    fn transfer(id: &str, from: &str, to: &str, amount: i64) -> TransferRequest {
+        TransferRequest {
+            transfer_id: id.into(),
+            from_account_id: from.into(),
+            to_account_id: to.into(),
+            amount,
+        }
+    }
+
+    fn prepare_debit(&mut self, t: &TransferRequest) -> (Outcome, Writes) {
+        let credit_shard_id = self.ring.shard_of(&t.to_account_id);
+        let sm = self.of(&t.from_account_id);
+        run(
+            sm,
+            &t.transfer_id,
+            Op::PrepareDebit(PrepareDebit {
+                transfer: Some(t.clone()),
+                credit_shard_id,
+            }),
+        )
+    }
+
+    fn prepare_credit(&mut self, t: &TransferRequest, currency: &str) -> (Outcome, Writes) {
+        let primary_shard_id = self.ring.shard_of(&t.from_account_id);
+        let sm = self.of(&t.to_account_id);
+        run(
+            sm,
+            &t.transfer_id,
+            Op::PrepareCredit(PrepareCredit {
+                transfer: Some(t.clone()),
+                primary_shard_id,
+                currency: currency.into(),
+            }),
+        )
+    }
+
+    fn step(
+        &mut self,
+        t: &TransferRequest,
+        which: fn(TransferStep) -> Op,
+        debit: bool,
+    ) -> (Outcome, Writes) {
+        let account = if debit {
+            &t.from_account_id
+        } else {
+            &t.to_account_id
+        };
+        let step = TransferStep {
+            transfer_id: t.transfer_id.clone(),
+            account_id: account.clone(),
+        };
+        let sm = self.of(account);
+        run(sm, &t.transfer_id, which(step))
+    }
+
+    fn balance(&mut self, account: &str) -> (i64, i64, i64) {
+        let a = self.of(account).account(account).cloned().unwrap();
+        (a.balance, a.reserved, a.pending_credit)
+    }
+
+    fn total(&self) -> i128 {
+        self.sm.iter().map(|s| s.totals().0).sum()
+    }
+}
+
+fn setup() -> (Shards, String, String) {
+    let mut s = Shards::new();
+    let a = s.ids_on(1, 1).remove(0);
+    let b = s.ids_on(2, 1).remove(0);
+    s.open(&a, "USD", 100);
+    s.open(&b, "USD", 0);
+    (s, a, b)
+}
+
+#[test]
+fn commit_path_moves_money_once_and_every_step_is_idempotent() {
+    let (mut s, a, b) = setup();
+    let t = Shards::transfer("x1", &a, &b, 30);
+    let (o, _) = s.prepare_debit(&t);
+    assert_eq!(status(&o), Some(TransferStatus::Prepared));
+    assert_eq!(s.balance(&a), (100, 30, 0));
+    let (again, writes) = s.prepare_debit(&t);
+    assert_eq!(again, o);
+    assert!(writes.is_empty());
+    let (o, _) = s.prepare_credit(&t, "USD");
+    assert_eq!(status(&o), Some(TransferStatus::Prepared));
+    assert_eq!(s.balance(&b), (0, 0, 30));
+    assert!(s.prepare_credit(&t, "USD").1.is_empty());
+    let (o, _) = s.step(&t, Op::CommitDebit, true);
+    assert_eq!(status(&o), Some(TransferStatus::Committed));
+    assert_eq!(s.balance(&a), (70, 0, 0));
+    assert_eq!(
+        s.total(),
+        70,
+        "30 in flight between the commit point and the credit"
+    );
+    let (again, writes) = s.step(&t, Op::CommitDebit, true);
+    assert_eq!(again, o);
+    assert!(writes.is_empty());
+    // A late abort cannot undo the commit point: the first decision stands.
+    let (late, writes) = s.step(&t, Op::AbortDebit, true);
+    assert_eq!(status(&late), Some(TransferStatus::Committed));
+    assert!(writes.is_empty());
+    let (o, _) = s.step(&t, Op::CommitCredit, false);
+    assert_eq!(status(&o), Some(TransferStatus::Committed));
+    assert_eq!(s.balance(&b), (30, 0, 0));
+    assert!(s.step(&t, Op::CommitCredit, false).1.is_empty());
+    assert_eq!(s.total(), 100);
+    let primary = s.of(&a);
+    assert_eq!(
+        primary.transfer(&a, "x1").map(|t| t.status),
+        Some(TransferStatus::Committed as i32)
+    );
+}
+
+#[test]
+fn abort_path_releases_the_reservation_and_the_intent() {
+    let (mut s, a, b) = setup();
+    let t = Shards::transfer("x2", &a, &b, 60);
+    s.prepare_debit(&t);
+    s.prepare_credit(&t, "USD");
+    let (o, _) = s.step(&t, Op::AbortDebit, true);
+    assert_eq!(status(&o), Some(TransferStatus::Aborted));
+    let (o, _) = s.step(&t, Op::CommitDebit, true);
+    assert_eq!(rejection_of(&o), Some(Reason::TransferAborted));
+    let (o, _) = s.step(&t, Op::AbortCredit, false);
+    assert_eq!(status(&o), Some(TransferStatus::Aborted));
+    assert_eq!(s.balance(&a), (100, 0, 0));
+    assert_eq!(s.balance(&b), (0, 0, 0));
+    // A retry of the whole transfer returns its first outcome: aborted.
+    let (o, _) = s.prepare_debit(&t);
+    assert_eq!(status(&o), Some(TransferStatus::Aborted));
+}
+
+#[test]
+fn insufficient_funds_at_prepare_is_remembered_and_never_commits() {
+    let (mut s, a, b) = setup();
+    let t = Shards::transfer("x3", &a, &b, 101);
+    let (o, writes) = s.prepare_debit(&t);
+    assert_eq!(rejection_of(&o), Some(Reason::InsufficientFunds));
+    assert_eq!(writes.len(), 1, "only the remembered outcome");
+    let (o, _) = s.step(&t, Op::CommitDebit, true);
+    assert_eq!(rejection_of(&o), Some(Reason::TransferAborted));
+    assert_eq!(s.balance(&a), (100, 0, 0));
+}
+
+#[test]
+fn a_reservation_is_not_spendable_twice() {
+    let (mut s, a, b) = setup();
+    s.prepare_debit(&Shards::transfer("x4", &a, &b, 80));
+    let sm = s.of(&a);
+    let (o, _) = run(
+        sm,
+        "w",
+        Op::Withdraw(WithdrawRequest {
+            request_id: "w".into(),
+            account_id: a.clone(),
+            amount: 21,
+        }),
+    );
+    assert_eq!(rejection_of(&o), Some(Reason::InsufficientFunds));
+    let (o, _) = s.prepare_debit(&Shards::transfer("x5", &a, &b, 21));
+    assert_eq!(rejection_of(&o), Some(Reason::InsufficientFunds));
+    let (o, _) = s.prepare_debit(&Shards::transfer("x6", &a, &b, 20));
+    assert_eq!(status(&o), Some(TransferStatus::Prepared));
+}
+
+#[test]
+fn abort_before_prepare_leaves_a_tombstone() {
+    let (mut s, a, b) = setup();
+    let t = Shards::transfer("x7", &a, &b, 10);
+    let (o, _) = s.step(&t, Op::AbortCredit, false);
+    assert_eq!(status(&o), Some(TransferStatus::Aborted));
+    let (o, writes) = s.prepare_credit(&t, "USD");
+    assert_eq!(rejection_of(&o), Some(Reason::TransferAborted));
+    assert!(writes.is_empty());
+    assert_eq!(s.balance(&b), (0, 0, 0));
+}
+
+#[test]
+fn bad_prepares_are_refused_and_write_nothing() {
+    let (mut s, a, b) = setup();
+    let eur = s.ids_on(2, 2).remove(1);
+    s.open(&eur, "EUR", 0);
+    let same_shard = s.ids_on(1, 2).remove(1);
+    let ghost = s.ids_on(1, 3).remove(2);
+    for (t, reason) in [
+        (Shards::transfer("y1", &a, &b, 0), Reason::InvalidAmount),
+        (Shards::transfer("y2", &a, &a, 5), Reason::SameAccount),
+        (
+            Shards::transfer("y3", &a, &same_shard, 5),
+            Reason::InvalidArgument,
+        ),
+        (
+            Shards::transfer("y4", &ghost, &b, 5),
+            Reason::AccountNotFound,
+        ),
+    ] {
+        let (o, writes) = s.prepare_debit(&t);
+        assert_eq!(rejection_of(&o), Some(reason), "{t:?}");
+        assert!(writes.is_empty());
+    }
+    let t = Shards::transfer("y5", &a, &eur, 5);
+    let (o, writes) = s.prepare_credit(&t, "USD");
+    assert_eq!(rejection_of(&o), Some(Reason::CurrencyMismatch));
+    assert!(writes.is_empty());
+    let t = Shards::transfer("y6", &a, "nobody", 5);
+    if s.ring.shard_of("nobody") == 2 {
+        let (o, writes) = s.prepare_credit(&t, "USD");
+        assert_eq!(rejection_of(&o), Some(Reason::AccountNotFound));
+        assert!(writes.is_empty());
+    }
+    // A prepare sent to the wrong shard.
+    let wrong = Shards::transfer("y7", &a, &b, 5);
+    let (o, writes) = run(
+        &mut s.sm[1],
+        "y7",
+        Op::PrepareDebit(PrepareDebit {
+            transfer: Some(wrong),
+            credit_shard_id: 2,
+        }),
+    );
+    assert_eq!(rejection_of(&o), Some(Reason::WrongShard));
+    assert!(writes.is_empty());
+    // Same id, other content.
+    s.prepare_debit(&Shards::transfer("z", &a, &b, 5));
+    let (o, _) = s.prepare_debit(&Shards::transfer("z", &a, &b, 6));
+    assert_eq!(rejection_of(&o), Some(Reason::IdReused));
+}
+
+#[test]
+fn stuck_lists_what_recovery_must_decide() {
+    let (mut s, a, b) = setup();
+    let t = Shards::transfer("s1", &a, &b, 5);
+    s.prepare_debit(&t);
+    s.prepare_credit(&t, "USD");
+    let primary = s.of(&a).stuck(2_000);
+    assert_eq!(primary.prepared.len(), 1);
+    assert!(
+        s.of(&a).stuck(500).prepared.is_empty(),
+        "younger than the cutoff"
+    );
+    assert_eq!(s.of(&b).stuck(2_000).pending.len(), 1);
+    s.step(&t, Op::CommitDebit, true);
+    s.step(&t, Op::CommitCredit, false);
+    assert!(s.of(&a).stuck(2_000).prepared.is_empty());
+    assert!(s.of(&b).stuck(2_000).pending.is_empty());
+}
+
+// ---------- property test: any interleaving of steps, with crashes (missing steps) ----------
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    PrepareDebit,
+    PrepareCredit,
+    CommitDebit,
+    AbortDebit,
+    CommitCredit,
+    AbortCredit,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the order and whichever steps are lost or repeated, if every step is issued only
+    /// as the protocol allows (commit credit only after the primary committed; abort credit only
+    /// after the primary aborted or before anything), then at every point:
+    /// sum of balances + money in flight (committed debits not yet credited) = initial funds,
+    /// every reservation and pending credit matches the open transfers, and nothing is negative.
+    #[test]
+    fn any_interleaving_conserves_money(
+        amounts in prop::collection::vec(1i64..80, 1..6),
+        steps in prop::collection::vec((0..6usize, 0..6usize), 1..80),
+    ) {
+        let mut s = Shards::new();
+        let from = s.ids_on(1, 2);
+        let to = s.ids_on(2, 2);
+        for id in from.iter().chain(&to) {
+            s.open(id, "USD", 100);
+        }
+        let transfers: Vec<TransferRequest> = amounts
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Shards::transfer(&format!("t{i}"), &from[i % 2], &to[i % 2], *x))
+            .collect();
+        let mut committed = vec![false; transfers.len()];
+        let mut credited = vec![false; transfers.len()];
+        for (kind, which) in steps {
+            let i = which % transfers.len();
+            let t = transfers[i].clone();
+            let step = match kind {
+                0 => Step::PrepareDebit,
+                1 => Step::PrepareCredit,
+                2 => Step::CommitDebit,
+                3 => Step::AbortDebit,
+                4 => Step::CommitCredit,
+                _ => Step::AbortCredit,
+            };
+            match step {
+                Step::PrepareDebit => { s.prepare_debit(&t); }
+                Step::PrepareCredit => { s.prepare_credit(&t, "USD"); }
+                // The router commits the primary only once both sides are prepared.
+                Step::CommitDebit => {
+                    let credit_ready = s.of(&t.to_account_id).stuck(i64::MAX).pending.iter().any(|p| p.transfer.as_ref() == Some(&t));
+                    if credit_ready {
+                        let (o, _) = s.step(&t, Op::CommitDebit, true);
+                        if status(&o) == Some(TransferStatus::Committed) { committed[i] = true; }
+                    }
+                }
+                Step::AbortDebit => {
+                    let (o, _) = s.step(&t, Op::AbortDebit, true);
+                    if status(&o) == Some(TransferStatus::Committed) { prop_assert!(committed[i]); }
+                }
+                Step::CommitCredit if committed[i] => {
+                    let (o, _) = s.step(&t, Op::CommitCredit, false);
+                    prop_assert_eq!(status(&o), Some(TransferStatus::Committed));
+                    credited[i] = true;
+                }
+                Step::AbortCredit if !committed[i] => {
+                    let primary = s.of(&t.from_account_id).transfer(&t.from_account_id, &t.transfer_id);
+                    let decided_abort = primary.map(|p| p.status == TransferStatus::Aborted as i32).unwrap_or(true);
+                    if decided_abort {
+                        let (o, _) = s.step(&t, Op::AbortCredit, false);
+                        prop_assert_eq!(status(&o), Some(TransferStatus::Aborted));
+                    }
+                }
+                _ => {}
+            }
+            let in_flight: i128 = transfers
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| committed[*j] && !credited[*j])
+                .map(|(_, t)| i128::from(t.amount))
+                .sum();
+            prop_assert_eq!(s.total() + in_flight, 400);
+            for id in from.iter().chain(&to) {
+                let (balance, reserved, pending) = s.balance(id);
+                prop_assert!(balance - reserved >= 0 && pending >= 0);
+            }
+            // Reservations equal the PREPARED amounts; pending credits equal the PENDING intents.
+            for id in &from {
+                let prepared: i64 = s.of(id).stuck(i64::MAX).prepared.iter().filter(|p| &p.from_account_id == id).map(|p| p.amount).sum();
+                prop_assert_eq!(s.balance(id).1, prepared);
+            }
+            for id in &to {
+                let pending: i64 = s.of(id).stuck(i64::MAX).pending.iter().filter_map(|p| p.transfer.as_ref()).filter(|p| &p.to_account_id == id).map(|p| p.amount).sum();
+                prop_assert_eq!(s.balance(id).2, pending);
+            }
+        }
+    }
+}
