@@ -34,6 +34,9 @@ struct ClusterShape {
     /// Snapshot and compact each shard's log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     compact_every: u64,
+    /// Resolve cross-shard transfers whose router died after this many ms.
+    #[arg(long, default_value_t = 2000)]
+    resolve_after_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +122,7 @@ fn options(shape: &ClusterShape, dir: PathBuf, port: u16) -> Result<PlaygroundOp
         replicas: shape.replicas.min(shape.nodes),
         port,
         compact_every: shape.compact_every,
+        resolve_after_ms: shape.resolve_after_ms,
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
     })
 }

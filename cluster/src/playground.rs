@@ -32,6 +32,8 @@ pub struct PlaygroundOptions {
     pub port: u16,
     /// Passed to every node (`--compact-every`).
     pub compact_every: u64,
+    /// Passed to every node (`--resolve-after-ms`).
+    pub resolve_after_ms: u64,
     /// The executable with `node` and `router` subcommands.
     pub exe: PathBuf,
 }
@@ -46,11 +48,13 @@ pub struct Playground {
     pub router_address: String,
     exe: PathBuf,
     compact_every: u64,
+    resolve_after_ms: u64,
     nodes: BTreeMap<u64, Child>,
     router: Option<Child>,
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A port nothing listens on right now (for processes started next).
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -116,6 +120,7 @@ impl Playground {
             router_address,
             exe: options.exe.clone(),
             compact_every: options.compact_every,
+            resolve_after_ms: options.resolve_after_ms,
             nodes: BTreeMap::new(),
             router: None,
         })
@@ -183,6 +188,8 @@ impl Playground {
             self.cluster_file().display().to_string(),
             "--compact-every".into(),
             self.compact_every.to_string(),
+            "--resolve-after-ms".into(),
+            self.resolve_after_ms.to_string(),
         ];
         let child = self.spawn(&format!("node-{node_id}"), &args)?;
         self.nodes.insert(node_id, child);
@@ -194,15 +201,21 @@ impl Playground {
         if self.router.is_some() {
             return Ok(());
         }
+        let address = self.router_address.clone();
+        self.router = Some(self.spawn_router(&address, "router")?);
+        Ok(())
+    }
+
+    /// Starts one more router on `address` (logging to `logs/LOG_NAME.log`); the caller owns it.
+    pub fn spawn_router(&self, address: &str, log_name: &str) -> Result<Child, String> {
         let args = vec![
             "router".to_string(),
             "--listen".into(),
-            self.router_address.clone(),
+            address.to_string(),
             "--cluster".into(),
             self.cluster_file().display().to_string(),
         ];
-        self.router = Some(self.spawn("router", &args)?);
-        Ok(())
+        self.spawn(log_name, &args)
     }
 
     /// kill -9 of one node.

@@ -2,195 +2,17 @@
 //! dirs, faults by kill -9. Each test states the guarantee it checks. The tests of this file run one
 //! at a time (they share two cores and time-sensitive elections).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wallet_client::{ClientOptions, Reason, WalletClient};
-use wallet_cluster::playground::{tail, Playground, PlaygroundOptions};
+use common::*;
+use wallet_client::Reason;
 use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::{command::Op, Command as ShardCmd, DepositRequest, ShardCommand};
-
-/// Held by each test for its whole run: one cluster at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_wallet-cluster"))
-}
-
-/// The `wallet` CLI, built next to wallet-cluster by `cargo test --workspace`.
-fn wallet_cli() -> PathBuf {
-    let path = exe().with_file_name("wallet");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (README)",
-        path.display()
-    );
-    path
-}
-
-struct Cluster {
-    playground: Playground,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(shards: u64, compact_every: u64) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let options = PlaygroundOptions {
-            dir: dir.path().to_path_buf(),
-            nodes: 3,
-            shards,
-            replicas: 3,
-            port: 0,
-            compact_every,
-            exe: exe(),
-        };
-        let mut playground = Playground::create(&options).expect("playground");
-        playground.start_all().expect("start");
-        let cluster = Cluster {
-            playground,
-            _dir: dir,
-        };
-        cluster.ready().await;
-        cluster
-    }
-
-    async fn ready(&self) -> BTreeMap<u64, u64> {
-        match self.playground.wait_ready(Duration::from_secs(30)).await {
-            Ok(leaders) => leaders,
-            Err(e) => panic!("{e}\n{}", self.logs()),
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for name in ["node-1", "node-2", "node-3", "router"] {
-            let path = self.playground.dir.join("logs").join(format!("{name}.log"));
-            out.push_str(&format!("--- {name}\n{}\n", tail(&path, 15)));
-        }
-        out
-    }
-
-    fn client(&self) -> WalletClient {
-        WalletClient::with_options(
-            &[self.playground.router_address.as_str()],
-            ClientOptions {
-                retry_budget: Duration::from_secs(20),
-                attempt_timeout: Duration::from_secs(10),
-            },
-        )
-        .expect("client")
-    }
-
-    /// Commit index of every shard, from its leader.
-    async fn commits(&self) -> BTreeMap<u64, u64> {
-        let mut commits = BTreeMap::new();
-        for id in self.playground.node_ids() {
-            if let Some(status) = self.playground.status(id).await {
-                for r in status.replicas.iter().filter(|r| r.is_leader) {
-                    commits.insert(r.shard_id, r.commit_index);
-                }
-            }
-        }
-        commits
-    }
-
-    /// Waits until `node_id` applied everything the leaders had committed when asked (after every
-    /// shard has a leader again: a shard in an election reports no commit index).
-    async fn caught_up(&self, node_id: u64) {
-        self.ready().await;
-        let commits = self.commits().await;
-        assert_eq!(commits.len(), self.playground.topology.shards.len());
-        for (shard, commit) in commits {
-            if let Err(e) = self
-                .playground
-                .wait_applied(node_id, shard, commit, Duration::from_secs(30))
-                .await
-            {
-                panic!("{e}\n{}", self.logs());
-            }
-        }
-    }
-}
-
-async fn open_accounts(client: &WalletClient, n: usize) -> Vec<String> {
-    let ids: Vec<String> = (0..n).map(|i| format!("acct-{i:03}")).collect();
-    for id in &ids {
-        client.create_account(id, "USD", 0).await.expect("create");
-    }
-    ids
-}
-
-/// Acknowledged money per account from a deposit workload, after resolving unknown outcomes.
-#[derive(Default)]
-struct Acked {
-    per_account: BTreeMap<String, i64>,
-    count: u64,
-    after: Option<(Instant, u64)>,
-}
-
-/// `writers` concurrent clients deposit into random accounts until `stop_at`; every call that ran
-/// out of retries is retried with the same id until its outcome is known.
-async fn deposit_workload(
-    client: WalletClient,
-    accounts: Vec<String>,
-    writers: usize,
-    stop_at: Instant,
-    mark: Arc<Mutex<Option<Instant>>>,
-) -> Acked {
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let client = client.clone();
-        let accounts = accounts.clone();
-        let mark = mark.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut acked: Vec<(String, i64, Instant)> = Vec::new();
-            let mut n = 0u64;
-            while Instant::now() < stop_at && n < 100_000 {
-                n += 1;
-                let account = &accounts[(n as usize * 7 + w) % accounts.len()];
-                let id = format!("w{w}-{n}");
-                let amount = (n % 50 + 1) as i64;
-                loop {
-                    match client.deposit(&id, account, amount).await {
-                        Ok(_) => {
-                            acked.push((account.clone(), amount, Instant::now()));
-                            break;
-                        }
-                        Err(e) if e.reason.is_retryable() => continue,
-                        Err(e) => panic!("deposit {id} refused: {e}"),
-                    }
-                }
-            }
-            let _ = mark;
-            acked
-        }));
-    }
-    let mut result = Acked::default();
-    let marked = *mark.lock().unwrap();
-    let mut after_mark = 0;
-    for task in tasks {
-        for (account, amount, at) in task.await.expect("writer") {
-            *result.per_account.entry(account).or_default() += amount;
-            result.count += 1;
-            if marked.is_some_and(|m| at > m) || mark.lock().unwrap().is_some_and(|m| at > m) {
-                after_mark += 1;
-            }
-        }
-    }
-    result.after = mark.lock().unwrap().map(|m| (m, after_mark));
-    result
-}
-
-async fn assert_balances(client: &WalletClient, expected: &BTreeMap<String, i64>) {
-    for (account, amount) in expected {
-        let got = client.get_account(account).await.expect("read").balance;
-        assert_eq!(got, *amount, "balance of {account}");
-    }
-}
 
 fn cli(endpoint: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(wallet_cli())
@@ -279,9 +101,15 @@ async fn every_cli_command_works_end_to_end() {
     assert_ne!(code, 0);
     assert!(err.starts_with("error: INSUFFICIENT_FUNDS"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let (code, _, err) = cli(&ep, &["transfer", a, other, "1"]);
+    // Across shards (two-phase): both legs land.
+    let (code, out, err) = cli(&ep, &["--json", "transfer", a, other, "50", "--id", "tr-x"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"from_balance_after\":600"), "{out}");
+    let (_, out, _) = cli(&ep, &["--json", "account", "get", other]);
+    assert!(out.contains("\"balance\":50"), "{out}");
+    let (code, _, err) = cli(&ep, &["transfer", a, other, "100000"]);
     assert_ne!(code, 0);
-    assert!(err.contains("CROSS_SHARD_NOT_SUPPORTED"), "{err}");
+    assert!(err.contains("INSUFFICIENT_FUNDS"), "{err}");
     let (code, _, err) = cli(&ep, &["account", "get", "nobody"]);
     assert_ne!(code, 0);
     assert!(err.contains("ACCOUNT_NOT_FOUND"), "{err}");
@@ -314,6 +142,8 @@ async fn bad_input_gets_its_reason_code_and_changes_nothing() {
     client.create_account(&c, "USD", 0).await.unwrap();
     let eur = s1[2].clone();
     client.create_account(&eur, "EUR", 0).await.unwrap();
+    let (eur2, ghost2) = (s2[1].clone(), s2[2].clone());
+    client.create_account(&eur2, "EUR", 0).await.unwrap();
     client.deposit("seed", &a, 100).await.unwrap();
 
     let long = "x".repeat(65);
@@ -375,8 +205,16 @@ async fn bad_input_gets_its_reason_code_and_changes_nothing() {
             client.transfer("t3", &a, &b, 101).await.unwrap_err(),
         ),
         (
-            Reason::CrossShardNotSupported,
-            client.transfer("t4", &a, &c, 5).await.unwrap_err(),
+            Reason::InsufficientFunds,
+            client.transfer("t4", &a, &c, 101).await.unwrap_err(),
+        ),
+        (
+            Reason::CurrencyMismatch,
+            client.transfer("t5", &a, &eur2, 5).await.unwrap_err(),
+        ),
+        (
+            Reason::AccountNotFound,
+            client.transfer("t6", &a, &ghost2, 5).await.unwrap_err(),
         ),
         (
             Reason::TransferNotFound,

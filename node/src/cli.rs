@@ -27,6 +27,9 @@ pub struct NodeArgs {
     /// Snapshot and compact a shard's Raft log every this many applied entries.
     #[arg(long, env = "WALLET_COMPACT_EVERY", default_value_t = 10_000)]
     pub compact_every: u64,
+    /// Resolve a cross-shard transfer left undecided (its router died) after this many ms.
+    #[arg(long, env = "WALLET_RESOLVE_AFTER_MS", default_value_t = 2000)]
+    pub resolve_after_ms: u64,
 }
 
 /// Sets up logging (`RUST_LOG`, default info) on stderr.
@@ -66,6 +69,7 @@ fn start(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         replica: ReplicaConfig {
             compact_every: args.compact_every,
         },
+        resolve_after: std::time::Duration::from_millis(args.resolve_after_ms.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,12 +9,14 @@
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
 //! - [`transport`]: Raft messages between nodes, batched per peer.
 //! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers).
+//! - [`recovery`]: decides and resolves cross-shard transfers whose router went away.
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
 pub mod cli;
 pub mod group_commit;
 pub mod node;
 mod raft_log;
 pub mod record;
+pub mod recovery;
 pub mod replica;
 pub mod service;
 pub mod shard_store;

@@ -19,6 +19,7 @@ use crate::replica::{Replica, ReplicaConfig};
 use crate::service::NodeService;
 use crate::state_machine::StateMachine;
 use crate::transport::{Registry, Transport};
+use wallet_router::shards::Shards;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     pub topology: Topology,
     pub replica: ReplicaConfig,
+    /// Age after which recovery resolves an undecided cross-shard transfer.
+    pub resolve_after: std::time::Duration,
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -82,6 +85,13 @@ pub async fn run(
     let shard_count = handles.len();
     let _ = registry.set(handles);
     let service = NodeService::new(options.node_id, ring, registry);
+    let shards = Arc::new(Shards::new(topology.clone())?);
+    let recovery = tokio::spawn(crate::recovery::run(
+        service.clone(),
+        shards,
+        options.resolve_after,
+        stop_rx.clone(),
+    ));
     tracing::info!(node = options.node_id, listen = %options.listen, shards = shard_count, "node serving");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -96,6 +106,7 @@ pub async fn run(
         .await?;
     tracing::info!(node = options.node_id, "stopping replicas");
     let _ = stop_tx.send(true);
+    let _ = recovery.await;
     for task in tasks {
         let _ = task.await;
     }

@@ -41,6 +41,18 @@ impl NodeService {
         }
     }
 
+    /// Shards whose replica on this node currently leads.
+    pub fn led_shards(&self) -> Vec<u64> {
+        self.replicas()
+            .map(|r| {
+                r.values()
+                    .filter(|h| h.status().is_leader)
+                    .map(|h| h.shard_id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn replicas(&self) -> Result<&HashMap<u64, ReplicaHandle>, Status> {
         self.registry
             .get()
@@ -90,7 +102,8 @@ impl NodeService {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch on this node's clock.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -181,11 +181,10 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         let from_shard = self.shards.shard_of(&transfer.from_account_id);
         let to_shard = self.shards.shard_of(&transfer.to_account_id);
         if from_shard != to_shard {
-            return Err(Reason::CrossShardNotSupported.status(format!(
-                "{} is on shard {from_shard} and {} on shard {to_shard}; cross-shard transfers \
-                 are not supported yet",
-                transfer.from_account_id, transfer.to_account_id
-            )));
+            let _permit = self.admit()?;
+            let t =
+                crate::two_phase::transfer(&self.shards, transfer, from_shard, to_shard).await?;
+            return Ok(Response::new(t));
         }
         let (from, id) = (
             transfer.from_account_id.clone(),

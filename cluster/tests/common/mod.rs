@@ -1,0 +1,190 @@
+//! Helpers shared by the multi-process tests: a 3-node cluster in a temp dir, clients, workloads.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wallet_client::{ClientOptions, WalletClient};
+use wallet_cluster::playground::{tail, Playground, PlaygroundOptions};
+
+/// Held by each test for its whole run: one cluster at a time.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wallet-cluster"))
+}
+
+/// The `wallet` CLI, built next to wallet-cluster by `cargo test --workspace`.
+pub fn wallet_cli() -> PathBuf {
+    let path = exe().with_file_name("wallet");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (README)",
+        path.display()
+    );
+    path
+}
+
+pub struct Cluster {
+    pub playground: Playground,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(shards: u64, compact_every: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = PlaygroundOptions {
+            dir: dir.path().to_path_buf(),
+            nodes: 3,
+            shards,
+            replicas: 3,
+            port: 0,
+            compact_every,
+            resolve_after_ms: 500,
+            exe: exe(),
+        };
+        let mut playground = Playground::create(&options).expect("playground");
+        playground.start_all().expect("start");
+        let cluster = Cluster {
+            playground,
+            _dir: dir,
+        };
+        cluster.ready().await;
+        cluster
+    }
+
+    pub async fn ready(&self) -> BTreeMap<u64, u64> {
+        match self.playground.wait_ready(Duration::from_secs(30)).await {
+            Ok(leaders) => leaders,
+            Err(e) => panic!("{e}\n{}", self.logs()),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["node-1", "node-2", "node-3", "router"] {
+            let path = self.playground.dir.join("logs").join(format!("{name}.log"));
+            out.push_str(&format!("--- {name}\n{}\n", tail(&path, 15)));
+        }
+        out
+    }
+
+    pub fn client(&self) -> WalletClient {
+        WalletClient::with_options(
+            &[self.playground.router_address.as_str()],
+            ClientOptions {
+                retry_budget: Duration::from_secs(20),
+                attempt_timeout: Duration::from_secs(10),
+            },
+        )
+        .expect("client")
+    }
+
+    /// Commit index of every shard, from its leader.
+    pub async fn commits(&self) -> BTreeMap<u64, u64> {
+        let mut commits = BTreeMap::new();
+        for id in self.playground.node_ids() {
+            if let Some(status) = self.playground.status(id).await {
+                for r in status.replicas.iter().filter(|r| r.is_leader) {
+                    commits.insert(r.shard_id, r.commit_index);
+                }
+            }
+        }
+        commits
+    }
+
+    /// Waits until `node_id` applied everything the leaders had committed when asked (after every
+    /// shard has a leader again: a shard in an election reports no commit index).
+    pub async fn caught_up(&self, node_id: u64) {
+        self.ready().await;
+        let commits = self.commits().await;
+        assert_eq!(commits.len(), self.playground.topology.shards.len());
+        for (shard, commit) in commits {
+            if let Err(e) = self
+                .playground
+                .wait_applied(node_id, shard, commit, Duration::from_secs(30))
+                .await
+            {
+                panic!("{e}\n{}", self.logs());
+            }
+        }
+    }
+}
+
+pub async fn open_accounts(client: &WalletClient, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("acct-{i:03}")).collect();
+    for id in &ids {
+        client.create_account(id, "USD", 0).await.expect("create");
+    }
+    ids
+}
+
+/// Acknowledged money per account from a deposit workload, after resolving unknown outcomes.
+#[derive(Default)]
+pub struct Acked {
+    pub per_account: BTreeMap<String, i64>,
+    pub count: u64,
+    pub after: Option<(Instant, u64)>,
+}
+
+/// `writers` concurrent clients deposit into random accounts until `stop_at`; every call that ran
+/// out of retries is retried with the same id until its outcome is known.
+pub async fn deposit_workload(
+    client: WalletClient,
+    accounts: Vec<String>,
+    writers: usize,
+    stop_at: Instant,
+    mark: Arc<Mutex<Option<Instant>>>,
+) -> Acked {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let client = client.clone();
+        let accounts = accounts.clone();
+        let mark = mark.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked: Vec<(String, i64, Instant)> = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < stop_at && n < 100_000 {
+                n += 1;
+                let account = &accounts[(n as usize * 7 + w) % accounts.len()];
+                let id = format!("w{w}-{n}");
+                let amount = (n % 50 + 1) as i64;
+                loop {
+                    match client.deposit(&id, account, amount).await {
+                        Ok(_) => {
+                            acked.push((account.clone(), amount, Instant::now()));
+                            break;
+                        }
+                        Err(e) if e.reason.is_retryable() => continue,
+                        Err(e) => panic!("deposit {id} refused: {e}"),
+                    }
+                }
+            }
+            let _ = mark;
+            acked
+        }));
+    }
+    let mut result = Acked::default();
+    let marked = *mark.lock().unwrap();
+    let mut after_mark = 0;
+    for task in tasks {
+        for (account, amount, at) in task.await.expect("writer") {
+            *result.per_account.entry(account).or_default() += amount;
+            result.count += 1;
+            if marked.is_some_and(|m| at > m) || mark.lock().unwrap().is_some_and(|m| at > m) {
+                after_mark += 1;
+            }
+        }
+    }
+    result.after = mark.lock().unwrap().map(|m| (m, after_mark));
+    result
+}
+
+pub async fn assert_balances(client: &WalletClient, expected: &BTreeMap<String, i64>) {
+    for (account, amount) in expected {
+        let got = client.get_account(account).await.expect("read").balance;
+        assert_eq!(got, *amount, "balance of {account}");
+    }
+}

@@ -1,0 +1,300 @@
+//! Cross-shard transfers on real processes: both legs or neither (G2), exactly once across routers
+//! (G4), and recovery without the router: the tests play a router that dies between two steps by
+//! sending the steps themselves, then let the nodes' recovery finish (resolve timeout 500 ms).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wallet_client::{Reason, WalletClient};
+use wallet_proto::v1::{
+    command::Op, outcome, Command, PrepareCredit, PrepareDebit, TransferRequest, TransferStatus,
+    TransferStep,
+};
+use wallet_router::shards::Shards;
+
+/// Accounts `per_shard` on each of the two shards, funded with `funds` each.
+async fn accounts(
+    cluster: &Cluster,
+    client: &WalletClient,
+    per_shard: usize,
+    funds: i64,
+) -> [Vec<String>; 2] {
+    let ring = cluster.playground.topology.ring();
+    let mut by_shard: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..1000 {
+        let id = format!("x{i}");
+        let shard = ring.shard_of(&id) as usize - 1;
+        if by_shard[shard].len() < per_shard {
+            by_shard[shard].push(id);
+        }
+    }
+    for id in by_shard.iter().flatten() {
+        client.create_account(id, "USD", 0).await.unwrap();
+        if funds > 0 {
+            client
+                .deposit(&format!("fund-{id}"), id, funds)
+                .await
+                .unwrap();
+        }
+    }
+    by_shard
+}
+
+/// Waits until no account has a reservation or a pending credit left; returns the balances.
+async fn settled(client: &WalletClient, ids: &[String]) -> BTreeMap<String, i64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut balances = BTreeMap::new();
+        let mut open = Vec::new();
+        for id in ids {
+            let a = client.get_account(id).await.unwrap();
+            assert!(a.balance - a.reserved >= a.floor, "{a:?}");
+            balances.insert(id.clone(), a.balance);
+            if a.reserved != 0 || a.pending_credit != 0 {
+                open.push(a);
+            }
+        }
+        if open.is_empty() {
+            return balances;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfers still undecided: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn command(id: &str, op: Op) -> Command {
+    Command {
+        request_id: id.into(),
+        at_ms: 0,
+        op: Some(op),
+    }
+}
+
+fn step(id: &str, account: &str) -> TransferStep {
+    TransferStep {
+        transfer_id: id.into(),
+        account_id: account.into(),
+    }
+}
+
+/// Plays a router: PrepareDebit and PrepareCredit, then (if `commit`) CommitDebit, then dies.
+async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool) {
+    let shards = Shards::new(cluster.playground.topology.clone()).unwrap();
+    let from_shard = shards.shard_of(&t.from_account_id);
+    let to_shard = shards.shard_of(&t.to_account_id);
+    let prepared = shards
+        .execute(
+            from_shard,
+            command(
+                &t.transfer_id,
+                Op::PrepareDebit(PrepareDebit {
+                    transfer: Some(t.clone()),
+                    credit_shard_id: to_shard,
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    let currency = match prepared.result {
+        Some(outcome::Result::Transfer(p)) => p.currency,
+        other => panic!("prepare debit: {other:?}"),
+    };
+    let credit = shards
+        .execute(
+            to_shard,
+            command(
+                &t.transfer_id,
+                Op::PrepareCredit(PrepareCredit {
+                    transfer: Some(t.clone()),
+                    primary_shard_id: from_shard,
+                    currency,
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(credit.result, Some(outcome::Result::Transfer(_))),
+        "{credit:?}"
+    );
+    if commit {
+        let decided = shards
+            .execute(
+                from_shard,
+                command(
+                    &t.transfer_id,
+                    Op::CommitDebit(step(&t.transfer_id, &t.from_account_id)),
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(decided.result, Some(outcome::Result::Transfer(_))),
+            "{decided:?}"
+        );
+    }
+}
+
+fn transfer(id: &str, from: &str, to: &str, amount: i64) -> TransferRequest {
+    TransferRequest {
+        transfer_id: id.into(),
+        from_account_id: from.into(),
+        to_account_id: to.into(),
+        amount,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_transfer_applies_both_legs_once_even_when_retried_from_another_router() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
+    let (a, b) = (&on1[0], &on2[0]);
+    let t = client.transfer("pay-1", a, b, 300).await.unwrap();
+    assert_eq!(t.status, TransferStatus::Committed as i32);
+    assert_eq!(t.from_balance_after, 700);
+    // The same transfer retried through a second router: first outcome, no second payment.
+    let address = format!(
+        "127.0.0.1:{}",
+        wallet_cluster::playground::free_port().unwrap()
+    );
+    let mut second = cluster
+        .playground
+        .spawn_router(&address, "router-2")
+        .unwrap();
+    let other = WalletClient::connect(&[address.as_str()]).unwrap();
+    let again = other.transfer("pay-1", a, b, 300).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(again.unwrap().status, TransferStatus::Committed as i32);
+    let balances = settled(&client, &[a.clone(), b.clone()]).await;
+    assert_eq!((balances[a], balances[b]), (700, 1300));
+    let history = client.list_transfers(b, 10, 0).await.unwrap();
+    assert_eq!(history.entries[0].delta, 300);
+    assert_eq!(history.entries[0].counterparty, *a);
+    assert_eq!(
+        client.get_transfer("pay-1", a).await.unwrap().status,
+        TransferStatus::Committed as i32
+    );
+    // Same id, other content.
+    let reused = client.transfer("pay-1", a, b, 301).await.unwrap_err();
+    assert_eq!(reused.reason, Reason::IdReused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_router_died_before_the_commit_point_is_aborted_by_recovery() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
+    let t = transfer("lost-1", &on1[0], &on2[0], 400);
+    router_dies_after(&cluster, &t, false).await;
+    let debit = client.get_account(&on1[0]).await.unwrap();
+    assert_eq!(
+        (debit.balance, debit.reserved),
+        (1000, 400),
+        "reserved while undecided"
+    );
+    let balances = settled(&client, &[on1[0].clone(), on2[0].clone()]).await;
+    assert_eq!((balances[&on1[0]], balances[&on2[0]]), (1000, 1000));
+    let status = client.get_transfer("lost-1", &on1[0]).await.unwrap().status;
+    assert_eq!(status, TransferStatus::Aborted as i32);
+    // The client's retry learns the decision; nothing moves.
+    let retry = client
+        .transfer("lost-1", &on1[0], &on2[0], 400)
+        .await
+        .unwrap_err();
+    assert_eq!(retry.reason, Reason::TransferAborted);
+    let balances = settled(&client, &[on1[0].clone(), on2[0].clone()]).await;
+    assert_eq!((balances[&on1[0]], balances[&on2[0]]), (1000, 1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_router_died_after_the_commit_point_is_credited_by_recovery() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
+    let t = transfer("half-1", &on2[0], &on1[0], 250);
+    router_dies_after(&cluster, &t, true).await;
+    let balances = settled(&client, &[on1[0].clone(), on2[0].clone()]).await;
+    assert_eq!((balances[&on2[0]], balances[&on1[0]]), (750, 1250));
+    // A retry with the same id answers committed and pays nothing more.
+    let retry = client
+        .transfer("half-1", &on2[0], &on1[0], 250)
+        .await
+        .unwrap();
+    assert_eq!(retry.status, TransferStatus::Committed as i32);
+    let balances = settled(&client, &[on1[0].clone(), on2[0].clone()]).await;
+    assert_eq!((balances[&on2[0]], balances[&on1[0]]), (750, 1250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cross_shard_transfers_conserve_money_through_a_leader_kill_and_a_router_restart(
+) {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 4, 1000).await;
+    let all: Vec<String> = on1.iter().chain(&on2).cloned().collect();
+    let stop_at = Instant::now() + Duration::from_secs(8);
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let client = client.clone();
+        let (from_side, to_side) = if w % 2 == 0 {
+            (on1.clone(), on2.clone())
+        } else {
+            (on2.clone(), on1.clone())
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            let (mut ok, mut refused) = (0u64, 0u64);
+            while Instant::now() < stop_at && n < 10_000 {
+                n += 1;
+                let from = &from_side[(n + w) % from_side.len()];
+                let to = &to_side[(n * 3 + w) % to_side.len()];
+                match client
+                    .transfer(&format!("c{w}-{n}"), from, to, (n % 40 + 1) as i64)
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leaders = cluster.ready().await;
+    cluster.playground.kill_node(leaders[&1]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.playground.kill_router();
+    cluster.playground.start_router().unwrap();
+    let mut ok = 0;
+    for task in tasks {
+        ok += task.await.unwrap().0;
+    }
+    assert!(ok > 50, "transfers went on: {ok}");
+    let killed = cluster
+        .playground
+        .node_ids()
+        .into_iter()
+        .find(|id| *id == leaders[&1])
+        .unwrap();
+    cluster.playground.start_node(killed).unwrap();
+    cluster.ready().await;
+    let balances = settled(&client, &all).await;
+    let total: i64 = balances.values().sum();
+    assert_eq!(
+        total,
+        1000 * all.len() as i64,
+        "money is conserved: {balances:?}"
+    );
+}

@@ -1,0 +1,168 @@
+//! Recovery of cross-shard transfers without the router (DESIGN §6).
+//!
+//! A router may die between any two steps of a transfer. Nothing it leaves behind needs it back:
+//! every second or so, on each shard this node leads,
+//! - a transfer still PREPARED on its primary past the timeout is decided ABORT, through the
+//!   primary's own Raft log (`AbortDebit`), so the decision is made once: if a router committed it
+//!   first, the abort answers COMMITTED and changes nothing;
+//! - an intent still PENDING on a credit shard past the timeout asks the primary for its decision
+//!   and applies it (`CommitCredit` / `AbortCredit`); while the primary has not decided, it waits.
+//!
+//! So a transfer is never in doubt for much longer than the timeout after its router died.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Request;
+use wallet_proto::v1::shard_server::Shard;
+use wallet_proto::v1::{
+    command::Op, outcome, read_result, shard_read::Query, Command, GetTransferRequest, Intent,
+    Outcome, ReadResult, ShardCommand, ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
+};
+use wallet_router::shards::Shards;
+
+use crate::service::NodeService;
+
+/// Runs recovery until `stop` fires.
+pub async fn run(
+    service: NodeService,
+    shards: Arc<Shards>,
+    resolve_after: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let period = (resolve_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for shard_id in service.led_shards() {
+            if let Err(e) = resolve_shard(&service, &shards, shard_id, resolve_after).await {
+                tracing::debug!(shard_id, error = %e, "recovery pass incomplete; next pass retries");
+            }
+        }
+    }
+}
+
+async fn resolve_shard(
+    service: &NodeService,
+    shards: &Shards,
+    shard_id: u64,
+    resolve_after: Duration,
+) -> Result<(), tonic::Status> {
+    let before_ms = crate::service::now_ms() - resolve_after.as_millis() as i64;
+    let stuck = match service
+        .read(Request::new(ShardRead {
+            shard_id,
+            query: Some(Query::Stuck(Stuck { before_ms })),
+        }))
+        .await?
+        .into_inner()
+    {
+        ReadResult {
+            result: Some(read_result::Result::Stuck(stuck)),
+        } => stuck,
+        _ => return Ok(()),
+    };
+    for transfer in stuck.prepared {
+        let outcome = propose(
+            service,
+            shard_id,
+            &transfer.transfer_id,
+            Op::AbortDebit(TransferStep {
+                transfer_id: transfer.transfer_id.clone(),
+                account_id: transfer.from_account_id.clone(),
+            }),
+        )
+        .await?;
+        tracing::info!(
+            shard_id,
+            transfer = %transfer.transfer_id,
+            decided = ?status_of(&outcome),
+            "decided a prepared transfer whose router went away"
+        );
+    }
+    for intent in stuck.pending {
+        resolve_intent(service, shards, shard_id, &intent).await?;
+    }
+    Ok(())
+}
+
+async fn resolve_intent(
+    service: &NodeService,
+    shards: &Shards,
+    shard_id: u64,
+    intent: &Intent,
+) -> Result<(), tonic::Status> {
+    let Some(t) = intent.transfer.as_ref() else {
+        return Ok(());
+    };
+    let decision = shards
+        .read(
+            intent.primary_shard_id,
+            Query::Transfer(GetTransferRequest {
+                transfer_id: t.transfer_id.clone(),
+                from_account_id: t.from_account_id.clone(),
+            }),
+        )
+        .await?;
+    let commit = match decision.result {
+        Some(read_result::Result::Transfer(Transfer { status, .. })) => {
+            match TransferStatus::try_from(status) {
+                Ok(TransferStatus::Committed) => true,
+                Ok(TransferStatus::Aborted) => false,
+                // Undecided: the primary decides first (it aborts at its own timeout).
+                _ => return Ok(()),
+            }
+        }
+        // Refused at prepare or never prepared there: it can never commit.
+        Some(read_result::Result::Rejected(_)) => false,
+        _ => return Ok(()),
+    };
+    let step = TransferStep {
+        transfer_id: t.transfer_id.clone(),
+        account_id: t.to_account_id.clone(),
+    };
+    let op = if commit {
+        Op::CommitCredit(step)
+    } else {
+        Op::AbortCredit(step)
+    };
+    let outcome = propose(service, shard_id, &t.transfer_id, op).await?;
+    tracing::info!(
+        shard_id,
+        transfer = %t.transfer_id,
+        decided = ?status_of(&outcome),
+        "resolved an intent whose router went away"
+    );
+    Ok(())
+}
+
+async fn propose(
+    service: &NodeService,
+    shard_id: u64,
+    transfer_id: &str,
+    op: Op,
+) -> Result<Outcome, tonic::Status> {
+    let command = Command {
+        request_id: transfer_id.to_string(),
+        at_ms: 0,
+        op: Some(op),
+    };
+    Ok(service
+        .execute(Request::new(ShardCommand {
+            shard_id,
+            command: Some(command),
+        }))
+        .await?
+        .into_inner())
+}
+
+fn status_of(outcome: &Outcome) -> Option<TransferStatus> {
+    match &outcome.result {
+        Some(outcome::Result::Transfer(t)) => TransferStatus::try_from(t.status).ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,120 @@
+//! The router's side of a cross-shard transfer: the coordinator of DESIGN §6.
+//!
+//! 1. `PrepareDebit` on the primary (the debit account's shard): record PREPARED + reservation.
+//! 2. `PrepareCredit` on the credit shard: an intent on the credit account.
+//! 3. `CommitDebit` on the primary: **the commit point**; the client is answered after it.
+//! 4. `CommitCredit` on the credit shard: best effort; recovery on the nodes finishes it.
+//!
+//! A refusal at step 2 aborts the primary (`AbortDebit`), then the client gets the refusal. The
+//! coordinator keeps no state: every step is idempotent by transfer id, so a retry of the whole
+//! transfer (same id, any router) resumes from wherever the first attempt stopped, and a router
+//! that dies mid-way is replaced by the nodes' recovery (`node/src/recovery.rs`).
+
+use tonic::Status;
+use wallet_proto::reason::Reason;
+use wallet_proto::v1::{
+    command::Op, outcome, Command, Outcome, PrepareCredit, PrepareDebit, Transfer, TransferRequest,
+    TransferStatus, TransferStep,
+};
+
+use crate::shards::Shards;
+
+fn command(transfer_id: &str, op: Op) -> Command {
+    Command {
+        request_id: transfer_id.to_string(),
+        at_ms: 0,
+        op: Some(op),
+    }
+}
+
+/// The transfer in an outcome, or the refusal as a status.
+fn transfer_of(outcome: Outcome) -> Result<Transfer, Status> {
+    match outcome.result {
+        Some(outcome::Result::Transfer(t)) => Ok(t),
+        Some(outcome::Result::Rejected(r)) => Err(Reason::parse(&r.reason)
+            .unwrap_or(Reason::Internal)
+            .status(r.message)),
+        _ => Err(Reason::Internal.status("unexpected answer from shard")),
+    }
+}
+
+fn status_of(t: &Transfer) -> TransferStatus {
+    TransferStatus::try_from(t.status).unwrap_or(TransferStatus::Unspecified)
+}
+
+fn aborted(t: &Transfer) -> Status {
+    Reason::TransferAborted.status(format!("transfer {} was aborted", t.transfer_id))
+}
+
+/// Runs (or resumes) a transfer whose accounts live on `from_shard` and `to_shard`.
+pub async fn transfer(
+    shards: &Shards,
+    request: TransferRequest,
+    from_shard: u64,
+    to_shard: u64,
+) -> Result<Transfer, Status> {
+    let id = request.transfer_id.clone();
+    let step = |account_id: &str| TransferStep {
+        transfer_id: id.clone(),
+        account_id: account_id.to_string(),
+    };
+    let prepare = Op::PrepareDebit(PrepareDebit {
+        transfer: Some(request.clone()),
+        credit_shard_id: to_shard,
+    });
+    let prepared = transfer_of(shards.execute(from_shard, command(&id, prepare)).await?)?;
+    match status_of(&prepared) {
+        TransferStatus::Prepared => {}
+        TransferStatus::Committed => {
+            // Decided by an earlier attempt: make sure the credit lands, answer as before.
+            commit_credit(shards, to_shard, &id, step(&request.to_account_id)).await;
+            return Ok(prepared);
+        }
+        _ => return Err(aborted(&prepared)),
+    }
+
+    let prepare_credit = Op::PrepareCredit(PrepareCredit {
+        transfer: Some(request.clone()),
+        primary_shard_id: from_shard,
+        currency: prepared.currency.clone(),
+    });
+    let credit = shards
+        .execute(to_shard, command(&id, prepare_credit))
+        .await?;
+    if let Err(refusal) = transfer_of(credit) {
+        // The credit side cannot take it: abort on the primary first (the decision), then report.
+        let abort = Op::AbortDebit(step(&request.from_account_id));
+        let decided = transfer_of(shards.execute(from_shard, command(&id, abort)).await?)?;
+        if status_of(&decided) == TransferStatus::Committed {
+            // Another attempt with the same id committed it meanwhile: the transfer happened.
+            commit_credit(shards, to_shard, &id, step(&request.to_account_id)).await;
+            return Ok(decided);
+        }
+        return Err(refusal);
+    }
+
+    let commit = Op::CommitDebit(step(&request.from_account_id));
+    let committed = match transfer_of(shards.execute(from_shard, command(&id, commit)).await?) {
+        Ok(t) => t,
+        Err(refusal) => {
+            // Recovery aborted it first (this router was too slow): release the intent.
+            let abort = Op::AbortCredit(step(&request.to_account_id));
+            let _ = shards.execute(to_shard, command(&id, abort)).await;
+            return Err(refusal);
+        }
+    };
+    commit_credit(shards, to_shard, &id, step(&request.to_account_id)).await;
+    Ok(committed)
+}
+
+/// Step 4. Failure is logged, not returned: the transfer is committed, and the credit shard's
+/// recovery applies the credit once its intent times out.
+async fn commit_credit(shards: &Shards, to_shard: u64, id: &str, step: TransferStep) {
+    let result = shards
+        .execute(to_shard, command(id, Op::CommitCredit(step)))
+        .await
+        .and_then(transfer_of);
+    if let Err(status) = result {
+        tracing::warn!(transfer = id, error = %status.message(), "credit deferred to recovery");
+    }
+}
