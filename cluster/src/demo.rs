@@ -3,8 +3,10 @@
 //! call whose outcome was unknown (by retrying it with the same id, G4), print a summary table and
 //! check conservation: the money in the accounts equals deposits minus withdrawals (G1).
 //!
-//! Transfers pick both accounts on the same shard when the topology is known (cross-shard
-//! transfers arrive with the two-phase protocol). The workload is bounded in time and count.
+//! Transfers pick their accounts by [`Pairs`]: any two accounts (mostly on different shards, so
+//! two-phase), two accounts of one shard, or many payers into one merchant account. Cross-shard
+//! transfers finish asynchronously on the credit side, so the final check first waits until no
+//! account holds a reservation or a pending credit. The workload is bounded in time and count.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -26,12 +28,26 @@ pub struct DemoOptions {
     pub initial_balance: i64,
     /// Hard bound on operations per client.
     pub ops_per_client_max: u64,
+    /// How transfers pick their two accounts.
+    pub pairs: Pairs,
+}
+
+/// How a transfer picks its accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pairs {
+    /// Any two accounts: with N shards, (N-1)/N of transfers cross shards.
+    Random,
+    /// Two accounts of the same shard: one Raft entry each.
+    SameShard,
+    /// Every payer pays the first account (a hot merchant account); no deposits or withdrawals.
+    Merchant,
 }
 
 /// Kinds of operations in the mix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OpKind {
-    Transfer,
+    SameShardTransfer,
+    CrossShardTransfer,
     Deposit,
     Withdraw,
 }
@@ -39,10 +55,69 @@ pub enum OpKind {
 impl OpKind {
     fn name(self) -> &'static str {
         match self {
-            OpKind::Transfer => "transfer",
+            OpKind::SameShardTransfer => "transfer 1 shard",
+            OpKind::CrossShardTransfer => "transfer 2 shards",
             OpKind::Deposit => "deposit",
             OpKind::Withdraw => "withdraw",
         }
+    }
+
+    fn is_transfer(self) -> bool {
+        matches!(self, OpKind::SameShardTransfer | OpKind::CrossShardTransfer)
+    }
+}
+
+/// Picks the accounts of each operation.
+struct Picker {
+    pairs: Pairs,
+    shard_of: Vec<u64>,
+    /// Account indexes by shard (same-shard mode).
+    groups: Vec<Vec<usize>>,
+}
+
+impl Picker {
+    fn new(ids: &[String], ring: &Ring, pairs: Pairs) -> Result<Picker, String> {
+        let shard_of: Vec<u64> = ids.iter().map(|id| ring.shard_of(id)).collect();
+        let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, shard) in shard_of.iter().enumerate() {
+            by_shard.entry(*shard).or_default().push(i);
+        }
+        let groups: Vec<Vec<usize>> = by_shard.into_values().filter(|g| g.len() > 1).collect();
+        if ids.len() < 2 || (pairs == Pairs::SameShard && groups.is_empty()) {
+            return Err("need at least two accounts (on one shard for same-shard pairs)".into());
+        }
+        Ok(Picker {
+            pairs,
+            shard_of,
+            groups,
+        })
+    }
+
+    /// (kind, from, to) of the next operation.
+    fn pick(&self, rng: &mut Rng) -> (OpKind, usize, usize) {
+        let n = self.shard_of.len() as u64;
+        let roll = rng.below(100);
+        let (from, to) = match self.pairs {
+            Pairs::Merchant => (1 + rng.below(n - 1) as usize, 0),
+            Pairs::SameShard => {
+                let g = &self.groups[rng.below(self.groups.len() as u64) as usize];
+                let from = rng.below(g.len() as u64) as usize;
+                let to = (from + 1 + rng.below(g.len() as u64 - 1) as usize) % g.len();
+                (g[from], g[to])
+            }
+            Pairs::Random => {
+                let from = rng.below(n) as usize;
+                let to = (from + 1 + rng.below(n - 1) as usize) % n as usize;
+                (from, to)
+            }
+        };
+        let kind = match roll {
+            90..=94 if self.pairs != Pairs::Merchant => OpKind::Deposit,
+            95.. if self.pairs != Pairs::Merchant => OpKind::Withdraw,
+            _ if self.shard_of[from] == self.shard_of[to] => OpKind::SameShardTransfer,
+            _ => OpKind::CrossShardTransfer,
+        };
+        (kind, from, to)
     }
 }
 
@@ -72,7 +147,7 @@ impl DemoReport {
     /// The summary table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+            "{:<18} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
             "operation", "ok", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
         );
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -80,7 +155,7 @@ impl DemoReport {
         for (kind, h) in &self.latency {
             let _ = all.add(h);
             out.push_str(&format!(
-                "{:<10} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                "{:<18} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
                 kind.name(),
                 self.ok.get(kind).unwrap_or(&0),
                 self.rate(*kind),
@@ -92,7 +167,7 @@ impl DemoReport {
         }
         let total: u64 = self.ok.values().sum();
         out.push_str(&format!(
-            "{:<10} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+            "{:<18} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
             "all",
             total,
             total as f64 / self.elapsed.as_secs_f64().max(1e-9),
@@ -159,7 +234,7 @@ struct Unknown {
 
 async fn call(client: &WalletClient, u: &Unknown) -> Result<(), WalletError> {
     match u.kind {
-        OpKind::Transfer => client
+        OpKind::SameShardTransfer | OpKind::CrossShardTransfer => client
             .transfer(&u.id, &u.from, &u.to, u.amount)
             .await
             .map(|_| ()),
@@ -172,14 +247,14 @@ fn signed(kind: OpKind, amount: i64) -> i128 {
     match kind {
         OpKind::Deposit => i128::from(amount),
         OpKind::Withdraw => -i128::from(amount),
-        OpKind::Transfer => 0,
+        OpKind::SameShardTransfer | OpKind::CrossShardTransfer => 0,
     }
 }
 
-/// Runs the demo against a router. `ring` (when known) keeps transfers inside one shard.
+/// Runs the demo against a router; `ring` tells which shard holds an account.
 pub async fn run(
     client: WalletClient,
-    ring: Option<Ring>,
+    ring: Ring,
     options: DemoOptions,
 ) -> Result<DemoReport, String> {
     let run_id = std::time::SystemTime::now()
@@ -212,32 +287,11 @@ pub async fn run(
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("setup failed: {e}"))?;
     }
-    // Accounts grouped by shard, so a transfer's two accounts share one.
-    let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-    for (i, id) in ids.iter().enumerate() {
-        let shard = ring.as_ref().map(|r| r.shard_of(id)).unwrap_or(0);
-        groups.entry(shard).or_default().push(i);
-    }
-    let groups: Arc<Vec<Vec<usize>>> =
-        Arc::new(groups.into_values().filter(|g| g.len() > 1).collect());
-    if groups.is_empty() {
-        return Err("need at least two accounts on one shard".into());
-    }
-    let account_group: Arc<Vec<usize>> = Arc::new({
-        let mut of = vec![usize::MAX; ids.len()];
-        for (g, members) in groups.iter().enumerate() {
-            for &i in members {
-                of[i] = g;
-            }
-        }
-        of
-    });
+    let picker = Arc::new(Picker::new(&ids, &ring, options.pairs)?);
 
     println!(
-        "running {} clients for {}s ({} transfer groups)",
-        options.clients,
-        options.seconds,
-        groups.len()
+        "running {} clients for {}s, transfers between {:?} accounts",
+        options.clients, options.seconds, options.pairs
     );
     let live = Arc::new(Live::default());
     let started = Instant::now();
@@ -247,8 +301,7 @@ pub async fn run(
     for worker in 0..options.clients {
         let client = client.clone();
         let ids = ids.clone();
-        let groups = groups.clone();
-        let account_group = account_group.clone();
+        let picker = picker.clone();
         let live = live.clone();
         let max_ops = options.ops_per_client_max;
         workers.push(tokio::spawn(async move {
@@ -262,27 +315,13 @@ pub async fn run(
             let mut n = 0u64;
             while Instant::now() < end && n < max_ops {
                 n += 1;
-                let roll = rng.below(100);
-                let kind = match roll {
-                    0..=89 => OpKind::Transfer,
-                    90..=94 => OpKind::Deposit,
-                    _ => OpKind::Withdraw,
-                };
-                let from_group = &groups[rng.below(groups.len() as u64) as usize];
-                let from = from_group[rng.below(from_group.len() as u64) as usize];
-                let to = loop {
-                    let g = &groups[account_group[from]];
-                    let to = g[rng.below(g.len() as u64) as usize];
-                    if to != from {
-                        break to;
-                    }
-                };
+                let (kind, from, to) = picker.pick(&mut rng);
                 let op = Unknown {
                     kind,
                     id: format!("w{worker}-{n}"),
                     from: ids[from].clone(),
                     to: ids[to].clone(),
-                    amount: 1 + rng.below(if kind == OpKind::Transfer { 100 } else { 1000 }) as i64,
+                    amount: 1 + rng.below(if kind.is_transfer() { 100 } else { 1000 }) as i64,
                 };
                 let t0 = Instant::now();
                 let result = call(&client, &op).await;
@@ -360,18 +399,44 @@ pub async fn run(
         report.unknown_resolved += 1;
     }
     report.errors = live.errors.lock().map(|e| e.clone()).unwrap_or_default();
-    for id in ids.iter() {
-        let account = client
-            .get_account(id)
-            .await
-            .map_err(|e| format!("audit read of {id}: {e}"))?;
-        if account.balance < account.floor {
-            return Err(format!("account {id} is below its floor: {account:?}"));
-        }
-        report.actual_total += i128::from(account.balance);
-    }
+    report.actual_total = settled_total(&client, &ids).await?;
     Ok(report)
 }
+
+/// Sum of balances once no account holds a reservation or a pending credit (cross-shard
+/// transfers whose credit is still on its way), waiting up to [`SETTLE_TIMEOUT`].
+async fn settled_total(client: &WalletClient, ids: &[String]) -> Result<i128, String> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let mut total = 0i128;
+        let mut open = 0;
+        for id in ids {
+            let account = client
+                .get_account(id)
+                .await
+                .map_err(|e| format!("audit read of {id}: {e}"))?;
+            if account.balance - account.reserved < account.floor {
+                return Err(format!("account {id} is below its floor: {account:?}"));
+            }
+            if account.reserved != 0 || account.pending_credit != 0 {
+                open += 1;
+            }
+            total += i128::from(account.balance);
+        }
+        if open == 0 {
+            return Ok(total);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{open} accounts still hold reservations or pending credits after {SETTLE_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How long the final check waits for cross-shard transfers to settle.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn progress_printer(live: Arc<Live>, started: Instant, end: Instant) {
     let terminal = std::io::stdout().is_terminal();

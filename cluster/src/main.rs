@@ -59,11 +59,14 @@ enum Commands {
         #[command(flatten)]
         shape: ClusterShape,
         /// Use a running router instead of starting a playground.
-        #[arg(long)]
+        #[arg(long, requires = "cluster")]
         endpoint: Option<String>,
-        /// Cluster file of that running cluster (keeps transfers inside one shard).
+        /// Cluster file of that running cluster (tells which shard holds an account).
         #[arg(long)]
         cluster: Option<PathBuf>,
+        /// How transfers pick their accounts.
+        #[arg(long, value_enum, default_value = "random")]
+        pairs: demo::Pairs,
         /// Playground directory (default: a fresh temporary one, removed afterwards).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -174,15 +177,13 @@ async fn run(command: Commands) -> Result<i32, String> {
             clients,
             seconds,
             accounts,
+            pairs,
         } => {
             let mut temp = None;
             let (endpoint, ring, mut playground) = match endpoint {
                 Some(endpoint) => {
-                    let ring = match cluster {
-                        Some(path) => Some(Topology::load(&path)?.ring()),
-                        None => None,
-                    };
-                    (endpoint, ring, None)
+                    let path = cluster.ok_or("--endpoint needs --cluster")?;
+                    (endpoint, Topology::load(&path)?.ring(), None)
                 }
                 None => {
                     let dir = match dir {
@@ -195,7 +196,7 @@ async fn run(command: Commands) -> Result<i32, String> {
                         }
                     };
                     let playground = start(&options(&shape, dir, 0)?).await?;
-                    let ring = Some(playground.topology.ring());
+                    let ring = playground.topology.ring();
                     (playground.router_address.clone(), ring, Some(playground))
                 }
             };
@@ -210,6 +211,7 @@ async fn run(command: Commands) -> Result<i32, String> {
                     seconds,
                     initial_balance: 1_000_000,
                     ops_per_client_max: 10_000_000,
+                    pairs,
                 },
             )
             .await;
