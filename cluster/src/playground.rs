@@ -134,11 +134,17 @@ impl Playground {
             .map_err(|e| e.to_string())
     }
 
-    fn spawn(&self, log_name: &str, args: &[String]) -> Result<Child, String> {
+    fn spawn(
+        &self,
+        log_name: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Child, String> {
         let log = self.log_file(log_name)?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         Command::new(&self.exe)
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
@@ -175,6 +181,15 @@ impl Playground {
 
     /// Starts one node (no-op if it runs).
     pub fn start_node(&mut self, node_id: u64) -> Result<(), String> {
+        self.start_node_with_env(node_id, &[])
+    }
+
+    /// Starts one node with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_node_with_env(
+        &mut self,
+        node_id: u64,
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
         if self.nodes.contains_key(&node_id) {
             return Ok(());
         }
@@ -191,7 +206,7 @@ impl Playground {
             "--resolve-after-ms".into(),
             self.resolve_after_ms.to_string(),
         ];
-        let child = self.spawn(&format!("node-{node_id}"), &args)?;
+        let child = self.spawn(&format!("node-{node_id}"), &args, env)?;
         self.nodes.insert(node_id, child);
         Ok(())
     }
@@ -202,12 +217,18 @@ impl Playground {
             return Ok(());
         }
         let address = self.router_address.clone();
-        self.router = Some(self.spawn_router(&address, "router")?);
+        self.router = Some(self.spawn_router(&address, "router", &[])?);
         Ok(())
     }
 
-    /// Starts one more router on `address` (logging to `logs/LOG_NAME.log`); the caller owns it.
-    pub fn spawn_router(&self, address: &str, log_name: &str) -> Result<Child, String> {
+    /// Starts one more router on `address` (logging to `logs/LOG_NAME.log`, with extra environment
+    /// variables such as `FAILPOINTS`); the caller owns it.
+    pub fn spawn_router(
+        &self,
+        address: &str,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Child, String> {
         let args = vec![
             "router".to_string(),
             "--listen".into(),
@@ -215,7 +236,7 @@ impl Playground {
             "--cluster".into(),
             self.cluster_file().display().to_string(),
         ];
-        self.spawn(log_name, &args)
+        self.spawn(log_name, &args, env)
     }
 
     /// kill -9 of one node.

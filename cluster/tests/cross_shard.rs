@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,59 +13,6 @@ use wallet_proto::v1::{
     TransferStep,
 };
 use wallet_router::shards::Shards;
-
-/// Accounts `per_shard` on each of the two shards, funded with `funds` each.
-async fn accounts(
-    cluster: &Cluster,
-    client: &WalletClient,
-    per_shard: usize,
-    funds: i64,
-) -> [Vec<String>; 2] {
-    let ring = cluster.playground.topology.ring();
-    let mut by_shard: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-    for i in 0..1000 {
-        let id = format!("x{i}");
-        let shard = ring.shard_of(&id) as usize - 1;
-        if by_shard[shard].len() < per_shard {
-            by_shard[shard].push(id);
-        }
-    }
-    for id in by_shard.iter().flatten() {
-        client.create_account(id, "USD", 0).await.unwrap();
-        if funds > 0 {
-            client
-                .deposit(&format!("fund-{id}"), id, funds)
-                .await
-                .unwrap();
-        }
-    }
-    by_shard
-}
-
-/// Waits until no account has a reservation or a pending credit left; returns the balances.
-async fn settled(client: &WalletClient, ids: &[String]) -> BTreeMap<String, i64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut balances = BTreeMap::new();
-        let mut open = Vec::new();
-        for id in ids {
-            let a = client.get_account(id).await.unwrap();
-            assert!(a.balance - a.reserved >= a.floor, "{a:?}");
-            balances.insert(id.clone(), a.balance);
-            if a.reserved != 0 || a.pending_credit != 0 {
-                open.push(a);
-            }
-        }
-        if open.is_empty() {
-            return balances;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transfers still undecided: {open:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn command(id: &str, op: Op) -> Command {
     Command {
@@ -167,7 +113,7 @@ async fn cross_shard_transfer_applies_both_legs_once_even_when_retried_from_anot
     );
     let mut second = cluster
         .playground
-        .spawn_router(&address, "router-2")
+        .spawn_router(&address, "router-2", &[])
         .unwrap();
     let other = WalletClient::connect(&[address.as_str()]).unwrap();
     let again = other.transfer("pay-1", a, b, 300).await;

@@ -46,6 +46,8 @@ pub fn init_logging() {
 /// Runs a node with these arguments until SIGTERM/SIGINT; exits the process on a start-up error.
 pub fn main_with(args: NodeArgs) {
     init_logging();
+    // Arms the failpoints named in FAILPOINTS (a no-op unless built with `failpoints`).
+    let _failpoints = fail::FailScenario::setup();
     if let Err(e) = start(args) {
         eprintln!("wallet-node: {e}");
         std::process::exit(1);

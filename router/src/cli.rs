@@ -33,6 +33,8 @@ pub fn main_with(args: RouterArgs) {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    // Arms the failpoints named in FAILPOINTS (a no-op unless built with `failpoints`).
+    let _failpoints = fail::FailScenario::setup();
     if let Err(e) = start(args) {
         eprintln!("wallet-router: {e}");
         std::process::exit(1);

@@ -19,6 +19,23 @@ use wallet_proto::v1::{
 
 use crate::shards::Shards;
 
+/// A failpoint on the coordinator's path, compiled in only with the `failpoints` feature and armed
+/// at run time with `FAILPOINTS=<name>=<action>`: `return(exit)` ends the router process right
+/// there (a router crash mid-transfer), `return` fails the request with UNAVAILABLE, `panic`
+/// panics the request's task. Names: `after-prepare-debit`, `after-prepare-credit`,
+/// `before-commit-primary`, `after-commit-primary`, `before-commit-credit`.
+macro_rules! failpoint {
+    ($name:literal) => {
+        fail::fail_point!($name, |arg: Option<String>| {
+            if arg.as_deref() == Some("exit") {
+                tracing::error!(failpoint = $name, "failpoint: router exits");
+                std::process::exit(86);
+            }
+            Err(Reason::Unavailable.status(concat!("failpoint ", $name)))
+        })
+    };
+}
+
 fn command(transfer_id: &str, op: Op) -> Command {
     Command {
         request_id: transfer_id.to_string(),
@@ -63,6 +80,7 @@ pub async fn transfer(
         credit_shard_id: to_shard,
     });
     let prepared = transfer_of(shards.execute(from_shard, command(&id, prepare)).await?)?;
+    failpoint!("after-prepare-debit");
     match status_of(&prepared) {
         TransferStatus::Prepared => {}
         TransferStatus::Committed => {
@@ -81,6 +99,7 @@ pub async fn transfer(
     let credit = shards
         .execute(to_shard, command(&id, prepare_credit))
         .await?;
+    failpoint!("after-prepare-credit");
     if let Err(refusal) = transfer_of(credit) {
         // The credit side cannot take it: abort on the primary first (the decision), then report.
         let abort = Op::AbortDebit(step(&request.from_account_id));
@@ -93,6 +112,7 @@ pub async fn transfer(
         return Err(refusal);
     }
 
+    failpoint!("before-commit-primary");
     let commit = Op::CommitDebit(step(&request.from_account_id));
     let committed = match transfer_of(shards.execute(from_shard, command(&id, commit)).await?) {
         Ok(t) => t,
@@ -103,6 +123,8 @@ pub async fn transfer(
             return Err(refusal);
         }
     };
+    failpoint!("after-commit-primary");
+    failpoint!("before-commit-credit");
     commit_credit(shards, to_shard, &id, step(&request.to_account_id)).await;
     Ok(committed)
 }

@@ -188,3 +188,56 @@ pub async fn assert_balances(client: &WalletClient, expected: &BTreeMap<String, 
         assert_eq!(got, *amount, "balance of {account}");
     }
 }
+
+/// Accounts `per_shard` on each of the two shards, funded with `funds` each.
+pub async fn accounts(
+    cluster: &Cluster,
+    client: &WalletClient,
+    per_shard: usize,
+    funds: i64,
+) -> [Vec<String>; 2] {
+    let ring = cluster.playground.topology.ring();
+    let mut by_shard: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..1000 {
+        let id = format!("x{i}");
+        let shard = ring.shard_of(&id) as usize - 1;
+        if by_shard[shard].len() < per_shard {
+            by_shard[shard].push(id);
+        }
+    }
+    for id in by_shard.iter().flatten() {
+        client.create_account(id, "USD", 0).await.unwrap();
+        if funds > 0 {
+            client
+                .deposit(&format!("fund-{id}"), id, funds)
+                .await
+                .unwrap();
+        }
+    }
+    by_shard
+}
+
+/// Waits until no account has a reservation or a pending credit left; returns the balances.
+pub async fn settled(client: &WalletClient, ids: &[String]) -> BTreeMap<String, i64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut balances = BTreeMap::new();
+        let mut open = Vec::new();
+        for id in ids {
+            let a = client.get_account(id).await.unwrap();
+            assert!(a.balance - a.reserved >= a.floor, "{a:?}");
+            balances.insert(id.clone(), a.balance);
+            if a.reserved != 0 || a.pending_credit != 0 {
+                open.push(a);
+            }
+        }
+        if open.is_empty() {
+            return balances;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfers still undecided: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,187 @@
+//! Failpoints at every step of the two-phase transfer and between fsync and apply on a node
+//! (`fail` crate; this file builds only with `--features wallet-cluster/failpoints`, which README's
+//! test command sets). After each fault: the total is conserved (G1), the transfer applied on both
+//! sides or on neither (G2), no reservation or intent is left once recovery ran, and retrying the
+//! same id changes nothing (G4).
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wallet_client::{ClientOptions, Reason, WalletClient};
+use wallet_proto::v1::TransferStatus;
+
+/// A router of the cluster's own with `FAILPOINTS` set, and a client that gives up quickly.
+fn faulty_router(cluster: &Cluster, failpoints: &str) -> (Child, WalletClient) {
+    let address = format!(
+        "127.0.0.1:{}",
+        wallet_cluster::playground::free_port().unwrap()
+    );
+    let child = cluster
+        .playground
+        .spawn_router(&address, "router-faulty", &[("FAILPOINTS", failpoints)])
+        .unwrap();
+    let client = WalletClient::with_options(
+        &[address.as_str()],
+        ClientOptions {
+            retry_budget: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
+    (child, client)
+}
+
+fn wait_exit(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The router dies at `point` in the middle of a transfer of 100 from a (shard 1) to b (shard 2);
+/// the nodes finish or undo it without any router.
+async fn router_killed_at(point: &str, expect_committed: bool) {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
+    let (a, b) = (on1[0].clone(), on2[0].clone());
+    let (mut router, faulty) = faulty_router(&cluster, &format!("{point}=return(exit)"));
+    let id = format!("fp-{point}");
+    let result = faulty.transfer(&id, &a, &b, 100).await;
+    assert!(
+        result.is_err(),
+        "the router died before answering: {result:?}"
+    );
+    assert_eq!(wait_exit(&mut router), Some(86), "router exited at {point}");
+
+    let balances = settled(&client, &[a.clone(), b.clone()]).await;
+    assert_eq!(balances[&a] + balances[&b], 2000, "G1 at {point}");
+    let status = client.get_transfer(&id, &a).await.unwrap().status;
+    let expected = if expect_committed {
+        (900, 1100, TransferStatus::Committed)
+    } else {
+        (1000, 1000, TransferStatus::Aborted)
+    };
+    assert_eq!(
+        (balances[&a], balances[&b], status),
+        (expected.0, expected.1, expected.2 as i32),
+        "G2 at {point}"
+    );
+    // G4: the client retries the same id through a healthy router: the decision stands.
+    let retry = client.transfer(&id, &a, &b, 100).await;
+    if expect_committed {
+        assert_eq!(retry.unwrap().status, TransferStatus::Committed as i32);
+    } else {
+        assert_eq!(retry.unwrap_err().reason, Reason::TransferAborted);
+    }
+    let again = settled(&client, &[a.clone(), b.clone()]).await;
+    assert_eq!(again, balances, "the retry changed nothing at {point}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_killed_after_prepare_debit() {
+    router_killed_at("after-prepare-debit", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_killed_after_prepare_credit() {
+    router_killed_at("after-prepare-credit", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_killed_before_commit_primary() {
+    router_killed_at("before-commit-primary", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_killed_after_commit_primary() {
+    router_killed_at("after-commit-primary", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_killed_before_commit_credit() {
+    router_killed_at("before-commit-credit", true).await;
+}
+
+/// A transient error and a panic in the coordinator: the router lives on. The client's automatic
+/// retry (same id) completes the transfer that met the error, once; the transfer whose coordinator
+/// panics after both prepares on every attempt is undone by recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_errors_and_panics_mid_transfer_leave_no_trace() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
+    let (a, b) = (on1[0].clone(), on2[0].clone());
+
+    let (mut erring, faulty) = faulty_router(&cluster, "before-commit-primary=1*return");
+    let t = faulty.transfer("err-1", &a, &b, 10).await.unwrap();
+    let _ = erring.kill();
+    let _ = erring.wait();
+    assert_eq!(t.status, TransferStatus::Committed as i32);
+
+    let (mut panicking, faulty) = faulty_router(&cluster, "after-prepare-credit=panic");
+    let panicked = faulty.transfer("panic-1", &a, &b, 20).await;
+    assert!(panicked.is_err(), "{panicked:?}");
+    let balances = settled(&client, &[a.clone(), b.clone()]).await;
+    let _ = panicking.kill();
+    let _ = panicking.wait();
+    assert_eq!((balances[&a], balances[&b]), (990, 1010));
+    let status = client.get_transfer("panic-1", &a).await.unwrap().status;
+    assert_eq!(status, TransferStatus::Aborted as i32);
+    let history = client.list_transfers(&a, 10, 0).await.unwrap();
+    assert_eq!(
+        history.entries.len(),
+        2,
+        "the funding deposit and err-1, once"
+    );
+}
+
+/// A node killed between an fsync and the apply of what it made durable, during a workload:
+/// nothing acknowledged is lost, and it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_between_fsync_and_apply_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let ids = open_accounts(&client, 12).await;
+    let leaders = cluster.ready().await;
+    let victim = leaders[&1];
+    cluster.playground.kill_node(victim);
+    cluster
+        .playground
+        .start_node_with_env(
+            victim,
+            &[("FAILPOINTS", "node-after-fsync=150*off->return")],
+        )
+        .unwrap();
+    cluster.ready().await;
+    let mark = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let acked = deposit_workload(
+        client.clone(),
+        ids.clone(),
+        6,
+        Instant::now() + Duration::from_secs(6),
+        mark,
+    )
+    .await;
+    assert!(
+        !cluster.playground.node_running(victim),
+        "the failpoint ended node {victim}"
+    );
+    cluster.playground.kill_node(victim);
+    cluster.playground.start_node(victim).unwrap();
+    cluster.caught_up(victim).await;
+    assert_balances(&client, &acked.per_account).await;
+}
