@@ -145,7 +145,11 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
         println!("node {} at {}", node.id, node.address);
     }
     for (shard, leader) in &leaders {
-        println!("shard {shard} led by node {leader}");
+        if *shard == wallet_proto::topology::META_GROUP_ID {
+            println!("meta group (timestamp oracle) led by node {leader}");
+        } else {
+            println!("shard {shard} led by node {leader}");
+        }
     }
     println!("router at {}", playground.router_address);
     Ok(playground)

@@ -324,8 +324,8 @@ impl Playground {
             .flatten()
     }
 
-    /// The node leading each shard, as the leaders themselves report it (shards without one are
-    /// missing). Only nodes that answer count.
+    /// The node leading each shard (and the meta group, id 0), as the leaders themselves report
+    /// it (groups without one are missing). Only nodes that answer count.
     pub async fn leaders(&self) -> BTreeMap<u64, u64> {
         let mut leaders = BTreeMap::new();
         for id in self.node_ids() {
@@ -345,7 +345,14 @@ impl Playground {
             let leaders = self.leaders().await;
             let router_up =
                 std::net::TcpStream::connect(&self.router_address).is_ok() || self.router.is_none();
-            if leaders.len() == self.topology.shards.len() && router_up {
+            let every_group_led = self
+                .topology
+                .shards
+                .iter()
+                .map(|s| s.id)
+                .chain([wallet_proto::topology::META_GROUP_ID])
+                .all(|id| leaders.contains_key(&id));
+            if every_group_led && router_up {
                 return Ok(leaders);
             }
             if Instant::now() > deadline {

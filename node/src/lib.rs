@@ -10,6 +10,7 @@
 //! - [`transport`]: Raft messages between nodes, batched per peer.
 //! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers).
 //! - [`recovery`]: decides and resolves cross-shard transfers whose router went away.
+//! - [`tso`]: the timestamp oracle the meta group's leader serves.
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
 pub mod cli;
 pub mod group_commit;
@@ -22,4 +23,5 @@ pub mod service;
 pub mod shard_store;
 pub mod state_machine;
 pub mod transport;
+pub mod tso;
 pub mod two_phase;

@@ -59,7 +59,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = HashMap::new();
     let mut opened = Vec::new();
-    for shard in topology.shards_on(options.node_id) {
+    for shard in topology.groups_on(options.node_id) {
         opened.push(Replica::open(
             &group_commit,
             shard.id,

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as PbMessage;
@@ -24,13 +24,16 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use wallet_proto::reason::{Reason, LEADER_HINT_KEY};
+use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
-    read_result, shard_read::Query, Command, Outcome, ReadResult, Rejection, ReplicaStatus,
+    command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, ReadResult,
+    Rejection, ReplicaStatus, TsoResponse, TsoWindow,
 };
 
 use crate::shard_store::{ShardStore, StoreError};
 use crate::state_machine::StateMachine;
 use crate::transport::Transport;
+use crate::tso::Oracle;
 
 /// One Raft tick.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -67,6 +70,11 @@ pub enum ReplicaMsg {
     },
     Unreachable(u64),
     SnapshotReport(u64, SnapshotStatus),
+    /// Meta group only: timestamps from the oracle.
+    Tso {
+        count: u32,
+        reply: oneshot::Sender<Result<TsoResponse, Status>>,
+    },
 }
 
 /// A handle on a running replica: its inbox and its last published status.
@@ -104,6 +112,9 @@ pub struct OpenedReplica {
     pub pristine: bool,
 }
 
+/// Proposal id of the oracle's own `ExtendTso` entries (no caller waits for them).
+const TSO_PROPOSAL: u64 = u64::MAX;
+
 type ReadReply = (Query, oneshot::Sender<Result<ReadResult, Status>>);
 
 /// The replica task's state.
@@ -127,6 +138,8 @@ pub struct Replica {
     /// elect a leader missing entries it had acknowledged): it abstains until it has applied this
     /// index, the highest commit its peers reported when it started. 0 when not recovering.
     recover_to: u64,
+    /// The timestamp oracle, on the meta group's replicas only.
+    oracle: Option<Oracle>,
 }
 
 impl Replica {
@@ -183,6 +196,7 @@ impl Replica {
             reads_awaiting_index: HashMap::new(),
             reads_awaiting_apply: Vec::new(),
             recover_to: 0,
+            oracle: (shard_id == META_GROUP_ID).then(Oracle::default),
         };
         let handle = ReplicaHandle {
             shard_id,
@@ -240,6 +254,7 @@ impl Replica {
         if self.raw.has_ready() {
             self.on_ready().await?;
         }
+        self.serve_timestamps();
         self.serve_reads()?;
         self.maybe_snapshot()?;
         self.publish_status();
@@ -268,6 +283,18 @@ impl Replica {
                     self.read_batch.push((query, reply));
                 }
             }
+            ReplicaMsg::Tso { count, reply } => match self.oracle.as_mut() {
+                Some(oracle) if self.raw.raft.state == StateRole::Leader => {
+                    oracle.request(count, reply)
+                }
+                Some(_) => {
+                    let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
+                }
+                None => {
+                    let _ = reply.send(Err(Reason::WrongShard
+                        .status(format!("shard {} is not the meta group", self.shard_id))));
+                }
+            },
             ReplicaMsg::Unreachable(to) => self.raw.report_unreachable(to),
             ReplicaMsg::SnapshotReport(to, status) => self.raw.report_snapshot(to, status),
         }
@@ -474,6 +501,8 @@ impl Replica {
                     };
                     if let Some(reply) = self.take_proposal(&entry.context) {
                         replies.push((reply, outcome));
+                    } else if let Some(outcome::Result::TsoWindow(window)) = &outcome.result {
+                        self.on_tso_window(entry, window);
                     }
                 }
                 EntryType::EntryNormal => {}
@@ -503,6 +532,19 @@ impl Replica {
         Ok(())
     }
 
+    /// A committed timestamp window is ours to serve from if this node proposed it in its current
+    /// term and still leads.
+    fn on_tso_window(&mut self, entry: &Entry, window: &TsoWindow) {
+        let ours = entry.context.len() == 16
+            && entry.context[..8] == self.node_id.to_be_bytes()
+            && entry.context[8..] == TSO_PROPOSAL.to_be_bytes();
+        if ours && entry.term == self.raw.raft.term && self.raw.raft.state == StateRole::Leader {
+            if let Some(oracle) = self.oracle.as_mut() {
+                oracle.on_window(window.previous_limit, window.limit);
+            }
+        }
+    }
+
     fn take_proposal(
         &mut self,
         context: &[u8],
@@ -515,8 +557,34 @@ impl Replica {
         self.proposals.remove(&u64::from_be_bytes(id))
     }
 
+    /// Meta group leader: answers timestamp requests the committed window allows, and proposes a
+    /// larger window when needed (context: this node + [`TSO_PROPOSAL`], answered by nobody).
+    fn serve_timestamps(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let Some(limit) = self.oracle.as_mut().and_then(|o| o.serve(Instant::now())) else {
+            return;
+        };
+        let command = Command {
+            request_id: String::new(),
+            at_ms: 0,
+            op: Some(Op::ExtendTso(ExtendTso { limit })),
+        };
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.node_id.to_be_bytes());
+        context.extend_from_slice(&TSO_PROPOSAL.to_be_bytes());
+        if let Err(e) = self.raw.propose(context, command.encode_to_vec()) {
+            tracing::debug!(error = %e, "timestamp window proposal dropped; retried later");
+        }
+    }
+
     /// Lost leadership: nobody here will see these through, so tell the callers now.
     fn step_down(&mut self, leader_id: u64) {
+        let shard_id = self.shard_id;
+        if let Some(oracle) = self.oracle.as_mut() {
+            oracle.step_down(|| not_leader(shard_id, leader_id));
+        }
         for (_, reply) in self.proposals.drain() {
             let _ = reply.send(Err(not_leader(self.shard_id, leader_id)));
         }

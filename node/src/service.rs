@@ -13,9 +13,10 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
+use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
     command::Op, shard_read::Query, NodeStatus, Outcome, RaftAck, RaftBatch, ReadResult,
-    ShardCommand, ShardRead, StatusRequest,
+    ShardCommand, ShardRead, StatusRequest, TsoRequest, TsoResponse,
 };
 
 use crate::replica::{ReplicaHandle, ReplicaMsg};
@@ -136,6 +137,11 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             Some(
                 Op::CommitDebit(s) | Op::AbortDebit(s) | Op::CommitCredit(s) | Op::AbortCredit(s),
             ) => self.check_owner(shard_id, &s.account_id)?,
+            Some(Op::ExtendTso(_)) => {
+                return Err(
+                    Reason::InvalidArgument.status("ExtendTso is internal to the meta group")
+                )
+            }
             None => return Err(Reason::InvalidArgument.status("command has no operation")),
         }
         command.at_ms = now_ms();
@@ -159,6 +165,15 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             .ask(replica, |reply| ReplicaMsg::Read { query, reply })
             .await?;
         Ok(Response::new(result))
+    }
+
+    async fn tso(&self, request: Request<TsoRequest>) -> Result<Response<TsoResponse>, Status> {
+        let count = request.into_inner().count;
+        let replica = self.replica(META_GROUP_ID)?;
+        let answer = self
+            .ask(replica, |reply| ReplicaMsg::Tso { count, reply })
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn status(

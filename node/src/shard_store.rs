@@ -12,6 +12,7 @@
 //! - `Sr` + account + 0 + request id     → RequestRecord (first outcome of a request)
 //! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
 //! - `Si` + account + 0 + transfer id    → Intent (credit side of a cross-shard transfer)
+//! - `St`                                → timestamp oracle limit (meta group only)
 //!
 //! Every value is a CRC32-framed record ([`crate::record`]), checked on every read: a corrupt record
 //! stops the replica with an error instead of being served (G7).
@@ -40,6 +41,7 @@ const ACCOUNT_PREFIX: &[u8] = b"Sa";
 const REQUEST_PREFIX: &[u8] = b"Sr";
 const HISTORY_PREFIX: &[u8] = b"Sh";
 const INTENT_PREFIX: &[u8] = b"Si";
+const KEY_TSO_LIMIT: &[u8] = b"St";
 
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
@@ -379,6 +381,9 @@ impl ShardStore {
             let (account_id, request_id) = split_pair_key(&key, REQUEST_PREFIX)?;
             state_machine.load_request(account_id, request_id, record::decode(&value)?);
         }
+        if let Some(bytes) = self.tree.get(KEY_TSO_LIMIT)? {
+            state_machine.load_tso_limit(decode_u64s::<1>(&bytes)?[0]);
+        }
         for item in self.tree.scan_prefix(INTENT_PREFIX) {
             let (key, value) = item?;
             let (account_id, transfer_id) = split_pair_key(&key, INTENT_PREFIX)?;
@@ -452,6 +457,7 @@ impl ShardStore {
                     transfer_id,
                     intent,
                 } => batch.insert(intent_key(account_id, transfer_id), record::encode(intent)),
+                Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[*limit])),
             }
         }
         batch.insert(KEY_APPLIED, encode_u64s(&[applied]));

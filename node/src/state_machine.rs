@@ -22,6 +22,7 @@ use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, EntryKind,
     HistoryEntry, Intent, IntentState, Outcome, Rejection, RequestRecord, Transfer, TransferStatus,
+    TsoWindow,
 };
 use wallet_proto::validate;
 
@@ -43,6 +44,8 @@ pub enum Write {
         transfer_id: String,
         intent: Intent,
     },
+    /// Meta group: the timestamp oracle's persisted limit.
+    TsoLimit(u64),
 }
 
 /// The records changed by a batch of applies.
@@ -65,6 +68,9 @@ pub struct StateMachine {
     pub(crate) prepared: BTreeSet<RequestKey>,
     /// Intents still PENDING.
     pub(crate) pending: BTreeSet<RequestKey>,
+    /// Meta group: no timestamp at or above this was ever handed out, and none below it will be
+    /// by a later leader.
+    pub(crate) tso_limit: u64,
 }
 
 /// A refusal: a reason code and a message.
@@ -100,7 +106,18 @@ impl StateMachine {
             intents: HashMap::new(),
             prepared: BTreeSet::new(),
             pending: BTreeSet::new(),
+            tso_limit: 0,
         }
+    }
+
+    /// Loads the stored timestamp limit (meta group).
+    pub fn load_tso_limit(&mut self, limit: u64) {
+        self.tso_limit = limit;
+    }
+
+    /// The timestamp limit (meta group).
+    pub fn tso_limit(&self) -> u64 {
+        self.tso_limit
     }
 
     /// Loads a stored account (on start or snapshot install).
@@ -133,6 +150,7 @@ impl StateMachine {
         self.intents.clear();
         self.prepared.clear();
         self.pending.clear();
+        self.tso_limit = 0;
     }
 
     /// Number of accounts on the shard.
@@ -176,6 +194,19 @@ impl StateMachine {
             Some(Op::AbortDebit(step)) => self.decide_debit(command, step, false, writes),
             Some(Op::CommitCredit(step)) => self.decide_credit(command, step, true, writes),
             Some(Op::AbortCredit(step)) => self.decide_credit(command, step, false, writes),
+            Some(Op::ExtendTso(extend)) => {
+                let previous_limit = self.tso_limit;
+                self.tso_limit = previous_limit.max(extend.limit);
+                if self.tso_limit != previous_limit {
+                    writes.push(Write::TsoLimit(self.tso_limit));
+                }
+                Outcome {
+                    result: Some(outcome::Result::TsoWindow(TsoWindow {
+                        previous_limit,
+                        limit: self.tso_limit,
+                    })),
+                }
+            }
             Some(op) => self.idempotent(command, op, writes).unwrap_or_else(reject),
             None => reject((Reason::InvalidArgument, "command has no operation".into())),
         };

@@ -48,9 +48,15 @@ pub struct ShardSpec {
 pub struct Topology {
     #[serde(default = "default_virtual_nodes")]
     pub virtual_nodes: u32,
+    /// Nodes holding the meta group (the timestamp oracle); empty means the first three nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta_replicas: Vec<u64>,
     pub nodes: Vec<NodeSpec>,
     pub shards: Vec<ShardSpec>,
 }
+
+/// The id of the meta group (the timestamp oracle). Data shards have ids from 1.
+pub const META_GROUP_ID: u64 = 0;
 
 fn default_virtual_nodes() -> u32 {
     VIRTUAL_NODES_DEFAULT
@@ -93,6 +99,7 @@ impl Topology {
             .collect();
         Topology {
             virtual_nodes: VIRTUAL_NODES_DEFAULT,
+            meta_replicas: Vec::new(),
             nodes: nodes_spec,
             shards: shards_spec,
         }
@@ -112,6 +119,11 @@ impl Topology {
                     "node ids must be unique and non-zero ({})",
                     node.id
                 ));
+            }
+        }
+        for replica in &self.meta_replicas {
+            if !ids.contains_key(replica) {
+                return Err(format!("meta_replicas lists unknown node {replica}"));
             }
         }
         let mut shard_ids = BTreeMap::new();
@@ -157,6 +169,37 @@ impl Topology {
             .iter()
             .filter(|s| s.replicas.contains(&node_id))
             .collect()
+    }
+
+    /// The meta group: id [`META_GROUP_ID`], on `meta_replicas` or the first three nodes.
+    pub fn meta_group(&self) -> ShardSpec {
+        let replicas = if self.meta_replicas.is_empty() {
+            self.nodes.iter().take(3).map(|n| n.id).collect()
+        } else {
+            self.meta_replicas.clone()
+        };
+        ShardSpec {
+            id: META_GROUP_ID,
+            replicas,
+        }
+    }
+
+    /// Every Raft group (data shards and the meta group) with a replica on this node.
+    pub fn groups_on(&self, node_id: u64) -> Vec<ShardSpec> {
+        let mut groups: Vec<ShardSpec> = self.shards_on(node_id).into_iter().cloned().collect();
+        let meta = self.meta_group();
+        if meta.replicas.contains(&node_id) {
+            groups.push(meta);
+        }
+        groups
+    }
+
+    /// The replicas of a data shard or of the meta group.
+    pub fn replicas_of(&self, group_id: u64) -> Option<Vec<u64>> {
+        if group_id == META_GROUP_ID {
+            return Some(self.meta_group().replicas);
+        }
+        self.shard(group_id).map(|s| s.replicas.clone())
     }
 
     /// The ring placing accounts on shards.
@@ -205,6 +248,8 @@ mod tests {
         let parsed = Topology::parse(&topology.to_toml()).unwrap();
         assert_eq!(parsed, topology);
         assert_eq!(parsed.shards_on(1).len(), 3);
+        assert_eq!(parsed.meta_group().replicas, vec![1, 2, 3]);
+        assert_eq!(parsed.groups_on(1).len(), 4);
     }
 
     #[test]

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 use wallet_proto::reason::{self, Reason};
-use wallet_proto::topology::{Ring, Topology};
+use wallet_proto::topology::{Ring, Topology, META_GROUP_ID};
 use wallet_proto::v1::shard_client::ShardClient;
-use wallet_proto::v1::{shard_read::Query, Command, Outcome, ReadResult, ShardCommand, ShardRead};
+use wallet_proto::v1::{
+    shard_read::Query, Command, Outcome, ReadResult, ShardCommand, ShardRead, TsoRequest,
+    TsoResponse,
+};
 
 /// How long one request may keep retrying across leader changes.
 pub const RETRY_BUDGET: Duration = Duration::from_secs(8);
@@ -79,6 +82,17 @@ impl Shards {
         .await
     }
 
+    /// `count` strictly increasing timestamps from the meta group's oracle.
+    pub async fn tso(&self, count: u32) -> Result<TsoResponse, Status> {
+        self.with_leader(META_GROUP_ID, |mut client| async move {
+            client
+                .tso(TsoRequest { count })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
     fn guess_leader(&self, shard_id: u64, replicas: &[u64], attempt: usize) -> u64 {
         let cached = self
             .leaders
@@ -104,8 +118,7 @@ impl Shards {
     {
         let replicas = self
             .topology
-            .shard(shard_id)
-            .map(|s| s.replicas.clone())
+            .replicas_of(shard_id)
             .ok_or_else(|| Reason::Internal.status(format!("no shard {shard_id} in topology")))?;
         let started = Instant::now();
         let mut backoff = BACKOFF_FIRST;

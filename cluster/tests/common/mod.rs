@@ -100,7 +100,8 @@ impl Cluster {
     pub async fn caught_up(&self, node_id: u64) {
         self.ready().await;
         let commits = self.commits().await;
-        assert_eq!(commits.len(), self.playground.topology.shards.len());
+        // Every data shard and the meta group.
+        assert_eq!(commits.len(), self.playground.topology.shards.len() + 1);
         for (shard, commit) in commits {
             if let Err(e) = self
                 .playground
