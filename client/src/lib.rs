@@ -26,6 +26,7 @@ pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
 pub use wallet_proto::v1::{
     Account, BalanceChange, EntryKind, HistoryEntry, ListTransfersResponse, Transfer,
+    TransferStatus,
 };
 use wallet_proto::v1::{
     CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,

@@ -107,6 +107,12 @@ async fn every_cli_command_works_end_to_end() {
     assert!(out.contains("\"from_balance_after\":600"), "{out}");
     let (_, out, _) = cli(&ep, &["--json", "account", "get", other]);
     assert!(out.contains("\"balance\":50"), "{out}");
+    let (code, out, _) = cli(&ep, &["transfer-status", "tr-x", "--from", a]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("tr-x COMMITTED") && out.contains("commit_ts"),
+        "{out}"
+    );
     let (code, _, err) = cli(&ep, &["transfer", a, other, "100000"]);
     assert_ne!(code, 0);
     assert!(err.contains("INSUFFICIENT_FUNDS"), "{err}");
@@ -269,6 +275,7 @@ async fn request_to_the_wrong_shard_is_refused_and_changes_nothing() {
                 command: Some(ShardCmd {
                     request_id: "stale".into(),
                     at_ms: 0,
+                    ts: 0,
                     op: Some(Op::Deposit(DepositRequest {
                         request_id: "stale".into(),
                         account_id: account.clone(),

@@ -14,10 +14,11 @@ use wallet_proto::v1::{
 };
 use wallet_router::shards::Shards;
 
-fn command(id: &str, op: Op) -> Command {
+fn command(id: &str, ts: u64, op: Op) -> Command {
     Command {
         request_id: id.into(),
         at_ms: 0,
+        ts,
         op: Some(op),
     }
 }
@@ -34,11 +35,13 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
     let shards = Shards::new(cluster.playground.topology.clone()).unwrap();
     let from_shard = shards.shard_of(&t.from_account_id);
     let to_shard = shards.shard_of(&t.to_account_id);
+    let start_ts = shards.tso(1).await.unwrap().first;
     let prepared = shards
         .execute(
             from_shard,
             command(
                 &t.transfer_id,
+                start_ts,
                 Op::PrepareDebit(PrepareDebit {
                     transfer: Some(t.clone()),
                     credit_shard_id: to_shard,
@@ -56,6 +59,7 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
             to_shard,
             command(
                 &t.transfer_id,
+                start_ts,
                 Op::PrepareCredit(PrepareCredit {
                     transfer: Some(t.clone()),
                     primary_shard_id: from_shard,
@@ -70,11 +74,13 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
         "{credit:?}"
     );
     if commit {
+        let commit_ts = shards.tso(1).await.unwrap().first;
         let decided = shards
             .execute(
                 from_shard,
                 command(
                     &t.transfer_id,
+                    commit_ts,
                     Op::CommitDebit(step(&t.transfer_id, &t.from_account_id)),
                 ),
             )
@@ -125,6 +131,11 @@ async fn cross_shard_transfer_applies_both_legs_once_even_when_retried_from_anot
     let history = client.list_transfers(b, 10, 0).await.unwrap();
     assert_eq!(history.entries[0].delta, 300);
     assert_eq!(history.entries[0].counterparty, *a);
+    // Oracle timestamps: started before it committed; both legs carry the one commit timestamp.
+    assert!(0 < t.start_ts && t.start_ts < t.commit_ts, "{t:?}");
+    let debit_leg = client.list_transfers(a, 1, 0).await.unwrap().entries[0].clone();
+    assert_eq!(debit_leg.commit_ts, t.commit_ts);
+    assert_eq!(history.entries[0].commit_ts, t.commit_ts);
     assert_eq!(
         client.get_transfer("pay-1", a).await.unwrap().status,
         TransferStatus::Committed as i32
@@ -172,6 +183,11 @@ async fn a_transfer_whose_router_died_after_the_commit_point_is_credited_by_reco
     router_dies_after(&cluster, &t, true).await;
     let balances = settled(&client, &[on1[0].clone(), on2[0].clone()]).await;
     assert_eq!((balances[&on2[0]], balances[&on1[0]]), (750, 1250));
+    // Recovery credited at the primary's commit timestamp.
+    let primary = client.get_transfer("half-1", &on2[0]).await.unwrap();
+    let credit_leg = client.list_transfers(&on1[0], 1, 0).await.unwrap().entries[0].clone();
+    assert!(primary.commit_ts > 0);
+    assert_eq!(credit_leg.commit_ts, primary.commit_ts);
     // A retry with the same id answers committed and pays nothing more.
     let retry = client
         .transfer("half-1", &on2[0], &on1[0], 250)

@@ -71,6 +71,7 @@ async fn resolve_shard(
             service,
             shard_id,
             &transfer.transfer_id,
+            0,
             Op::AbortDebit(TransferStep {
                 transfer_id: transfer.transfer_id.clone(),
                 account_id: transfer.from_account_id.clone(),
@@ -108,17 +109,18 @@ async fn resolve_intent(
             }),
         )
         .await?;
-    let commit = match decision.result {
-        Some(read_result::Result::Transfer(Transfer { status, .. })) => {
-            match TransferStatus::try_from(status) {
-                Ok(TransferStatus::Committed) => true,
-                Ok(TransferStatus::Aborted) => false,
-                // Undecided: the primary decides first (it aborts at its own timeout).
-                _ => return Ok(()),
-            }
-        }
+    // (commit?, the primary's commit timestamp, which the credit takes too)
+    let (commit, commit_ts) = match decision.result {
+        Some(read_result::Result::Transfer(Transfer {
+            status, commit_ts, ..
+        })) => match TransferStatus::try_from(status) {
+            Ok(TransferStatus::Committed) => (true, commit_ts),
+            Ok(TransferStatus::Aborted) => (false, 0),
+            // Undecided: the primary decides first (it aborts at its own timeout).
+            _ => return Ok(()),
+        },
         // Refused at prepare or never prepared there: it can never commit.
-        Some(read_result::Result::Rejected(_)) => false,
+        Some(read_result::Result::Rejected(_)) => (false, 0),
         _ => return Ok(()),
     };
     let step = TransferStep {
@@ -130,7 +132,7 @@ async fn resolve_intent(
     } else {
         Op::AbortCredit(step)
     };
-    let outcome = propose(service, shard_id, &t.transfer_id, op).await?;
+    let outcome = propose(service, shard_id, &t.transfer_id, commit_ts, op).await?;
     tracing::info!(
         shard_id,
         transfer = %t.transfer_id,
@@ -144,11 +146,13 @@ async fn propose(
     service: &NodeService,
     shard_id: u64,
     transfer_id: &str,
+    ts: u64,
     op: Op,
 ) -> Result<Outcome, tonic::Status> {
     let command = Command {
         request_id: transfer_id.to_string(),
         at_ms: 0,
+        ts,
         op: Some(op),
     };
     Ok(service

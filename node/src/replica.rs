@@ -569,6 +569,7 @@ impl Replica {
         let command = Command {
             request_id: String::new(),
             at_ms: 0,
+            ts: 0,
             op: Some(Op::ExtendTso(ExtendTso { limit })),
         };
         let mut context = Vec::with_capacity(16);

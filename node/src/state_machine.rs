@@ -474,6 +474,8 @@ impl StateMachine {
                 created_at_ms: command.at_ms,
                 from_balance_after: from_balance,
                 currency,
+                start_ts: command.ts,
+                commit_ts: command.ts,
             })),
         })
     }
@@ -517,6 +519,7 @@ impl StateMachine {
                 balance_after,
                 counterparty: counterparty.to_string(),
                 at_ms: command.at_ms,
+                commit_ts: command.ts,
             },
         });
     }

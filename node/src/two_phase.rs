@@ -73,6 +73,8 @@ fn intent_transfer(intent: &Intent, status: TransferStatus) -> Transfer {
         created_at_ms: intent.prepared_at_ms,
         from_balance_after: 0,
         currency: String::new(),
+        start_ts: intent.start_ts,
+        commit_ts: intent.commit_ts,
     }
 }
 
@@ -159,6 +161,8 @@ impl StateMachine {
                 created_at_ms: command.at_ms,
                 from_balance_after: balance,
                 currency,
+                start_ts: command.ts,
+                commit_ts: 0,
             })
         };
         self.remember(key, command, outcome.clone(), writes);
@@ -258,6 +262,7 @@ impl StateMachine {
             decided.status = TransferStatus::Committed as i32;
             decided.from_balance_after = account.balance;
             decided.created_at_ms = command.at_ms;
+            decided.commit_ts = command.ts;
         } else {
             decided.status = TransferStatus::Aborted as i32;
         }
@@ -364,6 +369,8 @@ impl StateMachine {
             primary_shard_id: prepare.primary_shard_id,
             state: IntentState::Pending as i32,
             prepared_at_ms: command.at_ms,
+            start_ts: command.ts,
+            commit_ts: 0,
         };
         self.store_intent(key.clone(), intent.clone(), writes);
         self.pending.insert(key);
@@ -413,6 +420,8 @@ impl StateMachine {
                 primary_shard_id: 0,
                 state: IntentState::Aborted as i32,
                 prepared_at_ms: command.at_ms,
+                start_ts: 0,
+                commit_ts: 0,
             };
             self.store_intent(key, tombstone.clone(), writes);
             return transfer_outcome(intent_transfer(&tombstone, TransferStatus::Aborted));
@@ -451,6 +460,7 @@ impl StateMachine {
                 .expect("prepare checked that the credit fits");
             account.version += 1;
             decided.state = IntentState::Credited as i32;
+            decided.commit_ts = command.ts;
         } else {
             decided.state = IntentState::Aborted as i32;
         }

@@ -20,6 +20,7 @@ fn run(sm: &mut StateMachine, op: Op, request_id: &str) -> (Outcome, Writes) {
     let command = Command {
         request_id: request_id.into(),
         at_ms: 1_000,
+        ts: 77,
         op: Some(op),
     };
     let outcome = sm.apply(&command, &mut writes);

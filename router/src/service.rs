@@ -18,6 +18,7 @@ use wallet_proto::v1::{
 use wallet_proto::validate;
 
 use crate::shards::Shards;
+use crate::timestamps::Timestamps;
 
 /// Default bound on requests in flight through one router.
 pub const MAX_IN_FLIGHT_DEFAULT: usize = 4096;
@@ -26,6 +27,7 @@ pub const MAX_IN_FLIGHT_DEFAULT: usize = 4096;
 #[derive(Clone)]
 pub struct WalletService {
     shards: Arc<Shards>,
+    timestamps: Timestamps,
     in_flight: Arc<Semaphore>,
 }
 
@@ -44,8 +46,10 @@ fn unexpected(what: &str) -> Status {
 }
 
 impl WalletService {
+    /// Must run inside a tokio runtime (it starts the timestamp batcher).
     pub fn new(shards: Arc<Shards>, max_in_flight: usize) -> WalletService {
         WalletService {
+            timestamps: Timestamps::start(shards.clone()),
             shards,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
         }
@@ -66,9 +70,15 @@ impl WalletService {
     ) -> Result<outcome::Result, Status> {
         let _permit = self.admit()?;
         let shard_id = self.shards.shard_of(account_id);
+        // Account creation changes no balance: it needs no timestamp.
+        let ts = match op {
+            Op::CreateAccount(_) => 0,
+            _ => self.timestamps.next().await?,
+        };
         let command = Command {
             request_id: request_id.to_string(),
             at_ms: 0,
+            ts,
             op: Some(op),
         };
         match self.shards.execute(shard_id, command).await? {
@@ -182,8 +192,14 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         let to_shard = self.shards.shard_of(&transfer.to_account_id);
         if from_shard != to_shard {
             let _permit = self.admit()?;
-            let t =
-                crate::two_phase::transfer(&self.shards, transfer, from_shard, to_shard).await?;
+            let t = crate::two_phase::transfer(
+                &self.shards,
+                &self.timestamps,
+                transfer,
+                from_shard,
+                to_shard,
+            )
+            .await?;
             return Ok(Response::new(t));
         }
         let (from, id) = (

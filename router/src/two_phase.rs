@@ -1,9 +1,12 @@
 //! The router's side of a cross-shard transfer: the coordinator of DESIGN §6.
 //!
-//! 1. `PrepareDebit` on the primary (the debit account's shard): record PREPARED + reservation.
+//! 1. `PrepareDebit` at `start_ts` on the primary (the debit account's shard): record PREPARED +
+//!    reservation.
 //! 2. `PrepareCredit` on the credit shard: an intent on the credit account.
-//! 3. `CommitDebit` on the primary: **the commit point**; the client is answered after it.
-//! 4. `CommitCredit` on the credit shard: best effort; recovery on the nodes finishes it.
+//! 3. `CommitDebit` at a fresh `commit_ts` on the primary: **the commit point**; the client is
+//!    answered after it.
+//! 4. `CommitCredit` at the same `commit_ts` on the credit shard: best effort; recovery on the
+//!    nodes finishes it. Both legs' history entries carry that one `commit_ts`.
 //!
 //! A refusal at step 2 aborts the primary (`AbortDebit`), then the client gets the refusal. The
 //! coordinator keeps no state: every step is idempotent by transfer id, so a retry of the whole
@@ -18,6 +21,7 @@ use wallet_proto::v1::{
 };
 
 use crate::shards::Shards;
+use crate::timestamps::Timestamps;
 
 /// A failpoint on the coordinator's path, compiled in only with the `failpoints` feature and armed
 /// at run time with `FAILPOINTS=<name>=<action>`: `return(exit)` ends the router process right
@@ -36,10 +40,11 @@ macro_rules! failpoint {
     };
 }
 
-fn command(transfer_id: &str, op: Op) -> Command {
+fn command(transfer_id: &str, ts: u64, op: Op) -> Command {
     Command {
         request_id: transfer_id.to_string(),
         at_ms: 0,
+        ts,
         op: Some(op),
     }
 }
@@ -66,6 +71,7 @@ fn aborted(t: &Transfer) -> Status {
 /// Runs (or resumes) a transfer whose accounts live on `from_shard` and `to_shard`.
 pub async fn transfer(
     shards: &Shards,
+    timestamps: &Timestamps,
     request: TransferRequest,
     from_shard: u64,
     to_shard: u64,
@@ -79,13 +85,26 @@ pub async fn transfer(
         transfer: Some(request.clone()),
         credit_shard_id: to_shard,
     });
-    let prepared = transfer_of(shards.execute(from_shard, command(&id, prepare)).await?)?;
+    let start_ts = timestamps.next().await?;
+    let prepared = transfer_of(
+        shards
+            .execute(from_shard, command(&id, start_ts, prepare))
+            .await?,
+    )?;
     failpoint!("after-prepare-debit");
     match status_of(&prepared) {
         TransferStatus::Prepared => {}
         TransferStatus::Committed => {
             // Decided by an earlier attempt: make sure the credit lands, answer as before.
-            commit_credit(shards, to_shard, &id, step(&request.to_account_id)).await;
+            let commit_ts = prepared.commit_ts;
+            commit_credit(
+                shards,
+                to_shard,
+                &id,
+                commit_ts,
+                step(&request.to_account_id),
+            )
+            .await;
             return Ok(prepared);
         }
         _ => return Err(aborted(&prepared)),
@@ -97,16 +116,24 @@ pub async fn transfer(
         currency: prepared.currency.clone(),
     });
     let credit = shards
-        .execute(to_shard, command(&id, prepare_credit))
+        .execute(to_shard, command(&id, prepared.start_ts, prepare_credit))
         .await?;
     failpoint!("after-prepare-credit");
     if let Err(refusal) = transfer_of(credit) {
         // The credit side cannot take it: abort on the primary first (the decision), then report.
         let abort = Op::AbortDebit(step(&request.from_account_id));
-        let decided = transfer_of(shards.execute(from_shard, command(&id, abort)).await?)?;
+        let decided = transfer_of(shards.execute(from_shard, command(&id, 0, abort)).await?)?;
         if status_of(&decided) == TransferStatus::Committed {
             // Another attempt with the same id committed it meanwhile: the transfer happened.
-            commit_credit(shards, to_shard, &id, step(&request.to_account_id)).await;
+            let commit_ts = decided.commit_ts;
+            commit_credit(
+                shards,
+                to_shard,
+                &id,
+                commit_ts,
+                step(&request.to_account_id),
+            )
+            .await;
             return Ok(decided);
         }
         return Err(refusal);
@@ -114,26 +141,46 @@ pub async fn transfer(
 
     failpoint!("before-commit-primary");
     let commit = Op::CommitDebit(step(&request.from_account_id));
-    let committed = match transfer_of(shards.execute(from_shard, command(&id, commit)).await?) {
+    let commit_ts = timestamps.next().await?;
+    let decision = shards
+        .execute(from_shard, command(&id, commit_ts, commit))
+        .await?;
+    let committed = match transfer_of(decision) {
         Ok(t) => t,
         Err(refusal) => {
             // Recovery aborted it first (this router was too slow): release the intent.
             let abort = Op::AbortCredit(step(&request.to_account_id));
-            let _ = shards.execute(to_shard, command(&id, abort)).await;
+            let _ = shards.execute(to_shard, command(&id, 0, abort)).await;
             return Err(refusal);
         }
     };
     failpoint!("after-commit-primary");
     failpoint!("before-commit-credit");
-    commit_credit(shards, to_shard, &id, step(&request.to_account_id)).await;
+    // The committed record carries the commit timestamp of the first commit (a retry's own
+    // commit_ts is ignored by the primary): the credit uses that one.
+    let commit_ts = committed.commit_ts;
+    commit_credit(
+        shards,
+        to_shard,
+        &id,
+        commit_ts,
+        step(&request.to_account_id),
+    )
+    .await;
     Ok(committed)
 }
 
 /// Step 4. Failure is logged, not returned: the transfer is committed, and the credit shard's
 /// recovery applies the credit once its intent times out.
-async fn commit_credit(shards: &Shards, to_shard: u64, id: &str, step: TransferStep) {
+async fn commit_credit(
+    shards: &Shards,
+    to_shard: u64,
+    id: &str,
+    commit_ts: u64,
+    step: TransferStep,
+) {
     let result = shards
-        .execute(to_shard, command(id, Op::CommitCredit(step)))
+        .execute(to_shard, command(id, commit_ts, Op::CommitCredit(step)))
         .await
         .and_then(transfer_of);
     if let Err(status) = result {

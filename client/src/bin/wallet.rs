@@ -4,7 +4,8 @@
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
-    fresh_id, Account, BalanceChange, ClientOptions, EntryKind, Transfer, WalletClient, WalletError,
+    fresh_id, Account, BalanceChange, ClientOptions, EntryKind, Transfer, TransferStatus,
+    WalletClient, WalletError,
 };
 
 #[derive(Parser, Debug)]
@@ -57,6 +58,14 @@ enum Commands {
         /// Transfer id for exactly-once retries (generated if omitted).
         #[arg(long)]
         id: Option<String>,
+    },
+    /// The state of a transfer (COMMITTED, PREPARED or ABORTED) and its oracle timestamps.
+    TransferStatus {
+        /// Transfer id.
+        id: String,
+        /// The debit account (transfer ids are scoped to it).
+        #[arg(long)]
+        from: String,
     },
     /// An account's history, newest first.
     History {
@@ -111,10 +120,21 @@ fn change_text(c: &BalanceChange) -> String {
     )
 }
 
+fn status_name(status: i32) -> &'static str {
+    match TransferStatus::try_from(status).unwrap_or(TransferStatus::Unspecified) {
+        TransferStatus::Committed => "COMMITTED",
+        TransferStatus::Prepared => "PREPARED",
+        TransferStatus::Aborted => "ABORTED",
+        TransferStatus::Unspecified => "UNKNOWN",
+    }
+}
+
 fn transfer_json(t: &Transfer) -> serde_json::Value {
     json!({"transfer_id": t.transfer_id, "from_account_id": t.from_account_id,
-           "to_account_id": t.to_account_id, "amount": t.amount, "status": "COMMITTED",
-           "created_at_ms": t.created_at_ms, "from_balance_after": t.from_balance_after})
+           "to_account_id": t.to_account_id, "amount": t.amount,
+           "status": status_name(t.status), "currency": t.currency,
+           "created_at_ms": t.created_at_ms, "from_balance_after": t.from_balance_after,
+           "start_ts": t.start_ts, "commit_ts": t.commit_ts})
 }
 
 fn kind_name(kind: i32) -> &'static str {
@@ -184,6 +204,20 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             );
             (transfer_json(&t), text)
         }
+        Commands::TransferStatus { id, from } => {
+            let t = client.get_transfer(&id, &from).await?;
+            let text = format!(
+                "transfer {} {}: {} -> {} amount {} (start_ts {}, commit_ts {})",
+                t.transfer_id,
+                status_name(t.status),
+                t.from_account_id,
+                t.to_account_id,
+                t.amount,
+                t.start_ts,
+                t.commit_ts
+            );
+            (transfer_json(&t), text)
+        }
         Commands::History {
             account,
             limit,
@@ -209,7 +243,8 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
                     ));
                     json!({"seq": e.seq, "kind": kind_name(e.kind), "delta": e.delta,
                            "balance_after": e.balance_after, "counterparty": e.counterparty,
-                           "request_id": e.request_id, "at_ms": e.at_ms})
+                           "request_id": e.request_id, "at_ms": e.at_ms,
+                           "commit_ts": e.commit_ts})
                 })
                 .collect();
             if page.next_cursor != 0 {
