@@ -25,11 +25,11 @@ use tonic::Status;
 pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
 pub use wallet_proto::v1::{
-    Account, BalanceChange, EntryKind, HistoryEntry, ListTransfersResponse, Transfer,
-    TransferStatus,
+    Account, AuditReport, BalanceChange, CurrencyTotals, EntryKind, HistoryEntry,
+    ListTransfersResponse, Transfer, TransferStatus,
 };
 use wallet_proto::v1::{
-    CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
+    AuditRequest, CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
     ListTransfersRequest, TransferRequest, WithdrawRequest,
 };
 
@@ -262,6 +262,13 @@ impl WalletClient {
             async move { c.get_transfer(r).await }
         })
         .await
+    }
+
+    /// A snapshot read of every account at one timestamp, checked for conservation: per-currency
+    /// totals, or the error `AUDIT_MISMATCH` with the figures.
+    pub async fn audit(&self) -> Result<AuditReport, WalletError> {
+        self.retrying(|mut c| async move { c.audit(AuditRequest {}).await })
+            .await
     }
 
     /// One page of an account's history, newest first (`cursor` 0 for the newest).

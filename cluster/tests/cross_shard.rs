@@ -233,6 +233,28 @@ async fn concurrent_cross_shard_transfers_conserve_money_through_a_leader_kill_a
             (ok, refused)
         }));
     }
+    // An auditor takes snapshot audits throughout, through the leader kill and the router restart:
+    // every one that answers must balance (G1 at one timestamp across shards, G6).
+    let auditor = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (mut balanced, mut unavailable) = (0u64, 0u64);
+            while Instant::now() < stop_at {
+                match client.audit().await {
+                    Ok(report) => {
+                        for t in &report.totals {
+                            assert_eq!(t.balances, t.net_deposits, "audit at {}", report.ts);
+                        }
+                        balanced += 1;
+                    }
+                    Err(e) if e.reason == Reason::AuditMismatch => panic!("{e}"),
+                    Err(_) => unavailable += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (balanced, unavailable)
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leaders = cluster.ready().await;
     cluster.playground.kill_node(leaders[&1]);
@@ -244,6 +266,11 @@ async fn concurrent_cross_shard_transfers_conserve_money_through_a_leader_kill_a
         ok += task.await.unwrap().0;
     }
     assert!(ok > 50, "transfers went on: {ok}");
+    let (balanced, unavailable) = auditor.await.unwrap();
+    assert!(
+        balanced >= 5,
+        "audits balanced: {balanced} (unavailable {unavailable})"
+    );
     let killed = cluster
         .playground
         .node_ids()

@@ -10,7 +10,8 @@
 //! - [`transport`]: Raft messages between nodes, batched per peer.
 //! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers).
 //! - [`recovery`]: decides and resolves cross-shard transfers whose router went away.
-//! - [`tso`]: the timestamp oracle the meta group's leader serves.
+//! - [`tso`]: the timestamp oracle the meta group's leader serves; [`snapshot_read`]: the state
+//!   machine's side of reads at a timestamp (audits).
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
 pub mod cli;
 pub mod group_commit;
@@ -21,6 +22,7 @@ pub mod recovery;
 pub mod replica;
 pub mod service;
 pub mod shard_store;
+pub mod snapshot_read;
 pub mod state_machine;
 pub mod transport;
 pub mod tso;

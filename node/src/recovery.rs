@@ -56,7 +56,10 @@ async fn resolve_shard(
     let stuck = match service
         .read(Request::new(ShardRead {
             shard_id,
-            query: Some(Query::Stuck(Stuck { before_ms })),
+            query: Some(Query::Stuck(Stuck {
+                before_ms,
+                start_ts_before: 0,
+            })),
         }))
         .await?
         .into_inner()

@@ -668,8 +668,15 @@ impl Replica {
             }
             Query::Stuck(stuck) => ReadResult {
                 result: Some(read_result::Result::Stuck(
-                    self.state_machine.stuck(stuck.before_ms),
+                    self.state_machine
+                        .stuck(stuck.before_ms, stuck.start_ts_before),
                 )),
+            },
+            Query::SnapshotAt(at) => match self.state_machine.snapshot_at(at.ts) {
+                Ok(report) => ReadResult {
+                    result: Some(read_result::Result::Snapshot(report)),
+                },
+                Err((reason, message)) => rejected(reason, message),
             },
             Query::Transfer(get) => {
                 match self

@@ -137,6 +137,7 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             Some(
                 Op::CommitDebit(s) | Op::AbortDebit(s) | Op::CommitCredit(s) | Op::AbortCredit(s),
             ) => self.check_owner(shard_id, &s.account_id)?,
+            Some(Op::CloseTs(_)) => {}
             Some(Op::ExtendTso(_)) => {
                 return Err(
                     Reason::InvalidArgument.status("ExtendTso is internal to the meta group")
@@ -159,7 +160,7 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             Query::Account(a) => self.check_owner(shard_id, &a.account_id)?,
             Query::History(h) => self.check_owner(shard_id, &h.account_id)?,
             Query::Transfer(t) => self.check_owner(shard_id, &t.from_account_id)?,
-            Query::Stuck(_) => {}
+            Query::Stuck(_) | Query::SnapshotAt(_) => {}
         }
         let result = self
             .ask(replica, |reply| ReplicaMsg::Read { query, reply })

@@ -13,6 +13,8 @@
 //! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
 //! - `Si` + account + 0 + transfer id    → Intent (credit side of a cross-shard transfer)
 //! - `St`                                → timestamp oracle limit (meta group only)
+//! - `Sc` / `Sx`                         → closed timestamp, highest commit timestamp applied
+//! - `Sn` + currency                     → net deposits of the currency (i128 LE)
 //!
 //! Every value is a CRC32-framed record ([`crate::record`]), checked on every read: a corrupt record
 //! stops the replica with an error instead of being served (G7).
@@ -42,6 +44,9 @@ const REQUEST_PREFIX: &[u8] = b"Sr";
 const HISTORY_PREFIX: &[u8] = b"Sh";
 const INTENT_PREFIX: &[u8] = b"Si";
 const KEY_TSO_LIMIT: &[u8] = b"St";
+const KEY_CLOSED_TS: &[u8] = b"Sc";
+const KEY_MAX_TS: &[u8] = b"Sx";
+const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
@@ -384,6 +389,23 @@ impl ShardStore {
         if let Some(bytes) = self.tree.get(KEY_TSO_LIMIT)? {
             state_machine.load_tso_limit(decode_u64s::<1>(&bytes)?[0]);
         }
+        let read_u64 = |key: &[u8]| -> Result<u64, StoreError> {
+            match self.tree.get(key)? {
+                Some(bytes) => Ok(decode_u64s::<1>(&bytes)?[0]),
+                None => Ok(0),
+            }
+        };
+        let mut net = std::collections::BTreeMap::new();
+        for item in self.tree.scan_prefix(NET_DEPOSITS_PREFIX) {
+            let (key, value) = item?;
+            let payload = record::unframe(&value)?;
+            let bytes: [u8; 16] = payload
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("net deposits record of wrong size".into()))?;
+            let currency = String::from_utf8_lossy(&key[NET_DEPOSITS_PREFIX.len()..]).into_owned();
+            net.insert(currency, i128::from_le_bytes(bytes));
+        }
+        state_machine.load_snapshot_state(read_u64(KEY_CLOSED_TS)?, read_u64(KEY_MAX_TS)?, net);
         for item in self.tree.scan_prefix(INTENT_PREFIX) {
             let (key, value) = item?;
             let (account_id, transfer_id) = split_pair_key(&key, INTENT_PREFIX)?;
@@ -458,6 +480,12 @@ impl ShardStore {
                     intent,
                 } => batch.insert(intent_key(account_id, transfer_id), record::encode(intent)),
                 Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[*limit])),
+                Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[*ts])),
+                Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[*ts])),
+                Write::NetDeposits(currency, total) => batch.insert(
+                    [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
+                    record::frame(&total.to_le_bytes()),
+                ),
             }
         }
         batch.insert(KEY_APPLIED, encode_u64s(&[applied]));

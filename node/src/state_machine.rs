@@ -26,6 +26,8 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
+use crate::snapshot_read::SnapshotState;
+
 /// A record changed by an apply, to be written to storage.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
@@ -46,6 +48,10 @@ pub enum Write {
     },
     /// Meta group: the timestamp oracle's persisted limit.
     TsoLimit(u64),
+    /// Snapshot reads: the closed timestamp, the highest commit timestamp, net deposits.
+    ClosedTs(u64),
+    MaxTs(u64),
+    NetDeposits(String, i128),
 }
 
 /// The records changed by a batch of applies.
@@ -71,6 +77,8 @@ pub struct StateMachine {
     /// Meta group: no timestamp at or above this was ever handed out, and none below it will be
     /// by a later leader.
     pub(crate) tso_limit: u64,
+    /// What snapshot reads need (closed timestamp, recent changes, net deposits).
+    pub(crate) snapshot: SnapshotState,
 }
 
 /// A refusal: a reason code and a message.
@@ -107,6 +115,7 @@ impl StateMachine {
             prepared: BTreeSet::new(),
             pending: BTreeSet::new(),
             tso_limit: 0,
+            snapshot: SnapshotState::default(),
         }
     }
 
@@ -151,6 +160,7 @@ impl StateMachine {
         self.prepared.clear();
         self.pending.clear();
         self.tso_limit = 0;
+        self.snapshot = SnapshotState::default();
     }
 
     /// Number of accounts on the shard.
@@ -194,6 +204,7 @@ impl StateMachine {
             Some(Op::AbortDebit(step)) => self.decide_debit(command, step, false, writes),
             Some(Op::CommitCredit(step)) => self.decide_credit(command, step, true, writes),
             Some(Op::AbortCredit(step)) => self.decide_credit(command, step, false, writes),
+            Some(Op::CloseTs(close)) => self.close_ts(close, writes),
             Some(Op::ExtendTso(extend)) => {
                 let previous_limit = self.tso_limit;
                 self.tso_limit = previous_limit.max(extend.limit);
@@ -292,6 +303,7 @@ impl StateMachine {
                 ),
             ));
         }
+        self.check_fresh(command)?;
         let outcome = match op {
             Op::Deposit(d) => self.change_balance(command, &d.account_id, d.amount, writes),
             // amount >= 1 was checked above, so the negation cannot overflow.
@@ -499,7 +511,7 @@ impl StateMachine {
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn push_history(
-        &self,
+        &mut self,
         account_id: &str,
         seq: u64,
         command: &Command,
@@ -509,6 +521,7 @@ impl StateMachine {
         counterparty: &str,
         writes: &mut Writes,
     ) {
+        self.record_change(account_id, kind, delta, command, writes);
         writes.push(Write::History {
             account_id: account_id.to_string(),
             entry: HistoryEntry {

@@ -129,6 +129,7 @@ impl StateMachine {
                 ),
             ));
         }
+        self.check_fresh(command)?;
         let from = self.existing(&t.from_account_id)?;
         let spendable =
             i128::from(from.balance) - i128::from(from.reserved) - i128::from(from.floor);
@@ -337,6 +338,9 @@ impl StateMachine {
                 _ => transfer_outcome(intent_transfer(intent, TransferStatus::Prepared)),
             };
         }
+        if let Err(refusal) = self.check_fresh(command) {
+            return reject(refusal);
+        }
         let to = match self.existing(&t.to_account_id) {
             Ok(to) => to,
             Err(refusal) => return reject(refusal),
@@ -500,15 +504,23 @@ impl StateMachine {
     }
 
     /// PREPARED transfers (primary side) and PENDING intents (credit side) prepared before
-    /// `before_ms`: what recovery must decide or resolve.
-    pub fn stuck(&self, before_ms: i64) -> StuckTransfers {
+    /// `before_ms`: what recovery must decide or resolve. With `start_ts_before` not 0, selects by
+    /// start timestamp instead: what a snapshot read at that timestamp must wait for.
+    pub fn stuck(&self, before_ms: i64, start_ts_before: u64) -> StuckTransfers {
+        let selected = |at_ms: i64, start_ts: u64| {
+            if start_ts_before == 0 {
+                at_ms < before_ms
+            } else {
+                start_ts < start_ts_before
+            }
+        };
         let prepared = self
             .prepared
             .iter()
             .filter_map(|key| self.requests.get(key))
             .filter_map(
                 |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
-                    Some(outcome::Result::Transfer(t)) if t.created_at_ms < before_ms => {
+                    Some(outcome::Result::Transfer(t)) if selected(t.created_at_ms, t.start_ts) => {
                         Some(t.clone())
                     }
                     _ => None,
@@ -519,7 +531,7 @@ impl StateMachine {
             .pending
             .iter()
             .filter_map(|key| self.intents.get(key))
-            .filter(|i| i.prepared_at_ms < before_ms)
+            .filter(|i| selected(i.prepared_at_ms, i.start_ts))
             .cloned()
             .collect();
         StuckTransfers { prepared, pending }

@@ -322,17 +322,17 @@ fn stuck_lists_what_recovery_must_decide() {
     let t = Shards::transfer("s1", &a, &b, 5);
     s.prepare_debit(&t);
     s.prepare_credit(&t, "USD");
-    let primary = s.of(&a).stuck(2_000);
+    let primary = s.of(&a).stuck(2_000, 0);
     assert_eq!(primary.prepared.len(), 1);
     assert!(
-        s.of(&a).stuck(500).prepared.is_empty(),
+        s.of(&a).stuck(500, 0).prepared.is_empty(),
         "younger than the cutoff"
     );
-    assert_eq!(s.of(&b).stuck(2_000).pending.len(), 1);
+    assert_eq!(s.of(&b).stuck(2_000, 0).pending.len(), 1);
     s.step(&t, Op::CommitDebit, true);
     s.step(&t, Op::CommitCredit, false);
-    assert!(s.of(&a).stuck(2_000).prepared.is_empty());
-    assert!(s.of(&b).stuck(2_000).pending.is_empty());
+    assert!(s.of(&a).stuck(2_000, 0).prepared.is_empty());
+    assert!(s.of(&b).stuck(2_000, 0).pending.is_empty());
 }
 
 // ---------- property test: any interleaving of steps, with crashes (missing steps) ----------
@@ -389,7 +389,7 @@ proptest! {
                 Step::PrepareCredit => { s.prepare_credit(&t, "USD"); }
                 // The router commits the primary only once both sides are prepared.
                 Step::CommitDebit => {
-                    let credit_ready = s.of(&t.to_account_id).stuck(i64::MAX).pending.iter().any(|p| p.transfer.as_ref() == Some(&t));
+                    let credit_ready = s.of(&t.to_account_id).stuck(i64::MAX, 0).pending.iter().any(|p| p.transfer.as_ref() == Some(&t));
                     if credit_ready {
                         let (o, _) = s.step(&t, Op::CommitDebit, true);
                         if status(&o) == Some(TransferStatus::Committed) { committed[i] = true; }
@@ -427,13 +427,99 @@ proptest! {
             }
             // Reservations equal the PREPARED amounts; pending credits equal the PENDING intents.
             for id in &from {
-                let prepared: i64 = s.of(id).stuck(i64::MAX).prepared.iter().filter(|p| &p.from_account_id == id).map(|p| p.amount).sum();
+                let prepared: i64 = s.of(id).stuck(i64::MAX, 0).prepared.iter().filter(|p| &p.from_account_id == id).map(|p| p.amount).sum();
                 prop_assert_eq!(s.balance(id).1, prepared);
             }
             for id in &to {
-                let pending: i64 = s.of(id).stuck(i64::MAX).pending.iter().filter_map(|p| p.transfer.as_ref()).filter(|p| &p.to_account_id == id).map(|p| p.amount).sum();
+                let pending: i64 = s.of(id).stuck(i64::MAX, 0).pending.iter().filter_map(|p| p.transfer.as_ref()).filter(|p| &p.to_account_id == id).map(|p| p.amount).sum();
                 prop_assert_eq!(s.balance(id).2, pending);
             }
         }
     }
+}
+
+// ---------- snapshot reads ----------
+
+fn at(sm: &mut StateMachine, request_id: &str, ts: u64, op: Op) -> Outcome {
+    let mut writes = Vec::new();
+    let command = Command {
+        request_id: request_id.into(),
+        at_ms: 1_000,
+        ts,
+        op: Some(op),
+    };
+    sm.apply(&command, &mut writes)
+}
+
+fn usd(report: &wallet_proto::v1::AuditReport) -> (String, String) {
+    let t = report.totals.iter().find(|t| t.currency == "USD").unwrap();
+    (t.balances.clone(), t.net_deposits.clone())
+}
+
+#[test]
+fn a_snapshot_read_sees_exactly_the_changes_at_or_before_its_timestamp() {
+    let (mut s, a, _) = setup(); // a holds 100, deposited at ts 77
+    let sm = s.of(&a);
+    let deposit = |id: &str, amount| {
+        Op::Deposit(DepositRequest {
+            request_id: id.into(),
+            account_id: a.clone(),
+            amount,
+        })
+    };
+    assert!(rejection_of(&at(sm, "d1", 100, deposit("d1", 10))).is_none());
+    assert!(rejection_of(&at(sm, "d2", 200, deposit("d2", 20))).is_none());
+    assert_eq!(
+        usd(&sm.snapshot_at(150).unwrap()),
+        ("110".into(), "110".into())
+    );
+    assert_eq!(
+        usd(&sm.snapshot_at(250).unwrap()),
+        ("130".into(), "130".into())
+    );
+    // Closing at 300 refuses new commands stamped at or below it; nothing is written.
+    let close = Op::CloseTs(wallet_proto::v1::CloseTs { ts: 300 });
+    at(sm, "", 0, close);
+    let late = at(sm, "d3", 250, deposit("d3", 5));
+    assert_eq!(rejection_of(&late), Some(Reason::TimestampTooOld));
+    // The same request re-stamped above the closed timestamp applies.
+    assert!(rejection_of(&at(sm, "d3", 301, deposit("d3", 5))).is_none());
+    assert_eq!(
+        usd(&sm.snapshot_at(300).unwrap()),
+        ("130".into(), "130".into())
+    );
+    assert_eq!(
+        usd(&sm.snapshot_at(301).unwrap()),
+        ("135".into(), "135".into())
+    );
+}
+
+#[test]
+fn a_snapshot_never_sees_half_a_cross_shard_transfer() {
+    let (mut s, a, b) = setup();
+    let t = Shards::transfer("snap", &a, &b, 40);
+    s.prepare_debit(&t);
+    s.prepare_credit(&t, "USD");
+    let total = |s: &Shards, ts: u64| -> i128 {
+        s.sm.iter()
+            .map(|m| m.snapshot_at(ts).unwrap())
+            .map(|r| usd(&r).0.parse::<i128>().unwrap())
+            .sum()
+    };
+    // Commit at ts 500 on the primary, then on the credit side.
+    let step = |account: &str| TransferStep {
+        transfer_id: "snap".into(),
+        account_id: account.into(),
+    };
+    at(s.of(&a), "snap", 500, Op::CommitDebit(step(&a)));
+    at(s.of(&b), "snap", 500, Op::CommitCredit(step(&b)));
+    for ts in [499, 500, 501] {
+        assert_eq!(total(&s, ts), 100, "at {ts}");
+    }
+    let debit_shard = usd(&s.of(&a).snapshot_at(499).unwrap()).0;
+    assert_eq!(
+        debit_shard, "100",
+        "before the commit the debit is not seen"
+    );
+    assert_eq!(usd(&s.of(&a).snapshot_at(500).unwrap()).0, "60");
 }

@@ -27,6 +27,9 @@ pub enum Reason {
     BalanceOverflow,
     TransferNotFound,
     TransferAborted,
+    TimestampTooOld,
+    SnapshotTooOld,
+    AuditMismatch,
     NotLeader,
     WrongShard,
     Unavailable,
@@ -38,7 +41,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every code, for documentation tests and parsing.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 23] = [
         Reason::InsufficientFunds,
         Reason::AccountNotFound,
         Reason::AccountExists,
@@ -52,6 +55,9 @@ impl Reason {
         Reason::BalanceOverflow,
         Reason::TransferNotFound,
         Reason::TransferAborted,
+        Reason::TimestampTooOld,
+        Reason::SnapshotTooOld,
+        Reason::AuditMismatch,
         Reason::NotLeader,
         Reason::WrongShard,
         Reason::Unavailable,
@@ -77,6 +83,9 @@ impl Reason {
             Reason::BalanceOverflow => "BALANCE_OVERFLOW",
             Reason::TransferNotFound => "TRANSFER_NOT_FOUND",
             Reason::TransferAborted => "TRANSFER_ABORTED",
+            Reason::TimestampTooOld => "TIMESTAMP_TOO_OLD",
+            Reason::SnapshotTooOld => "SNAPSHOT_TOO_OLD",
+            Reason::AuditMismatch => "AUDIT_MISMATCH",
             Reason::NotLeader => "NOT_LEADER",
             Reason::WrongShard => "WRONG_SHARD",
             Reason::Unavailable => "UNAVAILABLE",
@@ -108,9 +117,12 @@ impl Reason {
             | Reason::InvalidId
             | Reason::InvalidCurrency
             | Reason::InvalidArgument => Code::InvalidArgument,
-            Reason::NotLeader | Reason::Unavailable => Code::Unavailable,
+            Reason::NotLeader
+            | Reason::Unavailable
+            | Reason::TimestampTooOld
+            | Reason::SnapshotTooOld => Code::Unavailable,
             Reason::Overloaded => Code::ResourceExhausted,
-            Reason::CorruptRecord => Code::DataLoss,
+            Reason::CorruptRecord | Reason::AuditMismatch => Code::DataLoss,
             Reason::Internal => Code::Internal,
         }
     }
@@ -119,7 +131,11 @@ impl Reason {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Reason::NotLeader | Reason::Unavailable | Reason::Overloaded
+            Reason::NotLeader
+                | Reason::Unavailable
+                | Reason::Overloaded
+                | Reason::TimestampTooOld
+                | Reason::SnapshotTooOld
         )
     }
 

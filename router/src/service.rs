@@ -6,19 +6,24 @@
 
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use wallet_proto::reason::Reason;
+
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Account, BalanceChange, Command,
-    CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
-    ListTransfersRequest, ListTransfersResponse, Outcome, ReadResult, Transfer, TransferRequest,
-    WithdrawRequest,
+    command::Op, outcome, read_result, shard_read::Query, Account, AuditReport, AuditRequest,
+    BalanceChange, CloseTs, Command, CreateAccountRequest, DepositRequest, GetAccountRequest,
+    GetTransferRequest, ListTransfersRequest, ListTransfersResponse, Outcome, ReadResult,
+    SnapshotAt, Stuck, Transfer, TransferRequest, WithdrawRequest,
 };
 use wallet_proto::validate;
 
 use crate::shards::Shards;
 use crate::timestamps::Timestamps;
+
+/// How long an audit waits for transfers started before its timestamp to be decided.
+const AUDIT_WAIT_MAX: Duration = Duration::from_secs(20);
 
 /// Default bound on requests in flight through one router.
 pub const MAX_IN_FLIGHT_DEFAULT: usize = 4096;
@@ -69,19 +74,24 @@ impl WalletService {
         op: Op,
     ) -> Result<outcome::Result, Status> {
         let _permit = self.admit()?;
+        let _permit = self.admit()?;
         let shard_id = self.shards.shard_of(account_id);
-        // Account creation changes no balance: it needs no timestamp.
-        let ts = match op {
-            Op::CreateAccount(_) => 0,
-            _ => self.timestamps.next().await?,
-        };
+        let stamped = !matches!(op, Op::CreateAccount(_));
         let command = Command {
             request_id: request_id.to_string(),
             at_ms: 0,
-            ts,
+            ts: 0,
             op: Some(op),
         };
-        match self.shards.execute(shard_id, command).await? {
+        // Account creation changes no balance: it needs no timestamp.
+        let outcome = if stamped {
+            self.timestamps
+                .execute_fresh(&self.shards, shard_id, command)
+                .await?
+        } else {
+            self.shards.execute(shard_id, command).await?
+        };
+        match outcome {
             Outcome {
                 result: Some(outcome::Result::Rejected(r)),
             } => Err(refused(&r.reason, &r.message)),
@@ -89,6 +99,53 @@ impl WalletService {
                 result: Some(result),
             } => Ok(result),
             Outcome { result: None } => Err(unexpected("empty outcome")),
+        }
+    }
+
+    /// Audit, per shard: close it at `ts`, wait until no transfer started before `ts` is
+    /// undecided, read its totals at `ts`.
+    async fn audit_shard(
+        shards: Arc<Shards>,
+        shard_id: u64,
+        ts: u64,
+    ) -> Result<AuditReport, Status> {
+        let close = Command {
+            request_id: String::new(),
+            at_ms: 0,
+            ts: 0,
+            op: Some(Op::CloseTs(CloseTs { ts })),
+        };
+        shards.execute(shard_id, close).await?;
+        let deadline = Instant::now() + AUDIT_WAIT_MAX;
+        loop {
+            let stuck = Query::Stuck(Stuck {
+                before_ms: 0,
+                start_ts_before: ts,
+            });
+            match shards.read(shard_id, stuck).await?.result {
+                Some(read_result::Result::Stuck(s))
+                    if s.prepared.is_empty() && s.pending.is_empty() =>
+                {
+                    break
+                }
+                Some(read_result::Result::Stuck(_)) => {}
+                _ => return Err(unexpected("not a stuck list")),
+            }
+            if Instant::now() > deadline {
+                return Err(Reason::Unavailable.status(format!(
+                    "shard {shard_id} still has transfers undecided at {ts}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match shards
+            .read(shard_id, Query::SnapshotAt(SnapshotAt { ts }))
+            .await?
+            .result
+        {
+            Some(read_result::Result::Snapshot(report)) => Ok(report),
+            Some(read_result::Result::Rejected(r)) => Err(refused(&r.reason, &r.message)),
+            _ => Err(unexpected("not a snapshot")),
         }
     }
 
@@ -224,6 +281,30 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
             read_result::Result::Transfer(t) => Ok(Response::new(t)),
             _ => Err(unexpected("not a transfer")),
         }
+    }
+
+    async fn audit(
+        &self,
+        _request: Request<AuditRequest>,
+    ) -> Result<Response<AuditReport>, Status> {
+        let _permit = self.admit()?;
+        let ts = self.timestamps.next().await?;
+        let tasks: Vec<_> = self
+            .shards
+            .shard_ids()
+            .into_iter()
+            .map(|id| tokio::spawn(Self::audit_shard(self.shards.clone(), id, ts)))
+            .collect();
+        let mut reports = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            reports.push(
+                task.await
+                    .map_err(|e| Reason::Internal.status(e.to_string()))??,
+            );
+        }
+        let report = crate::audit::merge(ts, reports)?;
+        crate::audit::check(&report)?;
+        Ok(Response::new(report))
     }
 
     async fn list_transfers(

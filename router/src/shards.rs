@@ -53,6 +53,11 @@ impl Shards {
         })
     }
 
+    /// Ids of the data shards.
+    pub fn shard_ids(&self) -> Vec<u64> {
+        self.topology.shards.iter().map(|s| s.id).collect()
+    }
+
     /// The shard owning an account.
     pub fn shard_of(&self, account_id: &str) -> u64 {
         self.ring.shard_of(account_id)

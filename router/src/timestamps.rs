@@ -8,9 +8,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use wallet_proto::reason::Reason;
+use wallet_proto::v1::{outcome, Command, Outcome};
 
 use crate::shards::Shards;
 
+/// Times a command is re-stamped when a snapshot read closed its timestamp first.
+const RESTAMP_MAX: usize = 8;
 /// Timestamps taken in one oracle call at most.
 pub const BATCH_MAX: usize = 4096;
 const QUEUE_CAPACITY: usize = 65_536;
@@ -29,6 +32,27 @@ impl Timestamps {
         let (queue, waiting) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(batcher(shards, waiting));
         Timestamps { queue }
+    }
+
+    /// Proposes a new command stamped with a fresh timestamp, re-stamping it when a snapshot read
+    /// closed the shard at or above its timestamp first (`TIMESTAMP_TOO_OLD`; the refusal wrote
+    /// nothing, so the same request id is free).
+    pub async fn execute_fresh(
+        &self,
+        shards: &Shards,
+        shard_id: u64,
+        mut command: Command,
+    ) -> Result<Outcome, Status> {
+        for _ in 0..RESTAMP_MAX {
+            command.ts = self.next().await?;
+            let outcome = shards.execute(shard_id, command.clone()).await?;
+            match &outcome.result {
+                Some(outcome::Result::Rejected(r))
+                    if r.reason == Reason::TimestampTooOld.as_str() => {}
+                _ => return Ok(outcome),
+            }
+        }
+        Err(Reason::TimestampTooOld.status("snapshot reads kept overtaking this request"))
     }
 
     /// One fresh timestamp, above every timestamp handed out before this call began.

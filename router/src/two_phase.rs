@@ -85,10 +85,9 @@ pub async fn transfer(
         transfer: Some(request.clone()),
         credit_shard_id: to_shard,
     });
-    let start_ts = timestamps.next().await?;
     let prepared = transfer_of(
-        shards
-            .execute(from_shard, command(&id, start_ts, prepare))
+        timestamps
+            .execute_fresh(shards, from_shard, command(&id, 0, prepare))
             .await?,
     )?;
     failpoint!("after-prepare-debit");
@@ -115,8 +114,10 @@ pub async fn transfer(
         primary_shard_id: from_shard,
         currency: prepared.currency.clone(),
     });
-    let credit = shards
-        .execute(to_shard, command(&id, prepared.start_ts, prepare_credit))
+    // The intent gets its own start timestamp (a snapshot read waits for intents started before
+    // it; this one's commit timestamp, taken later, is above its start either way).
+    let credit = timestamps
+        .execute_fresh(shards, to_shard, command(&id, 0, prepare_credit))
         .await?;
     failpoint!("after-prepare-credit");
     if let Err(refusal) = transfer_of(credit) {

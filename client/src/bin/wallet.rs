@@ -59,6 +59,9 @@ enum Commands {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Snapshot read of every account at one timestamp: per-currency totals, checked against net
+    /// deposits (exit 2 with AUDIT_MISMATCH if they differ).
+    Audit,
     /// The state of a transfer (COMMITTED, PREPARED or ABORTED) and its oracle timestamps.
     TransferStatus {
         /// Transfer id.
@@ -203,6 +206,33 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
                 t.from_balance_after
             );
             (transfer_json(&t), text)
+        }
+        Commands::Audit => {
+            let report = client.audit().await?;
+            let mut text =
+                format!(
+                "audit at ts {}: every currency balances\n{:<8} {:>9} {:>22} {:>22} {:>14} {:>14}",
+                report.ts, "currency", "accounts", "balances", "net deposits", "reserved", "pending"
+            );
+            let totals: Vec<_> = report
+                .totals
+                .iter()
+                .map(|t| {
+                    text.push_str(&format!(
+                        "\n{:<8} {:>9} {:>22} {:>22} {:>14} {:>14}",
+                        t.currency,
+                        t.accounts,
+                        t.balances,
+                        t.net_deposits,
+                        t.reserved,
+                        t.pending_credit
+                    ));
+                    json!({"currency": t.currency, "accounts": t.accounts, "balances": t.balances,
+                           "net_deposits": t.net_deposits, "reserved": t.reserved,
+                           "pending_credit": t.pending_credit})
+                })
+                .collect();
+            (json!({"ts": report.ts, "ok": true, "totals": totals}), text)
         }
         Commands::TransferStatus { id, from } => {
             let t = client.get_transfer(&id, &from).await?;
