@@ -6,7 +6,9 @@
 //! Transfers pick their accounts by [`Pairs`]: any two accounts (mostly on different shards, so
 //! two-phase), two accounts of one shard, or many payers into one merchant account. Cross-shard
 //! transfers finish asynchronously on the credit side, so the final check first waits until no
-//! account holds a reservation or a pending credit. The workload is bounded in time and count.
+//! account holds a reservation or a pending credit. Meanwhile an audit (a snapshot of every account
+//! at one timestamp) runs every second and any mismatch is reported at once and fails the run.
+//! The workload is bounded in time and count.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wallet_client::{WalletClient, WalletError};
+use wallet_client::{Reason, WalletClient, WalletError};
 use wallet_proto::topology::Ring;
 
 /// Shape of a demo run.
@@ -131,12 +133,14 @@ pub struct DemoReport {
     pub expected_total: i128,
     pub actual_total: i128,
     pub unknown_resolved: u64,
+    /// Audits taken during the workload: (balanced, unavailable, mismatches with their message).
+    pub audits: (u64, u64, Vec<String>),
 }
 
 impl DemoReport {
     /// Whether the money adds up.
     pub fn conserved(&self) -> bool {
-        self.expected_total == self.actual_total
+        self.expected_total == self.actual_total && self.audits.2.is_empty()
     }
 
     /// Successful operations of a kind per second.
@@ -190,6 +194,15 @@ impl DemoReport {
             "unknown outcomes resolved by retrying the same id: {}\n",
             self.unknown_resolved
         ));
+        let (balanced, unavailable, mismatches) = &self.audits;
+        out.push_str(&format!(
+            "audits during the run (snapshot of every account at one timestamp): {balanced} \
+             balanced, {unavailable} unavailable, {} MISMATCHED\n",
+            mismatches.len()
+        ));
+        for m in mismatches {
+            out.push_str(&format!("  MISMATCH: {m}\n"));
+        }
         out.push_str(&format!(
             "conservation: sum of balances {} vs deposits - withdrawals {} -> {}\n",
             self.actual_total,
@@ -297,6 +310,7 @@ pub async fn run(
     let started = Instant::now();
     let end = started + Duration::from_secs(options.seconds);
     let progress = tokio::spawn(progress_printer(live.clone(), started, end));
+    let auditor = tokio::spawn(audit_every_second(client.clone(), end));
     let mut workers = Vec::new();
     for worker in 0..options.clients {
         let client = client.clone();
@@ -360,6 +374,7 @@ pub async fn run(
         expected_total: i128::from(options.initial_balance) * ids.len() as i128,
         actual_total: 0,
         unknown_resolved: 0,
+        audits: (0, 0, Vec::new()),
     };
     let mut unknown = Vec::new();
     for worker in workers {
@@ -379,6 +394,7 @@ pub async fn run(
     }
     report.elapsed = started.elapsed();
     progress.abort();
+    report.audits = auditor.await.map_err(|e| e.to_string())?;
     println!();
     // Calls that ran out of retries may or may not have applied: ask again with the same id.
     for op in &unknown {
@@ -433,6 +449,24 @@ async fn settled_total(client: &WalletClient, ids: &[String]) -> Result<i128, St
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Takes an audit every second until `end`; a mismatch is printed at once, loudly.
+async fn audit_every_second(client: WalletClient, end: Instant) -> (u64, u64, Vec<String>) {
+    let (mut balanced, mut unavailable, mut mismatches) = (0, 0, Vec::new());
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    while Instant::now() < end {
+        ticker.tick().await;
+        match client.audit().await {
+            Ok(_) => balanced += 1,
+            Err(e) if e.reason == Reason::AuditMismatch => {
+                eprintln!("\n!!! AUDIT MISMATCH: {e}");
+                mismatches.push(e.to_string());
+            }
+            Err(_) => unavailable += 1,
+        }
+    }
+    (balanced, unavailable, mismatches)
 }
 
 /// How long the final check waits for cross-shard transfers to settle.
