@@ -178,8 +178,19 @@ impl WalletClient {
 
     /// A linearizable read of one account.
     pub async fn get_account(&self, account_id: &str) -> Result<Account, WalletError> {
+        self.get_account_at(account_id, 0).await
+    }
+
+    /// An account as of an oracle timestamp (a snapshot read; 0 = the latest state). The balance
+    /// is the one at `at_ts`; the other fields are current.
+    pub async fn get_account_at(
+        &self,
+        account_id: &str,
+        at_ts: u64,
+    ) -> Result<Account, WalletError> {
         let request = GetAccountRequest {
             account_id: account_id.into(),
+            at_ts,
         };
         self.retrying(|mut c| {
             let r = request.clone();

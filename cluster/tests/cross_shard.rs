@@ -136,6 +136,26 @@ async fn cross_shard_transfer_applies_both_legs_once_even_when_retried_from_anot
     let debit_leg = client.list_transfers(a, 1, 0).await.unwrap().entries[0].clone();
     assert_eq!(debit_leg.commit_ts, t.commit_ts);
     assert_eq!(history.entries[0].commit_ts, t.commit_ts);
+    // Snapshot reads of each side: before the commit timestamp neither leg, at it both.
+    let before = (
+        client
+            .get_account_at(a, t.commit_ts - 1)
+            .await
+            .unwrap()
+            .balance,
+        client
+            .get_account_at(b, t.commit_ts - 1)
+            .await
+            .unwrap()
+            .balance,
+    );
+    let after = (
+        client.get_account_at(a, t.commit_ts).await.unwrap().balance,
+        client.get_account_at(b, t.commit_ts).await.unwrap().balance,
+    );
+    assert_eq!((before, after), ((1000, 1000), (700, 1300)));
+    let future = client.get_account_at(a, u64::MAX).await.unwrap_err();
+    assert_eq!(future.reason, Reason::InvalidArgument);
     assert_eq!(
         client.get_transfer("pay-1", a).await.unwrap().status,
         TransferStatus::Committed as i32

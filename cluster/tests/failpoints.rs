@@ -67,6 +67,11 @@ async fn router_killed_at(point: &str, expect_committed: bool) {
 
     let balances = settled(&client, &[a.clone(), b.clone()]).await;
     assert_eq!(balances[&a] + balances[&b], 2000, "G1 at {point}");
+    let audit = client.audit().await.unwrap();
+    assert_eq!(
+        audit.totals[0].balances, "2000",
+        "audit total = net deposits at {point}"
+    );
     let status = client.get_transfer(&id, &a).await.unwrap().status;
     let expected = if expect_committed {
         (900, 1100, TransferStatus::Committed)

@@ -672,6 +672,14 @@ impl Replica {
                         .stuck(stuck.before_ms, stuck.start_ts_before),
                 )),
             },
+            Query::SnapshotAt(at) if !at.account_id.is_empty() => {
+                match self.state_machine.account_at(&at.account_id, at.ts) {
+                    Ok(account) => ReadResult {
+                        result: Some(read_result::Result::AccountAt(account)),
+                    },
+                    Err((reason, message)) => rejected(reason, message),
+                }
+            }
             Query::SnapshotAt(at) => match self.state_machine.snapshot_at(at.ts) {
                 Ok(report) => ReadResult {
                     result: Some(read_result::Result::Snapshot(report)),

@@ -160,6 +160,9 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             Query::Account(a) => self.check_owner(shard_id, &a.account_id)?,
             Query::History(h) => self.check_owner(shard_id, &h.account_id)?,
             Query::Transfer(t) => self.check_owner(shard_id, &t.from_account_id)?,
+            Query::SnapshotAt(at) if !at.account_id.is_empty() => {
+                self.check_owner(shard_id, &at.account_id)?
+            }
             Query::Stuck(_) | Query::SnapshotAt(_) => {}
         }
         let result = self

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    outcome, AuditReport, CloseTs, Command, CurrencyTotals, EntryKind, Outcome,
+    outcome, Account, AuditReport, CloseTs, Command, CurrencyTotals, EntryKind, Outcome,
 };
 
 use crate::state_machine::{Refusal, StateMachine, Write, Writes};
@@ -35,6 +35,7 @@ pub const RECENT_MAX: usize = 1_000_000;
 #[derive(Clone, Debug)]
 pub(crate) struct RecentChange {
     commit_ts: u64,
+    account_id: String,
     at_ms: i64,
     currency: String,
     delta: i64,
@@ -113,6 +114,7 @@ impl StateMachine {
         let state = &mut self.snapshot;
         state.recent.push_back(RecentChange {
             commit_ts: command.ts,
+            account_id: account_id.to_string(),
             at_ms: command.at_ms,
             currency,
             delta,
@@ -146,18 +148,42 @@ impl StateMachine {
         };
     }
 
-    /// Rule 3: per-currency totals as of `ts` (the caller applied rules 1 and 2 first).
-    pub fn snapshot_at(&self, ts: u64) -> Result<AuditReport, Refusal> {
-        let state = &self.snapshot;
-        if ts < state.forgotten_ts {
+    fn check_kept(&self, ts: u64) -> Result<(), Refusal> {
+        let forgotten = self.snapshot.forgotten_ts;
+        if ts < forgotten {
             return Err((
                 Reason::SnapshotTooOld,
                 format!(
-                    "shard {} keeps changes after {} only; asked for {ts}",
-                    self.shard_id, state.forgotten_ts
+                    "shard {} keeps changes after {forgotten} only; asked for {ts}",
+                    self.shard_id
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Rule 3 for one account: its balance as of `ts` (other fields are the current ones).
+    pub fn account_at(&self, account_id: &str, ts: u64) -> Result<Account, Refusal> {
+        self.check_kept(ts)?;
+        let mut account = self.existing(account_id)?.clone();
+        for change in self
+            .snapshot
+            .recent
+            .iter()
+            .filter(|c| c.commit_ts > ts && c.account_id == account_id)
+        {
+            account.balance = account
+                .balance
+                .checked_sub(change.delta)
+                .expect("an earlier balance fitted in i64");
+        }
+        Ok(account)
+    }
+
+    /// Rule 3: per-currency totals as of `ts` (the caller applied rules 1 and 2 first).
+    pub fn snapshot_at(&self, ts: u64) -> Result<AuditReport, Refusal> {
+        self.check_kept(ts)?;
+        let state = &self.snapshot;
         #[derive(Default)]
         struct Sums {
             balances: i128,

@@ -102,13 +102,14 @@ impl WalletService {
         }
     }
 
-    /// Audit, per shard: close it at `ts`, wait until no transfer started before `ts` is
-    /// undecided, read its totals at `ts`.
-    async fn audit_shard(
+    /// Snapshot read on one shard: close it at `ts`, wait until no transfer started before `ts`
+    /// is undecided, then read at `ts` (the shard's totals, or one account).
+    async fn read_at(
         shards: Arc<Shards>,
         shard_id: u64,
         ts: u64,
-    ) -> Result<AuditReport, Status> {
+        account_id: String,
+    ) -> Result<read_result::Result, Status> {
         let close = Command {
             request_id: String::new(),
             at_ms: 0,
@@ -139,12 +140,23 @@ impl WalletService {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match shards
-            .read(shard_id, Query::SnapshotAt(SnapshotAt { ts }))
+            .read(shard_id, Query::SnapshotAt(SnapshotAt { ts, account_id }))
             .await?
             .result
         {
-            Some(read_result::Result::Snapshot(report)) => Ok(report),
             Some(read_result::Result::Rejected(r)) => Err(refused(&r.reason, &r.message)),
+            Some(result) => Ok(result),
+            None => Err(unexpected("empty snapshot read")),
+        }
+    }
+
+    async fn audit_shard(
+        shards: Arc<Shards>,
+        shard_id: u64,
+        ts: u64,
+    ) -> Result<AuditReport, Status> {
+        match Self::read_at(shards, shard_id, ts, String::new()).await? {
+            read_result::Result::Snapshot(report) => Ok(report),
             _ => Err(unexpected("not a snapshot")),
         }
     }
@@ -190,6 +202,23 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
     ) -> Result<Response<Account>, Status> {
         let get = request.into_inner();
         check(validate::id("account id", &get.account_id))?;
+        if get.at_ts != 0 {
+            let _permit = self.admit()?;
+            let now = self.timestamps.next().await?;
+            if get.at_ts > now {
+                return Err(Reason::InvalidArgument.status(format!(
+                    "timestamp {} is in the future (now {now})",
+                    get.at_ts
+                )));
+            }
+            let shard_id = self.shards.shard_of(&get.account_id);
+            return match Self::read_at(self.shards.clone(), shard_id, get.at_ts, get.account_id)
+                .await?
+            {
+                read_result::Result::AccountAt(account) => Ok(Response::new(account)),
+                _ => Err(unexpected("not an account")),
+            };
+        }
         let account_id = get.account_id.clone();
         match self.read(&account_id, Query::Account(get)).await? {
             read_result::Result::Account(account) => Ok(Response::new(account)),

@@ -95,7 +95,12 @@ enum AccountCommand {
         credit_limit: i64,
     },
     /// Show an account.
-    Get { id: String },
+    Get {
+        id: String,
+        /// Balance as of this oracle timestamp (see `audit`, `transfer-status`); latest if omitted.
+        #[arg(long, default_value_t = 0)]
+        at: u64,
+    },
 }
 
 fn account_json(a: &Account) -> serde_json::Value {
@@ -166,8 +171,8 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             let a = client.create_account(&id, &currency, credit_limit).await?;
             (account_json(&a), account_text(&a))
         }
-        Commands::Account(AccountCommand::Get { id }) => {
-            let a = client.get_account(&id).await?;
+        Commands::Account(AccountCommand::Get { id, at }) => {
+            let a = client.get_account_at(&id, at).await?;
             (account_json(&a), account_text(&a))
         }
         Commands::Deposit {
