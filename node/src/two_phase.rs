@@ -189,6 +189,14 @@ impl StateMachine {
         self.requests.insert(key, record);
     }
 
+    /// Checks a decision step's ids and ownership; returns its (account, transfer id) key.
+    fn step_key(&self, step: &TransferStep) -> Result<(String, String), Refusal> {
+        validate::id("transfer id", &step.transfer_id)?;
+        validate::id("account id", &step.account_id)?;
+        self.check_owned(&step.account_id)?;
+        Ok((step.account_id.clone(), step.transfer_id.clone()))
+    }
+
     pub(crate) fn decide_debit(
         &mut self,
         command: &Command,
@@ -196,13 +204,10 @@ impl StateMachine {
         commit: bool,
         writes: &mut Writes,
     ) -> Outcome {
-        let checked = validate::id("transfer id", &step.transfer_id)
-            .and_then(|_| validate::id("account id", &step.account_id))
-            .and_then(|_| self.check_owned(&step.account_id));
-        if let Err(refusal) = checked {
-            return reject(refusal);
-        }
-        let key = (step.account_id.clone(), step.transfer_id.clone());
+        let key = match self.step_key(step) {
+            Ok(key) => key,
+            Err(refusal) => return reject(refusal),
+        };
         let Some(record) = self.requests.get(&key) else {
             return reject((
                 Reason::TransferNotFound,
@@ -397,13 +402,10 @@ impl StateMachine {
         commit: bool,
         writes: &mut Writes,
     ) -> Outcome {
-        let checked = validate::id("transfer id", &step.transfer_id)
-            .and_then(|_| validate::id("account id", &step.account_id))
-            .and_then(|_| self.check_owned(&step.account_id));
-        if let Err(refusal) = checked {
-            return reject(refusal);
-        }
-        let key = (step.account_id.clone(), step.transfer_id.clone());
+        let key = match self.step_key(step) {
+            Ok(key) => key,
+            Err(refusal) => return reject(refusal),
+        };
         let Some(intent) = self.intents.get(&key).cloned() else {
             if commit {
                 return reject((

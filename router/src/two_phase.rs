@@ -95,15 +95,7 @@ pub async fn transfer(
         TransferStatus::Prepared => {}
         TransferStatus::Committed => {
             // Decided by an earlier attempt: make sure the credit lands, answer as before.
-            let commit_ts = prepared.commit_ts;
-            commit_credit(
-                shards,
-                to_shard,
-                &id,
-                commit_ts,
-                step(&request.to_account_id),
-            )
-            .await;
+            commit_credit(shards, to_shard, &prepared).await;
             return Ok(prepared);
         }
         _ => return Err(aborted(&prepared)),
@@ -126,15 +118,7 @@ pub async fn transfer(
         let decided = transfer_of(shards.execute(from_shard, command(&id, 0, abort)).await?)?;
         if status_of(&decided) == TransferStatus::Committed {
             // Another attempt with the same id committed it meanwhile: the transfer happened.
-            let commit_ts = decided.commit_ts;
-            commit_credit(
-                shards,
-                to_shard,
-                &id,
-                commit_ts,
-                step(&request.to_account_id),
-            )
-            .await;
+            commit_credit(shards, to_shard, &decided).await;
             return Ok(decided);
         }
         return Err(refusal);
@@ -157,34 +141,29 @@ pub async fn transfer(
     };
     failpoint!("after-commit-primary");
     failpoint!("before-commit-credit");
-    // The committed record carries the commit timestamp of the first commit (a retry's own
-    // commit_ts is ignored by the primary): the credit uses that one.
-    let commit_ts = committed.commit_ts;
-    commit_credit(
-        shards,
-        to_shard,
-        &id,
-        commit_ts,
-        step(&request.to_account_id),
-    )
-    .await;
+    commit_credit(shards, to_shard, &committed).await;
     Ok(committed)
 }
 
 /// Step 4. Failure is logged, not returned: the transfer is committed, and the credit shard's
 /// recovery applies the credit once its intent times out.
-async fn commit_credit(
-    shards: &Shards,
-    to_shard: u64,
-    id: &str,
-    commit_ts: u64,
-    step: TransferStep,
-) {
+///
+/// `committed` is the primary's record: it carries the commit timestamp of the first commit (a
+/// retry's own commit_ts is ignored by the primary), which the credit takes too.
+async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) {
+    let step = TransferStep {
+        transfer_id: committed.transfer_id.clone(),
+        account_id: committed.to_account_id.clone(),
+    };
+    let id = &committed.transfer_id;
     let result = shards
-        .execute(to_shard, command(id, commit_ts, Op::CommitCredit(step)))
+        .execute(
+            to_shard,
+            command(id, committed.commit_ts, Op::CommitCredit(step)),
+        )
         .await
         .and_then(transfer_of);
     if let Err(status) = result {
-        tracing::warn!(transfer = id, error = %status.message(), "credit deferred to recovery");
+        tracing::warn!(transfer = %id, error = %status.message(), "credit deferred to recovery");
     }
 }
