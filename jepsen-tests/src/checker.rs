@@ -1,0 +1,593 @@
+//! The checker: reads a whole bank-workload history and names every anomaly.
+//!
+//! | anomaly | meaning |
+//! |---|---|
+//! | `lost-transfer` | an acknowledged (`ok`) transfer is on neither side of the final state |
+//! | `half-applied` | a transfer is on one side only |
+//! | `double-applied` | a transfer applied more than once on a side |
+//! | `failed-transfer-applied` | a transfer reported `fail` left a trace |
+//! | `wrong-audit-total` | an `ok` audit's total differs from the money put in |
+//! | `wrong-final-total` | the final balances do not add up to the money put in |
+//! | `negative-balance` | a read, an audit-time or final balance below zero |
+//! | `stale-read` | a read missed a change acknowledged before it began |
+//! | `future-read` | a read saw a change that began only after it ended |
+//! | `impossible-read` | a read's value is no state the account ever had |
+//! | `final-read-failed` | the cluster did not serve the final read after healing |
+//!
+//! Reads are checked for linearizability per account: the final read lists each account's changes
+//! in the order they applied; a read must return the balance after some prefix of them that holds
+//! every change acknowledged before the read began and none begun after it ended.
+
+use std::collections::BTreeMap;
+
+use crate::history::{FinalAccount, History, Kind, Op, Value};
+
+/// One named anomaly with what shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anomaly {
+    pub name: &'static str,
+    pub detail: String,
+}
+
+/// The checker's verdict.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub anomalies: Vec<Anomaly>,
+    /// (f, outcome) → count.
+    pub counts: BTreeMap<(String, String), u64>,
+}
+
+impl Report {
+    pub fn valid(&self) -> bool {
+        self.anomalies.is_empty()
+    }
+
+    /// Names of the anomalies found, sorted, once each.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.anomalies.iter().map(|a| a.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// `results.edn`, Jepsen style.
+    pub fn to_edn(&self) -> String {
+        let mut out = format!("{{:valid? {}\n :anomaly-types [", self.valid());
+        out.push_str(
+            &self
+                .names()
+                .iter()
+                .map(|n| format!(":{n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        out.push_str("]\n :anomalies [");
+        for a in &self.anomalies {
+            out.push_str(&format!("\n  {{:type :{} :detail {:?}}}", a.name, a.detail));
+        }
+        out.push_str("]\n :stats {");
+        for ((f, kind), n) in &self.counts {
+            out.push_str(&format!("[:{f} :{kind}] {n} "));
+        }
+        out.push_str("}}\n");
+        out
+    }
+
+    /// A table for people.
+    pub fn summary(&self) -> String {
+        let mut out = format!("{:<10} {:>8} {:>8} {:>8}\n", "op", "ok", "fail", "info");
+        let mut fs: Vec<&String> = self.counts.keys().map(|(f, _)| f).collect();
+        fs.dedup();
+        for f in fs {
+            let n = |k: &str| {
+                self.counts
+                    .get(&(f.clone(), k.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            out.push_str(&format!(
+                "{f:<10} {:>8} {:>8} {:>8}\n",
+                n("ok"),
+                n("fail"),
+                n("info")
+            ));
+        }
+        if self.valid() {
+            out.push_str("valid: no anomaly\n");
+        } else {
+            out.push_str(&format!("INVALID: {}\n", self.names().join(", ")));
+            for a in self.anomalies.iter().take(20) {
+                out.push_str(&format!("  {}: {}\n", a.name, a.detail));
+            }
+        }
+        out
+    }
+}
+
+/// What a transfer's invocations and completions add up to.
+#[derive(Clone, Debug, Default)]
+struct TransferOutcome {
+    from: String,
+    to: String,
+    first_invoke: u64,
+    /// Completion time of the first `ok`.
+    ok_at: Option<u64>,
+    failed: bool,
+}
+
+fn f_name(value: &Value) -> &'static str {
+    match value {
+        Value::Transfer { .. } => "transfer",
+        Value::Read { .. } => "read",
+        Value::Audit { .. } => "audit",
+        Value::Final { .. } => "final",
+    }
+}
+
+/// Judges a bank history in which `initial_total` was put into the accounts before it began (and
+/// no money entered or left during it).
+pub fn check(history: &History, initial_total: i128) -> Report {
+    let mut report = Report::default();
+    let mut flag =
+        |name: &'static str, detail: String| report.anomalies.push(Anomaly { name, detail });
+    // Pair each completion with its process's pending invoke.
+    let mut pending: BTreeMap<u64, &Op> = BTreeMap::new();
+    let mut completed: Vec<(&Op, &Op)> = Vec::new();
+    for op in &history.ops {
+        if op.kind == Kind::Invoke {
+            pending.insert(op.process, op);
+        } else if let Some(invoke) = pending.remove(&op.process) {
+            completed.push((invoke, op));
+        }
+    }
+    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut transfers: BTreeMap<String, TransferOutcome> = BTreeMap::new();
+    let mut finals: Option<&BTreeMap<String, FinalAccount>> = None;
+    let mut final_attempted = false;
+    for (invoke, done) in &completed {
+        let kind = format!("{:?}", done.kind).to_lowercase();
+        *counts
+            .entry((f_name(&done.value).into(), kind))
+            .or_default() += 1;
+        match (&invoke.value, &done.value) {
+            (Value::Transfer { id, from, to, .. }, _) => {
+                let t = transfers
+                    .entry(id.clone())
+                    .or_insert_with(|| TransferOutcome {
+                        from: from.clone(),
+                        to: to.clone(),
+                        first_invoke: invoke.time,
+                        ..Default::default()
+                    });
+                t.first_invoke = t.first_invoke.min(invoke.time);
+                match done.kind {
+                    Kind::Ok => t.ok_at = Some(t.ok_at.map_or(done.time, |at| at.min(done.time))),
+                    Kind::Fail => t.failed = true,
+                    _ => {}
+                }
+            }
+            (
+                _,
+                Value::Audit {
+                    ts,
+                    total: Some(total),
+                },
+            ) if done.kind == Kind::Ok && *total != initial_total => {
+                flag(
+                    "wrong-audit-total",
+                    format!("audit at ts {ts} saw {total}, {initial_total} was put in"),
+                );
+            }
+            (_, Value::Final { accounts }) => {
+                final_attempted = true;
+                if done.kind == Kind::Ok {
+                    finals = accounts.as_ref();
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(finals) = finals else {
+        if final_attempted || !transfers.is_empty() {
+            flag(
+                "final-read-failed",
+                "no ok final read of the accounts".into(),
+            );
+        }
+        report.counts = counts;
+        return report;
+    };
+    // Balances: never negative, and adding up.
+    let mut total: i128 = 0;
+    for (account, a) in finals {
+        total += i128::from(a.balance);
+        if a.balance < 0 || a.changes.iter().any(|c| c.balance_after < 0) {
+            flag(
+                "negative-balance",
+                format!("{account} went below zero: {a:?}"),
+            );
+        }
+    }
+    if total != initial_total {
+        flag(
+            "wrong-final-total",
+            format!("final balances add up to {total}, {initial_total} was put in"),
+        );
+    }
+    // Transfers: ok exactly once on both sides, failed on neither, unknown at most once.
+    let count = |account: &str, id: &str, out: bool| -> usize {
+        finals.get(account).map_or(0, |a| {
+            a.changes
+                .iter()
+                .filter(|c| c.id == id && (c.delta < 0) == out)
+                .count()
+        })
+    };
+    for (id, t) in &transfers {
+        let (outs, ins) = (count(&t.from, id, true), count(&t.to, id, false));
+        if outs > 1 || ins > 1 {
+            flag(
+                "double-applied",
+                format!("{id}: {outs} debits, {ins} credits"),
+            );
+        } else if outs != ins {
+            flag(
+                "half-applied",
+                format!("{id}: {outs} debits, {ins} credits"),
+            );
+        } else if t.ok_at.is_some() && outs == 0 {
+            flag(
+                "lost-transfer",
+                format!("{id} was acknowledged but is not in the final state"),
+            );
+        } else if t.failed && t.ok_at.is_none() && outs > 0 {
+            flag(
+                "failed-transfer-applied",
+                format!("{id} was reported failed but applied"),
+            );
+        }
+    }
+    // Reads: linearizable per account.
+    for (invoke, done) in &completed {
+        if let (
+            Value::Read { account, .. },
+            Value::Read {
+                balance: Some(v), ..
+            },
+        ) = (&invoke.value, &done.value)
+        {
+            if done.kind != Kind::Ok {
+                continue;
+            }
+            if *v < 0 {
+                flag(
+                    "negative-balance",
+                    format!("read of {account} returned {v}"),
+                );
+            }
+            let Some(a) = finals.get(account) else {
+                flag(
+                    "impossible-read",
+                    format!("read of unknown account {account}"),
+                );
+                continue;
+            };
+            check_read(
+                account,
+                a,
+                &transfers,
+                invoke.time,
+                done.time,
+                *v,
+                &mut flag,
+            );
+        }
+    }
+    report.counts = counts;
+    report
+}
+
+/// One read of `account` over [`begin`, `end`] that returned `value`.
+fn check_read(
+    account: &str,
+    a: &FinalAccount,
+    transfers: &BTreeMap<String, TransferOutcome>,
+    begin: u64,
+    end: u64,
+    value: i64,
+    flag: &mut impl FnMut(&'static str, String),
+) {
+    // Balance after each prefix of the account's changes (prefix 0: before any change).
+    let mut states = vec![0i64];
+    states.extend(a.changes.iter().map(|c| c.balance_after));
+    // The prefix must hold every change acknowledged before the read began…
+    let lowest = a
+        .changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            transfers
+                .get(&c.id)
+                .and_then(|t| t.ok_at)
+                .is_some_and(|ok_at| ok_at < begin)
+        })
+        .map(|(i, _)| i + 1)
+        .max()
+        .unwrap_or(0);
+    // …and none begun after it ended.
+    let highest = a
+        .changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| transfers.get(&c.id).is_some_and(|t| t.first_invoke > end))
+        .map(|(i, _)| i)
+        .min()
+        .unwrap_or(a.changes.len());
+    if (lowest..=highest).any(|i| states.get(i) == Some(&value)) {
+        return;
+    }
+    let seen_at: Vec<usize> = (0..states.len()).filter(|i| states[*i] == value).collect();
+    let (name, when) = if seen_at.iter().any(|i| *i < lowest) {
+        ("stale-read", "missed a change acknowledged before it began")
+    } else if seen_at.iter().any(|i| *i > highest) {
+        ("future-read", "saw a change that began after it ended")
+    } else {
+        ("impossible-read", "matches no state of the account")
+    };
+    flag(
+        name,
+        format!(
+            "read of {account} returned {value}: {when} (allowed prefixes {lowest}..={highest})"
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Change;
+
+    /// A history builder: processes invoke and complete operations at increasing times.
+    #[derive(Default)]
+    struct Builder {
+        ops: Vec<Op>,
+        clock: u64,
+    }
+
+    impl Builder {
+        fn op(&mut self, process: u64, kind: Kind, value: Value) -> &mut Self {
+            self.clock += 10;
+            self.ops.push(Op {
+                index: self.ops.len() as u64,
+                process,
+                time: self.clock,
+                kind,
+                value,
+            });
+            self
+        }
+
+        fn transfer(
+            &mut self,
+            process: u64,
+            id: &str,
+            from: &str,
+            to: &str,
+            amount: i64,
+            outcome: Kind,
+        ) -> &mut Self {
+            let v = Value::Transfer {
+                id: id.into(),
+                from: from.into(),
+                to: to.into(),
+                amount,
+            };
+            self.op(process, Kind::Invoke, v.clone())
+                .op(process, outcome, v)
+        }
+
+        fn read(&mut self, process: u64, account: &str, balance: i64) -> &mut Self {
+            self.op(
+                process,
+                Kind::Invoke,
+                Value::Read {
+                    account: account.into(),
+                    balance: None,
+                },
+            )
+            .op(
+                process,
+                Kind::Ok,
+                Value::Read {
+                    account: account.into(),
+                    balance: Some(balance),
+                },
+            )
+        }
+
+        fn audit(&mut self, total: i128) -> &mut Self {
+            self.op(9, Kind::Invoke, Value::Audit { ts: 1, total: None })
+                .op(
+                    9,
+                    Kind::Ok,
+                    Value::Audit {
+                        ts: 1,
+                        total: Some(total),
+                    },
+                )
+        }
+
+        fn finish(&mut self, accounts: BTreeMap<String, FinalAccount>) -> History {
+            self.op(0, Kind::Invoke, Value::Final { accounts: None });
+            self.op(
+                0,
+                Kind::Ok,
+                Value::Final {
+                    accounts: Some(accounts),
+                },
+            );
+            History {
+                ops: self.ops.clone(),
+            }
+        }
+    }
+
+    fn account(changes: &[(&str, i64)]) -> FinalAccount {
+        let mut balance = 0;
+        let changes = changes
+            .iter()
+            .enumerate()
+            .map(|(i, (id, delta))| {
+                balance += delta;
+                Change {
+                    seq: i as u64 + 1,
+                    id: (*id).into(),
+                    delta: *delta,
+                    balance_after: balance,
+                }
+            })
+            .collect();
+        FinalAccount { balance, changes }
+    }
+
+    /// a and b funded with 100 each; t1 moves 30 from a to b.
+    fn finals(a: &[(&str, i64)], b: &[(&str, i64)]) -> BTreeMap<String, FinalAccount> {
+        let mut m = BTreeMap::new();
+        m.insert("a".to_string(), account(a));
+        m.insert("b".to_string(), account(b));
+        m
+    }
+
+    fn names(history: &History) -> Vec<&'static str> {
+        check(history, 200).names()
+    }
+
+    #[test]
+    fn a_correct_history_is_valid() {
+        let h = Builder::default()
+            .read(1, "a", 100)
+            .transfer(1, "t1", "a", "b", 30, Kind::Ok)
+            .read(2, "a", 70)
+            .audit(200)
+            .transfer(2, "t2", "b", "a", 500, Kind::Fail)
+            .finish(finals(
+                &[("fund", 100), ("t1", -30)],
+                &[("fund", 100), ("t1", 30)],
+            ));
+        let report = check(&h, 200);
+        assert!(report.valid(), "{}", report.summary());
+        assert!(report.to_edn().starts_with("{:valid? true"));
+    }
+
+    #[test]
+    fn a_lost_acknowledged_transfer_is_caught() {
+        let h = Builder::default()
+            .transfer(1, "t1", "a", "b", 30, Kind::Ok)
+            .finish(finals(&[("fund", 100)], &[("fund", 100)]));
+        assert_eq!(names(&h), ["lost-transfer"]);
+    }
+
+    #[test]
+    fn a_double_applied_transfer_is_caught() {
+        let h = Builder::default()
+            .transfer(1, "t1", "a", "b", 30, Kind::Info)
+            .finish(finals(
+                &[("fund", 100), ("t1", -30), ("t1", -30)],
+                &[("fund", 100), ("t1", 30), ("t1", 30)],
+            ));
+        assert!(names(&h).contains(&"double-applied"), "{:?}", names(&h));
+    }
+
+    #[test]
+    fn a_half_applied_transfer_is_caught() {
+        let h = Builder::default()
+            .transfer(1, "t1", "a", "b", 30, Kind::Ok)
+            .finish(finals(&[("fund", 100), ("t1", -30)], &[("fund", 100)]));
+        assert!(names(&h).contains(&"half-applied"));
+    }
+
+    #[test]
+    fn a_failed_transfer_that_applied_is_caught() {
+        let h = Builder::default()
+            .transfer(1, "t1", "a", "b", 30, Kind::Fail)
+            .finish(finals(
+                &[("fund", 100), ("t1", -30)],
+                &[("fund", 100), ("t1", 30)],
+            ));
+        assert_eq!(names(&h), ["failed-transfer-applied"]);
+    }
+
+    #[test]
+    fn a_wrong_audit_total_is_caught() {
+        let h = Builder::default()
+            .audit(170)
+            .finish(finals(&[("fund", 100)], &[("fund", 100)]));
+        assert_eq!(names(&h), ["wrong-audit-total"]);
+    }
+
+    #[test]
+    fn a_negative_balance_is_caught() {
+        let h = Builder::default()
+            .transfer(1, "t1", "a", "b", 130, Kind::Ok)
+            .finish(finals(
+                &[("fund", 100), ("t1", -130)],
+                &[("fund", 100), ("t1", 130)],
+            ));
+        assert_eq!(names(&h), ["negative-balance"]);
+    }
+
+    #[test]
+    fn a_stale_read_is_caught() {
+        // t1 was acknowledged before the read began, yet the read returned the old balance.
+        let h = Builder::default()
+            .transfer(1, "t1", "a", "b", 30, Kind::Ok)
+            .read(2, "a", 100)
+            .finish(finals(
+                &[("fund", 100), ("t1", -30)],
+                &[("fund", 100), ("t1", 30)],
+            ));
+        assert_eq!(names(&h), ["stale-read"]);
+    }
+
+    #[test]
+    fn a_read_from_the_future_and_an_impossible_read_are_caught() {
+        let h = Builder::default()
+            .read(2, "a", 70)
+            .transfer(1, "t1", "a", "b", 30, Kind::Ok)
+            .read(3, "b", 129)
+            .finish(finals(
+                &[("fund", 100), ("t1", -30)],
+                &[("fund", 100), ("t1", 30)],
+            ));
+        assert_eq!(names(&h), ["future-read", "impossible-read"]);
+    }
+
+    #[test]
+    fn a_read_concurrent_with_a_transfer_may_see_it_or_not() {
+        let mut b = Builder::default();
+        let v = Value::Transfer {
+            id: "t1".into(),
+            from: "a".into(),
+            to: "b".into(),
+            amount: 30,
+        };
+        b.op(1, Kind::Invoke, v.clone());
+        b.read(2, "a", 100).read(3, "a", 70);
+        b.op(1, Kind::Ok, v);
+        let h = b.finish(finals(
+            &[("fund", 100), ("t1", -30)],
+            &[("fund", 100), ("t1", 30)],
+        ));
+        assert!(check(&h, 200).valid());
+    }
+
+    #[test]
+    fn no_final_read_means_the_cluster_never_came_back() {
+        let mut b = Builder::default();
+        b.transfer(1, "t1", "a", "b", 30, Kind::Ok);
+        b.op(0, Kind::Invoke, Value::Final { accounts: None });
+        b.op(0, Kind::Info, Value::Final { accounts: None });
+        let h = History { ops: b.ops.clone() };
+        assert_eq!(names(&h), ["final-read-failed"]);
+    }
+}

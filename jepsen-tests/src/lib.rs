@@ -1,0 +1,10 @@
+//! wallet-jepsen: the chaos harness's history and checker (issue 4, first part).
+//!
+//! - [`history`]: every operation of a test as `invoke` → `ok` / `fail` / `info`, with process, time
+//!   in ns and value; written as Jepsen-format EDN (`history.edn`, readable by Elle/Knossos) and as
+//!   JSONL (`history.jsonl`, what `wallet-jepsen check` reads back).
+//! - [`checker`]: reads a whole bank-workload history and names every anomaly it finds: lost or
+//!   double-applied transfers, traces of failed ones, wrong audit totals, negative balances, stale
+//!   reads. Its verdict goes to `results.edn`.
+pub mod checker;
+pub mod history;
