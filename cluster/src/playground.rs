@@ -247,6 +247,13 @@ impl Playground {
         }
     }
 
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) a running node: a process that is alive but silent.
+    pub fn pause_node(&mut self, node_id: u64, paused: bool) {
+        if let Some(child) = self.nodes.get(&node_id) {
+            signal(child, if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+
     /// Graceful stop of one node (SIGTERM); returns whether it exited within the grace period.
     pub fn stop_node(&mut self, node_id: u64) -> bool {
         match self.nodes.remove(&node_id) {

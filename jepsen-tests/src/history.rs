@@ -55,12 +55,34 @@ pub enum Value {
         account: String,
         balance: Option<i64>,
     },
-    /// An audit; `total` is set on `ok`.
-    Audit { ts: u64, total: Option<i128> },
+    /// An audit; `total` is set on `ok` (a decimal string in JSON: it is a 128-bit sum).
+    Audit {
+        ts: u64,
+        #[serde(with = "decimal")]
+        total: Option<i128>,
+    },
     /// The read of every account after healing; `accounts` is set on `ok`.
     Final {
         accounts: Option<BTreeMap<String, FinalAccount>>,
     },
+}
+
+/// `Option<i128>` as an optional decimal string (JSON numbers stop at 64 bits in serde_json).
+mod decimal {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<i128>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_some(&v.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i128>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| t.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// One history line.
@@ -202,6 +224,16 @@ mod tests {
                     value: Value::Read {
                         account: "a".into(),
                         balance: Some(95),
+                    },
+                },
+                Op {
+                    index: 2,
+                    process: 2,
+                    time: 30,
+                    kind: Kind::Ok,
+                    value: Value::Audit {
+                        ts: 7,
+                        total: Some(i128::from(i64::MAX) * 4),
                     },
                 },
             ],

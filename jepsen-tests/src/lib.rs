@@ -6,5 +6,7 @@
 //! - [`checker`]: reads a whole bank-workload history and names every anomaly it finds: lost or
 //!   double-applied transfers, traces of failed ones, wrong audit totals, negative balances, stale
 //!   reads. Its verdict goes to `results.edn`.
+//! - [`run`]: the bank workload under seeded faults on a local cluster of real processes.
 pub mod checker;
 pub mod history;
+pub mod run;

@@ -1,8 +1,10 @@
-//! `wallet-jepsen`: judges a stored history of the chaos harness.
+//! `wallet-jepsen`: runs the chaos harness against real processes, or re-checks a stored history.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use wallet_jepsen::run::{self, Nemesis, RunOptions};
 use wallet_jepsen::{checker, history::History};
 
 #[derive(Parser, Debug)]
@@ -14,6 +16,39 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Commands {
+    /// Run the bank workload under faults on a local cluster (real processes on 127.0.0.1), then
+    /// check the history; exits 1 when it is invalid.
+    Run {
+        /// Workload (only `bank` so far).
+        #[arg(long, default_value = "bank")]
+        workload: String,
+        /// Faults, comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "kill,leader,pause,router"
+        )]
+        nemesis: Vec<Nemesis>,
+        /// Seconds of workload.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Client processes.
+        #[arg(long, default_value_t = 10)]
+        concurrency: usize,
+        /// Bank accounts.
+        #[arg(long, default_value_t = 8)]
+        accounts: usize,
+        /// Seed of the workload and fault schedule.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where histories and results go.
+        #[arg(long, default_value = "store")]
+        store: PathBuf,
+        /// Only `local` so far (processes on 127.0.0.1).
+        #[arg(long, default_value = "local")]
+        backend: String,
+    },
     /// Re-check a stored history (DIR/history.jsonl); writes DIR/results.edn, prints a summary, and
     /// exits 1 when the history is invalid.
     Check {
@@ -22,37 +57,81 @@ enum Commands {
         #[arg(long)]
         initial_total: Option<i128>,
     },
+    /// Run one node (used by `run` to start its cluster).
+    #[command(hide = true)]
+    Node(wallet_node::cli::NodeArgs),
+    /// Run one router (used by `run` to start its cluster).
+    #[command(hide = true)]
+    Router(wallet_router::cli::RouterArgs),
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("wallet-jepsen: {message}");
+    std::process::exit(2);
 }
 
 fn main() {
-    let Commands::Check { dir, initial_total } = Cli::parse().command;
-    let initial_total = match initial_total {
-        Some(total) => total,
-        None => match std::fs::read_to_string(dir.join("initial-total"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            Some(total) => total,
-            None => {
-                eprintln!(
-                    "wallet-jepsen: no --initial-total and no {}/initial-total",
-                    dir.display()
-                );
-                std::process::exit(2);
+    match Cli::parse().command {
+        Commands::Node(args) => wallet_node::cli::main_with(args),
+        Commands::Router(args) => wallet_router::cli::main_with(args),
+        Commands::Check { dir, initial_total } => {
+            let initial_total = initial_total
+                .or_else(|| {
+                    std::fs::read_to_string(dir.join("initial-total"))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                })
+                .unwrap_or_else(|| {
+                    fail(format!(
+                        "no --initial-total and no {}/initial-total",
+                        dir.display()
+                    ))
+                });
+            let history = History::load(&dir).unwrap_or_else(|e| fail(e));
+            let report = checker::check(&history, initial_total);
+            if let Err(e) = std::fs::write(dir.join("results.edn"), report.to_edn()) {
+                eprintln!("wallet-jepsen: cannot write results.edn: {e}");
             }
-        },
-    };
-    let history = match History::load(&dir) {
-        Ok(history) => history,
-        Err(e) => {
-            eprintln!("wallet-jepsen: {e}");
-            std::process::exit(2);
+            print!("{}", report.summary());
+            std::process::exit(if report.valid() { 0 } else { 1 });
         }
-    };
-    let report = checker::check(&history, initial_total);
-    if let Err(e) = std::fs::write(dir.join("results.edn"), report.to_edn()) {
-        eprintln!("wallet-jepsen: cannot write results.edn: {e}");
+        Commands::Run {
+            workload,
+            nemesis,
+            time,
+            concurrency,
+            accounts,
+            seed,
+            store,
+            backend,
+        } => {
+            if workload != "bank" || backend != "local" {
+                fail(format!(
+                    "workload {workload} on backend {backend} is not built yet (bank on local is)"
+                ));
+            }
+            let exe = std::env::current_exe().unwrap_or_else(|e| fail(e.to_string()));
+            let options = RunOptions {
+                time: Duration::from_secs(time),
+                concurrency: concurrency.max(1),
+                accounts: accounts.max(2),
+                nemeses: nemesis,
+                seed,
+                store,
+                exe,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(e.to_string()));
+            match runtime.block_on(run::run(options)) {
+                Ok((dir, report)) => {
+                    print!("{}", report.summary());
+                    println!("store: {}", dir.display());
+                    std::process::exit(if report.valid() { 0 } else { 1 });
+                }
+                Err(e) => fail(e),
+            }
+        }
     }
-    print!("{}", report.summary());
-    std::process::exit(if report.valid() { 0 } else { 1 });
 }

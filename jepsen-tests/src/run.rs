@@ -1,0 +1,420 @@
+//! `wallet-jepsen run`, local backend: the bank workload against a playground of real node and
+//! router processes on 127.0.0.1, with seeded faults, a recorded history and the checker's verdict.
+//!
+//! - Workload *bank*: `accounts` accounts funded with 1000 each; `concurrency` processes transfer
+//!   random amounts between random accounts and read single balances; one more process audits
+//!   every second. An operation whose outcome is unknown (timeout, unavailable) completes as `info`
+//!   and its process is replaced by a new one, as in Jepsen.
+//! - Nemeses (seeded schedule, one fault at a time, every fault healed before the final read):
+//!   `kill` (kill -9 a random node, restart it 3 s later), `leader` (kill -9 a shard's leader),
+//!   `pause` (SIGSTOP a node for 3 s), `router` (kill -9 the router, restart it).
+//! - After the faults heal: every process restarted, transfers settled, then one final read of
+//!   every account's balance and whole history. Everything goes to
+//!   `store/bank/<time>/`: `history.edn`, `history.jsonl`, `initial-total`, `nemesis.edn`,
+//!   `results.edn`, and the cluster's logs under `cluster/logs/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wallet_client::{ClientOptions, Reason, WalletClient, WalletError};
+use wallet_cluster::playground::{Playground, PlaygroundOptions};
+
+use crate::checker::{self, Report};
+use crate::history::{Change, FinalAccount, History, Kind, Op, Value};
+
+/// Faults the local backend can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Nemesis {
+    Kill,
+    Leader,
+    Pause,
+    Router,
+}
+
+/// A run's settings.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub time: Duration,
+    pub concurrency: usize,
+    pub accounts: usize,
+    pub nemeses: Vec<Nemesis>,
+    pub seed: u64,
+    pub store: PathBuf,
+    /// Executable with `node` / `router` subcommands (this binary).
+    pub exe: PathBuf,
+}
+
+const FUNDS: i64 = 1000;
+const FAULT_EVERY: Duration = Duration::from_secs(5);
+const FAULT_LENGTH: Duration = Duration::from_secs(3);
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// The history being recorded, shared by the processes.
+struct Recorder {
+    started: Instant,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    fn record(&self, process: u64, kind: Kind, value: Value) {
+        let time = self.started.elapsed().as_nanos() as u64;
+        if let Ok(mut ops) = self.ops.lock() {
+            let index = ops.len() as u64;
+            ops.push(Op {
+                index,
+                process,
+                time,
+                kind,
+                value,
+            });
+        }
+    }
+}
+
+/// fail when the store certainly did not apply it, info when it may have.
+fn completion(error: &WalletError) -> Kind {
+    if error.reason.is_retryable() || error.reason == Reason::Internal {
+        Kind::Info
+    } else {
+        Kind::Fail
+    }
+}
+
+/// Runs the test; returns the directory of its store and the checker's report.
+pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dir = options.store.join("bank").join(stamp.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut playground = Playground::create(&PlaygroundOptions {
+        dir: dir.join("cluster"),
+        nodes: 3,
+        shards: 3,
+        replicas: 3,
+        port: 0,
+        compact_every: 500,
+        resolve_after_ms: 1000,
+        exe: options.exe.clone(),
+    })?;
+    playground.start_all()?;
+    playground.wait_ready(Duration::from_secs(60)).await?;
+    let address = playground.router_address.clone();
+    let client = WalletClient::with_options(
+        &[address.as_str()],
+        ClientOptions {
+            retry_budget: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(3),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let patient = WalletClient::with_options(&[address.as_str()], ClientOptions::default())
+        .map_err(|e| e.to_string())?;
+    let accounts: Vec<String> = (0..options.accounts).map(|i| format!("bank-{i}")).collect();
+    for id in &accounts {
+        patient
+            .create_account(id, "USD", 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        patient
+            .deposit(&format!("fund-{id}"), id, FUNDS)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let initial_total = i128::from(FUNDS) * accounts.len() as i128;
+    println!(
+        "bank: {} accounts, {} processes, {:?}, nemeses {:?}, seed {}, store {}",
+        accounts.len(),
+        options.concurrency,
+        options.time,
+        options.nemeses,
+        options.seed,
+        dir.display()
+    );
+
+    let recorder = Arc::new(Recorder {
+        started: Instant::now(),
+        ops: Mutex::new(Vec::new()),
+    });
+    let end = Instant::now() + options.time;
+    let mut workers = Vec::new();
+    for worker in 0..options.concurrency {
+        workers.push(tokio::spawn(bank_process(
+            client.clone(),
+            accounts.clone(),
+            recorder.clone(),
+            worker as u64,
+            options.concurrency as u64,
+            options.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            end,
+        )));
+    }
+    workers.push(tokio::spawn(audit_process(
+        client.clone(),
+        recorder.clone(),
+        10_000,
+        end,
+    )));
+    let events = nemesis(&mut playground, &options, end).await;
+    for worker in workers {
+        let _ = worker.await;
+    }
+    // Heal everything, then read the final state with a patient client.
+    for id in playground.node_ids() {
+        playground.pause_node(id, false);
+        playground.start_node(id)?;
+    }
+    playground.start_router()?;
+    let final_value = final_read(&playground, &patient, &accounts).await;
+    let final_kind = if final_value.is_some() {
+        Kind::Ok
+    } else {
+        Kind::Info
+    };
+    recorder.record(0, Kind::Invoke, Value::Final { accounts: None });
+    recorder.record(
+        0,
+        final_kind,
+        Value::Final {
+            accounts: final_value,
+        },
+    );
+    let history = History {
+        ops: recorder.ops.lock().map(|o| o.clone()).unwrap_or_default(),
+    };
+    history.save(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("initial-total"), initial_total.to_string())
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("nemesis.edn"), events.join("\n") + "\n").map_err(|e| e.to_string())?;
+    playground.stop_all();
+    // Judge what was stored, so `wallet-jepsen check DIR` gives the same verdict later.
+    let stored = History::load(&dir)?;
+    let report = checker::check(&stored, initial_total);
+    std::fs::write(dir.join("results.edn"), report.to_edn()).map_err(|e| e.to_string())?;
+    Ok((dir, report))
+}
+
+async fn bank_process(
+    client: WalletClient,
+    accounts: Vec<String>,
+    recorder: Arc<Recorder>,
+    first_process: u64,
+    concurrency: u64,
+    seed: u64,
+    end: Instant,
+) {
+    let mut rng = Rng(seed | 1);
+    let mut process = first_process;
+    let mut n = 0u64;
+    while Instant::now() < end && n < 1_000_000 {
+        n += 1;
+        let n_accounts = accounts.len() as u64;
+        if rng.below(10) < 7 {
+            let from = rng.below(n_accounts) as usize;
+            let to = (from + 1 + rng.below(n_accounts - 1) as usize) % accounts.len();
+            let value = Value::Transfer {
+                id: format!("p{process}-{n}"),
+                from: accounts[from].clone(),
+                to: accounts[to].clone(),
+                amount: 1 + rng.below(50) as i64,
+            };
+            recorder.record(process, Kind::Invoke, value.clone());
+            let Value::Transfer {
+                id,
+                from,
+                to,
+                amount,
+            } = &value
+            else {
+                unreachable!()
+            };
+            let kind = match client.transfer(id, from, to, *amount).await {
+                Ok(_) => Kind::Ok,
+                Err(e) => completion(&e),
+            };
+            recorder.record(process, kind, value);
+            if kind == Kind::Info {
+                process += concurrency;
+            }
+        } else {
+            let account = accounts[rng.below(n_accounts) as usize].clone();
+            recorder.record(
+                process,
+                Kind::Invoke,
+                Value::Read {
+                    account: account.clone(),
+                    balance: None,
+                },
+            );
+            match client.get_account(&account).await {
+                Ok(a) => recorder.record(
+                    process,
+                    Kind::Ok,
+                    Value::Read {
+                        account,
+                        balance: Some(a.balance),
+                    },
+                ),
+                Err(e) => recorder.record(
+                    process,
+                    completion(&e),
+                    Value::Read {
+                        account,
+                        balance: None,
+                    },
+                ),
+            }
+        }
+    }
+}
+
+async fn audit_process(client: WalletClient, recorder: Arc<Recorder>, process: u64, end: Instant) {
+    while Instant::now() < end {
+        recorder.record(process, Kind::Invoke, Value::Audit { ts: 0, total: None });
+        match client.audit().await {
+            Ok(report) => {
+                let total = report
+                    .totals
+                    .iter()
+                    .filter_map(|t| t.balances.parse::<i128>().ok())
+                    .sum();
+                recorder.record(
+                    process,
+                    Kind::Ok,
+                    Value::Audit {
+                        ts: report.ts,
+                        total: Some(total),
+                    },
+                );
+            }
+            Err(e) => recorder.record(process, completion(&e), Value::Audit { ts: 0, total: None }),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Injects one fault every few seconds until `end`; returns the events, EDN style.
+async fn nemesis(playground: &mut Playground, options: &RunOptions, end: Instant) -> Vec<String> {
+    let mut events = Vec::new();
+    let started = Instant::now();
+    let mut rng = Rng(options.seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
+    let log = |events: &mut Vec<String>, what: &str, node: u64| {
+        let line = format!(
+            "{{:time {} :nemesis :{what} :node {node}}}",
+            started.elapsed().as_nanos()
+        );
+        println!(
+            "nemesis: {what} node {node} at {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        events.push(line);
+    };
+    if options.nemeses.is_empty() {
+        tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
+        return events;
+    }
+    tokio::time::sleep(FAULT_EVERY / 2).await;
+    while Instant::now() + FAULT_LENGTH < end {
+        let nemesis = options.nemeses[rng.below(options.nemeses.len() as u64) as usize];
+        let nodes = playground.node_ids();
+        let node = nodes[rng.below(nodes.len() as u64) as usize];
+        match nemesis {
+            Nemesis::Kill | Nemesis::Leader => {
+                let victim = if nemesis == Nemesis::Leader {
+                    let leaders = playground.leaders().await;
+                    let shard = 1 + rng.below(playground.topology.shards.len() as u64);
+                    leaders.get(&shard).copied().unwrap_or(node)
+                } else {
+                    node
+                };
+                playground.kill_node(victim);
+                log(&mut events, "kill-start", victim);
+                tokio::time::sleep(FAULT_LENGTH).await;
+                let _ = playground.start_node(victim);
+                log(&mut events, "kill-stop", victim);
+            }
+            Nemesis::Pause => {
+                playground.pause_node(node, true);
+                log(&mut events, "pause-start", node);
+                tokio::time::sleep(FAULT_LENGTH).await;
+                playground.pause_node(node, false);
+                log(&mut events, "pause-stop", node);
+            }
+            Nemesis::Router => {
+                playground.kill_router();
+                log(&mut events, "router-kill", 0);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = playground.start_router();
+                log(&mut events, "router-restart", 0);
+            }
+        }
+        tokio::time::sleep(FAULT_EVERY - FAULT_LENGTH).await;
+    }
+    tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
+    events
+}
+
+/// After healing: every account's balance and whole history, once no transfer is undecided.
+async fn final_read(
+    playground: &Playground,
+    client: &WalletClient,
+    accounts: &[String],
+) -> Option<BTreeMap<String, FinalAccount>> {
+    playground.wait_ready(Duration::from_secs(60)).await.ok()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut settled = true;
+        for id in accounts {
+            let a = client.get_account(id).await.ok()?;
+            settled &= a.reserved == 0 && a.pending_credit == 0;
+        }
+        if settled {
+            break;
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut out = BTreeMap::new();
+    for id in accounts {
+        let balance = client.get_account(id).await.ok()?.balance;
+        let mut changes = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = client.list_transfers(id, 1000, cursor).await.ok()?;
+            changes.extend(page.entries.iter().map(|e| Change {
+                seq: e.seq,
+                id: e.request_id.clone(),
+                delta: e.delta,
+                balance_after: e.balance_after,
+            }));
+            if page.next_cursor == 0 {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        changes.reverse();
+        out.insert(id.clone(), FinalAccount { balance, changes });
+    }
+    Some(out)
+}
+
+/// Where the store goes by default.
+pub fn default_store() -> PathBuf {
+    Path::new("store").to_path_buf()
+}
