@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wallet_jepsen::run::{self, Nemesis, RunOptions};
+use wallet_jepsen::run::{self, Nemesis, RunOptions, Workload};
 use wallet_jepsen::{checker, history::History};
 
 #[derive(Parser, Debug)]
@@ -19,9 +19,9 @@ enum Commands {
     /// Run the bank workload under faults on a local cluster (real processes on 127.0.0.1), then
     /// check the history; exits 1 when it is invalid.
     Run {
-        /// Workload (only `bank` so far).
-        #[arg(long, default_value = "bank")]
-        workload: String,
+        /// What the clients do.
+        #[arg(long, value_enum, default_value = "bank")]
+        workload: Workload,
         /// Faults, comma-separated.
         #[arg(
             long,
@@ -105,13 +105,12 @@ fn main() {
             store,
             backend,
         } => {
-            if workload != "bank" || backend != "local" {
-                fail(format!(
-                    "workload {workload} on backend {backend} is not built yet (bank on local is)"
-                ));
+            if backend != "local" {
+                fail(format!("backend {backend} is not built yet (local is)"));
             }
             let exe = std::env::current_exe().unwrap_or_else(|e| fail(e.to_string()));
             let options = RunOptions {
+                workload,
                 time: Duration::from_secs(time),
                 concurrency: concurrency.max(1),
                 accounts: accounts.max(2),

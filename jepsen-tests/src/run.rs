@@ -4,13 +4,15 @@
 //! - Workload *bank*: `accounts` accounts funded with 1000 each; `concurrency` processes transfer
 //!   random amounts between random accounts and read single balances; one more process audits
 //!   every second. An operation whose outcome is unknown (timeout, unavailable) completes as `info`
-//!   and its process is replaced by a new one, as in Jepsen.
+//!   and its process is replaced by a new one, as in Jepsen. *exactly-once*: the same, but an
+//!   unknown transfer is retried with the same id through a second router until its outcome is
+//!   known. *hot-account*: every transfer pays 1 into the first account.
 //! - Nemeses (seeded schedule, one fault at a time, every fault healed before the final read):
 //!   `kill` (kill -9 a random node, restart it 3 s later), `leader` (kill -9 a shard's leader),
 //!   `pause` (SIGSTOP a node for 3 s), `router` (kill -9 the router, restart it).
 //! - After the faults heal: every process restarted, transfers settled, then one final read of
 //!   every account's balance and whole history. Everything goes to
-//!   `store/bank/<time>/`: `history.edn`, `history.jsonl`, `initial-total`, `nemesis.edn`,
+//!   `store/<workload>/<time>/`: `history.edn`, `history.jsonl`, `initial-total`, `nemesis.edn`,
 //!   `results.edn`, and the cluster's logs under `cluster/logs/`.
 
 use std::collections::BTreeMap;
@@ -33,9 +35,22 @@ pub enum Nemesis {
     Router,
 }
 
+/// What the clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Transfers between random accounts, single-balance reads, an audit every second.
+    Bank,
+    /// Like bank, but a transfer whose outcome is unknown is retried with the same id through the
+    /// other router until it is known: it must apply exactly once.
+    ExactlyOnce,
+    /// Many payers into one merchant account (the first account).
+    HotAccount,
+}
+
 /// A run's settings.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    pub workload: Workload,
     pub time: Duration,
     pub concurrency: usize,
     pub accounts: usize,
@@ -99,7 +114,12 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let dir = options.store.join("bank").join(stamp.to_string());
+    let name = match options.workload {
+        Workload::Bank => "bank",
+        Workload::ExactlyOnce => "exactly-once",
+        Workload::HotAccount => "hot-account",
+    };
+    let dir = options.store.join(name).join(stamp.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut playground = Playground::create(&PlaygroundOptions {
         dir: dir.join("cluster"),
@@ -114,14 +134,20 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     playground.start_all()?;
     playground.wait_ready(Duration::from_secs(60)).await?;
     let address = playground.router_address.clone();
-    let client = WalletClient::with_options(
-        &[address.as_str()],
-        ClientOptions {
-            retry_budget: Duration::from_secs(2),
-            attempt_timeout: Duration::from_secs(3),
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let impatient = ClientOptions {
+        retry_budget: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(3),
+    };
+    let client = WalletClient::with_options(&[address.as_str()], impatient.clone())
+        .map_err(|e| e.to_string())?;
+    // A second router, which the router nemesis leaves alone: where exactly-once retries go.
+    let second_address = format!(
+        "127.0.0.1:{}",
+        wallet_cluster::playground::free_port().map_err(|e| e.to_string())?
+    );
+    let mut second_router = playground.spawn_router(&second_address, "router-2", &[])?;
+    let second = WalletClient::with_options(&[second_address.as_str()], impatient)
+        .map_err(|e| e.to_string())?;
     let patient = WalletClient::with_options(&[address.as_str()], ClientOptions::default())
         .map_err(|e| e.to_string())?;
     let accounts: Vec<String> = (0..options.accounts).map(|i| format!("bank-{i}")).collect();
@@ -137,7 +163,8 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     }
     let initial_total = i128::from(FUNDS) * accounts.len() as i128;
     println!(
-        "bank: {} accounts, {} processes, {:?}, nemeses {:?}, seed {}, store {}",
+        "{:?}: {} accounts, {} processes, {:?}, nemeses {:?}, seed {}, store {}",
+        options.workload,
         accounts.len(),
         options.concurrency,
         options.time,
@@ -154,7 +181,8 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     let mut workers = Vec::new();
     for worker in 0..options.concurrency {
         workers.push(tokio::spawn(bank_process(
-            client.clone(),
+            [client.clone(), second.clone()],
+            options.workload,
             accounts.clone(),
             recorder.clone(),
             worker as u64,
@@ -200,6 +228,8 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     std::fs::write(dir.join("initial-total"), initial_total.to_string())
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.join("nemesis.edn"), events.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let _ = second_router.kill();
+    let _ = second_router.wait();
     playground.stop_all();
     // Judge what was stored, so `wallet-jepsen check DIR` gives the same verdict later.
     let stored = History::load(&dir)?;
@@ -208,8 +238,10 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     Ok((dir, report))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bank_process(
-    client: WalletClient,
+    routers: [WalletClient; 2],
+    workload: Workload,
     accounts: Vec<String>,
     recorder: Arc<Recorder>,
     first_process: u64,
@@ -223,14 +255,27 @@ async fn bank_process(
     while Instant::now() < end && n < 1_000_000 {
         n += 1;
         let n_accounts = accounts.len() as u64;
+        let client = &routers[0];
         if rng.below(10) < 7 {
-            let from = rng.below(n_accounts) as usize;
-            let to = (from + 1 + rng.below(n_accounts - 1) as usize) % accounts.len();
+            let (from, to) = if workload == Workload::HotAccount {
+                (1 + rng.below(n_accounts - 1) as usize, 0)
+            } else {
+                let from = rng.below(n_accounts) as usize;
+                (
+                    from,
+                    (from + 1 + rng.below(n_accounts - 1) as usize) % accounts.len(),
+                )
+            };
             let value = Value::Transfer {
                 id: format!("p{process}-{n}"),
                 from: accounts[from].clone(),
                 to: accounts[to].clone(),
-                amount: 1 + rng.below(50) as i64,
+                // Payers of the hot account pay 1 at a time so they last the whole run.
+                amount: if workload == Workload::HotAccount {
+                    1
+                } else {
+                    1 + rng.below(50) as i64
+                },
             };
             recorder.record(process, Kind::Invoke, value.clone());
             let Value::Transfer {
@@ -242,13 +287,26 @@ async fn bank_process(
             else {
                 unreachable!()
             };
-            let kind = match client.transfer(id, from, to, *amount).await {
-                Ok(_) => Kind::Ok,
-                Err(e) => completion(&e),
-            };
-            recorder.record(process, kind, value);
-            if kind == Kind::Info {
+            let mut attempt = 0usize;
+            loop {
+                let router = &routers[attempt % 2];
+                let kind = match router.transfer(id, from, to, *amount).await {
+                    Ok(_) => Kind::Ok,
+                    Err(e) => completion(&e),
+                };
+                recorder.record(process, kind, value.clone());
+                if kind != Kind::Info {
+                    break;
+                }
                 process += concurrency;
+                attempt += 1;
+                let retry = workload == Workload::ExactlyOnce
+                    && Instant::now() < end + Duration::from_secs(30);
+                if !retry {
+                    break;
+                }
+                // The same id again, as a new process, through the other router.
+                recorder.record(process, Kind::Invoke, value.clone());
             }
         } else {
             let account = accounts[rng.below(n_accounts) as usize].clone();
