@@ -27,7 +27,7 @@ enum Commands {
             long,
             value_enum,
             value_delimiter = ',',
-            default_value = "kill,leader,pause,router"
+            default_value = "kill,leader,pause,router,clock"
         )]
         nemesis: Vec<Nemesis>,
         /// Seconds of workload.

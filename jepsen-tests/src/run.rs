@@ -9,7 +9,9 @@
 //!   known. *hot-account*: every transfer pays 1 into the first account.
 //! - Nemeses (seeded schedule, one fault at a time, every fault healed before the final read):
 //!   `kill` (kill -9 a random node, restart it 3 s later), `leader` (kill -9 a shard's leader),
-//!   `pause` (SIGSTOP a node for 3 s), `router` (kill -9 the router, restart it).
+//!   `pause` (SIGSTOP a node for 3 s), `router` (kill -9 the router, restart it), `clock`
+//!   (restart a node with its clock up to a minute off, for 3 s; the timestamp oracle must stay
+//!   monotonic when such a node leads the meta group).
 //! - After the faults heal: every process restarted, transfers settled, then one final read of
 //!   every account's balance and whole history. Everything goes to
 //!   `store/<workload>/<time>/`: `history.edn`, `history.jsonl`, `initial-total`, `nemesis.edn`,
@@ -33,6 +35,8 @@ pub enum Nemesis {
     Leader,
     Pause,
     Router,
+    /// Restart a node with its clock up to a minute off (WALLET_CLOCK_SKEW_MS), then heal it.
+    Clock,
 }
 
 /// What the clients do.
@@ -411,6 +415,17 @@ async fn nemesis(playground: &mut Playground, options: &RunOptions, end: Instant
                 tokio::time::sleep(FAULT_LENGTH).await;
                 playground.pause_node(node, false);
                 log(&mut events, "pause-stop", node);
+            }
+            Nemesis::Clock => {
+                let skew_ms = (rng.below(120_000) as i64) - 60_000;
+                let skew = skew_ms.to_string();
+                playground.kill_node(node);
+                let _ = playground.start_node_with_env(node, &[("WALLET_CLOCK_SKEW_MS", &skew)]);
+                log(&mut events, &format!("clock-skew-start {skew_ms}"), node);
+                tokio::time::sleep(FAULT_LENGTH).await;
+                playground.kill_node(node);
+                let _ = playground.start_node(node);
+                log(&mut events, "clock-skew-stop", node);
             }
             Nemesis::Router => {
                 playground.kill_router();
