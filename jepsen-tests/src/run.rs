@@ -18,7 +18,7 @@
 //!   `results.edn`, and the cluster's logs under `cluster/logs/`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -485,9 +485,4 @@ async fn final_read(
         out.insert(id.clone(), FinalAccount { balance, changes });
     }
     Some(out)
-}
-
-/// Where the store goes by default.
-pub fn default_store() -> PathBuf {
-    Path::new("store").to_path_buf()
 }

@@ -31,7 +31,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use crate::group_commit::GroupCommit;
 use crate::record::{self, Corrupt};
 use crate::state_machine::{StateMachine, Write};
-use wallet_proto::v1::{Account, HistoryEntry, ListTransfersResponse, RequestRecord};
+use wallet_proto::v1::{Account, HistoryEntry, ListTransfersResponse};
 
 const LOG_PREFIX: u8 = b'L';
 const KEY_HARD_STATE: &[u8] = b"Mh";
@@ -630,18 +630,6 @@ impl ShardStore {
     /// Reads one account straight from disk, checking its CRC (used to verify what memory holds).
     pub fn stored_account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         match self.tree.get(account_key(account_id))? {
-            Some(bytes) => Ok(Some(record::decode(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The first outcome of a request, straight from disk.
-    pub fn stored_request(
-        &self,
-        account_id: &str,
-        request_id: &str,
-    ) -> Result<Option<RequestRecord>, StoreError> {
-        match self.tree.get(request_key(account_id, request_id))? {
             Some(bytes) => Ok(Some(record::decode(&bytes)?)),
             None => Ok(None),
         }
