@@ -314,62 +314,24 @@ impl Playground {
 
     /// A node's status, or None if it does not answer within a second.
     pub async fn status(&self, node_id: u64) -> Option<NodeStatus> {
-        let address = self.topology.address_of(node_id)?;
-        let call = async {
-            let mut client = ShardClient::connect(format!("http://{address}"))
-                .await
-                .ok()?;
-            client
-                .status(StatusRequest {})
-                .await
-                .ok()
-                .map(|r| r.into_inner())
-        };
-        tokio::time::timeout(Duration::from_secs(1), call)
-            .await
-            .ok()
-            .flatten()
+        node_status(&self.topology, node_id).await
     }
 
     /// The node leading each shard (and the meta group, id 0), as the leaders themselves report
     /// it (groups without one are missing). Only nodes that answer count.
     pub async fn leaders(&self) -> BTreeMap<u64, u64> {
-        let mut leaders = BTreeMap::new();
-        for id in self.node_ids() {
-            if let Some(status) = self.status(id).await {
-                for replica in status.replicas.iter().filter(|r| r.is_leader) {
-                    leaders.insert(replica.shard_id, id);
-                }
-            }
-        }
-        leaders
+        group_leaders(&self.topology).await
     }
 
     /// Waits until every shard has a leader and the router answers; returns the leaders.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<BTreeMap<u64, u64>, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let leaders = self.leaders().await;
-            let router_up =
-                std::net::TcpStream::connect(&self.router_address).is_ok() || self.router.is_none();
-            let every_group_led = self
-                .topology
-                .shards
-                .iter()
-                .map(|s| s.id)
-                .chain([wallet_proto::topology::META_GROUP_ID])
-                .all(|id| leaders.contains_key(&id));
-            if every_group_led && router_up {
-                return Ok(leaders);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "cluster not ready after {timeout:?}: leaders {leaders:?}, router up: {router_up}; see {}",
-                    self.dir.join("logs").display()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let router = self
+            .router
+            .is_some()
+            .then_some(self.router_address.as_str());
+        wait_ready(&self.topology, router, timeout)
+            .await
+            .map_err(|e| format!("{e}; see {}", self.dir.join("logs").display()))
     }
 
     /// Waits until `node_id` has applied at least `index` on `shard_id`.
@@ -411,6 +373,66 @@ impl Drop for Playground {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A node's status, or None if it does not answer within a second.
+pub async fn node_status(topology: &Topology, node_id: u64) -> Option<NodeStatus> {
+    let address = topology.address_of(node_id)?;
+    let call = async {
+        let mut client = ShardClient::connect(format!("http://{address}"))
+            .await
+            .ok()?;
+        client
+            .status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    tokio::time::timeout(Duration::from_secs(1), call)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The node leading each group (shards, and the meta group as id 0), as the leaders report it.
+pub async fn group_leaders(topology: &Topology) -> BTreeMap<u64, u64> {
+    let mut leaders = BTreeMap::new();
+    for node in &topology.nodes {
+        if let Some(status) = node_status(topology, node.id).await {
+            for replica in status.replicas.iter().filter(|r| r.is_leader) {
+                leaders.insert(replica.shard_id, node.id);
+            }
+        }
+    }
+    leaders
+}
+
+/// Waits until every group has a leader and the router (if given) accepts connections.
+pub async fn wait_ready(
+    topology: &Topology,
+    router_address: Option<&str>,
+    timeout: Duration,
+) -> Result<BTreeMap<u64, u64>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leaders = group_leaders(topology).await;
+        let router_up = router_address.is_none_or(|a| std::net::TcpStream::connect(a).is_ok());
+        let every_group_led = topology
+            .shards
+            .iter()
+            .map(|s| s.id)
+            .chain([wallet_proto::topology::META_GROUP_ID])
+            .all(|id| leaders.contains_key(&id));
+        if every_group_led && router_up {
+            return Ok(leaders);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "cluster not ready after {timeout:?}: leaders {leaders:?}, router up: {router_up}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -6,7 +6,9 @@
 //! - [`checker`]: reads a whole bank-workload history and names every anomaly it finds: lost or
 //!   double-applied transfers, traces of failed ones, wrong audit totals, negative balances, stale
 //!   reads. Its verdict goes to `results.edn`.
-//! - [`run`]: the bank workload under seeded faults on a local cluster of real processes.
+//! - [`run`]: workloads under seeded faults; [`backend`]: where the cluster runs (local processes
+//!   or Docker containers) and how faults reach it.
+pub mod backend;
 pub mod checker;
 pub mod history;
 pub mod run;

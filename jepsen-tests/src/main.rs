@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wallet_jepsen::run::{self, Nemesis, RunOptions, Workload};
+use wallet_jepsen::run::{self, BackendKind, Nemesis, RunOptions, Workload};
 use wallet_jepsen::{checker, history::History};
 
 #[derive(Parser, Debug)]
@@ -45,9 +45,9 @@ enum Commands {
         /// Where histories and results go.
         #[arg(long, default_value = "store")]
         store: PathBuf,
-        /// Only `local` so far (processes on 127.0.0.1).
-        #[arg(long, default_value = "local")]
-        backend: String,
+        /// Where the cluster runs: processes on 127.0.0.1, or containers (image wallet:dev).
+        #[arg(long, value_enum, default_value = "local")]
+        backend: BackendKind,
     },
     /// Re-check a stored history (DIR/history.jsonl); writes DIR/results.edn, prints a summary, and
     /// exits 1 when the history is invalid.
@@ -105,11 +105,9 @@ fn main() {
             store,
             backend,
         } => {
-            if backend != "local" {
-                fail(format!("backend {backend} is not built yet (local is)"));
-            }
             let exe = std::env::current_exe().unwrap_or_else(|e| fail(e.to_string()));
             let options = RunOptions {
+                backend,
                 workload,
                 time: Duration::from_secs(time),
                 concurrency: concurrency.max(1),

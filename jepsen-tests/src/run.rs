@@ -1,5 +1,6 @@
-//! `wallet-jepsen run`, local backend: the bank workload against a playground of real node and
-//! router processes on 127.0.0.1, with seeded faults, a recorded history and the checker's verdict.
+//! `wallet-jepsen run`: a workload against a cluster of real node and router processes (local or
+//! in containers, see [`crate::backend`]), with seeded faults, a recorded history and the
+//! checker's verdict.
 //!
 //! - Workload *bank*: `accounts` accounts funded with 1000 each; `concurrency` processes transfer
 //!   random amounts between random accounts and read single balances; one more process audits
@@ -23,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wallet_client::{ClientOptions, Reason, WalletClient, WalletError};
-use wallet_cluster::playground::{Playground, PlaygroundOptions};
+use wallet_cluster::playground::{group_leaders, wait_ready};
+
+use crate::backend::{Backend, Docker, Local};
 
 use crate::checker::{self, Report};
 use crate::history::{Change, FinalAccount, History, Kind, Op, Value};
@@ -37,6 +40,15 @@ pub enum Nemesis {
     Router,
     /// Restart a node with its clock up to a minute off (WALLET_CLOCK_SKEW_MS), then heal it.
     Clock,
+    /// Cut a node off the network for a while (Docker backend only).
+    Partition,
+}
+
+/// Where the cluster runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Local,
+    Docker,
 }
 
 /// What the clients do.
@@ -54,6 +66,7 @@ pub enum Workload {
 /// A run's settings.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    pub backend: BackendKind,
     pub workload: Workload,
     pub time: Duration,
     pub concurrency: usize,
@@ -125,19 +138,15 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     };
     let dir = options.store.join(name).join(stamp.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut playground = Playground::create(&PlaygroundOptions {
-        dir: dir.join("cluster"),
-        nodes: 3,
-        shards: 3,
-        replicas: 3,
-        port: 0,
-        compact_every: 500,
-        resolve_after_ms: 1000,
-        exe: options.exe.clone(),
-    })?;
-    playground.start_all()?;
-    playground.wait_ready(Duration::from_secs(60)).await?;
-    let address = playground.router_address.clone();
+    if options.backend == BackendKind::Local && options.nemeses.contains(&Nemesis::Partition) {
+        return Err("the partition nemesis needs --backend docker".into());
+    }
+    let mut cluster: Box<dyn Backend> = match options.backend {
+        BackendKind::Local => Box::new(Local::start(&dir.join("cluster"), &options.exe)?),
+        BackendKind::Docker => Box::new(Docker::start(&dir.join("cluster"), "wallet:dev")?),
+    };
+    let address = cluster.router_address();
+    wait_ready(cluster.topology(), Some(&address), Duration::from_secs(60)).await?;
     let impatient = ClientOptions {
         retry_budget: Duration::from_secs(2),
         attempt_timeout: Duration::from_secs(3),
@@ -145,11 +154,7 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     let client = WalletClient::with_options(&[address.as_str()], impatient.clone())
         .map_err(|e| e.to_string())?;
     // A second router, which the router nemesis leaves alone: where exactly-once retries go.
-    let second_address = format!(
-        "127.0.0.1:{}",
-        wallet_cluster::playground::free_port().map_err(|e| e.to_string())?
-    );
-    let mut second_router = playground.spawn_router(&second_address, "router-2", &[])?;
+    let second_address = cluster.start_second_router()?;
     let second = WalletClient::with_options(&[second_address.as_str()], impatient)
         .map_err(|e| e.to_string())?;
     let patient = WalletClient::with_options(&[address.as_str()], ClientOptions::default())
@@ -201,17 +206,18 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
         10_000,
         end,
     )));
-    let events = nemesis(&mut playground, &options, end).await;
+    let events = nemesis(cluster.as_mut(), &options, end).await;
     for worker in workers {
         let _ = worker.await;
     }
     // Heal everything, then read the final state with a patient client.
-    for id in playground.node_ids() {
-        playground.pause_node(id, false);
-        playground.start_node(id)?;
+    for id in cluster.node_ids() {
+        cluster.pause_node(id, false);
+        let _ = cluster.isolate_node(id, false);
+        cluster.start_node(id, &[])?;
     }
-    playground.start_router()?;
-    let final_value = final_read(&playground, &patient, &accounts).await;
+    cluster.start_router()?;
+    let final_value = final_read(cluster.as_ref(), &patient, &accounts).await;
     let final_kind = if final_value.is_some() {
         Kind::Ok
     } else {
@@ -232,9 +238,7 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     std::fs::write(dir.join("initial-total"), initial_total.to_string())
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.join("nemesis.edn"), events.join("\n") + "\n").map_err(|e| e.to_string())?;
-    let _ = second_router.kill();
-    let _ = second_router.wait();
-    playground.stop_all();
+    cluster.stop_all();
     // Judge what was stored, so `wallet-jepsen check DIR` gives the same verdict later.
     let stored = History::load(&dir)?;
     let report = checker::check(&stored, initial_total);
@@ -370,7 +374,7 @@ async fn audit_process(client: WalletClient, recorder: Arc<Recorder>, process: u
 }
 
 /// Injects one fault every few seconds until `end`; returns the events, EDN style.
-async fn nemesis(playground: &mut Playground, options: &RunOptions, end: Instant) -> Vec<String> {
+async fn nemesis(cluster: &mut dyn Backend, options: &RunOptions, end: Instant) -> Vec<String> {
     let mut events = Vec::new();
     let started = Instant::now();
     let mut rng = Rng(options.seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
@@ -392,46 +396,53 @@ async fn nemesis(playground: &mut Playground, options: &RunOptions, end: Instant
     tokio::time::sleep(FAULT_EVERY / 2).await;
     while Instant::now() + FAULT_LENGTH < end {
         let nemesis = options.nemeses[rng.below(options.nemeses.len() as u64) as usize];
-        let nodes = playground.node_ids();
+        let nodes = cluster.node_ids();
         let node = nodes[rng.below(nodes.len() as u64) as usize];
         match nemesis {
             Nemesis::Kill | Nemesis::Leader => {
                 let victim = if nemesis == Nemesis::Leader {
-                    let leaders = playground.leaders().await;
-                    let shard = 1 + rng.below(playground.topology.shards.len() as u64);
+                    let leaders = group_leaders(cluster.topology()).await;
+                    let shard = 1 + rng.below(cluster.topology().shards.len() as u64);
                     leaders.get(&shard).copied().unwrap_or(node)
                 } else {
                     node
                 };
-                playground.kill_node(victim);
+                cluster.kill_node(victim);
                 log(&mut events, "kill-start", victim);
                 tokio::time::sleep(FAULT_LENGTH).await;
-                let _ = playground.start_node(victim);
+                let _ = cluster.start_node(victim, &[]);
                 log(&mut events, "kill-stop", victim);
             }
             Nemesis::Pause => {
-                playground.pause_node(node, true);
+                cluster.pause_node(node, true);
                 log(&mut events, "pause-start", node);
                 tokio::time::sleep(FAULT_LENGTH).await;
-                playground.pause_node(node, false);
+                cluster.pause_node(node, false);
                 log(&mut events, "pause-stop", node);
             }
             Nemesis::Clock => {
                 let skew_ms = (rng.below(120_000) as i64) - 60_000;
                 let skew = skew_ms.to_string();
-                playground.kill_node(node);
-                let _ = playground.start_node_with_env(node, &[("WALLET_CLOCK_SKEW_MS", &skew)]);
+                cluster.kill_node(node);
+                let _ = cluster.start_node(node, &[("WALLET_CLOCK_SKEW_MS", &skew)]);
                 log(&mut events, &format!("clock-skew-start {skew_ms}"), node);
                 tokio::time::sleep(FAULT_LENGTH).await;
-                playground.kill_node(node);
-                let _ = playground.start_node(node);
+                cluster.kill_node(node);
+                let _ = cluster.start_node(node, &[]);
                 log(&mut events, "clock-skew-stop", node);
             }
+            Nemesis::Partition => {
+                let _ = cluster.isolate_node(node, true);
+                log(&mut events, "partition-start", node);
+                tokio::time::sleep(FAULT_LENGTH).await;
+                let _ = cluster.isolate_node(node, false);
+                log(&mut events, "partition-stop", node);
+            }
             Nemesis::Router => {
-                playground.kill_router();
+                cluster.kill_router();
                 log(&mut events, "router-kill", 0);
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = playground.start_router();
+                let _ = cluster.start_router();
                 log(&mut events, "router-restart", 0);
             }
         }
@@ -443,11 +454,14 @@ async fn nemesis(playground: &mut Playground, options: &RunOptions, end: Instant
 
 /// After healing: every account's balance and whole history, once no transfer is undecided.
 async fn final_read(
-    playground: &Playground,
+    cluster: &dyn Backend,
     client: &WalletClient,
     accounts: &[String],
 ) -> Option<BTreeMap<String, FinalAccount>> {
-    playground.wait_ready(Duration::from_secs(60)).await.ok()?;
+    let router = cluster.router_address();
+    wait_ready(cluster.topology(), Some(&router), Duration::from_secs(60))
+        .await
+        .ok()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut settled = true;
