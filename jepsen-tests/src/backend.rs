@@ -139,8 +139,10 @@ impl Docker {
         docker(&["image", "inspect", image]).map_err(|_| {
             format!("image {image} not found: build it first (README § Containers)")
         })?;
+        // The run's directory is store/<workload>/<time>/cluster: name containers after <time>.
         let stamp = dir
-            .file_name()
+            .parent()
+            .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let prefix = format!("wj{stamp}");
@@ -271,10 +273,8 @@ impl Backend for Docker {
     }
     fn start_node(&mut self, node_id: u64, env: &[(&str, &str)]) -> Result<(), String> {
         let name = self.node_name(node_id);
-        if env.is_empty() {
-            if docker(&["start", &name]).is_ok() {
-                return Ok(());
-            }
+        if env.is_empty() && docker(&["start", &name]).is_ok() {
+            return Ok(());
         }
         // Another environment means another container (same volume, same address).
         self.save_log(&name);
