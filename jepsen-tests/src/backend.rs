@@ -157,17 +157,24 @@ impl Docker {
             .collect();
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("cluster.toml"), topology.to_toml()).map_err(|e| e.to_string())?;
-        let backend = Docker {
+        // Bind mounts need an absolute path.
+        let dir = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
+        let mut backend = Docker {
             prefix,
             network,
             topology,
-            dir: dir.to_path_buf(),
+            dir,
             image: image.to_string(),
         };
-        for id in backend.node_ids() {
-            backend.run_node(id, &[])?;
+        let started = backend
+            .node_ids()
+            .into_iter()
+            .try_for_each(|id| backend.run_node(id, &[]))
+            .and_then(|_| backend.run_router("router", DOCKER_ROUTER_IP));
+        if let Err(e) = started {
+            backend.stop_all();
+            return Err(e);
         }
-        backend.run_router("router", DOCKER_ROUTER_IP)?;
         Ok(backend)
     }
 
