@@ -189,32 +189,34 @@ impl Docker {
         )
     }
 
-    fn run_node(&self, node_id: u64, env: &[(&str, &str)]) -> Result<(), String> {
-        let name = self.node_name(node_id);
-        let ip = format!("198.18.21.{}", 10 + node_id);
-        let volume = format!("{}-data{node_id}:/data", self.prefix);
+    /// `docker run -d` of the image as `name` at `ip`, with the cluster file mounted, extra
+    /// `docker run` options, then the command.
+    fn run_container(
+        &self,
+        name: &str,
+        ip: &str,
+        options: &[String],
+        command: &[&str],
+    ) -> Result<(), String> {
         let mount = self.cluster_mount();
-        let id = node_id.to_string();
-        let env_args: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut args = vec![
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &self.network,
-            "--ip",
-            &ip,
-            "-v",
-            &volume,
-            "-v",
-            &mount,
+        let mut args: Vec<&str> = vec!["run", "-d", "--name", name, "--network", &self.network];
+        args.extend(["--ip", ip, "-v", &mount]);
+        args.extend(options.iter().map(String::as_str));
+        args.push(&self.image);
+        args.extend(command);
+        docker(&args).map(|_| ())
+    }
+
+    fn run_node(&self, node_id: u64, env: &[(&str, &str)]) -> Result<(), String> {
+        let mut options = vec![
+            "-v".to_string(),
+            format!("{}-data{node_id}:/data", self.prefix),
         ];
-        for e in &env_args {
-            args.extend(["-e", e.as_str()]);
+        for (key, value) in env {
+            options.extend(["-e".to_string(), format!("{key}={value}")]);
         }
-        args.extend([
-            self.image.as_str(),
+        let id = node_id.to_string();
+        let command = [
             "wallet-node",
             "--id",
             &id,
@@ -228,32 +230,20 @@ impl Docker {
             "500",
             "--resolve-after-ms",
             "1000",
-        ]);
-        docker(&args).map(|_| ())
+        ];
+        let ip = format!("198.18.21.{}", 10 + node_id);
+        self.run_container(&self.node_name(node_id), &ip, &options, &command)
     }
 
     fn run_router(&self, role: &str, ip: &str) -> Result<(), String> {
-        let name = format!("{}-{role}", self.prefix);
-        let mount = self.cluster_mount();
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &self.network,
-            "--ip",
-            ip,
-            "-v",
-            &mount,
-            &self.image,
+        let command = [
             "wallet-router",
             "--cluster",
             "/etc/wallet/cluster.toml",
             "--listen",
             "0.0.0.0:7000",
-        ])
-        .map(|_| ())
+        ];
+        self.run_container(&format!("{}-{role}", self.prefix), ip, &[], &command)
     }
 
     fn containers(&self) -> Vec<String> {

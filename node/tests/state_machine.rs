@@ -1,6 +1,8 @@
 //! The pure state machine: every command and every refusal, then random command sequences checking
 //! conservation (G1), no overdraft (G5) and exactly-once (G4) after every step.
 
+mod common;
+
 use proptest::prelude::*;
 use wallet_node::state_machine::{rejection_of, StateMachine, Write, Writes};
 use wallet_proto::reason::Reason;
@@ -16,16 +18,7 @@ fn machine() -> StateMachine {
 }
 
 fn run(sm: &mut StateMachine, op: Op, request_id: &str) -> (Outcome, Writes) {
-    let mut writes = Vec::new();
-    let command = Command {
-        request_id: request_id.into(),
-        at_ms: 1_000,
-        ts: 77,
-        op: Some(op),
-    };
-    let outcome = sm.apply(&command, &mut writes);
-    sm.assert_invariants();
-    (outcome, writes)
+    common::apply_at(sm, request_id, 77, op)
 }
 
 fn create(id: &str, currency: &str, credit_limit: i64) -> Op {

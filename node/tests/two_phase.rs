@@ -1,12 +1,14 @@
 //! The state machine's side of cross-shard transfers: two shards' state machines driven step by
 //! step, including crashes between steps (a step simply never comes) and repeated steps.
 
+mod common;
+
 use proptest::prelude::*;
 use wallet_node::state_machine::{rejection_of, StateMachine, Writes};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
-    command::Op, outcome, Command, CreateAccountRequest, DepositRequest, Outcome, PrepareCredit,
+    command::Op, outcome, CreateAccountRequest, DepositRequest, Outcome, PrepareCredit,
     PrepareDebit, TransferRequest, TransferStatus, TransferStep, WithdrawRequest,
 };
 
@@ -16,16 +18,7 @@ struct Shards {
 }
 
 fn run(sm: &mut StateMachine, request_id: &str, op: Op) -> (Outcome, Writes) {
-    let mut writes = Vec::new();
-    let command = Command {
-        request_id: request_id.into(),
-        at_ms: 1_000,
-        ts: 77,
-        op: Some(op),
-    };
-    let outcome = sm.apply(&command, &mut writes);
-    sm.assert_invariants();
-    (outcome, writes)
+    common::apply_at(sm, request_id, 77, op)
 }
 
 fn status(outcome: &Outcome) -> Option<TransferStatus> {
@@ -441,14 +434,7 @@ proptest! {
 // ---------- snapshot reads ----------
 
 fn at(sm: &mut StateMachine, request_id: &str, ts: u64, op: Op) -> Outcome {
-    let mut writes = Vec::new();
-    let command = Command {
-        request_id: request_id.into(),
-        at_ms: 1_000,
-        ts,
-        op: Some(op),
-    };
-    sm.apply(&command, &mut writes)
+    common::apply_at(sm, request_id, ts, op).0
 }
 
 fn usd(report: &wallet_proto::v1::AuditReport) -> (String, String) {
