@@ -12,6 +12,9 @@ cluster/docker/make-base.sh
 cargo build --release --workspace --quiet
 docker build -q -t wallet:dev . >/dev/null
 project="walletci$$"
+# A test that was itself killed leaves its network holding the subnet: remove such leftovers
+# (docker refuses to remove a network still in use).
+docker network ls --format '{{.Name}}' | grep '^walletci.*_wallet$' | xargs -r docker network rm >/dev/null 2>&1 || true
 compose() { docker-compose -f cluster/docker-compose.yml -p "$project" "$@"; }
 trap 'compose down -v >/dev/null 2>&1 || true' EXIT
 compose up -d >/dev/null 2>&1

@@ -147,6 +147,16 @@ impl Docker {
             .unwrap_or_default();
         let prefix = format!("wj{stamp}");
         let network = format!("{prefix}-net");
+        // A run that was itself killed leaves its network holding the subnet: remove such leftovers
+        // (docker refuses to remove a network still in use, so a live run keeps its own).
+        if let Ok(names) = docker(&["network", "ls", "--format", "{{.Name}}"]) {
+            for stale in names
+                .lines()
+                .filter(|n| n.starts_with("wj") && n.ends_with("-net"))
+            {
+                let _ = docker(&["network", "rm", stale]);
+            }
+        }
         docker(&["network", "create", "--subnet", DOCKER_SUBNET, &network])?;
         let mut topology = Topology::local(3, 3, 3, 7001);
         topology.nodes = (1..=3)
