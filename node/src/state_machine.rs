@@ -439,15 +439,7 @@ impl StateMachine {
         let from = self.existing(&t.from_account_id)?;
         let to = self.existing(&t.to_account_id)?;
         let currency = from.currency.clone();
-        if from.currency != to.currency {
-            return Err((
-                Reason::CurrencyMismatch,
-                format!(
-                    "{} holds {}, {} holds {}",
-                    from.account_id, from.currency, to.account_id, to.currency
-                ),
-            ));
-        }
+        same_currency(&from.account_id, &from.currency, to)?;
         let to_balance = Self::balance_after(to, t.amount)?;
         let from_balance = match Self::balance_after(from, -t.amount) {
             Ok(balance) => balance,
@@ -553,6 +545,24 @@ impl StateMachine {
             }
         }
     }
+}
+
+/// A transfer moves money between accounts of one currency only.
+pub(crate) fn same_currency(
+    from_id: &str,
+    from_currency: &str,
+    to: &Account,
+) -> Result<(), Refusal> {
+    if from_currency == to.currency {
+        return Ok(());
+    }
+    Err((
+        Reason::CurrencyMismatch,
+        format!(
+            "{from_id} holds {from_currency}, {} holds {}",
+            to.account_id, to.currency
+        ),
+    ))
 }
 
 /// G5 on one account: what is spendable never goes below the floor; reserved and pending credits

@@ -26,7 +26,7 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
-use crate::state_machine::{reject, Refusal, StateMachine, Write, Writes};
+use crate::state_machine::{reject, same_currency, Refusal, StateMachine, Write, Writes};
 
 fn transfer_outcome(transfer: Transfer) -> Outcome {
     Outcome {
@@ -350,24 +350,11 @@ impl StateMachine {
             Ok(to) => to,
             Err(refusal) => return reject(refusal),
         };
-        if to.currency != prepare.currency {
-            return reject((
-                Reason::CurrencyMismatch,
-                format!(
-                    "{} holds {}, {} holds {}",
-                    t.from_account_id, prepare.currency, to.account_id, to.currency
-                ),
-            ));
-        }
-        let room = to
-            .balance
-            .checked_add(to.pending_credit)
-            .and_then(|v| v.checked_add(t.amount));
-        if room.is_none() {
-            return reject((
-                Reason::BalanceOverflow,
-                format!("balance of {} would overflow", to.account_id),
-            ));
+        // The credit must fit when it lands (balance + pending credits + amount).
+        let checked = same_currency(&t.from_account_id, &prepare.currency, to)
+            .and_then(|_| Self::balance_after(to, t.amount));
+        if let Err(refusal) = checked {
+            return reject(refusal);
         }
         let mut account = to.clone();
         account.pending_credit += t.amount; // fits: checked just above
