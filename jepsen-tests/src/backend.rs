@@ -1,11 +1,17 @@
 //! Where the cluster under test runs, and how faults reach it.
 //!
 //! - [`Local`]: node and router processes on 127.0.0.1 (the playground): quick, no Docker needed.
+//!   Its clock skew restarts a node with `WALLET_CLOCK_SKEW_MS` (only the timestamp oracle's clock
+//!   moves); it cannot partition the network.
 //! - [`Docker`]: each node and each router in its own container built from the project's image
 //!   (`wallet:dev`, see README § Containers), on a private Docker network with a fixed address per
-//!   host in 198.18.21.0/24. Faults are `docker kill`, `docker pause`, and — only here — network
-//!   partitions (`docker network disconnect`).
+//!   host in 198.18.21.0/24. Faults: `docker kill`, `docker pause`; partitions are iptables rules
+//!   inside each node's network namespace (the image carries iptables, nodes get `NET_ADMIN`), so
+//!   any grouping of nodes can be cut apart while the routers still reach every node; clock skew is
+//!   libfaketime preloaded into every node process, steered through a file the test rewrites, so
+//!   the whole process's wall clock jumps while it runs (monotonic time is left alone).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,15 +24,20 @@ pub trait Backend: Send {
     /// The router the workload uses (the router nemesis kills and restarts it).
     fn router_address(&self) -> String;
     fn kill_node(&mut self, node_id: u64);
-    /// (Re)starts a node, with extra environment variables if given.
-    fn start_node(&mut self, node_id: u64, env: &[(&str, &str)]) -> Result<(), String>;
+    /// Starts a node that is not running (a running node is left alone).
+    fn start_node(&mut self, node_id: u64) -> Result<(), String>;
     fn pause_node(&mut self, node_id: u64, paused: bool);
     fn kill_router(&mut self);
     fn start_router(&mut self) -> Result<(), String>;
     /// Starts a second router the nemeses leave alone; returns its address.
     fn start_second_router(&mut self) -> Result<String, String>;
-    /// Cuts a node off the network, or heals it. Not every backend can.
-    fn isolate_node(&mut self, node_id: u64, isolated: bool) -> Result<(), String>;
+    /// Cuts the network between nodes so that two nodes talk only if some group holds both
+    /// (groups may overlap: a bridge). Routers keep reaching every node.
+    fn partition(&mut self, groups: &[Vec<u64>]) -> Result<(), String>;
+    /// Removes every partition.
+    fn heal_network(&mut self) -> Result<(), String>;
+    /// Moves a node's wall clock `offset_ms` away from the true time (0 heals it).
+    fn skew_clock(&mut self, node_id: u64, offset_ms: i64) -> Result<(), String>;
     /// Stops everything and keeps every process's log under `logs/`.
     fn stop_all(&mut self);
 
@@ -35,18 +46,33 @@ pub trait Backend: Send {
     }
 }
 
+/// The pairs of nodes a partition into `groups` separates, each once (smaller id first).
+pub fn cut_pairs(nodes: &[u64], groups: &[Vec<u64>]) -> Vec<(u64, u64)> {
+    let together = |a: u64, b: u64| groups.iter().any(|g| g.contains(&a) && g.contains(&b));
+    let mut pairs = Vec::new();
+    for (i, &a) in nodes.iter().enumerate() {
+        for &b in &nodes[i + 1..] {
+            if !together(a, b) {
+                pairs.push((a.min(b), a.max(b)));
+            }
+        }
+    }
+    pairs
+}
+
 /// Processes on 127.0.0.1.
 pub struct Local {
     playground: Playground,
     second_router: Option<std::process::Child>,
+    skewed: BTreeSet<u64>,
 }
 
 impl Local {
-    pub fn start(dir: &Path, exe: &Path) -> Result<Local, String> {
+    pub fn start(dir: &Path, exe: &Path, nodes: u64) -> Result<Local, String> {
         let mut playground = Playground::create(&PlaygroundOptions {
             dir: dir.to_path_buf(),
-            nodes: 3,
-            shards: 3,
+            nodes,
+            shards: nodes,
             replicas: 3,
             port: 0,
             compact_every: 500,
@@ -57,6 +83,7 @@ impl Local {
         Ok(Local {
             playground,
             second_router: None,
+            skewed: BTreeSet::new(),
         })
     }
 }
@@ -71,8 +98,8 @@ impl Backend for Local {
     fn kill_node(&mut self, node_id: u64) {
         self.playground.kill_node(node_id);
     }
-    fn start_node(&mut self, node_id: u64, env: &[(&str, &str)]) -> Result<(), String> {
-        self.playground.start_node_with_env(node_id, env)
+    fn start_node(&mut self, node_id: u64) -> Result<(), String> {
+        self.playground.start_node_with_env(node_id, &[])
     }
     fn pause_node(&mut self, node_id: u64, paused: bool) {
         self.playground.pause_node(node_id, paused);
@@ -89,11 +116,28 @@ impl Backend for Local {
         self.second_router = Some(self.playground.spawn_router(&address, "router-2", &[])?);
         Ok(address)
     }
-    fn isolate_node(&mut self, _node_id: u64, _isolated: bool) -> Result<(), String> {
+    fn partition(&mut self, _groups: &[Vec<u64>]) -> Result<(), String> {
         Err(
             "the local backend cannot partition processes on 127.0.0.1; use --backend docker"
                 .into(),
         )
+    }
+    fn heal_network(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn skew_clock(&mut self, node_id: u64, offset_ms: i64) -> Result<(), String> {
+        if offset_ms == 0 && !self.skewed.remove(&node_id) {
+            return Ok(());
+        }
+        // A process's environment is fixed at its start: restart it with the skew.
+        self.playground.kill_node(node_id);
+        if offset_ms == 0 {
+            return self.playground.start_node_with_env(node_id, &[]);
+        }
+        self.skewed.insert(node_id);
+        let skew = offset_ms.to_string();
+        self.playground
+            .start_node_with_env(node_id, &[("WALLET_CLOCK_SKEW_MS", &skew)])
     }
     fn stop_all(&mut self) {
         if let Some(mut router) = self.second_router.take() {
@@ -116,6 +160,12 @@ pub struct Docker {
 const DOCKER_SUBNET: &str = "198.18.21.0/24";
 const DOCKER_ROUTER_IP: &str = "198.18.21.10";
 const DOCKER_SECOND_ROUTER_IP: &str = "198.18.21.9";
+/// Inside a node container: the offset libfaketime applies ("+30", "-12"; seconds).
+const FAKETIME_FILE: &str = "/tmp/faketime";
+
+fn node_ip(node_id: u64) -> String {
+    format!("198.18.21.{}", 10 + node_id)
+}
 
 fn docker(args: &[&str]) -> Result<String, String> {
     let out = Command::new("docker")
@@ -135,7 +185,7 @@ fn docker(args: &[&str]) -> Result<String, String> {
 
 impl Docker {
     /// Creates the network and starts 3 nodes × 3 shards and a router from `image`.
-    pub fn start(dir: &Path, image: &str) -> Result<Docker, String> {
+    pub fn start(dir: &Path, image: &str, nodes: u64) -> Result<Docker, String> {
         docker(&["image", "inspect", image]).map_err(|_| {
             format!("image {image} not found: build it first (README § Containers)")
         })?;
@@ -158,11 +208,11 @@ impl Docker {
             }
         }
         docker(&["network", "create", "--subnet", DOCKER_SUBNET, &network])?;
-        let mut topology = Topology::local(3, 3, 3, 7001);
-        topology.nodes = (1..=3)
+        let mut topology = Topology::local(nodes, nodes, 3, 7001);
+        topology.nodes = (1..=nodes)
             .map(|id| NodeSpec {
                 id,
-                address: format!("198.18.21.{}:7001", 10 + id),
+                address: format!("{}:7001", node_ip(id)),
             })
             .collect();
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
@@ -179,7 +229,7 @@ impl Docker {
         let started = backend
             .node_ids()
             .into_iter()
-            .try_for_each(|id| backend.run_node(id, &[]))
+            .try_for_each(|id| backend.run_node(id))
             .and_then(|_| backend.run_router("router", DOCKER_ROUTER_IP));
         if let Err(e) = started {
             backend.stop_all();
@@ -217,12 +267,26 @@ impl Docker {
         docker(&args).map(|_| ())
     }
 
-    fn run_node(&self, node_id: u64, env: &[(&str, &str)]) -> Result<(), String> {
+    fn run_node(&self, node_id: u64) -> Result<(), String> {
         let mut options = vec![
             "-v".to_string(),
             format!("{}-data{node_id}:/data", self.prefix),
+            // iptables inside the node's own network namespace (partitions).
+            "--cap-add".to_string(),
+            "NET_ADMIN".to_string(),
         ];
-        for (key, value) in env {
+        // The wall clock of the whole process follows FAKETIME_FILE (absent: the true time),
+        // re-read every second; tokio's timers use the monotonic clock, which stays true.
+        let faketime = format!(
+            "/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1",
+            std::env::consts::ARCH
+        );
+        for (key, value) in [
+            ("LD_PRELOAD", faketime.as_str()),
+            ("FAKETIME_TIMESTAMP_FILE", FAKETIME_FILE),
+            ("FAKETIME_CACHE_DURATION", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ] {
             options.extend(["-e".to_string(), format!("{key}={value}")]);
         }
         let id = node_id.to_string();
@@ -241,8 +305,12 @@ impl Docker {
             "--resolve-after-ms",
             "1000",
         ];
-        let ip = format!("198.18.21.{}", 10 + node_id);
-        self.run_container(&self.node_name(node_id), &ip, &options, &command)
+        self.run_container(
+            &self.node_name(node_id),
+            &node_ip(node_id),
+            &options,
+            &command,
+        )
     }
 
     fn run_router(&self, role: &str, ip: &str) -> Result<(), String> {
@@ -278,15 +346,8 @@ impl Backend for Docker {
     fn kill_node(&mut self, node_id: u64) {
         let _ = docker(&["kill", &self.node_name(node_id)]);
     }
-    fn start_node(&mut self, node_id: u64, env: &[(&str, &str)]) -> Result<(), String> {
-        let name = self.node_name(node_id);
-        if env.is_empty() && docker(&["start", &name]).is_ok() {
-            return Ok(());
-        }
-        // Another environment means another container (same volume, same address).
-        self.save_log(&name);
-        let _ = docker(&["rm", "-f", &name]);
-        self.run_node(node_id, env)
+    fn start_node(&mut self, node_id: u64) -> Result<(), String> {
+        docker(&["start", &self.node_name(node_id)]).map(|_| ())
     }
     fn pause_node(&mut self, node_id: u64, paused: bool) {
         let _ = docker(&[
@@ -304,14 +365,39 @@ impl Backend for Docker {
         self.run_router("router2", DOCKER_SECOND_ROUTER_IP)?;
         Ok(format!("{DOCKER_SECOND_ROUTER_IP}:7000"))
     }
-    fn isolate_node(&mut self, node_id: u64, isolated: bool) -> Result<(), String> {
-        let name = self.node_name(node_id);
-        if isolated {
-            docker(&["network", "disconnect", "-f", &self.network, &name]).map(|_| ())
-        } else {
-            let ip = format!("198.18.21.{}", 10 + node_id);
-            docker(&["network", "connect", "--ip", &ip, &self.network, &name]).map(|_| ())
+    fn partition(&mut self, groups: &[Vec<u64>]) -> Result<(), String> {
+        let nodes = self.node_ids();
+        let pairs = cut_pairs(&nodes, groups);
+        for node in nodes {
+            // Each side drops what the other sends: no packet crosses either way.
+            let rules: Vec<String> = pairs
+                .iter()
+                .filter_map(|&(a, b)| match node {
+                    n if n == a => Some(b),
+                    n if n == b => Some(a),
+                    _ => None,
+                })
+                .map(|peer| format!("iptables -A INPUT -s {} -j DROP", node_ip(peer)))
+                .collect();
+            if !rules.is_empty() {
+                self.exec(node, &rules.join(" && "))?;
+            }
         }
+        Ok(())
+    }
+    fn heal_network(&mut self) -> Result<(), String> {
+        for node in self.node_ids() {
+            match self.exec(node, "iptables -F INPUT") {
+                // A stopped container's rules went with its network namespace.
+                Err(e) if !e.contains("is not running") => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    fn skew_clock(&mut self, node_id: u64, offset_ms: i64) -> Result<(), String> {
+        let seconds = offset_ms / 1000;
+        self.exec(node_id, &format!("echo {seconds:+} > {FAKETIME_FILE}"))
     }
     fn stop_all(&mut self) {
         for name in self.containers() {
@@ -328,6 +414,11 @@ impl Backend for Docker {
 }
 
 impl Docker {
+    /// Runs a shell command inside a node's container.
+    fn exec(&self, node_id: u64, command: &str) -> Result<(), String> {
+        docker(&["exec", &self.node_name(node_id), "sh", "-c", command]).map(|_| ())
+    }
+
     /// Appends a container's output to `logs/<name>.log`.
     fn save_log(&self, name: &str) {
         if let Ok(out) = Command::new("docker").args(["logs", name]).output() {

@@ -12,11 +12,16 @@
 //! | `stale-read` | a read missed a change acknowledged before it began |
 //! | `future-read` | a read saw a change that began only after it ended |
 //! | `impossible-read` | a read's value is no state the account ever had |
+//! | `read-went-back` | a read saw an older state than a read that ended before it began |
+//! | `reordered-writes` | an account applied a transfer before one acknowledged before it began |
 //! | `final-read-failed` | the cluster did not serve the final read after healing |
 //!
 //! Reads are checked for linearizability per account: the final read lists each account's changes
-//! in the order they applied; a read must return the balance after some prefix of them that holds
-//! every change acknowledged before the read began and none begun after it ended.
+//! in the order they applied (the total order linearizability needs; `reordered-writes` checks it
+//! against real time); a read must return the balance after some prefix of them that holds every
+//! change acknowledged before the read began and none begun after it ended, and reads ordered in
+//! real time must see prefixes in the same order (each read is given the oldest prefix it could
+//! have seen, which leaves the most room to the reads after it, so a failure is a real one).
 
 use std::collections::BTreeMap;
 
@@ -113,6 +118,14 @@ struct TransferOutcome {
     /// Completion time of the first `ok`.
     ok_at: Option<u64>,
     failed: bool,
+}
+
+/// An ok read and the states of its account it may have seen (prefix lengths, oldest first).
+struct ReadSeen {
+    begin: u64,
+    end: u64,
+    value: i64,
+    states: Vec<usize>,
 }
 
 fn f_name(value: &Value) -> &'static str {
@@ -247,7 +260,33 @@ pub fn check(history: &History, initial_total: i128) -> Report {
             );
         }
     }
-    // Reads: linearizable per account.
+    // Writes: an account applies its transfers in an order that respects real time.
+    for (account, a) in finals {
+        let mut latest_invoke: Option<(u64, &str)> = None;
+        for c in &a.changes {
+            let Some(t) = transfers.get(&c.id) else {
+                continue;
+            };
+            if let (Some(ok_at), Some((invoked, earlier))) = (t.ok_at, latest_invoke) {
+                if ok_at < invoked {
+                    flag(
+                        "reordered-writes",
+                        format!(
+                            "{account} applied {earlier} before {}, which was acknowledged before {earlier} began",
+                            c.id
+                        ),
+                    );
+                }
+            }
+            if latest_invoke.is_none_or(|(t0, _)| t.first_invoke > t0) {
+                latest_invoke = Some((t.first_invoke, &c.id));
+            }
+        }
+    }
+    // Reads: linearizable per account. Each read must see a state of the account (a prefix of its
+    // changes) between what was acknowledged before it began and what began after it ended, and a
+    // read that began after another ended must not see an older state.
+    let mut reads: BTreeMap<&str, Vec<ReadSeen>> = BTreeMap::new();
     for (invoke, done) in &completed {
         if let (
             Value::Read { account, .. },
@@ -272,7 +311,7 @@ pub fn check(history: &History, initial_total: i128) -> Report {
                 );
                 continue;
             };
-            check_read(
+            let states = check_read(
                 account,
                 a,
                 &transfers,
@@ -281,13 +320,50 @@ pub fn check(history: &History, initial_total: i128) -> Report {
                 *v,
                 &mut flag,
             );
+            if !states.is_empty() {
+                reads.entry(account).or_default().push(ReadSeen {
+                    begin: invoke.time,
+                    end: done.time,
+                    value: *v,
+                    states,
+                });
+            }
+        }
+    }
+    for (account, mut list) in reads {
+        list.sort_by_key(|r| r.begin);
+        // Greedy: each read takes the oldest state it may have seen, given the reads before it.
+        let mut chosen: Vec<(u64, usize)> = Vec::with_capacity(list.len());
+        for ReadSeen {
+            begin,
+            end,
+            value,
+            states,
+        } in list
+        {
+            let floor = chosen
+                .iter()
+                .filter(|(ended, _)| *ended < begin)
+                .map(|(_, state)| *state)
+                .max()
+                .unwrap_or(0);
+            match states.iter().find(|s| **s >= floor) {
+                Some(state) => chosen.push((end, *state)),
+                None => flag(
+                    "read-went-back",
+                    format!(
+                        "read of {account} returned {value}, a state older than an earlier read had already seen (state {floor})"
+                    ),
+                ),
+            }
         }
     }
     report.counts = counts;
     report
 }
 
-/// One read of `account` over [`begin`, `end`] that returned `value`.
+/// One read of `account` over [`begin`, `end`] that returned `value`: the states (prefix lengths
+/// of the account's changes) it may have seen, or none, flagged.
 fn check_read(
     account: &str,
     a: &FinalAccount,
@@ -296,7 +372,7 @@ fn check_read(
     end: u64,
     value: i64,
     flag: &mut impl FnMut(&'static str, String),
-) {
+) -> Vec<usize> {
     // Balance after each prefix of the account's changes (prefix 0: before any change).
     let mut states = vec![0i64];
     states.extend(a.changes.iter().map(|c| c.balance_after));
@@ -323,8 +399,11 @@ fn check_read(
         .map(|(i, _)| i)
         .min()
         .unwrap_or(a.changes.len());
-    if (lowest..=highest).any(|i| states.get(i) == Some(&value)) {
-        return;
+    let possible: Vec<usize> = (lowest..=highest)
+        .filter(|i| states.get(*i) == Some(&value))
+        .collect();
+    if !possible.is_empty() {
+        return possible;
     }
     let seen_at: Vec<usize> = (0..states.len()).filter(|i| states[*i] == value).collect();
     let (name, when) = if seen_at.iter().any(|i| *i < lowest) {
@@ -340,6 +419,7 @@ fn check_read(
             "read of {account} returned {value}: {when} (allowed prefixes {lowest}..={highest})"
         ),
     );
+    Vec::new()
 }
 
 #[cfg(test)]
@@ -579,6 +659,40 @@ mod tests {
             &[("fund", 100), ("t1", 30)],
         ));
         assert!(check(&h, 200).valid());
+    }
+
+    #[test]
+    fn a_read_that_goes_back_in_time_is_caught() {
+        // t1 is in flight across both reads: each alone may or may not see it, but the second
+        // read began after the first one saw it, so it cannot see the older balance.
+        let mut b = Builder::default();
+        let v = Value::Transfer {
+            id: "t1".into(),
+            from: "a".into(),
+            to: "b".into(),
+            amount: 30,
+        };
+        b.op(1, Kind::Invoke, v.clone());
+        b.read(2, "a", 70).read(3, "a", 100);
+        b.op(1, Kind::Ok, v);
+        let h = b.finish(finals(
+            &[("fund", 100), ("t1", -30)],
+            &[("fund", 100), ("t1", 30)],
+        ));
+        assert_eq!(names(&h), ["read-went-back"]);
+    }
+
+    #[test]
+    fn writes_applied_against_real_time_are_caught() {
+        // t1 was acknowledged before t2 began, yet a applied t2 first.
+        let h = Builder::default()
+            .transfer(1, "t1", "a", "b", 10, Kind::Ok)
+            .transfer(2, "t2", "a", "b", 20, Kind::Ok)
+            .finish(finals(
+                &[("fund", 100), ("t2", -20), ("t1", -10)],
+                &[("fund", 100), ("t1", 10), ("t2", 20)],
+            ));
+        assert_eq!(names(&h), ["reordered-writes"]);
     }
 
     #[test]

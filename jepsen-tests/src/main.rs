@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wallet_jepsen::run::{self, BackendKind, Nemesis, RunOptions, Workload};
-use wallet_jepsen::{checker, history::History};
+use wallet_jepsen::nemesis::{self, Nemesis};
+use wallet_jepsen::run::{self, BackendKind, RunOptions, Workload};
+use wallet_jepsen::{checker, history::History, plots};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Chaos harness of the wallet store")]
@@ -16,13 +17,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Commands {
-    /// Run the bank workload under faults on a local cluster (real processes on 127.0.0.1), then
-    /// check the history; exits 1 when it is invalid.
+    /// Run a workload under faults on a real cluster (processes on 127.0.0.1, or containers),
+    /// then check the history and draw it; exits 1 when it is invalid.
     Run {
         /// What the clients do.
         #[arg(long, value_enum, default_value = "bank")]
         workload: Workload,
-        /// Faults, comma-separated.
+        /// Faults, comma-separated (partition needs --backend docker).
         #[arg(
             long,
             value_enum,
@@ -36,6 +37,9 @@ enum Commands {
         /// Client processes.
         #[arg(long, default_value_t = 10)]
         concurrency: usize,
+        /// Nodes in the cluster (as many shards, 3 replicas each).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(3..=9))]
+        nodes: u64,
         /// Bank accounts.
         #[arg(long, default_value_t = 8)]
         accounts: usize,
@@ -49,8 +53,8 @@ enum Commands {
         #[arg(long, value_enum, default_value = "local")]
         backend: BackendKind,
     },
-    /// Re-check a stored history (DIR/history.jsonl); writes DIR/results.edn, prints a summary, and
-    /// exits 1 when the history is invalid.
+    /// Re-check a stored history (DIR/history.jsonl); writes DIR/results.edn, redraws the
+    /// pictures, prints a summary, and exits 1 when the history is invalid.
     Check {
         dir: PathBuf,
         /// Money put into the accounts before the history began (default: DIR/initial-total).
@@ -92,6 +96,11 @@ fn main() {
             if let Err(e) = std::fs::write(dir.join("results.edn"), report.to_edn()) {
                 eprintln!("wallet-jepsen: cannot write results.edn: {e}");
             }
+            let events = nemesis::load(&dir).unwrap_or_else(|e| fail(e));
+            match plots::draw(&dir, &history, &events) {
+                Ok(paths) => println!("pictures: {}", paths.join(", ")),
+                Err(e) => println!("pictures skipped: {e}"),
+            }
             print!("{}", report.summary());
             std::process::exit(if report.valid() { 0 } else { 1 });
         }
@@ -100,6 +109,7 @@ fn main() {
             nemesis,
             time,
             concurrency,
+            nodes,
             accounts,
             seed,
             store,
@@ -113,6 +123,7 @@ fn main() {
                 concurrency: concurrency.max(1),
                 accounts: accounts.max(2),
                 nemeses: nemesis,
+                nodes,
                 seed,
                 store,
                 exe,

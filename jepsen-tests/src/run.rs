@@ -8,15 +8,12 @@
 //!   and its process is replaced by a new one, as in Jepsen. *exactly-once*: the same, but an
 //!   unknown transfer is retried with the same id through a second router until its outcome is
 //!   known. *hot-account*: every transfer pays 1 into the first account.
-//! - Nemeses (seeded schedule, one fault at a time, every fault healed before the final read):
-//!   `kill` (kill -9 a random node, restart it 3 s later), `leader` (kill -9 a shard's leader),
-//!   `pause` (SIGSTOP a node for 3 s), `router` (kill -9 the router, restart it), `clock`
-//!   (restart a node with its clock up to a minute off, for 3 s; the timestamp oracle must stay
-//!   monotonic when such a node leads the meta group).
+//! - Faults come from [`crate::nemesis`] while the workload runs.
 //! - After the faults heal: every process restarted, transfers settled, then one final read of
 //!   every account's balance and whole history. Everything goes to
-//!   `store/<workload>/<time>/`: `history.edn`, `history.jsonl`, `initial-total`, `nemesis.edn`,
-//!   `results.edn`, and the cluster's logs under `cluster/logs/`.
+//!   `store/<workload>/<time>/`: `history.edn`, `history.jsonl`, `initial-total`, `nemesis.edn`
+//!   (+ `.jsonl`), `results.edn`, `latency-raw.png`, `rate.png`, and the cluster's logs under
+//!   `cluster/logs/`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,25 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wallet_client::{ClientOptions, Reason, WalletClient, WalletError};
-use wallet_cluster::playground::{group_leaders, wait_ready};
+use wallet_cluster::playground::wait_ready;
 
 use crate::backend::{Backend, Docker, Local};
+use crate::nemesis::{self, Nemesis, Rng};
+use crate::plots;
 
 use crate::checker::{self, Report};
 use crate::history::{Change, FinalAccount, History, Kind, Op, Value};
-
-/// Faults the local backend can inject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Nemesis {
-    Kill,
-    Leader,
-    Pause,
-    Router,
-    /// Restart a node with its clock up to a minute off (WALLET_CLOCK_SKEW_MS), then heal it.
-    Clock,
-    /// Cut a node off the network for a while (Docker backend only).
-    Partition,
-}
 
 /// Where the cluster runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +58,8 @@ pub struct RunOptions {
     pub concurrency: usize,
     pub accounts: usize,
     pub nemeses: Vec<Nemesis>,
+    /// Nodes in the cluster (as many shards, 3 replicas each).
+    pub nodes: u64,
     pub seed: u64,
     pub store: PathBuf,
     /// Executable with `node` / `router` subcommands (this binary).
@@ -79,20 +67,6 @@ pub struct RunOptions {
 }
 
 const FUNDS: i64 = 1000;
-const FAULT_EVERY: Duration = Duration::from_secs(5);
-const FAULT_LENGTH: Duration = Duration::from_secs(3);
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
 
 /// The history being recorded, shared by the processes.
 struct Recorder {
@@ -142,8 +116,16 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
         return Err("the partition nemesis needs --backend docker".into());
     }
     let mut cluster: Box<dyn Backend> = match options.backend {
-        BackendKind::Local => Box::new(Local::start(&dir.join("cluster"), &options.exe)?),
-        BackendKind::Docker => Box::new(Docker::start(&dir.join("cluster"), "wallet:dev")?),
+        BackendKind::Local => Box::new(Local::start(
+            &dir.join("cluster"),
+            &options.exe,
+            options.nodes,
+        )?),
+        BackendKind::Docker => Box::new(Docker::start(
+            &dir.join("cluster"),
+            "wallet:dev",
+            options.nodes,
+        )?),
     };
     let address = cluster.router_address();
     wait_ready(cluster.topology(), Some(&address), Duration::from_secs(60)).await?;
@@ -206,16 +188,24 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
         10_000,
         end,
     )));
-    let events = nemesis(cluster.as_mut(), &options, end).await;
+    let events = nemesis::run(
+        cluster.as_mut(),
+        &options.nemeses,
+        options.seed,
+        recorder.started,
+        end,
+    )
+    .await;
     for worker in workers {
         let _ = worker.await;
     }
     // Heal everything, then read the final state with a patient client.
     for id in cluster.node_ids() {
         cluster.pause_node(id, false);
-        let _ = cluster.isolate_node(id, false);
-        cluster.start_node(id, &[])?;
+        cluster.start_node(id)?;
+        cluster.skew_clock(id, 0)?;
     }
+    cluster.heal_network()?;
     cluster.start_router()?;
     let final_value = final_read(cluster.as_ref(), &patient, &accounts).await;
     let final_kind = if final_value.is_some() {
@@ -237,12 +227,16 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     history.save(&dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("initial-total"), initial_total.to_string())
         .map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("nemesis.edn"), events.join("\n") + "\n").map_err(|e| e.to_string())?;
+    nemesis::save(&dir, &events).map_err(|e| e.to_string())?;
     cluster.stop_all();
     // Judge what was stored, so `wallet-jepsen check DIR` gives the same verdict later.
     let stored = History::load(&dir)?;
     let report = checker::check(&stored, initial_total);
     std::fs::write(dir.join("results.edn"), report.to_edn()).map_err(|e| e.to_string())?;
+    match plots::draw(&dir, &stored, &events) {
+        Ok(paths) => println!("pictures: {}", paths.join(", ")),
+        Err(e) => println!("pictures skipped: {e}"),
+    }
     Ok((dir, report))
 }
 
@@ -371,85 +365,6 @@ async fn audit_process(client: WalletClient, recorder: Arc<Recorder>, process: u
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Injects one fault every few seconds until `end`; returns the events, EDN style.
-async fn nemesis(cluster: &mut dyn Backend, options: &RunOptions, end: Instant) -> Vec<String> {
-    let mut events = Vec::new();
-    let started = Instant::now();
-    let mut rng = Rng(options.seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
-    let log = |events: &mut Vec<String>, what: &str, node: u64| {
-        let line = format!(
-            "{{:time {} :nemesis :{what} :node {node}}}",
-            started.elapsed().as_nanos()
-        );
-        println!(
-            "nemesis: {what} node {node} at {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        events.push(line);
-    };
-    if options.nemeses.is_empty() {
-        tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
-        return events;
-    }
-    tokio::time::sleep(FAULT_EVERY / 2).await;
-    while Instant::now() + FAULT_LENGTH < end {
-        let nemesis = options.nemeses[rng.below(options.nemeses.len() as u64) as usize];
-        let nodes = cluster.node_ids();
-        let node = nodes[rng.below(nodes.len() as u64) as usize];
-        match nemesis {
-            Nemesis::Kill | Nemesis::Leader => {
-                let victim = if nemesis == Nemesis::Leader {
-                    let leaders = group_leaders(cluster.topology()).await;
-                    let shard = 1 + rng.below(cluster.topology().shards.len() as u64);
-                    leaders.get(&shard).copied().unwrap_or(node)
-                } else {
-                    node
-                };
-                cluster.kill_node(victim);
-                log(&mut events, "kill-start", victim);
-                tokio::time::sleep(FAULT_LENGTH).await;
-                let _ = cluster.start_node(victim, &[]);
-                log(&mut events, "kill-stop", victim);
-            }
-            Nemesis::Pause => {
-                cluster.pause_node(node, true);
-                log(&mut events, "pause-start", node);
-                tokio::time::sleep(FAULT_LENGTH).await;
-                cluster.pause_node(node, false);
-                log(&mut events, "pause-stop", node);
-            }
-            Nemesis::Clock => {
-                let skew_ms = (rng.below(120_000) as i64) - 60_000;
-                let skew = skew_ms.to_string();
-                cluster.kill_node(node);
-                let _ = cluster.start_node(node, &[("WALLET_CLOCK_SKEW_MS", &skew)]);
-                log(&mut events, &format!("clock-skew-start {skew_ms}"), node);
-                tokio::time::sleep(FAULT_LENGTH).await;
-                cluster.kill_node(node);
-                let _ = cluster.start_node(node, &[]);
-                log(&mut events, "clock-skew-stop", node);
-            }
-            Nemesis::Partition => {
-                let _ = cluster.isolate_node(node, true);
-                log(&mut events, "partition-start", node);
-                tokio::time::sleep(FAULT_LENGTH).await;
-                let _ = cluster.isolate_node(node, false);
-                log(&mut events, "partition-stop", node);
-            }
-            Nemesis::Router => {
-                cluster.kill_router();
-                log(&mut events, "router-kill", 0);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = cluster.start_router();
-                log(&mut events, "router-restart", 0);
-            }
-        }
-        tokio::time::sleep(FAULT_EVERY - FAULT_LENGTH).await;
-    }
-    tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
-    events
 }
 
 /// After healing: every account's balance and whole history, once no transfer is undecided.

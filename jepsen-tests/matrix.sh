@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every nemesis alone, then all of them together, against the bank workload on the Docker backend:
+# one line per run (verdict, operation counts, store directory). Exits 1 if any run is invalid.
+# Needs the image wallet:dev (README § Containers). TIME and SEED may be set in the environment.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TIME=${TIME:-90}
+SEED=${SEED:-31}
+BACKEND=${BACKEND:-docker}
+cargo build -q --release -p wallet-jepsen || exit 2
+failed=0
+for nemesis in kill leader pause partition clock router kill,leader,pause,partition,clock,router; do
+  log=$(mktemp)
+  ./target/release/wallet-jepsen run --backend "$BACKEND" --nemesis "$nemesis" --time "$TIME" \
+    --concurrency 10 --seed "$SEED" --store store >"$log" 2>&1
+  status=$?
+  verdict=$(grep -E '^valid|^INVALID' "$log" | head -1)
+  transfers=$(awk '$1 == "transfer" {print $2 " ok / " $3 " fail / " $4 " info"}' "$log")
+  faults=$(grep -c 'nemesis: .* start' "$log")
+  store=$(sed -n 's/^store: //p' "$log")
+  printf '%-42s %-22s transfers %-28s faults %-3s %s\n' "$nemesis" "${verdict:-error (exit $status)}" \
+    "$transfers" "$faults" "$store"
+  [ "$status" -eq 0 ] || { failed=1; tail -20 "$log"; }
+  rm -f "$log"
+done
+exit $failed
