@@ -177,15 +177,18 @@ pub async fn run(
         let node = nodes[rng.below(nodes.len() as u64) as usize];
         match nemesis {
             Nemesis::Kill | Nemesis::Leader => {
-                let victims = if nemesis == Nemesis::Leader {
+                let (victims, detail) = if nemesis == Nemesis::Leader {
                     let leaders = group_leaders(cluster.topology()).await;
                     // Group 0 is the meta group (timestamp oracle).
                     let group = rng.below(cluster.topology().shards.len() as u64 + 1);
-                    vec![leaders.get(&group).copied().unwrap_or(node)]
+                    let leader = leaders.get(&group).copied().unwrap_or(node);
+                    (vec![leader], format!("leader of group {group} [{leader}]"))
                 } else {
-                    kill_targets(&mut rng, &nodes)
+                    let victims = kill_targets(&mut rng, &nodes);
+                    let detail = list(&victims);
+                    (victims, detail)
                 };
-                log("kill", true, list(&victims));
+                log("kill", true, detail.clone());
                 for &victim in &victims {
                     cluster.kill_node(victim);
                 }
@@ -195,7 +198,7 @@ pub async fn run(
                         println!("nemesis: restarting node {victim}: {e}");
                     }
                 }
-                log("kill", false, list(&victims));
+                log("kill", false, detail);
             }
             Nemesis::Pause => {
                 log("pause", true, list(&[node]));
