@@ -15,6 +15,7 @@
 //! | `read-went-back` | a read saw an older state than a read that ended before it began |
 //! | `reordered-writes` | an account applied a transfer before one acknowledged before it began |
 //! | `final-read-failed` | the cluster did not serve the final read after healing |
+//! | `slow-recovery` | the final read came more than [`RECOVERY_BOUND_S`] after healing |
 //!
 //! Reads are checked for linearizability per account: the final read lists each account's changes
 //! in the order they applied (the total order linearizability needs; `reordered-writes` checks it
@@ -40,7 +41,12 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// (f, outcome) → count.
     pub counts: BTreeMap<(String, String), u64>,
+    /// Seconds from the end of the faults to the final read's answer.
+    pub recovery_s: Option<f64>,
 }
+
+/// The cluster must serve the final read within this long after every fault healed.
+pub const RECOVERY_BOUND_S: f64 = 60.0;
 
 impl Report {
     pub fn valid(&self) -> bool {
@@ -74,7 +80,11 @@ impl Report {
         for ((f, kind), n) in &self.counts {
             out.push_str(&format!("[:{f} :{kind}] {n} "));
         }
-        out.push_str("}}\n");
+        out.push('}');
+        if let Some(r) = self.recovery_s {
+            out.push_str(&format!("\n :recovery-s {r:.3}"));
+        }
+        out.push_str("}\n");
         out
     }
 
@@ -96,6 +106,9 @@ impl Report {
                 n("fail"),
                 n("info")
             ));
+        }
+        if let Some(r) = self.recovery_s {
+            out.push_str(&format!("served again {r:.1} s after the faults healed\n"));
         }
         if self.valid() {
             out.push_str("valid: no anomaly\n");
@@ -157,6 +170,7 @@ pub fn check(history: &History, initial_total: i128) -> Report {
     let mut transfers: BTreeMap<String, TransferOutcome> = BTreeMap::new();
     let mut finals: Option<&BTreeMap<String, FinalAccount>> = None;
     let mut final_attempted = false;
+    let mut recovery_s = None;
     for (invoke, done) in &completed {
         let kind = format!("{:?}", done.kind).to_lowercase();
         *counts
@@ -195,6 +209,17 @@ pub fn check(history: &History, initial_total: i128) -> Report {
                 final_attempted = true;
                 if done.kind == Kind::Ok {
                     finals = accounts.as_ref();
+                    // The final read is invoked as soon as every fault healed.
+                    let recovery = done.time.saturating_sub(invoke.time) as f64 / 1e9;
+                    recovery_s = Some(recovery);
+                    if recovery > RECOVERY_BOUND_S {
+                        flag(
+                            "slow-recovery",
+                            format!(
+                                "the final read answered {recovery:.1} s after healing (bound {RECOVERY_BOUND_S} s)"
+                            ),
+                        );
+                    }
                 }
             }
             _ => {}
@@ -208,6 +233,7 @@ pub fn check(history: &History, initial_total: i128) -> Report {
             );
         }
         report.counts = counts;
+        report.recovery_s = recovery_s;
         return report;
     };
     // Balances: never negative, and adding up.
@@ -359,6 +385,7 @@ pub fn check(history: &History, initial_total: i128) -> Report {
         }
     }
     report.counts = counts;
+    report.recovery_s = recovery_s;
     report
 }
 
@@ -499,6 +526,11 @@ mod tests {
 
         fn finish(&mut self, accounts: BTreeMap<String, FinalAccount>) -> History {
             self.op(0, Kind::Invoke, Value::Final { accounts: None });
+            self.finish_read(accounts)
+        }
+
+        /// Completes a final read already invoked.
+        fn finish_read(&mut self, accounts: BTreeMap<String, FinalAccount>) -> History {
             self.op(
                 0,
                 Kind::Ok,
@@ -693,6 +725,21 @@ mod tests {
                 &[("fund", 100), ("t1", 10), ("t2", 20)],
             ));
         assert_eq!(names(&h), ["reordered-writes"]);
+    }
+
+    #[test]
+    fn a_cluster_slow_to_serve_after_healing_is_caught() {
+        let mut b = Builder::default();
+        b.transfer(1, "t1", "a", "b", 30, Kind::Ok);
+        b.op(0, Kind::Invoke, Value::Final { accounts: None });
+        b.clock += 61_000_000_000;
+        let h = b.finish_read(finals(
+            &[("fund", 100), ("t1", -30)],
+            &[("fund", 100), ("t1", 30)],
+        ));
+        let report = check(&h, 200);
+        assert_eq!(report.names(), ["slow-recovery"]);
+        assert!(report.recovery_s.is_some_and(|r| r > 61.0));
     }
 
     #[test]
