@@ -35,7 +35,7 @@ struct ClusterShape {
     #[arg(long, default_value_t = 10_000)]
     compact_every: u64,
     /// Resolve cross-shard transfers whose router died after this many ms.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10_000)]
     resolve_after_ms: u64,
 }
 

@@ -28,7 +28,7 @@ pub struct NodeArgs {
     #[arg(long, env = "WALLET_COMPACT_EVERY", default_value_t = 10_000)]
     pub compact_every: u64,
     /// Resolve a cross-shard transfer left undecided (its router died) after this many ms.
-    #[arg(long, env = "WALLET_RESOLVE_AFTER_MS", default_value_t = 2000)]
+    #[arg(long, env = "WALLET_RESOLVE_AFTER_MS", default_value_t = 10_000)]
     pub resolve_after_ms: u64,
 }
 
