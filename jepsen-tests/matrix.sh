@@ -18,8 +18,9 @@ for nemesis in kill leader pause partition clock router kill,leader,pause,partit
   transfers=$(awk '$1 == "transfer" {print $2 " ok / " $3 " fail / " $4 " info"}' "$log")
   faults=$(grep -c 'nemesis: .* start' "$log")
   store=$(sed -n 's/^store: //p' "$log")
-  printf '%-42s %-22s transfers %-28s faults %-3s %s\n' "$nemesis" "${verdict:-error (exit $status)}" \
-    "$transfers" "$faults" "$store"
+  recovery=$(sed -n 's/^served again \([0-9.]*\) s.*/\1 s/p' "$log")
+  printf '%-42s %-22s transfers %-28s faults %-3s recovery %-7s %s\n' "$nemesis" \
+    "${verdict:-error (exit $status)}" "$transfers" "$faults" "${recovery:--}" "$store"
   [ "$status" -eq 0 ] || { failed=1; tail -20 "$log"; }
   rm -f "$log"
 done
