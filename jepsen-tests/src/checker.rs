@@ -674,8 +674,9 @@ mod tests {
         assert_eq!(names(&h), ["future-read", "impossible-read"]);
     }
 
-    #[test]
-    fn a_read_concurrent_with_a_transfer_may_see_it_or_not() {
+    /// t1 (30 from a to b) is in flight while two reads of a, one after the other, return `first`
+    /// and `second`.
+    fn reads_during_t1(first: i64, second: i64) -> History {
         let mut b = Builder::default();
         let v = Value::Transfer {
             id: "t1".into(),
@@ -684,12 +685,17 @@ mod tests {
             amount: 30,
         };
         b.op(1, Kind::Invoke, v.clone());
-        b.read(2, "a", 100).read(3, "a", 70);
+        b.read(2, "a", first).read(3, "a", second);
         b.op(1, Kind::Ok, v);
-        let h = b.finish(finals(
+        b.finish(finals(
             &[("fund", 100), ("t1", -30)],
             &[("fund", 100), ("t1", 30)],
-        ));
+        ))
+    }
+
+    #[test]
+    fn a_read_concurrent_with_a_transfer_may_see_it_or_not() {
+        let h = reads_during_t1(100, 70);
         assert!(check(&h, 200).valid());
     }
 
@@ -697,20 +703,7 @@ mod tests {
     fn a_read_that_goes_back_in_time_is_caught() {
         // t1 is in flight across both reads: each alone may or may not see it, but the second
         // read began after the first one saw it, so it cannot see the older balance.
-        let mut b = Builder::default();
-        let v = Value::Transfer {
-            id: "t1".into(),
-            from: "a".into(),
-            to: "b".into(),
-            amount: 30,
-        };
-        b.op(1, Kind::Invoke, v.clone());
-        b.read(2, "a", 70).read(3, "a", 100);
-        b.op(1, Kind::Ok, v);
-        let h = b.finish(finals(
-            &[("fund", 100), ("t1", -30)],
-            &[("fund", 100), ("t1", 30)],
-        ));
+        let h = reads_during_t1(70, 100);
         assert_eq!(names(&h), ["read-went-back"]);
     }
 

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -164,6 +165,53 @@ where
     Ok(())
 }
 
+/// A chart with the pictures' common caption, margins and label areas.
+fn builder<'a, 'b>(area: &'a Area<'b>, caption: &str) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
+}
+
+/// Axes with their descriptions, then the fault windows behind the data.
+fn mesh<Y>(
+    chart: &mut Chart<'_, '_, Y>,
+    y_desc: &str,
+    faults: &[(String, f64, f64)],
+    bottom: f64,
+    top: f64,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| format!("{e:?}"))?;
+    shade(chart, faults, bottom, top)
+}
+
+/// The legend, then the file.
+fn finish<'a, 'b: 'a, Y: Ranged>(
+    chart: &mut Chart<'a, 'b, Y>,
+    area: &Area<'b>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| format!("{e:?}"))?;
+    area.present().map_err(|e| format!("{e:?}"))
+}
+
 fn latency_raw(
     area: &Area,
     ops: &[Completed],
@@ -177,21 +225,10 @@ fn latency_raw(
         .map(|o| (o.end - o.begin) * 1e3)
         .fold(10.0f64, f64::max)
         * 1.5;
-    let mut chart = ChartBuilder::on(area)
-        .caption("latency-raw: every operation", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = builder(area, "latency-raw: every operation")
         .build_cartesian_2d(0.0..span, (0.1f64..top).log_scale())
         .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("latency (ms)")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(&e))?;
-    shade(&mut chart, faults, 0.1, top)?;
+    mesh(&mut chart, "latency (ms)", faults, 0.1, top)?;
     for f in ["transfer", "read", "audit"] {
         for kind in [Kind::Ok, Kind::Fail, Kind::Info] {
             let points: Vec<(f64, f64)> = ops
@@ -224,14 +261,7 @@ fn latency_raw(
                 });
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(&e))?;
-    area.present().map_err(|e| err(&e))
+    finish(&mut chart, area)
 }
 
 fn rate(
@@ -255,21 +285,10 @@ fn rate(
         .flat_map(|v| v.iter().copied())
         .fold(1.0f64, f64::max)
         * 1.15;
-    let mut chart = ChartBuilder::on(area)
-        .caption("rate: completions per second", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = builder(area, "rate: completions per second")
         .build_cartesian_2d(0.0..span, 0.0..top)
         .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("operations / s")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(&e))?;
-    shade(&mut chart, faults, 0.0, top)?;
+    mesh(&mut chart, "operations / s", faults, 0.0, top)?;
     for (i, ((f, outcome), counts)) in series.into_iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
         chart
@@ -284,14 +303,7 @@ fn rate(
             .label(format!("{f} {outcome}"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(&e))?;
-    area.present().map_err(|e| err(&e))
+    finish(&mut chart, area)
 }
 
 /// Draws `latency-raw.png` and `rate.png` into `dir`; returns what was written, or why not.
