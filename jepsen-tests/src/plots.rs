@@ -156,7 +156,7 @@ where
                         )
                     }),
             )
-            .map_err(|e| format!("{e:?}"))?
+            .map_err(drawing_error)?
             .label(fault.to_string())
             .legend(move |(x, y)| {
                 Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.mix(0.4).filled())
@@ -165,15 +165,24 @@ where
     Ok(())
 }
 
-/// A chart with the pictures' common caption, margins and label areas.
-fn builder<'a, 'b>(area: &'a Area<'b>, caption: &str) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+/// plotters' errors, as the pictures report them.
+fn drawing_error(e: impl std::fmt::Debug) -> String {
+    format!("{e:?}")
+}
+
+/// A white picture and a chart on it with the common caption, margins and label areas.
+fn builder<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+) -> Result<ChartBuilder<'a, 'b, BitMapBackend<'b>>, String> {
+    area.fill(&WHITE).map_err(drawing_error)?;
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70);
-    builder
+    Ok(builder)
 }
 
 /// Axes with their descriptions, then the fault windows behind the data.
@@ -193,7 +202,7 @@ where
         .y_desc(y_desc)
         .label_style(("sans-serif", 14))
         .draw()
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(drawing_error)?;
     shade(chart, faults, bottom, top)
 }
 
@@ -208,8 +217,8 @@ fn finish<'a, 'b: 'a, Y: Ranged>(
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()
-        .map_err(|e| format!("{e:?}"))?;
-    area.present().map_err(|e| format!("{e:?}"))
+        .map_err(drawing_error)?;
+    area.present().map_err(drawing_error)
 }
 
 fn latency_raw(
@@ -218,16 +227,14 @@ fn latency_raw(
     faults: &[(String, f64, f64)],
     span: f64,
 ) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Debug| format!("{e:?}");
-    area.fill(&WHITE).map_err(|e| err(&e))?;
     let top = ops
         .iter()
         .map(|o| (o.end - o.begin) * 1e3)
         .fold(10.0f64, f64::max)
         * 1.5;
-    let mut chart = builder(area, "latency-raw: every operation")
+    let mut chart = builder(area, "latency-raw: every operation")?
         .build_cartesian_2d(0.0..span, (0.1f64..top).log_scale())
-        .map_err(|e| err(&e))?;
+        .map_err(drawing_error)?;
     mesh(&mut chart, "latency (ms)", faults, 0.1, top)?;
     for f in ["transfer", "read", "audit"] {
         for kind in [Kind::Ok, Kind::Fail, Kind::Info] {
@@ -252,7 +259,7 @@ fn latency_raw(
                 ),
             };
             drawn
-                .map_err(|e| err(&e))?
+                .map_err(drawing_error)?
                 .label(format!("{f} {}", outcome_name(kind)))
                 .legend(move |(x, y)| match f {
                     "transfer" => Circle::new((x, y), 3, colour.filled()).into_dyn(),
@@ -270,8 +277,6 @@ fn rate(
     faults: &[(String, f64, f64)],
     span: f64,
 ) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Debug| format!("{e:?}");
-    area.fill(&WHITE).map_err(|e| err(&e))?;
     let seconds = span.ceil() as usize + 1;
     let mut series: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     for o in ops {
@@ -285,9 +290,9 @@ fn rate(
         .flat_map(|v| v.iter().copied())
         .fold(1.0f64, f64::max)
         * 1.15;
-    let mut chart = builder(area, "rate: completions per second")
+    let mut chart = builder(area, "rate: completions per second")?
         .build_cartesian_2d(0.0..span, 0.0..top)
-        .map_err(|e| err(&e))?;
+        .map_err(drawing_error)?;
     mesh(&mut chart, "operations / s", faults, 0.0, top)?;
     for (i, ((f, outcome), counts)) in series.into_iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
@@ -299,7 +304,7 @@ fn rate(
                     .map(|(t, n)| (t as f64 + 0.5, n)),
                 colour.stroke_width(2),
             ))
-            .map_err(|e| err(&e))?
+            .map_err(drawing_error)?
             .label(format!("{f} {outcome}"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
     }
