@@ -27,6 +27,7 @@ fn step(id: &str, account: &str) -> TransferStep {
     TransferStep {
         transfer_id: id.into(),
         account_id: account.into(),
+        ..Default::default()
     }
 }
 

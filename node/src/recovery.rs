@@ -58,7 +58,7 @@ async fn resolve_shard(
             shard_id,
             query: Some(Query::Stuck(Stuck {
                 before_ms,
-                start_ts_before: 0,
+                ..Default::default()
             })),
         }))
         .await?
@@ -78,6 +78,7 @@ async fn resolve_shard(
             Op::AbortDebit(TransferStep {
                 transfer_id: transfer.transfer_id.clone(),
                 account_id: transfer.from_account_id.clone(),
+                ..Default::default()
             }),
         )
         .await?;
@@ -129,6 +130,8 @@ async fn resolve_intent(
     let step = TransferStep {
         transfer_id: t.transfer_id.clone(),
         account_id: t.to_account_id.clone(),
+        from_account_id: t.from_account_id.clone(),
+        refusal: None,
     };
     let op = if commit {
         Op::CommitCredit(step)

@@ -27,7 +27,7 @@ use wallet_proto::reason::{Reason, LEADER_HINT_KEY};
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
     command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, ReadResult,
-    Rejection, ReplicaStatus, TsoResponse, TsoWindow,
+    Rejection, ReplicaPhase, ReplicaStatus, TsoResponse, TsoWindow,
 };
 
 use crate::shard_store::{ShardStore, StoreError};
@@ -88,7 +88,7 @@ pub struct ReplicaHandle {
 impl ReplicaHandle {
     /// A copy of the replica's last published status.
     pub fn status(&self) -> ReplicaStatus {
-        self.status.lock().map(|s| *s).unwrap_or_default()
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -101,6 +101,16 @@ pub fn not_leader(shard_id: u64, leader_id: u64) -> Status {
         status.metadata_mut().insert(LEADER_HINT_KEY, value);
     }
     status
+}
+
+/// The name of a Raft role, as `wallet-cluster status` shows it.
+pub fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre-candidate",
+    }
 }
 
 /// A replica ready to run, with its handle and inbox.
@@ -667,10 +677,7 @@ impl Replica {
                 }
             }
             Query::Stuck(stuck) => ReadResult {
-                result: Some(read_result::Result::Stuck(
-                    self.state_machine
-                        .stuck(stuck.before_ms, stuck.start_ts_before),
-                )),
+                result: Some(read_result::Result::Stuck(self.state_machine.stuck(stuck))),
             },
             Query::SnapshotAt(at) if !at.account_id.is_empty() => {
                 match self.state_machine.account_at(&at.account_id, at.ts) {
@@ -738,6 +745,15 @@ impl Replica {
             first_log_index: self.store.log().first_index_now(),
             is_leader: raft.state == StateRole::Leader,
             accounts: self.state_machine.account_count() as u64,
+            role: role_name(raft.state).to_string(),
+            phase: if self.recovering() {
+                ReplicaPhase::Recovering
+            } else {
+                ReplicaPhase::Serving
+            } as i32,
+            recover_to: self.recover_to,
+            last_index: self.last_index(),
+            note: String::new(),
         };
         if let Ok(mut slot) = self.status.lock() {
             *slot = status;

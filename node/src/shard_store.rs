@@ -11,7 +11,7 @@
 //! - `Sa` + account                      → Account
 //! - `Sr` + account + 0 + request id     → RequestRecord (first outcome of a request)
 //! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
-//! - `Si` + account + 0 + transfer id    → Intent (credit side of a cross-shard transfer)
+//! - `Si` + to + 0 + from + 0 + transfer → Intent (credit side of a cross-shard transfer)
 //! - `St`                                → timestamp oracle limit (meta group only)
 //! - `Sc` / `Sx`                         → closed timestamp, highest commit timestamp applied
 //! - `Sn` + currency                     → net deposits of the currency (i128 LE)
@@ -31,7 +31,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use crate::group_commit::GroupCommit;
 use crate::record::{self, Corrupt};
 use crate::state_machine::{StateMachine, Write};
-use wallet_proto::v1::{Account, HistoryEntry, ListTransfersResponse};
+use wallet_proto::v1::{Account, HistoryEntry, Intent, ListTransfersResponse};
 
 const LOG_PREFIX: u8 = b'L';
 const KEY_HARD_STATE: &[u8] = b"Mh";
@@ -103,12 +103,15 @@ fn request_key(account_id: &str, request_id: &str) -> Vec<u8> {
     .concat()
 }
 
-fn intent_key(account_id: &str, transfer_id: &str) -> Vec<u8> {
+fn intent_key(intent: &Intent) -> Vec<u8> {
+    let (to, from, id) = crate::state_machine::intent_key(intent);
     [
         INTENT_PREFIX,
-        account_id.as_bytes(),
+        to.as_bytes(),
         &[0],
-        transfer_id.as_bytes(),
+        from.as_bytes(),
+        &[0],
+        id.as_bytes(),
     ]
     .concat()
 }
@@ -407,9 +410,8 @@ impl ShardStore {
         }
         state_machine.load_snapshot_state(read_u64(KEY_CLOSED_TS)?, read_u64(KEY_MAX_TS)?, net);
         for item in self.tree.scan_prefix(INTENT_PREFIX) {
-            let (key, value) = item?;
-            let (account_id, transfer_id) = split_pair_key(&key, INTENT_PREFIX)?;
-            state_machine.load_intent(account_id, transfer_id, record::decode(&value)?);
+            let (_, value) = item?;
+            state_machine.load_intent(record::decode(&value)?);
         }
         Ok(())
     }
@@ -474,11 +476,7 @@ impl ShardStore {
                 Write::History { account_id, entry } => {
                     batch.insert(history_key(account_id, entry.seq), record::encode(entry))
                 }
-                Write::Intent {
-                    account_id,
-                    transfer_id,
-                    intent,
-                } => batch.insert(intent_key(account_id, transfer_id), record::encode(intent)),
+                Write::Intent(intent) => batch.insert(intent_key(intent), record::encode(intent)),
                 Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[*limit])),
                 Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[*ts])),
                 Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[*ts])),

@@ -166,17 +166,22 @@ impl StateMachine {
     pub fn account_at(&self, account_id: &str, ts: u64) -> Result<Account, Refusal> {
         self.check_kept(ts)?;
         let mut account = self.existing(account_id)?.clone();
-        for change in self
+        // Undone in i128: the intermediate sums may leave i64 although the answer fits (a deposit
+        // of i64::MAX, its withdrawal and another deposit of i64::MAX).
+        let newer: i128 = self
             .snapshot
             .recent
             .iter()
             .filter(|c| c.commit_ts > ts && c.account_id == account_id)
-        {
-            account.balance = account
-                .balance
-                .checked_sub(change.delta)
-                .expect("an earlier balance fitted in i64");
-        }
+            .map(|c| i128::from(c.delta))
+            .sum();
+        let balance = i128::from(account.balance) - newer;
+        account.balance = i64::try_from(balance).map_err(|_| {
+            (
+                Reason::Internal,
+                format!("balance of {account_id} at {ts} does not fit in i64: {balance}"),
+            )
+        })?;
         Ok(account)
     }
 

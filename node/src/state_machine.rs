@@ -35,17 +35,14 @@ pub enum Write {
     Request {
         account_id: String,
         request_id: String,
-        record: RequestRecord,
+        record: Box<RequestRecord>,
     },
     History {
         account_id: String,
         entry: HistoryEntry,
     },
-    Intent {
-        account_id: String,
-        transfer_id: String,
-        intent: Intent,
-    },
+    /// Keyed by its transfer's (credit account, debit account, transfer id).
+    Intent(Box<Intent>),
     /// Meta group: the timestamp oracle's persisted limit.
     TsoLimit(u64),
     /// Snapshot reads: the closed timestamp, the highest commit timestamp, net deposits.
@@ -60,6 +57,16 @@ pub type Writes = Vec<Write>;
 /// (account id, request or transfer id).
 pub(crate) type RequestKey = (String, String);
 
+/// An intent's key: (credit account, debit account, transfer id). Transfer ids are scoped to the
+/// debit account (G4), so two debit accounts may use one id towards the same credit account.
+pub(crate) type IntentKey = (String, String, String);
+
+/// The key of an intent, from the transfer it carries.
+pub(crate) fn intent_key(intent: &Intent) -> IntentKey {
+    let t = intent.transfer.clone().unwrap_or_default();
+    (t.to_account_id, t.from_account_id, t.transfer_id)
+}
+
 /// State of one shard: its accounts, the outcome of every request it applied, and the credit
 /// side of cross-shard transfers (intents).
 #[derive(Clone, Debug)]
@@ -68,12 +75,12 @@ pub struct StateMachine {
     pub(crate) ring: Ring,
     pub(crate) accounts: HashMap<String, Account>,
     pub(crate) requests: HashMap<RequestKey, RequestRecord>,
-    /// Credit sides of cross-shard transfers, by (credit account, transfer id).
-    pub(crate) intents: HashMap<RequestKey, Intent>,
+    /// Credit sides of cross-shard transfers, by (credit account, debit account, transfer id).
+    pub(crate) intents: HashMap<IntentKey, Intent>,
     /// Transfers this shard is primary for that are PREPARED, awaiting a decision.
     pub(crate) prepared: BTreeSet<RequestKey>,
     /// Intents still PENDING.
-    pub(crate) pending: BTreeSet<RequestKey>,
+    pub(crate) pending: BTreeSet<IntentKey>,
     /// Meta group: no timestamp at or above this was ever handed out, and none below it will be
     /// by a later leader.
     pub(crate) tso_limit: u64,
@@ -144,8 +151,8 @@ impl StateMachine {
     }
 
     /// Loads a stored intent (on start or snapshot install).
-    pub fn load_intent(&mut self, account_id: String, transfer_id: String, intent: Intent) {
-        let key = (account_id, transfer_id);
+    pub fn load_intent(&mut self, intent: Intent) {
+        let key = intent_key(&intent);
         if intent.state == IntentState::Pending as i32 {
             self.pending.insert(key.clone());
         }
@@ -318,7 +325,7 @@ impl StateMachine {
         writes.push(Write::Request {
             account_id: key.0.clone(),
             request_id: key.1.clone(),
-            record: record.clone(),
+            record: Box::new(record.clone()),
         });
         self.requests.insert(key, record);
         Ok(outcome)
@@ -347,25 +354,14 @@ impl StateMachine {
         })
     }
 
-    /// The balance after adding `delta`, or the refusal: overflow, or below the floor.
+    /// The balance after adding `delta`, or the refusal: below the floor (`INSUFFICIENT_FUNDS`,
+    /// checked first: a debit that the account cannot cover is that, whatever the numbers), or
+    /// overflow. Computed in i128, so no operand can wrap: a credit must fit in i64 together with
+    /// every credit already promised to the account (`pending_credit`).
     pub(crate) fn balance_after(account: &Account, delta: i64) -> Result<i64, Refusal> {
-        let balance = account.balance.checked_add(delta).ok_or_else(|| {
-            (
-                Reason::BalanceOverflow,
-                format!("balance of {} would overflow", account.account_id),
-            )
-        })?;
-        // Promised credits must still fit when they land.
-        if delta > 0 && balance.checked_add(account.pending_credit).is_none() {
-            return Err((
-                Reason::BalanceOverflow,
-                format!("balance of {} would overflow", account.account_id),
-            ));
-        }
+        let after = i128::from(account.balance) + i128::from(delta);
         if delta < 0 {
-            // Spendable = balance - reserved - floor; computed in i128 so no operand can wrap.
-            let spendable_after =
-                i128::from(balance) - i128::from(account.reserved) - i128::from(account.floor);
+            let spendable_after = after - i128::from(account.reserved) - i128::from(account.floor);
             if spendable_after < 0 {
                 return Err((
                     Reason::InsufficientFunds,
@@ -380,7 +376,16 @@ impl StateMachine {
                 ));
             }
         }
-        Ok(balance)
+        let overflow = || {
+            (
+                Reason::BalanceOverflow,
+                format!("balance of {} would overflow", account.account_id),
+            )
+        };
+        if delta > 0 && after + i128::from(account.pending_credit) > i128::from(i64::MAX) {
+            return Err(overflow());
+        }
+        i64::try_from(after).map_err(|_| overflow())
     }
 
     /// Deposit (delta > 0) or withdraw (delta < 0).

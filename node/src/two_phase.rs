@@ -8,9 +8,18 @@
 //! - `AbortDebit`: PREPARED → ABORTED, the reservation is released. Aborting a COMMITTED transfer
 //!   answers COMMITTED: the first decision stands, whoever asks.
 //!
-//! Credit shard, keyed by (credit account, transfer id):
+//! Credit shard, keyed by (credit account, debit account, transfer id): ids are scoped to the debit
+//! account everywhere, so two debit accounts may use one id towards the same credit account.
 //! - `PrepareCredit`: an intent PENDING, its amount counted in the account's `pending_credit` (so a
-//!   later credit cannot overflow).
+//!   later credit cannot overflow; `pending_credit` itself stays within i64).
+//!
+//! A credit side that refuses its prepare (unknown account, currency mismatch, overflow) makes the
+//! router abort the primary with that refusal (`AbortDebit.refusal`), which becomes the transfer's
+//! remembered first outcome: a retry answers the same refusal (G4).
+//!
+//! A decision step that meets a record contradicting the money rules (a bug, never input) is
+//! refused with `INTERNAL` and changes nothing: a committed entry that panicked would panic again
+//! on every replica and on every replay, and cost the shard (G9).
 //! - `CommitCredit`: PENDING → CREDITED, the balance grows. `AbortCredit`: PENDING → ABORTED; on
 //!   an unknown intent it leaves an ABORTED tombstone, so a late `PrepareCredit` cannot revive it.
 //!
@@ -21,12 +30,23 @@
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
     command::Op, outcome, Command, EntryKind, Intent, IntentState, Outcome, PrepareCredit,
-    PrepareDebit, RequestRecord, StuckTransfers, Transfer, TransferRequest, TransferStatus,
+    PrepareDebit, RequestRecord, Stuck, StuckTransfers, Transfer, TransferRequest, TransferStatus,
     TransferStep,
 };
 use wallet_proto::validate;
 
-use crate::state_machine::{reject, same_currency, Refusal, StateMachine, Write, Writes};
+use crate::state_machine::{
+    intent_key, reject, same_currency, IntentKey, Refusal, StateMachine, Write, Writes,
+};
+
+/// Most entries of each list a `Stuck` query returns (a bound on the answer's size, G10).
+pub const STUCK_MAX: usize = 1000;
+
+/// A record that contradicts the money rules: refused, nothing changes, loudly logged.
+fn broken(what: String) -> Outcome {
+    tracing::error!(%what, "state machine refused a step that contradicts its records");
+    reject((Reason::Internal, what))
+}
 
 fn transfer_outcome(transfer: Transfer) -> Outcome {
     Outcome {
@@ -60,6 +80,19 @@ fn check_transfer(command: &Command, t: &TransferRequest) -> Result<(), Refusal>
         ));
     }
     Ok(())
+}
+
+/// The first [`STUCK_MAX`] items; sets `more` if there were others.
+fn take_bounded<T>(items: impl Iterator<Item = T>, more: &mut bool) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items {
+        if out.len() == STUCK_MAX {
+            *more = true;
+            break;
+        }
+        out.push(item);
+    }
+    out
 }
 
 fn intent_transfer(intent: &Intent, status: TransferStatus) -> Transfer {
@@ -143,11 +176,14 @@ impl StateMachine {
             ))
         } else {
             let mut account = from.clone();
-            // spendable >= amount >= 1 bounds reserved + amount by balance - floor: no overflow.
-            account.reserved = account
-                .reserved
-                .checked_add(t.amount)
-                .ok_or_else(|| (Reason::BalanceOverflow, "reservation overflow".to_string()))?;
+            // reserved + amount <= balance - floor, which exceeds i64 with a credit limit near
+            // i64::MAX: then it is refused (nothing written, like any overflow).
+            account.reserved = account.reserved.checked_add(t.amount).ok_or_else(|| {
+                (
+                    Reason::BalanceOverflow,
+                    format!("reservations on {} would overflow", t.from_account_id),
+                )
+            })?;
             let currency = account.currency.clone();
             let balance = account.balance;
             writes.push(Write::Account(account.clone()));
@@ -184,7 +220,7 @@ impl StateMachine {
         writes.push(Write::Request {
             account_id: key.0.clone(),
             request_id: key.1.clone(),
-            record: record.clone(),
+            record: Box::new(record.clone()),
         });
         self.requests.insert(key, record);
     }
@@ -251,19 +287,24 @@ impl StateMachine {
             _ => return current,
         }
         let mut decided = transfer;
-        let Some(account) = self.accounts.get(&step.account_id).cloned() else {
-            return reject((Reason::AccountNotFound, "debit account vanished".into()));
+        let Some(mut account) = self.accounts.get(&step.account_id).cloned() else {
+            return broken(format!("debit account {} vanished", step.account_id));
         };
-        let mut account = account;
-        account.reserved = account
-            .reserved
-            .checked_sub(decided.amount)
-            .expect("a prepared transfer's amount is reserved");
+        let Some(reserved) = account.reserved.checked_sub(decided.amount) else {
+            return broken(format!(
+                "transfer {} of {} is not reserved on {account:?}",
+                decided.transfer_id, decided.amount
+            ));
+        };
+        account.reserved = reserved;
         if commit {
-            account.balance = account
-                .balance
-                .checked_sub(decided.amount)
-                .expect("a reservation keeps the balance above the floor");
+            let Some(balance) = account.balance.checked_sub(decided.amount) else {
+                return broken(format!(
+                    "committing {} of {} underflows {account:?}",
+                    decided.transfer_id, decided.amount
+                ));
+            };
+            account.balance = balance;
             account.version += 1;
             decided.status = TransferStatus::Committed as i32;
             decided.from_balance_after = account.balance;
@@ -292,13 +333,19 @@ impl StateMachine {
             );
         }
         self.prepared.remove(&key);
-        let outcome = transfer_outcome(decided);
+        // An abort the credit side caused remembers the credit side's refusal as the outcome.
+        let outcome = match (&step.refusal, commit) {
+            (Some(refusal), false) => Outcome {
+                result: Some(outcome::Result::Rejected(refusal.clone())),
+            },
+            _ => transfer_outcome(decided),
+        };
         if let Some(record) = self.requests.get_mut(&key) {
             record.outcome = Some(outcome.clone());
             writes.push(Write::Request {
                 account_id: key.0.clone(),
                 request_id: key.1.clone(),
-                record: record.clone(),
+                record: Box::new(record.clone()),
             });
         }
         outcome
@@ -323,7 +370,11 @@ impl StateMachine {
         {
             return reject((Reason::InvalidArgument, "wrong primary shard".into()));
         }
-        let key = (t.to_account_id.clone(), t.transfer_id.clone());
+        let key = (
+            t.to_account_id.clone(),
+            t.from_account_id.clone(),
+            t.transfer_id.clone(),
+        );
         if let Some(intent) = self.intents.get(&key) {
             return match IntentState::try_from(intent.state) {
                 Ok(IntentState::Aborted) => reject((
@@ -350,14 +401,24 @@ impl StateMachine {
             Ok(to) => to,
             Err(refusal) => return reject(refusal),
         };
-        // The credit must fit when it lands (balance + pending credits + amount).
+        // The credit must fit when it lands (balance + pending credits + amount), and so must the
+        // sum of the credits promised.
         let checked = same_currency(&t.from_account_id, &prepare.currency, to)
-            .and_then(|_| Self::balance_after(to, t.amount));
-        if let Err(refusal) = checked {
-            return reject(refusal);
-        }
+            .and_then(|_| Self::balance_after(to, t.amount))
+            .and_then(|_| {
+                to.pending_credit.checked_add(t.amount).ok_or_else(|| {
+                    (
+                        Reason::BalanceOverflow,
+                        format!("credits promised to {} would overflow", to.account_id),
+                    )
+                })
+            });
+        let pending_credit = match checked {
+            Ok(pending_credit) => pending_credit,
+            Err(refusal) => return reject(refusal),
+        };
         let mut account = to.clone();
-        account.pending_credit += t.amount; // fits: checked just above
+        account.pending_credit = pending_credit;
         writes.push(Write::Account(account.clone()));
         self.accounts.insert(account.account_id.clone(), account);
         let intent = Intent {
@@ -373,12 +434,9 @@ impl StateMachine {
         transfer_outcome(intent_transfer(&intent, TransferStatus::Prepared))
     }
 
-    fn store_intent(&mut self, key: (String, String), intent: Intent, writes: &mut Writes) {
-        writes.push(Write::Intent {
-            account_id: key.0.clone(),
-            transfer_id: key.1.clone(),
-            intent: intent.clone(),
-        });
+    fn store_intent(&mut self, key: IntentKey, intent: Intent, writes: &mut Writes) {
+        debug_assert_eq!(key, intent_key(&intent));
+        writes.push(Write::Intent(Box::new(intent.clone())));
         self.intents.insert(key, intent);
     }
 
@@ -389,7 +447,10 @@ impl StateMachine {
         commit: bool,
         writes: &mut Writes,
     ) -> Outcome {
-        let key = match self.step_key(step) {
+        let key = match self.step_key(step).and_then(|(to, id)| {
+            validate::id("from account id", &step.from_account_id)?;
+            Ok((to, step.from_account_id.clone(), id))
+        }) {
             Ok(key) => key,
             Err(refusal) => return reject(refusal),
         };
@@ -398,8 +459,8 @@ impl StateMachine {
                 return reject((
                     Reason::TransferNotFound,
                     format!(
-                        "no intent of transfer {} on {}",
-                        step.transfer_id, step.account_id
+                        "no intent of transfer {} from {} on {}",
+                        step.transfer_id, step.from_account_id, step.account_id
                     ),
                 ));
             }
@@ -407,8 +468,9 @@ impl StateMachine {
             let tombstone = Intent {
                 transfer: Some(TransferRequest {
                     transfer_id: step.transfer_id.clone(),
+                    from_account_id: step.from_account_id.clone(),
                     to_account_id: step.account_id.clone(),
-                    ..Default::default()
+                    amount: 0,
                 }),
                 primary_shard_id: 0,
                 state: IntentState::Aborted as i32,
@@ -439,18 +501,24 @@ impl StateMachine {
         }
         let amount = intent.transfer.as_ref().map(|t| t.amount).unwrap_or(0);
         let Some(mut account) = self.accounts.get(&step.account_id).cloned() else {
-            return reject((Reason::AccountNotFound, "credit account vanished".into()));
+            return broken(format!("credit account {} vanished", step.account_id));
         };
-        account.pending_credit = account
-            .pending_credit
-            .checked_sub(amount)
-            .expect("a pending intent's amount is counted in pending_credit");
+        let Some(pending_credit) = account.pending_credit.checked_sub(amount) else {
+            return broken(format!(
+                "intent {} of {amount} is not pending on {account:?}",
+                step.transfer_id
+            ));
+        };
+        account.pending_credit = pending_credit;
         let mut decided = intent;
         if commit {
-            account.balance = account
-                .balance
-                .checked_add(amount)
-                .expect("prepare checked that the credit fits");
+            let Some(balance) = account.balance.checked_add(amount) else {
+                return broken(format!(
+                    "crediting {} of {amount} overflows {account:?}",
+                    step.transfer_id
+                ));
+            };
+            account.balance = balance;
             account.version += 1;
             decided.state = IntentState::Credited as i32;
             decided.commit_ts = command.ts;
@@ -461,11 +529,6 @@ impl StateMachine {
         let (balance, seq) = (account.balance, account.version);
         self.accounts.insert(account.account_id.clone(), account);
         if commit {
-            let from = decided
-                .transfer
-                .as_ref()
-                .map(|t| t.from_account_id.clone())
-                .unwrap_or_default();
             let entry_command = Command {
                 request_id: step.transfer_id.clone(),
                 ..command.clone()
@@ -477,7 +540,7 @@ impl StateMachine {
                 EntryKind::TransferIn,
                 amount,
                 balance,
-                &from,
+                &step.from_account_id,
                 writes,
             );
         }
@@ -493,37 +556,60 @@ impl StateMachine {
     }
 
     /// PREPARED transfers (primary side) and PENDING intents (credit side) prepared before
-    /// `before_ms`: what recovery must decide or resolve. With `start_ts_before` not 0, selects by
-    /// start timestamp instead: what a snapshot read at that timestamp must wait for.
-    pub fn stuck(&self, before_ms: i64, start_ts_before: u64) -> StuckTransfers {
+    /// `query.before_ms`: what recovery must decide or resolve. With `start_ts_before` not 0,
+    /// selects by start timestamp instead: what a snapshot read at that timestamp must wait for.
+    /// With `credit_account_id` set, only the pending intents crediting that account (what a read
+    /// of it resolves first). At most [`STUCK_MAX`] of each list; `more` tells the rest exist.
+    pub fn stuck(&self, query: &Stuck) -> StuckTransfers {
         let selected = |at_ms: i64, start_ts: u64| {
-            if start_ts_before == 0 {
-                at_ms < before_ms
+            if query.start_ts_before == 0 {
+                at_ms < query.before_ms
             } else {
-                start_ts < start_ts_before
+                start_ts < query.start_ts_before
             }
         };
-        let prepared = self
-            .prepared
-            .iter()
-            .filter_map(|key| self.requests.get(key))
-            .filter_map(
-                |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
-                    Some(outcome::Result::Transfer(t)) if selected(t.created_at_ms, t.start_ts) => {
-                        Some(t.clone())
-                    }
-                    _ => None,
-                },
+        let mut more = false;
+        let mut prepared = Vec::new();
+        if query.credit_account_id.is_empty() {
+            let all = self
+                .prepared
+                .iter()
+                .filter_map(|key| self.requests.get(key))
+                .filter_map(
+                    |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
+                        Some(outcome::Result::Transfer(t))
+                            if selected(t.created_at_ms, t.start_ts) =>
+                        {
+                            Some(t.clone())
+                        }
+                        _ => None,
+                    },
+                );
+            prepared = take_bounded(all, &mut more);
+        }
+        let pending: Box<dyn Iterator<Item = &IntentKey>> = if query.credit_account_id.is_empty() {
+            Box::new(self.pending.iter())
+        } else {
+            let account = &query.credit_account_id;
+            let start = (account.clone(), String::new(), String::new());
+            Box::new(
+                self.pending
+                    .range(start..)
+                    .take_while(move |key| &key.0 == account),
             )
-            .collect();
-        let pending = self
-            .pending
-            .iter()
+        };
+        let pending = pending
             .filter_map(|key| self.intents.get(key))
-            .filter(|i| selected(i.prepared_at_ms, i.start_ts))
-            .cloned()
-            .collect();
-        StuckTransfers { prepared, pending }
+            .filter(|i| {
+                !query.credit_account_id.is_empty() || selected(i.prepared_at_ms, i.start_ts)
+            })
+            .cloned();
+        let pending = take_bounded(pending, &mut more);
+        StuckTransfers {
+            prepared,
+            pending,
+            more,
+        }
     }
 
     /// Money committed on this (primary) shard's debit side and intents credited or pending:

@@ -9,7 +9,7 @@ use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, CreateAccountRequest, DepositRequest, Outcome, PrepareCredit,
-    PrepareDebit, TransferRequest, TransferStatus, TransferStep, WithdrawRequest,
+    PrepareDebit, Stuck, TransferRequest, TransferStatus, TransferStep, WithdrawRequest,
 };
 
 struct Shards {
@@ -19,6 +19,14 @@ struct Shards {
 
 fn run(sm: &mut StateMachine, request_id: &str, op: Op) -> (Outcome, Writes) {
     common::apply_at(sm, request_id, 77, op)
+}
+
+/// What recovery asks: everything prepared before `ms`.
+fn before(ms: i64) -> Stuck {
+    Stuck {
+        before_ms: ms,
+        ..Default::default()
+    }
 }
 
 fn status(outcome: &Outcome) -> Option<TransferStatus> {
@@ -129,6 +137,12 @@ impl Shards {
         let step = TransferStep {
             transfer_id: t.transfer_id.clone(),
             account_id: account.clone(),
+            from_account_id: if debit {
+                String::new()
+            } else {
+                t.from_account_id.clone()
+            },
+            refusal: None,
         };
         let sm = self.of(account);
         run(sm, &t.transfer_id, which(step))
@@ -315,17 +329,17 @@ fn stuck_lists_what_recovery_must_decide() {
     let t = Shards::transfer("s1", &a, &b, 5);
     s.prepare_debit(&t);
     s.prepare_credit(&t, "USD");
-    let primary = s.of(&a).stuck(2_000, 0);
+    let primary = s.of(&a).stuck(&before(2_000));
     assert_eq!(primary.prepared.len(), 1);
     assert!(
-        s.of(&a).stuck(500, 0).prepared.is_empty(),
+        s.of(&a).stuck(&before(500)).prepared.is_empty(),
         "younger than the cutoff"
     );
-    assert_eq!(s.of(&b).stuck(2_000, 0).pending.len(), 1);
+    assert_eq!(s.of(&b).stuck(&before(2_000)).pending.len(), 1);
     s.step(&t, Op::CommitDebit, true);
     s.step(&t, Op::CommitCredit, false);
-    assert!(s.of(&a).stuck(2_000, 0).prepared.is_empty());
-    assert!(s.of(&b).stuck(2_000, 0).pending.is_empty());
+    assert!(s.of(&a).stuck(&before(2_000)).prepared.is_empty());
+    assert!(s.of(&b).stuck(&before(2_000)).pending.is_empty());
 }
 
 // ---------- property test: any interleaving of steps, with crashes (missing steps) ----------
@@ -382,7 +396,7 @@ proptest! {
                 Step::PrepareCredit => { s.prepare_credit(&t, "USD"); }
                 // The router commits the primary only once both sides are prepared.
                 Step::CommitDebit => {
-                    let credit_ready = s.of(&t.to_account_id).stuck(i64::MAX, 0).pending.iter().any(|p| p.transfer.as_ref() == Some(&t));
+                    let credit_ready = s.of(&t.to_account_id).stuck(&before(i64::MAX)).pending.iter().any(|p| p.transfer.as_ref() == Some(&t));
                     if credit_ready {
                         let (o, _) = s.step(&t, Op::CommitDebit, true);
                         if status(&o) == Some(TransferStatus::Committed) { committed[i] = true; }
@@ -420,11 +434,11 @@ proptest! {
             }
             // Reservations equal the PREPARED amounts; pending credits equal the PENDING intents.
             for id in &from {
-                let prepared: i64 = s.of(id).stuck(i64::MAX, 0).prepared.iter().filter(|p| &p.from_account_id == id).map(|p| p.amount).sum();
+                let prepared: i64 = s.of(id).stuck(&before(i64::MAX)).prepared.iter().filter(|p| &p.from_account_id == id).map(|p| p.amount).sum();
                 prop_assert_eq!(s.balance(id).1, prepared);
             }
             for id in &to {
-                let pending: i64 = s.of(id).stuck(i64::MAX, 0).pending.iter().filter_map(|p| p.transfer.as_ref()).filter(|p| &p.to_account_id == id).map(|p| p.amount).sum();
+                let pending: i64 = s.of(id).stuck(&before(i64::MAX)).pending.iter().filter_map(|p| p.transfer.as_ref()).filter(|p| &p.to_account_id == id).map(|p| p.amount).sum();
                 prop_assert_eq!(s.balance(id).2, pending);
             }
         }
@@ -496,6 +510,8 @@ fn a_snapshot_never_sees_half_a_cross_shard_transfer() {
     let step = |account: &str| TransferStep {
         transfer_id: "snap".into(),
         account_id: account.into(),
+        from_account_id: a.clone(),
+        refusal: None,
     };
     at(s.of(&a), "snap", 500, Op::CommitDebit(step(&a)));
     at(s.of(&b), "snap", 500, Op::CommitCredit(step(&b)));

@@ -120,8 +120,8 @@ impl WalletService {
         let deadline = Instant::now() + AUDIT_WAIT_MAX;
         loop {
             let stuck = Query::Stuck(Stuck {
-                before_ms: 0,
                 start_ts_before: ts,
+                ..Default::default()
             });
             match shards.read(shard_id, stuck).await?.result {
                 Some(read_result::Result::Stuck(s))

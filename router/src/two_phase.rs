@@ -60,6 +60,16 @@ fn transfer_of(outcome: Outcome) -> Result<Transfer, Status> {
     }
 }
 
+/// A decision step on the credit side of `t`.
+pub fn credit_step(t: &TransferRequest) -> TransferStep {
+    TransferStep {
+        transfer_id: t.transfer_id.clone(),
+        account_id: t.to_account_id.clone(),
+        from_account_id: t.from_account_id.clone(),
+        refusal: None,
+    }
+}
+
 fn status_of(t: &Transfer) -> TransferStatus {
     TransferStatus::try_from(t.status).unwrap_or(TransferStatus::Unspecified)
 }
@@ -77,9 +87,10 @@ pub async fn transfer(
     to_shard: u64,
 ) -> Result<Transfer, Status> {
     let id = request.transfer_id.clone();
-    let step = |account_id: &str| TransferStep {
+    let debit_step = || TransferStep {
         transfer_id: id.clone(),
-        account_id: account_id.to_string(),
+        account_id: request.from_account_id.clone(),
+        ..Default::default()
     };
     let prepare = Op::PrepareDebit(PrepareDebit {
         transfer: Some(request.clone()),
@@ -112,20 +123,25 @@ pub async fn transfer(
         .execute_fresh(shards, to_shard, command(&id, 0, prepare_credit))
         .await?;
     failpoint!("after-prepare-credit");
-    if let Err(refusal) = transfer_of(credit) {
-        // The credit side cannot take it: abort on the primary first (the decision), then report.
-        let abort = Op::AbortDebit(step(&request.from_account_id));
+    if let Some(outcome::Result::Rejected(rejection)) = &credit.result {
+        // The credit side cannot take it: abort on the primary first (the decision), remembering
+        // the refusal as the transfer's outcome (a retry answers it again, G4), then report.
+        let abort = Op::AbortDebit(TransferStep {
+            refusal: Some(rejection.clone()),
+            ..debit_step()
+        });
         let decided = transfer_of(shards.execute(from_shard, command(&id, 0, abort)).await?)?;
         if status_of(&decided) == TransferStatus::Committed {
             // Another attempt with the same id committed it meanwhile: the transfer happened.
             commit_credit(shards, to_shard, &decided).await;
             return Ok(decided);
         }
-        return Err(refusal);
+        return Err(aborted(&decided));
     }
+    transfer_of(credit)?;
 
     failpoint!("before-commit-primary");
-    let commit = Op::CommitDebit(step(&request.from_account_id));
+    let commit = Op::CommitDebit(debit_step());
     let commit_ts = timestamps.next().await?;
     let decision = shards
         .execute(from_shard, command(&id, commit_ts, commit))
@@ -134,7 +150,7 @@ pub async fn transfer(
         Ok(t) => t,
         Err(refusal) => {
             // Recovery aborted it first (this router was too slow): release the intent.
-            let abort = Op::AbortCredit(step(&request.to_account_id));
+            let abort = Op::AbortCredit(credit_step(&request));
             let _ = shards.execute(to_shard, command(&id, 0, abort)).await;
             return Err(refusal);
         }
@@ -151,10 +167,12 @@ pub async fn transfer(
 /// `committed` is the primary's record: it carries the commit timestamp of the first commit (a
 /// retry's own commit_ts is ignored by the primary), which the credit takes too.
 async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) {
-    let step = TransferStep {
+    let step = credit_step(&TransferRequest {
         transfer_id: committed.transfer_id.clone(),
-        account_id: committed.to_account_id.clone(),
-    };
+        from_account_id: committed.from_account_id.clone(),
+        to_account_id: committed.to_account_id.clone(),
+        amount: committed.amount,
+    });
     let id = &committed.transfer_id;
     let result = shards
         .execute(
