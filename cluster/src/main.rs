@@ -163,7 +163,20 @@ async fn run(command: Commands) -> Result<i32, String> {
                 "ready (WALLET_ENDPOINT={}); Ctrl-C stops",
                 playground.router_address
             );
-            wallet_proto::shutdown::signal().await;
+            // The supervisor: a node or router that exits by itself (a panic ends the process,
+            // G9) is restarted with backoff, and every exit and restart is logged here.
+            let stop = wallet_proto::shutdown::signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        for event in playground.supervise() {
+                            println!("supervisor: {event}");
+                        }
+                    }
+                }
+            }
             println!("stopping ...");
             let killed = playground.stop_all();
             if killed.is_empty() {

@@ -51,6 +51,76 @@ pub struct Playground {
     resolve_after_ms: u64,
     nodes: BTreeMap<u64, Child>,
     router: Option<Child>,
+    /// Restart bookkeeping of processes that exited on their own (see [`Playground::supervise`]).
+    restarts: BTreeMap<Process, Restart>,
+}
+
+/// A process of the playground.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Process {
+    Node(u64),
+    Router,
+}
+
+impl std::fmt::Display for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Process::Node(id) => write!(f, "node-{id}"),
+            Process::Router => f.write_str("router"),
+        }
+    }
+}
+
+/// First delay before restarting a process that exited; doubled per quick exit, up to the max.
+pub const RESTART_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A process that ran this long before exiting starts its backoff afresh.
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+struct Restart {
+    /// Restarts so far in the current run of quick exits.
+    count: u32,
+    /// When the process was last started.
+    started: Instant,
+    /// Set while the process is down: when it is due to start again.
+    due: Option<Instant>,
+}
+
+/// What the supervisor did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SupervisorEvent {
+    /// A process exited by itself (exit code, or None if a signal ended it).
+    Exited {
+        process: Process,
+        code: Option<i32>,
+        restart_in: Duration,
+    },
+    Restarted {
+        process: Process,
+        count: u32,
+    },
+}
+
+impl std::fmt::Display for SupervisorEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupervisorEvent::Exited {
+                process,
+                code,
+                restart_in,
+            } => {
+                let how = match code {
+                    Some(code) => format!("with code {code}"),
+                    None => "by a signal".to_string(),
+                };
+                write!(f, "{process} exited {how}; restarting it in {restart_in:?}")
+            }
+            SupervisorEvent::Restarted { process, count } => {
+                write!(f, "{process} restarted (restart #{count})")
+            }
+        }
+    }
 }
 
 /// A port nothing listens on right now (for processes started next).
@@ -123,6 +193,7 @@ impl Playground {
             resolve_after_ms: options.resolve_after_ms,
             nodes: BTreeMap::new(),
             router: None,
+            restarts: BTreeMap::new(),
         })
     }
 
@@ -208,6 +279,7 @@ impl Playground {
         ];
         let child = self.spawn(&format!("node-{node_id}"), &args, env)?;
         self.nodes.insert(node_id, child);
+        self.mark_started(Process::Node(node_id));
         Ok(())
     }
 
@@ -218,6 +290,7 @@ impl Playground {
         }
         let address = self.router_address.clone();
         self.router = Some(self.spawn_router(&address, "router", &[])?);
+        self.mark_started(Process::Router);
         Ok(())
     }
 
@@ -286,6 +359,89 @@ impl Playground {
             Some(child) => matches!(child.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    fn mark_started(&mut self, process: Process) {
+        let entry = self.restarts.entry(process).or_insert(Restart {
+            count: 0,
+            started: Instant::now(),
+            due: None,
+        });
+        entry.started = Instant::now();
+        entry.due = None;
+    }
+
+    /// The supervisor's round: a node or router that exited by itself (a panic ends a process,
+    /// G9) is started again after a backoff (1 s, doubling per quick exit up to 30 s; afresh after
+    /// a minute of running). Processes stopped or killed through the playground stay down.
+    /// Call it periodically; returns what it did.
+    pub fn supervise(&mut self) -> Vec<SupervisorEvent> {
+        let mut events = Vec::new();
+        let mut exited = Vec::new();
+        for (id, child) in &mut self.nodes {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited.push((Process::Node(*id), status.code()));
+            }
+        }
+        if let Some(router) = self.router.as_mut() {
+            if let Ok(Some(status)) = router.try_wait() {
+                exited.push((Process::Router, status.code()));
+            }
+        }
+        let now = Instant::now();
+        for (process, code) in exited {
+            match process {
+                Process::Node(id) => {
+                    self.nodes.remove(&id);
+                }
+                Process::Router => self.router = None,
+            }
+            let restart = self.restarts.entry(process).or_insert(Restart {
+                count: 0,
+                started: now,
+                due: None,
+            });
+            if now.duration_since(restart.started) > RESTART_RESET_AFTER {
+                restart.count = 0;
+            }
+            let restart_in = RESTART_BACKOFF_FIRST
+                .saturating_mul(1 << restart.count.min(5))
+                .min(RESTART_BACKOFF_MAX);
+            restart.due = Some(now + restart_in);
+            events.push(SupervisorEvent::Exited {
+                process,
+                code,
+                restart_in,
+            });
+        }
+        let due: Vec<Process> = self
+            .restarts
+            .iter()
+            .filter(|(_, r)| r.due.is_some_and(|due| due <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for process in due {
+            let started = match process {
+                Process::Node(id) => self.start_node(id),
+                Process::Router => self.start_router(),
+            };
+            match started {
+                Ok(()) => {
+                    let restart = self.restarts.entry(process).or_insert(Restart {
+                        count: 0,
+                        started: now,
+                        due: None,
+                    });
+                    restart.count += 1;
+                    events.push(SupervisorEvent::Restarted {
+                        process,
+                        count: restart.count,
+                    });
+                }
+                Err(e) => eprintln!("cannot restart {process}: {e}"),
+            }
+        }
+        events
     }
 
     /// Stops everything gracefully; returns the processes that had to be killed.

@@ -119,9 +119,10 @@ async fn router_killed_before_commit_credit() {
     router_killed_at("before-commit-credit", true).await;
 }
 
-/// A transient error and a panic in the coordinator: the router lives on. The client's automatic
-/// retry (same id) completes the transfer that met the error, once; the transfer whose coordinator
-/// panics after both prepares on every attempt is undone by recovery.
+/// A transient error and a panic in the coordinator. The client's automatic retry (same id)
+/// completes the transfer that met the error, once. The panic ends the router process at once with
+/// exit code 101 (fail-stop, G9: no process lingers after a panic), and the transfer it left after
+/// both prepares is undone by recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_errors_and_panics_mid_transfer_leave_no_trace() {
     let _serial = SERIAL.lock().await;
@@ -139,9 +140,9 @@ async fn router_errors_and_panics_mid_transfer_leave_no_trace() {
     let (mut panicking, faulty) = faulty_router(&cluster, "after-prepare-credit=panic");
     let panicked = faulty.transfer("panic-1", &a, &b, 20).await;
     assert!(panicked.is_err(), "{panicked:?}");
+    let exit = panicking.wait().expect("router exit status");
+    assert_eq!(exit.code(), Some(wallet_proto::fail_stop::PANIC_EXIT_CODE));
     let balances = settled(&client, &[a.clone(), b.clone()]).await;
-    let _ = panicking.kill();
-    let _ = panicking.wait();
     assert_eq!((balances[&a], balances[&b]), (990, 1010));
     let status = client.get_transfer("panic-1", &a).await.unwrap().status;
     assert_eq!(status, TransferStatus::Aborted as i32);

@@ -260,6 +260,9 @@ impl Docker {
     ) -> Result<(), String> {
         let mount = self.cluster_mount();
         let mut args: Vec<&str> = vec!["run", "-d", "--name", name, "--network", &self.network];
+        // Fail-stop (G9): a process that exits by itself (a panic) is started again by Docker;
+        // the nemesis's `docker kill` is a manual stop, which Docker leaves alone.
+        args.extend(["--restart", "on-failure"]);
         args.extend(["--ip", ip, "-v", &mount]);
         args.extend(options.iter().map(String::as_str));
         args.push(&self.image);

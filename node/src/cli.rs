@@ -46,6 +46,7 @@ pub fn init_logging() {
 /// Runs a node with these arguments until SIGTERM/SIGINT; exits the process on a start-up error.
 pub fn main_with(args: NodeArgs) {
     init_logging();
+    wallet_proto::fail_stop::install("wallet-node", Some(args.data_dir.clone()));
     // Arms the failpoints named in FAILPOINTS (a no-op unless built with `failpoints`).
     let _failpoints = fail::FailScenario::setup();
     if let Err(e) = start(args) {

@@ -500,6 +500,9 @@ impl Replica {
             }
             match entry.get_entry_type() {
                 EntryType::EntryNormal if !entry.data.is_empty() => {
+                    // `FAILPOINTS=replica-apply=panic` (with the `failpoints` feature): a bug that
+                    // panics while applying; the process must end (fail-stop, G9).
+                    fail::fail_point!("replica-apply");
                     let outcome = match Command::decode(&entry.data[..]) {
                         Ok(command) => self.state_machine.apply(&command, &mut writes),
                         Err(e) => Outcome {

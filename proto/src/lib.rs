@@ -6,7 +6,9 @@
 //! - [`validate`]: the input rules of DESIGN §10, applied at every entry point.
 //! - [`topology`]: the TOML cluster file and the consistent-hashing ring (account id → shard).
 //! - [`shutdown`]: the SIGTERM/SIGINT signal every binary stops on.
+//! - [`fail_stop`]: the panic hook that ends a process on any panic (G9).
 
+pub mod fail_stop;
 pub mod reason;
 pub mod shutdown;
 pub mod topology;

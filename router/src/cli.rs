@@ -33,6 +33,7 @@ pub fn main_with(args: RouterArgs) {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    wallet_proto::fail_stop::install("wallet-router", None);
     // Arms the failpoints named in FAILPOINTS (a no-op unless built with `failpoints`).
     let _failpoints = fail::FailScenario::setup();
     if let Err(e) = start(args) {

@@ -1,0 +1,63 @@
+//! Fail-stop (G9): a panic anywhere in a process ends the whole process, loudly.
+//!
+//! Without this, a panic in one tokio task (a replica's Raft loop, say) kills only that task: the
+//! process keeps answering its other calls while the replica is dead, nothing restarts it, and its
+//! shard may lose its quorum for good. With the hook installed, the panic is reported on stderr
+//! (the process's log) with a `FATAL` line naming the process, appended to a `panics.log` file when
+//! the process has a data directory (so an operator, or `wallet-cluster status`, can tell a crash
+//! loop from an outage), and the process exits with [`PANIC_EXIT_CODE`] so its supervisor
+//! (`wallet-cluster up`, Docker's restart policy, Kubernetes) starts it again.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+/// Exit code of a process that panicked (the code Rust itself uses for a panicking main).
+pub const PANIC_EXIT_CODE: i32 = 101;
+/// Name of the file in a data directory that keeps the last panics.
+pub const PANIC_FILE: &str = "panics.log";
+/// The panic file is started afresh beyond this size, so a crash loop cannot fill the disk.
+const PANIC_FILE_MAX: u64 = 64 * 1024;
+
+/// Installs the hook for the process `name`; `data_dir`, if given, receives `panics.log`.
+pub fn install(name: &'static str, data_dir: Option<PathBuf>) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let thread = std::thread::current();
+        let line = format!(
+            "FATAL: {name} panicked in thread {}: {info}; exiting with code {PANIC_EXIT_CODE} \
+             (fail-stop) so that its supervisor restarts it",
+            thread.name().unwrap_or("unnamed"),
+        );
+        eprintln!("{line}");
+        if let Some(dir) = &data_dir {
+            record(dir, &line);
+        }
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
+}
+
+fn record(dir: &std::path::Path, line: &str) {
+    let path = dir.join(PANIC_FILE);
+    let too_big = std::fs::metadata(&path).is_ok_and(|m| m.len() > PANIC_FILE_MAX);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(!too_big)
+        .write(true)
+        .truncate(too_big)
+        .open(&path);
+    if let Ok(mut file) = file {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let _ = writeln!(file, "{now} {line}");
+        let _ = file.sync_all();
+    }
+}
+
+/// The last line of a data directory's panic file, if it has one.
+pub fn last_panic(data_dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(PANIC_FILE)).ok()?;
+    text.lines().last().map(str::to_string)
+}
