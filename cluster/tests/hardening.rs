@@ -96,3 +96,78 @@ async fn a_panic_ends_the_node_and_the_supervisor_restarts_it() {
     cluster.caught_up(victim).await;
     assert_eq!(client.get_account("p").await.unwrap().balance, n);
 }
+
+/// One timestamp straight from a node's oracle (no router, no retry), or the error.
+async fn tso_from(cluster: &Cluster, node_id: u64) -> Result<u64, String> {
+    use wallet_proto::v1::shard_client::ShardClient;
+    let address = cluster.playground.topology.address_of(node_id).unwrap();
+    let call = async {
+        let mut client = ShardClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .tso(wallet_proto::v1::TsoRequest { count: 1 })
+            .await
+            .map(|r| r.into_inner().first)
+            .map_err(|e| e.message().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// G6 across routers: a meta-group leader paused while a new one serves timestamps, then
+/// resumed, must not hand out a timestamp below those the new leader already gave (it answered
+/// from its old window until check_quorum demoted it). Timestamps are served only after a quorum
+/// confirmed the leadership.
+///
+/// The nodes' clocks run 10 s behind the timestamps already handed out (as after a clock step
+/// back), so an old leader's window stays open however long the pause lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_old_oracle_leader_never_hands_out_older_timestamps() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(1, 10_000).await;
+    cluster
+        .client()
+        .create_account("t", "USD", 0)
+        .await
+        .unwrap();
+    for id in cluster.playground.node_ids() {
+        cluster.playground.kill_node(id);
+    }
+    for id in cluster.playground.node_ids() {
+        cluster
+            .playground
+            .start_node_with_env(id, &[("WALLET_CLOCK_SKEW_MS", "-10000")])
+            .unwrap();
+    }
+    let meta = wallet_proto::topology::META_GROUP_ID;
+    for round in 0..3 {
+        let old = cluster.ready().await[&meta];
+        let before = tso_from(&cluster, old).await.expect("old leader serves");
+        cluster.playground.pause_node(old, true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let new = loop {
+            let leaders = cluster.playground.leaders().await;
+            if let Some(new) = leaders.get(&meta).filter(|n| **n != old) {
+                break *new;
+            }
+            assert!(Instant::now() < deadline, "no new meta leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let served = tso_from(&cluster, new).await.expect("new leader serves");
+        assert!(served > before);
+        cluster.playground.pause_node(old, false);
+        match tso_from(&cluster, old).await {
+            Ok(ts) => assert!(
+                ts > served,
+                "round {round}: the resumed old leader handed out {ts} after {served}"
+            ),
+            Err(e) => assert!(
+                e.contains("NOT_LEADER") || e.contains("UNAVAILABLE"),
+                "round {round}: {e}"
+            ),
+        }
+        cluster.ready().await;
+    }
+}

@@ -125,7 +125,36 @@ pub struct OpenedReplica {
 /// Proposal id of the oracle's own `ExtendTso` entries (no caller waits for them).
 const TSO_PROPOSAL: u64 = u64::MAX;
 
-type ReadReply = (Query, oneshot::Sender<Result<ReadResult, Status>>);
+/// What waits for a read index: a read, or a batch of timestamps. The oracle hands timestamps out
+/// only after a quorum confirmed that this replica still led when they were asked for (G6): a
+/// leader cut off from its majority, or one just resumed from a pause, never hands out timestamps
+/// below those a newer leader already served.
+enum Waiter {
+    Read(Query, oneshot::Sender<Result<ReadResult, Status>>),
+    Tso(u32, oneshot::Sender<Result<TsoResponse, Status>>),
+}
+
+impl Waiter {
+    fn fail(self, status: Status) {
+        match self {
+            Waiter::Read(_, reply) => {
+                let _ = reply.send(Err(status));
+            }
+            Waiter::Tso(_, reply) => {
+                let _ = reply.send(Err(status));
+            }
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        match self {
+            Waiter::Read(_, reply) => reply.is_closed(),
+            Waiter::Tso(_, reply) => reply.is_closed(),
+        }
+    }
+}
+
+type ReadReply = Waiter;
 
 /// The replica task's state.
 pub struct Replica {
@@ -264,8 +293,8 @@ impl Replica {
         if self.raw.has_ready() {
             self.on_ready().await?;
         }
-        self.serve_timestamps();
         self.serve_reads()?;
+        self.serve_timestamps();
         self.maybe_snapshot()?;
         self.publish_status();
         Ok(())
@@ -290,12 +319,17 @@ impl Replica {
                 if self.raw.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
                 } else {
-                    self.read_batch.push((query, reply));
+                    self.read_batch.push(Waiter::Read(query, reply));
                 }
             }
             ReplicaMsg::Tso { count, reply } => match self.oracle.as_mut() {
-                Some(oracle) if self.raw.raft.state == StateRole::Leader => {
-                    oracle.request(count, reply)
+                Some(_) if self.raw.raft.state == StateRole::Leader => {
+                    match crate::tso::check_count(count) {
+                        Ok(()) => self.read_batch.push(Waiter::Tso(count, reply)),
+                        Err(status) => {
+                            let _ = reply.send(Err(status));
+                        }
+                    }
                 }
                 Some(_) => {
                     let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
@@ -413,7 +447,10 @@ impl Replica {
     }
 
     fn start_read_batch(&mut self) {
-        if self.read_batch.is_empty() {
+        // raft-rs drops a ReadIndex that reaches a leader before it committed an entry of its own
+        // term (its first act is to commit an empty one): the batch waits for that instead of
+        // timing out.
+        if self.read_batch.is_empty() || !self.raw.raft.commit_to_current_term() {
             return;
         }
         let id = self.next_read;
@@ -608,16 +645,17 @@ impl Replica {
             .flat_map(|(_, batch)| batch)
             .chain(self.reads_awaiting_apply.drain(..).flat_map(|(_, b)| b))
             .chain(self.read_batch.drain(..));
-        for (_, reply) in waiting {
-            let _ = reply.send(Err(not_leader(self.shard_id, leader_id)));
+        for waiter in waiting {
+            waiter.fail(not_leader(self.shard_id, leader_id));
         }
     }
 
     /// Drops waiters whose caller gave up (timed out), so the maps stay bounded.
     fn forget_abandoned_requests(&mut self) {
         self.proposals.retain(|_, reply| !reply.is_closed());
+        self.read_batch.retain(|waiter| !waiter.abandoned());
         self.reads_awaiting_index.retain(|_, batch| {
-            batch.retain(|(_, reply)| !reply.is_closed());
+            batch.retain(|waiter| !waiter.abandoned());
             !batch.is_empty()
         });
     }
@@ -632,9 +670,20 @@ impl Replica {
             .partition(|(index, _)| *index <= applied);
         self.reads_awaiting_apply = waiting;
         for (_, batch) in ready {
-            for (query, reply) in batch {
-                let result = self.answer(&query)?;
-                let _ = reply.send(Ok(result));
+            for waiter in batch {
+                match waiter {
+                    Waiter::Read(query, reply) => {
+                        let result = self.answer(&query)?;
+                        let _ = reply.send(Ok(result));
+                    }
+                    Waiter::Tso(count, reply) => match self.oracle.as_mut() {
+                        Some(oracle) => oracle.request(count, reply),
+                        None => {
+                            let _ =
+                                reply.send(Err(Reason::WrongShard.status("not the meta group")));
+                        }
+                    },
+                }
             }
         }
         Ok(())
@@ -760,6 +809,88 @@ impl Replica {
         };
         if let Ok(mut slot) = self.status.lock() {
             *slot = status;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wallet_proto::topology::Ring;
+    use wallet_proto::v1::Stuck;
+
+    /// A replica of a one-voter group on a temporary sled, driven by hand.
+    fn single_replica(dir: &std::path::Path, shard_id: u64) -> Replica {
+        let db = sled::open(dir).unwrap();
+        let group_commit = Arc::new(crate::group_commit::GroupCommit::new(db));
+        let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
+        let transport = Transport::start(1, &[], registry);
+        let machine = StateMachine::new(shard_id, Ring::new([1], 16));
+        let opened = Replica::open(
+            &group_commit,
+            shard_id,
+            1,
+            &[1],
+            machine,
+            transport,
+            ReplicaConfig::default(),
+        )
+        .unwrap();
+        opened.replica
+    }
+
+    /// One turn of the loop, as `run` does it after draining the inbox.
+    async fn turn(replica: &mut Replica) {
+        replica.start_read_batch();
+        replica.turn().await.unwrap();
+    }
+
+    /// raft-rs drops a ReadIndex that reaches a leader before it committed an entry of its term;
+    /// such a read used to wait out the 3 s request timeout. It is now answered once that entry
+    /// commits.
+    #[tokio::test]
+    async fn a_read_reaching_a_new_leader_before_its_first_commit_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = single_replica(dir.path(), 1);
+        replica.raw.campaign().unwrap();
+        assert_eq!(replica.raw.raft.state, StateRole::Leader);
+        assert!(!replica.raw.raft.commit_to_current_term());
+        let (tx, mut rx) = oneshot::channel();
+        replica.handle(ReplicaMsg::Read {
+            query: Query::Stuck(Stuck::default()),
+            reply: tx,
+        });
+        for _ in 0..5 {
+            turn(&mut replica).await;
+        }
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))), "the read was answered");
+    }
+
+    /// Timestamps are handed out only after a quorum confirmed the leadership (here: the group
+    /// of one), and strictly increase.
+    #[tokio::test]
+    async fn timestamps_wait_for_a_confirmed_leadership() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = single_replica(dir.path(), META_GROUP_ID);
+        replica.raw.campaign().unwrap();
+        let mut last = 0;
+        for _ in 0..3 {
+            let (tx, mut rx) = oneshot::channel();
+            replica.handle(ReplicaMsg::Tso {
+                count: 2,
+                reply: tx,
+            });
+            let mut answer = None;
+            for _ in 0..10 {
+                turn(&mut replica).await;
+                if let Ok(result) = rx.try_recv() {
+                    answer = Some(result.unwrap());
+                    break;
+                }
+            }
+            let answer = answer.expect("timestamps served");
+            assert!(answer.first > last);
+            last = answer.first + 1;
         }
     }
 }

@@ -8,6 +8,12 @@
 //! leader starts at or above the highest committed limit, timestamps strictly increase across
 //! leader changes, restarts and clocks that go backwards (a node's clock can be shifted with
 //! `WALLET_CLOCK_SKEW_MS` to test exactly that).
+//!
+//! Real time order across routers needs one more rule: a request is served only after a quorum
+//! confirmed, after its arrival, that this replica still leads (the replica runs every batch of
+//! timestamp requests through a ReadIndex). A leader cut off from its majority, or resumed after
+//! a pause while a newer leader served, gets no confirmation and steps down, instead of handing
+//! out timestamps below those the newer leader already gave.
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -52,6 +58,14 @@ pub fn physical_now() -> u64 {
     ms << LOGICAL_BITS
 }
 
+/// Refuses a request for no timestamps or more than [`BATCH_MAX`].
+pub fn check_count(count: u32) -> Result<(), Status> {
+    if count == 0 || count > BATCH_MAX {
+        return Err(Reason::InvalidArgument.status(format!("count must be 1..={BATCH_MAX}")));
+    }
+    Ok(())
+}
+
 /// The leader-side state of the oracle.
 #[derive(Default)]
 pub struct Oracle {
@@ -64,12 +78,12 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    /// Queues a request for `count` timestamps.
+    /// Queues a request for `count` timestamps. The replica calls it only once a quorum confirmed
+    /// its leadership after the request arrived (a read index), so no newer leader can have served
+    /// timestamps before this one is answered.
     pub fn request(&mut self, count: u32, reply: Reply) {
-        if count == 0 || count > BATCH_MAX {
-            let _ = reply.send(Err(
-                Reason::InvalidArgument.status(format!("count must be 1..={BATCH_MAX}"))
-            ));
+        if let Err(status) = check_count(count) {
+            let _ = reply.send(Err(status));
             return;
         }
         self.waiting.push_back((count, reply));
