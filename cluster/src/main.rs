@@ -80,6 +80,16 @@ enum Commands {
         #[arg(long, default_value_t = 1000)]
         accounts: usize,
     },
+    /// Show every Raft group of a running cluster: replicas with node, role, term, commit and
+    /// applied index, lag, and phase (serving, probing, recovering, DOWN with its last panic).
+    Status {
+        /// Playground directory (reads its cluster.toml, and panics.log of each node's data).
+        #[arg(long, default_value = "./wallet-data", conflicts_with = "cluster")]
+        dir: PathBuf,
+        /// Cluster file of a cluster that is not a local playground.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+    },
     /// Run one node in the foreground (same flags as `wallet-node`).
     Node(wallet_node::cli::NodeArgs),
     /// Run one router in the foreground (same flags as `wallet-router`).
@@ -241,6 +251,18 @@ async fn run(command: Commands) -> Result<i32, String> {
             let report = result?;
             println!("{}", report.table());
             Ok(if report.conserved() { 0 } else { 2 })
+        }
+        Commands::Status { dir, cluster } => {
+            let (topology, dir) = match cluster {
+                Some(path) => (Topology::load(&path)?, None),
+                None => (Topology::load(&dir.join("cluster.toml"))?, Some(dir)),
+            };
+            let nodes = wallet_cluster::status::gather(&topology).await;
+            print!(
+                "{}",
+                wallet_cluster::status::render(&topology, &nodes, dir.as_deref())
+            );
+            Ok(0)
         }
         Commands::Node(_) | Commands::Router(_) => unreachable!("handled in main"),
     }

@@ -191,3 +191,32 @@ async fn node_killed_between_fsync_and_apply_loses_nothing() {
     cluster.caught_up(victim).await;
     assert_balances(&client, &acked.per_account).await;
 }
+
+/// G6: once a transfer is acknowledged, a read of its credit account sees it, even when the
+/// router's CommitCredit failed and the credit is still an intent (it was missing until recovery
+/// applied it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_credit_is_seen_by_the_next_read() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
+    let (a, b) = (on1[0].clone(), on2[0].clone());
+    let (mut router, faulty) = faulty_router(&cluster, "commit-credit-lost=return");
+    for i in 1..=5i64 {
+        let t = faulty
+            .transfer(&format!("late-{i}"), &a, &b, 10)
+            .await
+            .unwrap();
+        assert_eq!(t.status, TransferStatus::Committed as i32);
+        let seen = if i % 2 == 0 {
+            client.get_account(&b).await.unwrap().balance
+        } else {
+            let history = client.list_transfers(&b, 100, 0).await.unwrap();
+            history.entries[0].balance_after
+        };
+        assert_eq!(seen, 1000 + 10 * i, "read after acknowledged transfer {i}");
+    }
+    let _ = router.kill();
+    let _ = router.wait();
+}

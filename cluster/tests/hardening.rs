@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wallet_cluster::playground::{Process, SupervisorEvent};
+use wallet_client::Reason;
+use wallet_proto::v1::shard_client::ShardClient;
+use wallet_proto::v1::{command::Op, CloseTs, Command, DepositRequest, ShardCommand};
 
 /// The four requests of the hardening issue: a deposit of i64::MAX, its withdrawal, another
 /// deposit of i64::MAX, then a read of the account as of the first deposit's commit timestamp.
@@ -38,6 +40,7 @@ async fn a_snapshot_read_across_extreme_changes_answers_and_the_shard_keeps_serv
 
 /// A panic in a replica task ends the node with exit code 101, a FATAL line in its log and in
 /// `panics.log`; the supervisor restarts it and it catches up.
+#[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_ends_the_node_and_the_supervisor_restarts_it() {
     let _serial = SERIAL.lock().await;
@@ -61,6 +64,7 @@ async fn a_panic_ends_the_node_and_the_supervisor_restarts_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         events = cluster.playground.supervise();
     }
+    use wallet_cluster::playground::{Process, SupervisorEvent};
     assert_eq!(
         events[0],
         SupervisorEvent::Exited {
@@ -99,7 +103,6 @@ async fn a_panic_ends_the_node_and_the_supervisor_restarts_it() {
 
 /// One timestamp straight from a node's oracle (no router, no retry), or the error.
 async fn tso_from(cluster: &Cluster, node_id: u64) -> Result<u64, String> {
-    use wallet_proto::v1::shard_client::ShardClient;
     let address = cluster.playground.topology.address_of(node_id).unwrap();
     let call = async {
         let mut client = ShardClient::connect(format!("http://{address}"))
@@ -170,4 +173,173 @@ async fn a_resumed_old_oracle_leader_never_hands_out_older_timestamps() {
         }
         cluster.ready().await;
     }
+}
+
+/// Sends one command straight to a node (as a misbehaving member would); the error's message.
+async fn execute_on(cluster: &Cluster, node_id: u64, command: Command) -> Result<(), String> {
+    let address = cluster.playground.topology.address_of(node_id).unwrap();
+    let mut client = ShardClient::connect(format!("http://{address}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .execute(ShardCommand {
+            shard_id: 1,
+            command: Some(command),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
+}
+
+/// Internal calls no router would send: a close timestamp of u64::MAX (it blocked the shard's
+/// writes for good) and a deposit stamped u64::MAX (every later snapshot read would be too old)
+/// are refused, and the shard keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_no_router_could_have_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, 10_000).await;
+    let client = cluster.client();
+    client.create_account("c", "USD", 0).await.unwrap();
+    let leader = cluster.ready().await[&1];
+    let close = Command {
+        request_id: String::new(),
+        at_ms: 0,
+        ts: 0,
+        op: Some(Op::CloseTs(CloseTs { ts: u64::MAX })),
+    };
+    let refused = execute_on(&cluster, leader, close).await.unwrap_err();
+    assert!(refused.starts_with("INVALID_ARGUMENT"), "{refused}");
+    let deposit = Command {
+        request_id: "evil".into(),
+        at_ms: 0,
+        ts: u64::MAX,
+        op: Some(Op::Deposit(DepositRequest {
+            request_id: "evil".into(),
+            account_id: "c".into(),
+            amount: 1,
+        })),
+    };
+    let refused = execute_on(&cluster, leader, deposit).await.unwrap_err();
+    assert!(refused.starts_with("INVALID_ARGUMENT"), "{refused}");
+    // Writes and snapshot reads go on.
+    let started = Instant::now();
+    client.deposit("ok-1", "c", 5).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let history = client.list_transfers("c", 10, 0).await.unwrap();
+    assert_eq!(
+        history.entries.len(),
+        1,
+        "the stamped deposit wrote nothing"
+    );
+    let ts = history.entries[0].commit_ts;
+    assert_eq!(client.get_account_at("c", ts).await.unwrap().balance, 5);
+}
+
+/// G4 across shards: a transfer the credit side refuses answers the same refusal on a retry (it
+/// answered TRANSFER_ABORTED), and two debit accounts may use one transfer id towards the same
+/// credit account (the second was refused ID_REUSED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_exactly_once_answers_the_first_outcome() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 2, 1000).await;
+    let ring = cluster.playground.topology.ring();
+    let missing = (0..1000)
+        .map(|i| format!("missing{i}"))
+        .find(|id| ring.shard_of(id) == 2)
+        .unwrap();
+    for attempt in 0..2 {
+        let e = client
+            .transfer("to-missing", &on1[0], &missing, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::AccountNotFound, "attempt {attempt}: {e}");
+    }
+    let eur = (0..1000)
+        .map(|i| format!("eur{i}"))
+        .find(|id| ring.shard_of(id) == 2)
+        .unwrap();
+    client.create_account(&eur, "EUR", 0).await.unwrap();
+    for attempt in 0..2 {
+        let e = client
+            .transfer("to-eur", &on1[0], &eur, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::CurrencyMismatch, "attempt {attempt}: {e}");
+    }
+    for from in &on1 {
+        let t = client.transfer("same-id", from, &on2[0], 7).await.unwrap();
+        assert_eq!(t.status, wallet_proto::v1::TransferStatus::Committed as i32);
+    }
+    let balances = settled(&client, &[on1[0].clone(), on1[1].clone(), on2[0].clone()]).await;
+    assert_eq!(balances[&on2[0]], 1014);
+    assert_eq!(balances[&on1[0]], 993);
+}
+
+/// G9 and G3: a node that lost its disk counts towards no quorum until a majority of its shards'
+/// other replicas told it what it must hold. Node 2 falls behind (down), node 1 and node 3
+/// acknowledge a deposit, then all stop and node 3 loses its disk. Node 3 and the stale node 2
+/// come back first: before, node 3 gave up asking after a second and voted with its empty log, so
+/// node 2 was elected without the acknowledged deposit. Now node 3 waits (the shard is unavailable,
+/// never wrong) until node 1 is back, rebuilds, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_waits_for_a_majority_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(1, 10_000).await;
+    let client = cluster.client();
+    client.create_account("w", "USD", 0).await.unwrap();
+    client.deposit("w-1", "w", 10).await.unwrap();
+    cluster.playground.kill_node(2);
+    client.deposit("w-2", "w", 20).await.unwrap();
+    cluster.playground.kill_node(1);
+    cluster.playground.kill_node(3);
+    cluster.playground.wipe_node(3).unwrap();
+    cluster.playground.start_node(3).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.playground.start_node(2).unwrap();
+    let impatient = wallet_client::WalletClient::with_options(
+        &[cluster.playground.router_address.as_str()],
+        wallet_client::ClientOptions {
+            retry_budget: Duration::from_millis(500),
+            attempt_timeout: Duration::from_secs(2),
+        },
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if let Ok(account) = impatient.get_account("w").await {
+            assert_eq!(account.balance, 30, "an acknowledged deposit was lost");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = cluster.playground.status(3).await.expect("node 3 answers");
+    for replica in &status.replicas {
+        assert_eq!(
+            replica.phase,
+            wallet_proto::v1::ReplicaPhase::Probing as i32,
+            "{replica:?}"
+        );
+        assert!(!replica.note.is_empty());
+    }
+    // The status view says why the shard does not serve.
+    let shown = std::process::Command::new(exe())
+        .args(["status", "--dir"])
+        .arg(&cluster.playground.dir)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("probing") && shown.contains("DOWN"),
+        "{shown}"
+    );
+    assert!(shown.contains("NO LEADER"), "{shown}");
+    cluster.playground.start_node(1).unwrap();
+    cluster.caught_up(3).await;
+    assert_eq!(client.get_account("w").await.unwrap().balance, 30);
+    // Every majority now includes the rebuilt node.
+    cluster.playground.kill_node(1);
+    cluster.ready().await;
+    assert_eq!(client.get_account("w").await.unwrap().balance, 30);
+    client.deposit("w-3", "w", 1).await.unwrap();
 }

@@ -8,7 +8,9 @@
 //! - [`shard_store`]: one replica's Raft log, Raft state and state machine records in one sled tree.
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
 //! - [`transport`]: Raft messages between nodes, batched per peer.
-//! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers).
+//! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers); [`ts_bound`]: the
+//!   timestamps no router could have sent, refused.
+//! - [`probe`]: what a replica with an empty store learns from its peers before any Raft step.
 //! - [`recovery`]: decides and resolves cross-shard transfers whose router went away.
 //! - [`tso`]: the timestamp oracle the meta group's leader serves; [`snapshot_read`]: the state
 //!   machine's side of reads at a timestamp (audits).
@@ -16,6 +18,7 @@
 pub mod cli;
 pub mod group_commit;
 pub mod node;
+pub mod probe;
 mod raft_log;
 pub mod record;
 pub mod recovery;
@@ -25,5 +28,6 @@ pub mod shard_store;
 pub mod snapshot_read;
 pub mod state_machine;
 pub mod transport;
+pub mod ts_bound;
 pub mod tso;
 pub mod two_phase;

@@ -10,9 +10,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::raft_server::RaftServer;
-use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::shard_server::ShardServer;
-use wallet_proto::v1::StatusRequest;
 
 use crate::group_commit::GroupCommit;
 use crate::replica::{Replica, ReplicaConfig};
@@ -70,13 +68,21 @@ pub async fn run(
             options.replica.clone(),
         )?);
     }
-    if opened.iter().any(|o| o.pristine) {
-        let commits = peer_commits(topology, options.node_id).await;
-        for o in opened.iter_mut().filter(|o| o.pristine) {
-            o.replica
-                .recover_to(commits.get(&o.handle.shard_id).copied().unwrap_or(0));
-        }
-    }
+    // Replicas whose store is empty learn their peers' term and commit before any Raft step.
+    let probes: Vec<crate::probe::Pending> = opened
+        .iter()
+        .filter(|o| o.pristine)
+        .map(|o| crate::probe::Pending {
+            shard_id: o.handle.shard_id,
+            others: topology
+                .replicas_of(o.handle.shard_id)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|id| *id != options.node_id)
+                .collect(),
+            inbox: o.handle.inbox.clone(),
+        })
+        .collect();
     let mut tasks = Vec::new();
     for o in opened {
         handles.insert(o.handle.shard_id, o.handle);
@@ -84,14 +90,15 @@ pub async fn run(
     }
     let shard_count = handles.len();
     let _ = registry.set(handles);
-    let service = NodeService::new(options.node_id, ring, registry);
     let shards = Arc::new(Shards::new(topology.clone())?);
+    let service = NodeService::new(options.node_id, ring, registry, shards.clone());
     let recovery = tokio::spawn(crate::recovery::run(
         service.clone(),
         shards,
         options.resolve_after,
         stop_rx.clone(),
     ));
+    let probe = tokio::spawn(crate::probe::run(topology.clone(), probes, stop_rx.clone()));
     tracing::info!(node = options.node_id, listen = %options.listen, shards = shard_count, "node serving");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -107,60 +114,11 @@ pub async fn run(
     tracing::info!(node = options.node_id, "stopping replicas");
     let _ = stop_tx.send(true);
     let _ = recovery.await;
+    let _ = probe.await;
     for task in tasks {
         let _ = task.await;
     }
     db.flush_async().await?;
     tracing::info!(node = options.node_id, "node stopped cleanly");
     Ok(())
-}
-
-/// The highest commit index each shard's replicas on other nodes report, asking each peer once
-/// (one second each, in parallel). A node whose store is empty uses it to tell a brand-new cluster
-/// (nobody has data) from a rejoin after its data was lost (peers have data).
-async fn peer_commits(topology: &Topology, node_id: u64) -> HashMap<u64, u64> {
-    let asks = topology
-        .nodes
-        .iter()
-        .filter(|n| n.id != node_id)
-        .map(|peer| {
-            let address = format!("http://{}", peer.address);
-            async move {
-                let call = async {
-                    let mut client = ShardClient::connect(address).await.ok()?;
-                    client
-                        .status(StatusRequest {})
-                        .await
-                        .ok()
-                        .map(|r| r.into_inner())
-                };
-                tokio::time::timeout(std::time::Duration::from_secs(1), call)
-                    .await
-                    .ok()
-                    .flatten()
-            }
-        });
-    let mut commits = HashMap::new();
-    for status in futures_join_all(asks).await.into_iter().flatten() {
-        for replica in status.replicas {
-            let entry = commits.entry(replica.shard_id).or_insert(0);
-            *entry = (*entry).max(replica.commit_index);
-        }
-    }
-    commits
-}
-
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        if let Ok(value) = handle.await {
-            out.push(value);
-        }
-    }
-    out
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use tonic::Request;
 use wallet_proto::v1::shard_server::Shard;
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Command, GetTransferRequest, Intent,
-    Outcome, ReadResult, ShardCommand, ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
+    command::Op, outcome, read_result, shard_read::Query, Command, Intent, Outcome, ReadResult,
+    ShardCommand, ShardRead, Stuck, TransferStatus, TransferStep,
 };
 use wallet_router::shards::Shards;
 
@@ -90,61 +90,25 @@ async fn resolve_shard(
         );
     }
     for intent in stuck.pending {
-        resolve_intent(service, shards, shard_id, &intent).await?;
+        resolve_intent(shards, shard_id, &intent).await?;
     }
     Ok(())
 }
 
 async fn resolve_intent(
-    service: &NodeService,
     shards: &Shards,
     shard_id: u64,
     intent: &Intent,
 ) -> Result<(), tonic::Status> {
-    let Some(t) = intent.transfer.as_ref() else {
-        return Ok(());
-    };
-    let decision = shards
-        .read(
-            intent.primary_shard_id,
-            Query::Transfer(GetTransferRequest {
-                transfer_id: t.transfer_id.clone(),
-                from_account_id: t.from_account_id.clone(),
-            }),
-        )
-        .await?;
-    // (commit?, the primary's commit timestamp, which the credit takes too)
-    let (commit, commit_ts) = match decision.result {
-        Some(read_result::Result::Transfer(Transfer {
-            status, commit_ts, ..
-        })) => match TransferStatus::try_from(status) {
-            Ok(TransferStatus::Committed) => (true, commit_ts),
-            Ok(TransferStatus::Aborted) => (false, 0),
-            // Undecided: the primary decides first (it aborts at its own timeout).
-            _ => return Ok(()),
-        },
-        // Refused at prepare or never prepared there: it can never commit.
-        Some(read_result::Result::Rejected(_)) => (false, 0),
-        _ => return Ok(()),
-    };
-    let step = TransferStep {
-        transfer_id: t.transfer_id.clone(),
-        account_id: t.to_account_id.clone(),
-        from_account_id: t.from_account_id.clone(),
-        refusal: None,
-    };
-    let op = if commit {
-        Op::CommitCredit(step)
-    } else {
-        Op::AbortCredit(step)
-    };
-    let outcome = propose(service, shard_id, &t.transfer_id, commit_ts, op).await?;
-    tracing::info!(
-        shard_id,
-        transfer = %t.transfer_id,
-        decided = ?status_of(&outcome),
-        "resolved an intent whose router went away"
-    );
+    if let Some(decided) = wallet_router::two_phase::settle_intent(shards, shard_id, intent).await?
+    {
+        tracing::info!(
+            shard_id,
+            transfer = %intent.transfer.as_ref().map(|t| t.transfer_id.as_str()).unwrap_or(""),
+            ?decided,
+            "resolved an intent whose router went away"
+        );
+    }
     Ok(())
 }
 

@@ -75,6 +75,14 @@ pub enum ReplicaMsg {
         count: u32,
         reply: oneshot::Sender<Result<TsoResponse, Status>>,
     },
+    /// A probing replica's peers answered (a majority of the other replicas): the highest term
+    /// and commit index they reported.
+    Probed {
+        term: u64,
+        commit: u64,
+    },
+    /// A probing replica still waits for its peers: why, for the status view.
+    ProbeWaiting(String),
 }
 
 /// A handle on a running replica: its inbox and its last published status.
@@ -179,6 +187,15 @@ pub struct Replica {
     recover_to: u64,
     /// The timestamp oracle, on the meta group's replicas only.
     oracle: Option<Oracle>,
+    /// While its store is empty and a majority of the other replicas has not yet told it their
+    /// term and commit: why it waits. Such a replica takes no part in Raft at all (G9).
+    probing: Option<String>,
+    /// Node ids of the group's voters (this node included).
+    members: Vec<u64>,
+    /// The peers' answer, applied at the next turn.
+    probed: Option<(u64, u64)>,
+    raft_config: raft::Config,
+    logger: slog::Logger,
 }
 
 impl Replica {
@@ -236,6 +253,11 @@ impl Replica {
             reads_awaiting_apply: Vec::new(),
             recover_to: 0,
             oracle: (shard_id == META_GROUP_ID).then(Oracle::default),
+            probing: pristine.then(|| "waiting for the other replicas to answer".to_string()),
+            probed: None,
+            members: voters.to_vec(),
+            raft_config,
+            logger,
         };
         let handle = ReplicaHandle {
             shard_id,
@@ -262,7 +284,11 @@ impl Replica {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    self.raw.tick();
+                    // A rebuilding replica neither campaigns nor votes: without ticks a follower
+                    // never starts an election.
+                    if self.probing.is_none() && !self.recovering() {
+                        self.raw.tick();
+                    }
                     self.forget_abandoned_requests();
                 }
                 msg = inbox.recv() => match msg {
@@ -290,6 +316,13 @@ impl Replica {
     }
 
     async fn turn(&mut self) -> Result<(), StoreError> {
+        if let Some((term, commit)) = self.probed.take() {
+            self.finish_probe(term, commit).await?;
+        }
+        if self.probing.is_some() {
+            self.publish_status();
+            return Ok(());
+        }
         if self.raw.has_ready() {
             self.on_ready().await?;
         }
@@ -301,6 +334,9 @@ impl Replica {
     }
 
     fn handle(&mut self, msg: ReplicaMsg) {
+        if self.probing.is_some() {
+            return self.handle_while_probing(msg);
+        }
         match msg {
             ReplicaMsg::Raft(message) => {
                 let lost_from = Self::lost_entries_claim(&message, self.last_index());
@@ -341,7 +377,71 @@ impl Replica {
             },
             ReplicaMsg::Unreachable(to) => self.raw.report_unreachable(to),
             ReplicaMsg::SnapshotReport(to, status) => self.raw.report_snapshot(to, status),
+            ReplicaMsg::Probed { .. } | ReplicaMsg::ProbeWaiting(_) => {}
         }
+    }
+
+    /// A probing replica drops Raft messages (their senders retry) and refuses work.
+    fn handle_while_probing(&mut self, msg: ReplicaMsg) {
+        let busy =
+            || Reason::Unavailable.status("this replica is rebuilding: it waits for its peers");
+        match msg {
+            ReplicaMsg::Probed { term, commit } => self.probed = Some((term, commit)),
+            ReplicaMsg::ProbeWaiting(note) => self.probing = Some(note),
+            ReplicaMsg::Propose { reply, .. } => {
+                let _ = reply.send(Err(busy()));
+            }
+            ReplicaMsg::Read { reply, .. } => {
+                let _ = reply.send(Err(busy()));
+            }
+            ReplicaMsg::Tso { reply, .. } => {
+                let _ = reply.send(Err(busy()));
+            }
+            ReplicaMsg::Raft(_) | ReplicaMsg::Unreachable(_) | ReplicaMsg::SnapshotReport(..) => {}
+        }
+    }
+
+    /// The peers answered: adopt the highest term they reported (so no leader of an older term,
+    /// which this replica may have voted against or acknowledged before it lost its data, can
+    /// use it), and rebuild up to the highest commit they reported before voting or acknowledging
+    /// anything new. The RawNode is made afresh from the stored state: it has done nothing yet.
+    async fn finish_probe(&mut self, term: u64, commit: u64) -> Result<(), StoreError> {
+        if term > 0 {
+            let hard_state = raft::eraftpb::HardState {
+                term,
+                ..Default::default()
+            };
+            self.store.append(&[], Some(&hard_state))?;
+            self.store.flush().await?;
+        }
+        self.raw = RawNode::new(&self.raft_config, self.store.log(), &self.logger)
+            .map_err(|e| StoreError::Corrupt(format!("raft state after probing: {e}")))?;
+        self.probing = None;
+        tracing::info!(
+            shard = self.shard_id,
+            term,
+            commit,
+            "peers answered; taking part in raft again"
+        );
+        self.recover_to(commit);
+        Ok(())
+    }
+
+    /// Sends Raft messages to peers. While rebuilding, an acknowledgement never claims more than
+    /// what was already committed when the replica started (`recover_to`): its entries beyond
+    /// that do not count towards any quorum until it has caught up (G9).
+    fn send(&self, mut messages: Vec<Message>) {
+        if self.recovering() {
+            for m in &mut messages {
+                if m.get_msg_type() == MessageType::MsgAppendResponse
+                    && !m.reject
+                    && m.index > self.recover_to
+                {
+                    m.index = self.recover_to;
+                }
+            }
+        }
+        self.transport.send(self.shard_id, messages);
     }
 
     /// Whether this replica still rebuilds after a data loss.
@@ -394,7 +494,24 @@ impl Replica {
     /// - a leader whose follower rejects an append with a hint below what it had acknowledged
     ///   resets that follower's progress, so it is probed and rebuilt from its actual log.
     fn screen(&mut self, mut message: Message) -> Option<Message> {
+        // Only the group's other members talk to this replica, and only to it.
+        if message.to != self.node_id
+            || message.from == self.node_id
+            || !self.members.contains(&message.from)
+        {
+            return None;
+        }
         match message.get_msg_type() {
+            // A snapshot that does not check out is dropped before raft-rs accepts it (it would
+            // then believe it installed it); the leader sends it again.
+            MessageType::MsgSnapshot => {
+                if let Err(e) =
+                    crate::shard_store::check_snapshot(message.get_snapshot().get_data())
+                {
+                    tracing::warn!(shard = self.shard_id, from = message.from, error = %e, "dropped a snapshot that does not check out");
+                    return None;
+                }
+            }
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.recovering() => {
                 return None;
             }
@@ -463,7 +580,7 @@ impl Replica {
     async fn on_ready(&mut self) -> Result<(), StoreError> {
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            self.transport.send(self.shard_id, ready.take_messages());
+            self.send(ready.take_messages());
         }
         if let Some(soft) = ready.ss() {
             if soft.raft_state != StateRole::Leader {
@@ -507,15 +624,14 @@ impl Replica {
             });
         }
         if !ready.persisted_messages().is_empty() {
-            self.transport
-                .send(self.shard_id, ready.take_persisted_messages());
+            self.send(ready.take_persisted_messages());
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.store.set_commit(commit)?;
         }
         if !light.messages().is_empty() {
-            self.transport.send(self.shard_id, light.take_messages());
+            self.send(light.take_messages());
         }
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
@@ -798,14 +914,16 @@ impl Replica {
             is_leader: raft.state == StateRole::Leader,
             accounts: self.state_machine.account_count() as u64,
             role: role_name(raft.state).to_string(),
-            phase: if self.recovering() {
+            phase: if self.probing.is_some() {
+                ReplicaPhase::Probing
+            } else if self.recovering() {
                 ReplicaPhase::Recovering
             } else {
                 ReplicaPhase::Serving
             } as i32,
             recover_to: self.recover_to,
             last_index: self.last_index(),
-            note: String::new(),
+            note: self.probing.clone().unwrap_or_default(),
         };
         if let Ok(mut slot) = self.status.lock() {
             *slot = status;
@@ -819,8 +937,9 @@ mod tests {
     use wallet_proto::topology::Ring;
     use wallet_proto::v1::Stuck;
 
-    /// A replica of a one-voter group on a temporary sled, driven by hand.
-    fn single_replica(dir: &std::path::Path, shard_id: u64) -> Replica {
+    /// A replica of a one-voter group on a temporary sled, driven by hand, past its probe (a
+    /// group of one has no peers to ask).
+    async fn single_replica(dir: &std::path::Path, shard_id: u64) -> Replica {
         let db = sled::open(dir).unwrap();
         let group_commit = Arc::new(crate::group_commit::GroupCommit::new(db));
         let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
@@ -836,7 +955,12 @@ mod tests {
             ReplicaConfig::default(),
         )
         .unwrap();
-        opened.replica
+        let mut replica = opened.replica;
+        assert!(replica.probing.is_some(), "an empty store probes first");
+        replica.handle(ReplicaMsg::Probed { term: 0, commit: 0 });
+        replica.turn().await.unwrap();
+        assert!(replica.probing.is_none());
+        replica
     }
 
     /// One turn of the loop, as `run` does it after draining the inbox.
@@ -851,7 +975,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_reaching_a_new_leader_before_its_first_commit_is_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let mut replica = single_replica(dir.path(), 1);
+        let mut replica = single_replica(dir.path(), 1).await;
         replica.raw.campaign().unwrap();
         assert_eq!(replica.raw.raft.state, StateRole::Leader);
         assert!(!replica.raw.raft.commit_to_current_term());
@@ -871,7 +995,7 @@ mod tests {
     #[tokio::test]
     async fn timestamps_wait_for_a_confirmed_leadership() {
         let dir = tempfile::tempdir().unwrap();
-        let mut replica = single_replica(dir.path(), META_GROUP_ID);
+        let mut replica = single_replica(dir.path(), META_GROUP_ID).await;
         replica.raw.campaign().unwrap();
         let mut last = 0;
         for _ in 0..3 {

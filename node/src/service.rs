@@ -21,9 +21,15 @@ use wallet_proto::v1::{
 
 use crate::replica::{ReplicaHandle, ReplicaMsg};
 use crate::transport::{self, Registry};
+use crate::ts_bound::TsBound;
+use std::sync::Arc;
+use wallet_router::shards::Shards;
 
 /// How long a command or read may wait for its replica.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest message of a refusal carried by an `AbortDebit` (it is stored as an outcome).
+pub const REFUSAL_MESSAGE_MAX: usize = 1024;
 
 /// Implements both services over this node's replicas.
 #[derive(Clone)]
@@ -31,14 +37,16 @@ pub struct NodeService {
     node_id: u64,
     ring: Ring,
     registry: Registry,
+    ts_bound: Arc<TsBound>,
 }
 
 impl NodeService {
-    pub fn new(node_id: u64, ring: Ring, registry: Registry) -> NodeService {
+    pub fn new(node_id: u64, ring: Ring, registry: Registry, shards: Arc<Shards>) -> NodeService {
         NodeService {
             node_id,
             ring,
             registry,
+            ts_bound: Arc::new(TsBound::new(shards)),
         }
     }
 
@@ -134,10 +142,22 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
                 let t = p.transfer.as_ref();
                 self.check_owner(shard_id, t.map_or("", |t| &t.to_account_id))?;
             }
-            Some(
-                Op::CommitDebit(s) | Op::AbortDebit(s) | Op::CommitCredit(s) | Op::AbortCredit(s),
-            ) => self.check_owner(shard_id, &s.account_id)?,
-            Some(Op::CloseTs(_)) => {}
+            Some(Op::AbortDebit(s)) => {
+                self.check_owner(shard_id, &s.account_id)?;
+                if let Some(refusal) = &s.refusal {
+                    // Stored as the transfer's outcome: a known code and a short message only.
+                    if Reason::parse(&refusal.reason).is_none()
+                        || refusal.message.len() > REFUSAL_MESSAGE_MAX
+                    {
+                        return Err(Reason::InvalidArgument
+                            .status("abort refusal must carry a reason code and a short message"));
+                    }
+                }
+            }
+            Some(Op::CommitDebit(s) | Op::CommitCredit(s) | Op::AbortCredit(s)) => {
+                self.check_owner(shard_id, &s.account_id)?
+            }
+            Some(Op::CloseTs(close)) => self.ts_bound.check("close timestamp", close.ts).await?,
             Some(Op::ExtendTso(_)) => {
                 return Err(
                     Reason::InvalidArgument.status("ExtendTso is internal to the meta group")
@@ -145,6 +165,7 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             }
             None => return Err(Reason::InvalidArgument.status("command has no operation")),
         }
+        self.ts_bound.check("timestamp", command.ts).await?;
         command.at_ms = now_ms();
         let outcome = self
             .ask(replica, |reply| ReplicaMsg::Propose { command, reply })
@@ -160,10 +181,17 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             Query::Account(a) => self.check_owner(shard_id, &a.account_id)?,
             Query::History(h) => self.check_owner(shard_id, &h.account_id)?,
             Query::Transfer(t) => self.check_owner(shard_id, &t.from_account_id)?,
-            Query::SnapshotAt(at) if !at.account_id.is_empty() => {
-                self.check_owner(shard_id, &at.account_id)?
+            Query::SnapshotAt(at) => {
+                if !at.account_id.is_empty() {
+                    self.check_owner(shard_id, &at.account_id)?;
+                }
+                self.ts_bound.check("snapshot timestamp", at.ts).await?;
             }
-            Query::Stuck(_) | Query::SnapshotAt(_) => {}
+            Query::Stuck(stuck) => {
+                if !stuck.credit_account_id.is_empty() {
+                    self.check_owner(shard_id, &stuck.credit_account_id)?;
+                }
+            }
         }
         let result = self
             .ask(replica, |reply| ReplicaMsg::Read { query, reply })

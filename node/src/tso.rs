@@ -117,7 +117,11 @@ impl Oracle {
             }
             let (count, reply) = self.waiting.pop_front().expect("front exists");
             self.next = end;
-            let _ = reply.send(Ok(TsoResponse { first, count }));
+            let _ = reply.send(Ok(TsoResponse {
+                first,
+                count,
+                limit: self.limit,
+            }));
         }
         let low = self.limit < physical.max(self.next) + (REFILL_BELOW_MS << LOGICAL_BITS);
         let stalled = self

@@ -16,8 +16,8 @@
 use tonic::Status;
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    command::Op, outcome, Command, Outcome, PrepareCredit, PrepareDebit, Transfer, TransferRequest,
-    TransferStatus, TransferStep,
+    command::Op, outcome, read_result, shard_read::Query, Command, GetTransferRequest, Intent,
+    Outcome, PrepareCredit, PrepareDebit, Transfer, TransferRequest, TransferStatus, TransferStep,
 };
 
 use crate::shards::Shards;
@@ -26,8 +26,9 @@ use crate::timestamps::Timestamps;
 /// A failpoint on the coordinator's path, compiled in only with the `failpoints` feature and armed
 /// at run time with `FAILPOINTS=<name>=<action>`: `return(exit)` ends the router process right
 /// there (a router crash mid-transfer), `return` fails the request with UNAVAILABLE, `panic`
-/// panics the request's task. Names: `after-prepare-debit`, `after-prepare-credit`,
-/// `before-commit-primary`, `after-commit-primary`, `before-commit-credit`.
+/// panics, which ends the router (fail-stop). Names: `after-prepare-debit`, `after-prepare-credit`,
+/// `before-commit-primary`, `after-commit-primary`, `before-commit-credit`; and
+/// `commit-credit-lost` in [`commit_credit`].
 macro_rules! failpoint {
     ($name:literal) => {
         fail::fail_point!($name, |arg: Option<String>| {
@@ -174,6 +175,11 @@ async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) {
         amount: committed.amount,
     });
     let id = &committed.transfer_id;
+    // `FAILPOINTS=commit-credit-lost=return`: the CommitCredit call is lost, as if its shard did
+    // not answer; the transfer is still acknowledged (G6 must hold for the next read).
+    fail::fail_point!("commit-credit-lost", |_| {
+        tracing::warn!(transfer = %id, "failpoint: commit credit lost");
+    });
     let result = shards
         .execute(
             to_shard,
@@ -184,4 +190,49 @@ async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) {
     if let Err(status) = result {
         tracing::warn!(transfer = %id, error = %status.message(), "credit deferred to recovery");
     }
+}
+
+/// Applies the primary's decision to a pending intent on `credit_shard`: the credit at the
+/// primary's commit timestamp if it committed, the release if it aborted or never prepared.
+/// Returns the decision applied, or None while the primary has not decided (it decides by itself
+/// within its resolve timeout). Used by the nodes' recovery and by reads that meet an intent (G6).
+pub async fn settle_intent(
+    shards: &Shards,
+    credit_shard: u64,
+    intent: &Intent,
+) -> Result<Option<TransferStatus>, Status> {
+    let Some(t) = intent.transfer.as_ref() else {
+        return Ok(None);
+    };
+    let decision = shards
+        .read(
+            intent.primary_shard_id,
+            Query::Transfer(GetTransferRequest {
+                transfer_id: t.transfer_id.clone(),
+                from_account_id: t.from_account_id.clone(),
+            }),
+        )
+        .await?;
+    let (commit, commit_ts) = match decision.result {
+        Some(read_result::Result::Transfer(Transfer {
+            status, commit_ts, ..
+        })) => match TransferStatus::try_from(status) {
+            Ok(TransferStatus::Committed) => (true, commit_ts),
+            Ok(TransferStatus::Aborted) => (false, 0),
+            _ => return Ok(None),
+        },
+        // Refused at prepare, or never prepared there: it can never commit.
+        Some(read_result::Result::Rejected(_)) => (false, 0),
+        _ => return Ok(None),
+    };
+    let step = credit_step(t);
+    let op = if commit {
+        Op::CommitCredit(step)
+    } else {
+        Op::AbortCredit(step)
+    };
+    let outcome = shards
+        .execute(credit_shard, command(&t.transfer_id, commit_ts, op))
+        .await?;
+    Ok(Some(status_of(&transfer_of(outcome)?)))
 }
