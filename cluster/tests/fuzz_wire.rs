@@ -23,26 +23,6 @@ use wallet_proto::v1::{
     Stuck, TransferRequest, TransferStep, TsoRequest, WithdrawRequest,
 };
 
-/// xorshift64*: small, seeded, good enough to mutate bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// Random bytes, or `seed` with one to four mutations (bit flips, random bytes, inserted or
 /// deleted runs, truncation, a duplicated chunk, an extreme varint appended).
 fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {

@@ -242,3 +242,25 @@ pub async fn settled(client: &WalletClient, ids: &[String]) -> BTreeMap<String, 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// xorshift64*: a small seeded generator for randomized multi-process tests (a failure reproduces
+/// from the printed seed).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in 0..n (0 when n is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
