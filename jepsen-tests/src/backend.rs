@@ -38,6 +38,10 @@ pub trait Backend: Send {
     fn heal_network(&mut self) -> Result<(), String>;
     /// Moves a node's wall clock `offset_ms` away from the true time (0 heals it).
     fn skew_clock(&mut self, node_id: u64, offset_ms: i64) -> Result<(), String>;
+    /// Deletes a stopped node's data directory (a lost disk).
+    fn wipe_node(&mut self, node_id: u64) -> Result<(), String>;
+    /// Flips bits at seeded places in a stopped node's sled file (a corrupt disk); returns where.
+    fn corrupt_node(&mut self, node_id: u64, seed: u64) -> Result<String, String>;
     /// Stops everything and keeps every process's log under `logs/`.
     fn stop_all(&mut self);
 
@@ -58,6 +62,24 @@ pub fn cut_pairs(nodes: &[u64], groups: &[Vec<u64>]) -> Vec<(u64, u64)> {
         }
     }
     pairs
+}
+
+/// Bits flipped by the `corrupt` nemesis in one file.
+pub const CORRUPT_FLIPS: usize = 8;
+
+/// Flips [`CORRUPT_FLIPS`] bits at places chosen by `seed`; returns the byte offsets.
+pub fn flip_bits(bytes: &mut [u8], seed: u64) -> String {
+    if bytes.is_empty() {
+        return "empty file".into();
+    }
+    let mut rng = crate::nemesis::Rng(seed | 1);
+    let mut offsets = Vec::new();
+    for _ in 0..CORRUPT_FLIPS {
+        let at = rng.below(bytes.len() as u64) as usize;
+        bytes[at] ^= 1 << rng.below(8);
+        offsets.push(at.to_string());
+    }
+    format!("bytes {} of {}", offsets.join(","), bytes.len())
 }
 
 /// Processes on 127.0.0.1.
@@ -138,6 +160,16 @@ impl Backend for Local {
         let skew = offset_ms.to_string();
         self.playground
             .start_node_with_env(node_id, &[("WALLET_CLOCK_SKEW_MS", &skew)])
+    }
+    fn wipe_node(&mut self, node_id: u64) -> Result<(), String> {
+        self.playground.wipe_node(node_id)
+    }
+    fn corrupt_node(&mut self, node_id: u64, seed: u64) -> Result<String, String> {
+        let file = self.playground.node_dir(node_id).join("sled").join("db");
+        let mut bytes = std::fs::read(&file).map_err(|e| e.to_string())?;
+        let flipped = flip_bits(&mut bytes, seed);
+        std::fs::write(&file, bytes).map_err(|e| e.to_string())?;
+        Ok(flipped)
     }
     fn stop_all(&mut self) {
         if let Some(mut router) = self.second_router.take() {
@@ -401,6 +433,34 @@ impl Backend for Docker {
     fn skew_clock(&mut self, node_id: u64, offset_ms: i64) -> Result<(), String> {
         let seconds = offset_ms / 1000;
         self.exec(node_id, &format!("echo {seconds:+} > {FAKETIME_FILE}"))
+    }
+    fn wipe_node(&mut self, node_id: u64) -> Result<(), String> {
+        let volume = format!("{}-data{node_id}:/data", self.prefix);
+        docker(&[
+            "run",
+            "--rm",
+            "-v",
+            &volume,
+            "--entrypoint",
+            "/bin/sh",
+            &self.image,
+            "-c",
+            "rm -rf /data/* /data/.[!.]*",
+        ])
+        .map(|_| ())
+    }
+    fn corrupt_node(&mut self, node_id: u64, seed: u64) -> Result<String, String> {
+        // `docker cp` works on a stopped container: copy the file out, flip, copy it back.
+        let inside = format!("{}:/data/sled/db", self.node_name(node_id));
+        let outside = self.dir.join(format!("corrupt-node-{node_id}.db"));
+        let outside_str = outside.display().to_string();
+        docker(&["cp", &inside, &outside_str])?;
+        let mut bytes = std::fs::read(&outside).map_err(|e| e.to_string())?;
+        let flipped = flip_bits(&mut bytes, seed);
+        std::fs::write(&outside, bytes).map_err(|e| e.to_string())?;
+        docker(&["cp", &outside_str, &inside])?;
+        let _ = std::fs::remove_file(&outside);
+        Ok(flipped)
     }
     fn stop_all(&mut self) {
         for name in self.containers() {

@@ -8,7 +8,7 @@
 //! | `failed-transfer-applied` | a transfer reported `fail` left a trace |
 //! | `wrong-audit-total` | an `ok` audit's total differs from the money put in |
 //! | `wrong-final-total` | the final balances do not add up to the money put in |
-//! | `negative-balance` | a read, an audit-time or final balance below zero |
+//! | `negative-balance` | a read, an audit-time or final balance below the accounts' floor (0, or minus the credit limit with `--extremes`) |
 //! | `stale-read` | a read missed a change acknowledged before it began |
 //! | `future-read` | a read saw a change that began only after it ended |
 //! | `impossible-read` | a read's value is no state the account ever had |
@@ -151,8 +151,8 @@ fn f_name(value: &Value) -> &'static str {
 }
 
 /// Judges a bank history in which `initial_total` was put into the accounts before it began (and
-/// no money entered or left during it).
-pub fn check(history: &History, initial_total: i128) -> Report {
+/// no money entered or left during it), whose accounts may not go below `floor`.
+pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
     let mut report = Report::default();
     let mut flag =
         |name: &'static str, detail: String| report.anomalies.push(Anomaly { name, detail });
@@ -240,10 +240,14 @@ pub fn check(history: &History, initial_total: i128) -> Report {
     let mut total: i128 = 0;
     for (account, a) in finals {
         total += i128::from(a.balance);
-        if a.balance < 0 || a.changes.iter().any(|c| c.balance_after < 0) {
+        if i128::from(a.balance) < floor
+            || a.changes
+                .iter()
+                .any(|c| i128::from(c.balance_after) < floor)
+        {
             flag(
                 "negative-balance",
-                format!("{account} went below zero: {a:?}"),
+                format!("{account} went below its floor {floor}: {a:?}"),
             );
         }
     }
@@ -324,7 +328,7 @@ pub fn check(history: &History, initial_total: i128) -> Report {
             if done.kind != Kind::Ok {
                 continue;
             }
-            if *v < 0 {
+            if i128::from(*v) < floor {
                 flag(
                     "negative-balance",
                     format!("read of {account} returned {v}"),
@@ -571,7 +575,7 @@ mod tests {
     }
 
     fn names(history: &History) -> Vec<&'static str> {
-        check(history, 200).names()
+        check(history, 200, 0).names()
     }
 
     #[test]
@@ -586,7 +590,7 @@ mod tests {
                 &[("fund", 100), ("t1", -30)],
                 &[("fund", 100), ("t1", 30)],
             ));
-        let report = check(&h, 200);
+        let report = check(&h, 200, 0);
         assert!(report.valid(), "{}", report.summary());
         assert!(report.to_edn().starts_with("{:valid? true"));
     }
@@ -696,7 +700,7 @@ mod tests {
     #[test]
     fn a_read_concurrent_with_a_transfer_may_see_it_or_not() {
         let h = reads_during_t1(100, 70);
-        assert!(check(&h, 200).valid());
+        assert!(check(&h, 200, 0).valid());
     }
 
     #[test]
@@ -730,7 +734,7 @@ mod tests {
             &[("fund", 100), ("t1", -30)],
             &[("fund", 100), ("t1", 30)],
         ));
-        let report = check(&h, 200);
+        let report = check(&h, 200, 0);
         assert_eq!(report.names(), ["slow-recovery"]);
         assert!(report.recovery_s.is_some_and(|r| r > 61.0));
     }

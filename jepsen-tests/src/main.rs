@@ -52,6 +52,10 @@ enum Commands {
         /// Where the cluster runs: processes on 127.0.0.1, or containers (image wallet:dev).
         #[arg(long, value_enum, default_value = "local")]
         backend: BackendKind,
+        /// Bank workload over the whole range: accounts with a credit limit of i64::MAX, funded
+        /// with i64::MAX / 2 each, and transfer amounts up to i64::MAX.
+        #[arg(long)]
+        extremes: bool,
     },
     /// Re-check a stored history (DIR/history.jsonl); writes DIR/results.edn, redraws the
     /// pictures, prints a summary, and exits 1 when the history is invalid.
@@ -92,7 +96,12 @@ fn main() {
                     ))
                 });
             let history = History::load(&dir).unwrap_or_else(|e| fail(e));
-            let report = checker::check(&history, initial_total);
+            // The accounts' floor (DIR/floor: -i64::MAX for --extremes runs; absent: 0).
+            let floor = std::fs::read_to_string(dir.join("floor"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            let report = checker::check(&history, initial_total, floor);
             if let Err(e) = std::fs::write(dir.join("results.edn"), report.to_edn()) {
                 eprintln!("wallet-jepsen: cannot write results.edn: {e}");
             }
@@ -114,6 +123,7 @@ fn main() {
             seed,
             store,
             backend,
+            extremes,
         } => {
             let exe = std::env::current_exe().unwrap_or_else(|e| fail(e.to_string()));
             let options = RunOptions {
@@ -127,6 +137,7 @@ fn main() {
                 seed,
                 store,
                 exe,
+                extremes,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

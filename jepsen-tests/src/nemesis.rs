@@ -9,6 +9,8 @@
 //!   split, or a bridge (two majorities that share one node). Docker backend only.
 //! - `clock`: move one node's wall clock up to a minute forward or back for 3 s.
 //! - `router`: kill -9 the router the workload uses; restart it 0.5 s later (mid-transfer).
+//! - `wipe`: kill -9 one node, delete its data directory (a lost disk), restart it 3 s later.
+//! - `corrupt`: kill -9 one node, flip bits in its sled file (a corrupt disk), restart it 3 s later.
 //!
 //! The same seed gives the same schedule of choices; which node leads a group at the time of a
 //! `leader` fault depends on the run.
@@ -29,6 +31,8 @@ pub enum Nemesis {
     Router,
     Clock,
     Partition,
+    Wipe,
+    Corrupt,
 }
 
 /// One edge of a fault window.
@@ -236,6 +240,29 @@ pub async fn run(
                     println!("nemesis: heal: {e}");
                 }
                 log("partition", false, detail);
+            }
+            Nemesis::Wipe | Nemesis::Corrupt => {
+                let fault = if nemesis == Nemesis::Wipe {
+                    "wipe"
+                } else {
+                    "corrupt"
+                };
+                log(fault, true, list(&[node]));
+                cluster.kill_node(node);
+                let damage = if nemesis == Nemesis::Wipe {
+                    cluster.wipe_node(node).map(|_| "data deleted".to_string())
+                } else {
+                    cluster.corrupt_node(node, rng.below(u64::MAX))
+                };
+                match damage {
+                    Ok(what) => println!("nemesis: {fault} node {node}: {what}"),
+                    Err(e) => println!("nemesis: {fault} node {node}: {e}"),
+                }
+                tokio::time::sleep(FAULT_LENGTH).await;
+                if let Err(e) = cluster.start_node(node) {
+                    println!("nemesis: restarting node {node}: {e}");
+                }
+                log(fault, false, list(&[node]));
             }
             Nemesis::Router => {
                 log("router", true, String::new());

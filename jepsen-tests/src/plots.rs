@@ -104,6 +104,8 @@ fn fault_colour(fault: &str) -> RGBColor {
         "pause" => RGBColor(255, 187, 0),
         "partition" => RGBColor(148, 103, 189),
         "clock" => RGBColor(31, 119, 180),
+        "wipe" => RGBColor(44, 160, 44),
+        "corrupt" => RGBColor(140, 86, 75),
         _ => RGBColor(127, 127, 127),
     }
 }

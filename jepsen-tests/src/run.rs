@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub store: PathBuf,
     /// Executable with `node` / `router` subcommands (this binary).
     pub exe: PathBuf,
+    /// Credit limits of i64::MAX, funds of i64::MAX / 2, amounts up to i64::MAX.
+    pub extremes: bool,
 }
 
 const FUNDS: i64 = 1000;
@@ -142,17 +144,23 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     let patient = WalletClient::with_options(&[address.as_str()], ClientOptions::default())
         .map_err(|e| e.to_string())?;
     let accounts: Vec<String> = (0..options.accounts).map(|i| format!("bank-{i}")).collect();
+    let (credit_limit, funds) = if options.extremes {
+        (i64::MAX, i64::MAX / 2)
+    } else {
+        (0, FUNDS)
+    };
     for id in &accounts {
         patient
-            .create_account(id, "USD", 0)
+            .create_account(id, "USD", credit_limit)
             .await
             .map_err(|e| e.to_string())?;
         patient
-            .deposit(&format!("fund-{id}"), id, FUNDS)
+            .deposit(&format!("fund-{id}"), id, funds)
             .await
             .map_err(|e| e.to_string())?;
     }
-    let initial_total = i128::from(FUNDS) * accounts.len() as i128;
+    let initial_total = i128::from(funds) * accounts.len() as i128;
+    let floor = -i128::from(credit_limit);
     println!(
         "{:?}: {} accounts, {} processes, {:?}, nemeses {:?}, seed {}, store {}",
         options.workload,
@@ -180,6 +188,7 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
             options.concurrency as u64,
             options.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             end,
+            options.extremes,
         )));
     }
     workers.push(tokio::spawn(audit_process(
@@ -228,11 +237,12 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     history.save(&dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("initial-total"), initial_total.to_string())
         .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("floor"), floor.to_string()).map_err(|e| e.to_string())?;
     nemesis::save(&dir, &events).map_err(|e| e.to_string())?;
     cluster.stop_all();
     // Judge what was stored, so `wallet-jepsen check DIR` gives the same verdict later.
     let stored = History::load(&dir)?;
-    let report = checker::check(&stored, initial_total);
+    let report = checker::check(&stored, initial_total, floor);
     std::fs::write(dir.join("results.edn"), report.to_edn()).map_err(|e| e.to_string())?;
     match plots::draw(&dir, &stored, &events) {
         Ok(paths) => println!("pictures: {}", paths.join(", ")),
@@ -251,6 +261,7 @@ async fn bank_process(
     concurrency: u64,
     seed: u64,
     end: Instant,
+    extremes: bool,
 ) {
     let mut rng = Rng(seed | 1);
     let mut process = first_process;
@@ -276,6 +287,13 @@ async fn bank_process(
                 // Payers of the hot account pay 1 at a time so they last the whole run.
                 amount: if workload == Workload::HotAccount {
                     1
+                } else if extremes {
+                    // Small, about half of i64::MAX, or near i64::MAX.
+                    match rng.below(3) {
+                        0 => 1 + rng.below(50) as i64,
+                        1 => i64::MAX / 2 - rng.below(1000) as i64,
+                        _ => i64::MAX - rng.below(1000) as i64,
+                    }
                 } else {
                     1 + rng.below(50) as i64
                 },

@@ -5,6 +5,8 @@
 //! - [`state_machine`]: the pure wallet state machine of one shard (DESIGN §5); [`two_phase`]:
 //!   its side of cross-shard transfers (DESIGN §6).
 //! - [`group_commit`]: one fsync for every replica of the node that needs one meanwhile.
+//! - [`mark`]: what each replica last made durable, outside sled, to catch a store that came
+//!   back older (sled drops a corrupt log tail silently).
 //! - [`shard_store`]: one replica's Raft log, Raft state and state machine records in one sled tree.
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
 //! - [`transport`]: Raft messages between nodes, batched per peer.
@@ -17,6 +19,7 @@
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
 pub mod cli;
 pub mod group_commit;
+pub mod mark;
 pub mod node;
 pub mod probe;
 mod raft_log;

@@ -13,6 +13,7 @@ use wallet_proto::v1::raft_server::RaftServer;
 use wallet_proto::v1::shard_server::ShardServer;
 
 use crate::group_commit::GroupCommit;
+use crate::mark::Marks;
 use crate::replica::{Replica, ReplicaConfig};
 use crate::service::NodeService;
 use crate::state_machine::StateMachine;
@@ -41,10 +42,8 @@ pub async fn run(
         return Err(format!("node {} is not in the cluster file", options.node_id).into());
     }
     std::fs::create_dir_all(&options.data_dir)?;
-    let db = sled::Config::new()
-        .path(options.data_dir.join("sled"))
-        .cache_capacity(256 * 1024 * 1024)
-        .open()?;
+    let db = open_db(&options.data_dir)?;
+    let marks = Arc::new(Marks::open(&options.data_dir)?);
     let group_commit = Arc::new(GroupCommit::new(db.clone()));
     let registry: Registry = Arc::new(OnceLock::new());
     let peers: Vec<(u64, String)> = topology
@@ -60,6 +59,7 @@ pub async fn run(
     for shard in topology.groups_on(options.node_id) {
         opened.push(Replica::open(
             &group_commit,
+            &marks,
             shard.id,
             options.node_id,
             &shard.replicas,
@@ -121,4 +121,27 @@ pub async fn run(
     db.flush_async().await?;
     tracing::info!(node = options.node_id, "node stopped cleanly");
     Ok(())
+}
+
+/// Opens the node's sled database. One that sled itself reports corrupt is set aside whole
+/// (renamed `sled.set-aside`, replacing the one set aside before) and the node starts empty: every
+/// replica then rebuilds from its peers (G7), instead of the node never starting again.
+fn open_db(data_dir: &std::path::Path) -> Result<sled::Db, Box<dyn std::error::Error>> {
+    let path = data_dir.join("sled");
+    let open = || {
+        sled::Config::new()
+            .path(&path)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()
+    };
+    match open() {
+        Err(e @ sled::Error::Corruption { .. }) => {
+            tracing::error!(error = %e, "sled database corrupt: set aside; every replica is rebuilt from its peers");
+            let aside = data_dir.join("sled.set-aside");
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(&path, &aside)?;
+            Ok(open()?)
+        }
+        other => Ok(other?),
+    }
 }

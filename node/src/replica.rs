@@ -30,6 +30,7 @@ use wallet_proto::v1::{
     Rejection, ReplicaPhase, ReplicaStatus, TsoResponse, TsoWindow,
 };
 
+use crate::mark::{Mark, Marks};
 use crate::shard_store::{ShardStore, StoreError};
 use crate::state_machine::StateMachine;
 use crate::transport::Transport;
@@ -192,6 +193,10 @@ pub struct Replica {
     probing: Option<String>,
     /// Node ids of the group's voters (this node included).
     members: Vec<u64>,
+    /// Why its store was set aside at start, if it was (shown in its status).
+    set_aside: Option<String>,
+    marks: Arc<Marks>,
+    last_mark: Option<Mark>,
     /// The peers' answer, applied at the next turn.
     probed: Option<(u64, u64)>,
     raft_config: raft::Config,
@@ -200,8 +205,10 @@ pub struct Replica {
 
 impl Replica {
     /// Opens the replica's store and creates its RawNode.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         db: &Arc<crate::group_commit::GroupCommit>,
+        marks: &Arc<Marks>,
         shard_id: u64,
         node_id: u64,
         voters: &[u64],
@@ -209,7 +216,11 @@ impl Replica {
         transport: Transport,
         config: ReplicaConfig,
     ) -> Result<OpenedReplica, Box<dyn std::error::Error>> {
-        let recovered = ShardStore::open(db, shard_id, voters, state_machine)?;
+        let (recovered, set_aside) =
+            ShardStore::open_checked(db, shard_id, voters, state_machine, marks.read(shard_id))?;
+        if set_aside.is_some() {
+            marks.clear(shard_id)?;
+        }
         let pristine = recovered.pristine;
         let raft_config = raft::Config {
             id: node_id,
@@ -254,6 +265,9 @@ impl Replica {
             recover_to: 0,
             oracle: (shard_id == META_GROUP_ID).then(Oracle::default),
             probing: pristine.then(|| "waiting for the other replicas to answer".to_string()),
+            set_aside,
+            marks: marks.clone(),
+            last_mark: None,
             probed: None,
             members: voters.to_vec(),
             raft_config,
@@ -424,6 +438,19 @@ impl Replica {
             "peers answered; taking part in raft again"
         );
         self.recover_to(commit);
+        Ok(())
+    }
+
+    /// Records what is durable now (after a flush), if it changed: see [`crate::mark`].
+    fn write_mark(&mut self) -> Result<(), StoreError> {
+        let log = self.store.log();
+        let mark = Mark::of(&log.hard_state(), &log);
+        if self.last_mark != Some(mark) {
+            self.marks.write(self.shard_id, &mark).map_err(|e| {
+                StoreError::Corrupt(format!("cannot write the durability mark: {e}"))
+            })?;
+            self.last_mark = Some(mark);
+        }
         Ok(())
     }
 
@@ -616,6 +643,7 @@ impl Replica {
         }
         if must_flush || ready.must_sync() {
             self.store.flush().await?;
+            self.write_mark()?;
             // `FAILPOINTS=node-after-fsync=return` (with the `failpoints` feature) ends the node
             // between the fsync and the apply of what it made durable: a crash there loses nothing.
             fail::fail_point!("node-after-fsync", |_| {
@@ -923,7 +951,12 @@ impl Replica {
             } as i32,
             recover_to: self.recover_to,
             last_index: self.last_index(),
-            note: self.probing.clone().unwrap_or_default(),
+            note: match (&self.set_aside, &self.probing) {
+                (Some(why), Some(probe)) => format!("set aside ({why}); {probe}"),
+                (Some(why), None) if self.recovering() => format!("set aside ({why})"),
+                (_, Some(probe)) => probe.clone(),
+                _ => String::new(),
+            },
         };
         if let Ok(mut slot) = self.status.lock() {
             *slot = status;
@@ -945,8 +978,10 @@ mod tests {
         let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
         let transport = Transport::start(1, &[], registry);
         let machine = StateMachine::new(shard_id, Ring::new([1], 16));
+        let marks = Arc::new(Marks::open(dir).unwrap());
         let opened = Replica::open(
             &group_commit,
+            &marks,
             shard_id,
             1,
             &[1],

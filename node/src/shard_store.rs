@@ -223,6 +223,11 @@ impl LogStore {
     pub fn first_index_now(&self) -> u64 {
         self.read().first_index()
     }
+
+    /// The HardState as last appended.
+    pub fn hard_state(&self) -> HardState {
+        self.read().hard_state.clone()
+    }
 }
 
 impl Storage for LogStore {
@@ -371,6 +376,47 @@ impl ShardStore {
             applied,
             pristine,
         })
+    }
+
+    /// Opens the replica like [`ShardStore::open`], but a store that cannot be trusted — a record
+    /// that fails its check, or a state older than its durability `mark` (sled dropped writes it
+    /// had made durable) — is **set aside** (moved to the tree `set-aside-shard-N`, replacing the
+    /// one set aside before) and the replica opens empty, to be rebuilt from its peers (G7).
+    /// Returns why it was set aside, if it was.
+    pub fn open_checked(
+        group_commit: &Arc<GroupCommit>,
+        shard_id: u64,
+        voters: &[u64],
+        state_machine: StateMachine,
+        mark: Option<crate::mark::Mark>,
+    ) -> Result<(Recovered, Option<String>), StoreError> {
+        let why = match Self::open(group_commit, shard_id, voters, state_machine.clone()) {
+            Ok(recovered) => {
+                let log = recovered.store.log();
+                match mark.and_then(|m| m.rolled_back(&log.hard_state(), &log)) {
+                    None => return Ok((recovered, None)),
+                    Some(why) => format!("its store is older than what it had made durable: {why}"),
+                }
+            }
+            Err(StoreError::Corrupt(e)) => format!("corrupt record: {e}"),
+            Err(StoreError::Sled(e @ sled::Error::Corruption { .. })) => {
+                format!("corrupt store: {e}")
+            }
+            Err(e) => return Err(e),
+        };
+        let name = format!("shard-{shard_id}");
+        tracing::error!(shard = shard_id, %why, "replica set aside; it is rebuilt from its peers");
+        let db = group_commit.db();
+        let aside = format!("set-aside-{name}");
+        db.drop_tree(&aside)?;
+        let (from, to) = (db.open_tree(&name)?, db.open_tree(&aside)?);
+        for item in from.iter() {
+            let (key, value) = item?;
+            to.insert(key, value)?;
+        }
+        db.drop_tree(&name)?;
+        let recovered = Self::open(group_commit, shard_id, voters, state_machine)?;
+        Ok((recovered, Some(why)))
     }
 
     /// The raft-rs storage handle.
