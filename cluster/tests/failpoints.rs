@@ -192,9 +192,10 @@ async fn node_killed_between_fsync_and_apply_loses_nothing() {
     assert_balances(&client, &acked.per_account).await;
 }
 
-/// G6: once a transfer is acknowledged, a read of its credit account sees it, even when the
-/// router's CommitCredit failed and the credit is still an intent (it was missing until recovery
-/// applied it).
+/// G6: once a transfer is acknowledged, a read of its credit account sees it. The router's first
+/// CommitCredit is lost: it used to answer OK anyway, and the credit was missing until recovery
+/// applied it. Now the client gets UNAVAILABLE, retries by id (automatically), and the OK comes
+/// once the credit is in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_credit_is_seen_by_the_next_read() {
     let _serial = SERIAL.lock().await;
@@ -202,7 +203,7 @@ async fn an_acknowledged_credit_is_seen_by_the_next_read() {
     let client = cluster.client();
     let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
     let (a, b) = (on1[0].clone(), on2[0].clone());
-    let (mut router, faulty) = faulty_router(&cluster, "commit-credit-lost=return");
+    let (mut router, faulty) = faulty_router(&cluster, "commit-credit-lost=1*return");
     for i in 1..=5i64 {
         let t = faulty
             .transfer(&format!("late-{i}"), &a, &b, 10)

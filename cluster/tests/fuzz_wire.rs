@@ -156,7 +156,6 @@ fn shard_reads() -> Vec<ShardRead> {
         Query::Stuck(Stuck {
             before_ms: i64::MAX,
             start_ts_before: u64::MAX,
-            credit_account_id: "fz-a".into(),
         }),
         Query::SnapshotAt(SnapshotAt {
             ts: u64::MAX,

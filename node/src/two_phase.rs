@@ -558,8 +558,7 @@ impl StateMachine {
     /// PREPARED transfers (primary side) and PENDING intents (credit side) prepared before
     /// `query.before_ms`: what recovery must decide or resolve. With `start_ts_before` not 0,
     /// selects by start timestamp instead: what a snapshot read at that timestamp must wait for.
-    /// With `credit_account_id` set, only the pending intents crediting that account (what a read
-    /// of it resolves first). At most [`STUCK_MAX`] of each list; `more` tells the rest exist.
+    /// At most [`STUCK_MAX`] of each list; `more` tells the rest exist.
     pub fn stuck(&self, query: &Stuck) -> StuckTransfers {
         let selected = |at_ms: i64, start_ts: u64| {
             if query.start_ts_before == 0 {
@@ -569,40 +568,24 @@ impl StateMachine {
             }
         };
         let mut more = false;
-        let mut prepared = Vec::new();
-        if query.credit_account_id.is_empty() {
-            let all = self
-                .prepared
-                .iter()
-                .filter_map(|key| self.requests.get(key))
-                .filter_map(
-                    |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
-                        Some(outcome::Result::Transfer(t))
-                            if selected(t.created_at_ms, t.start_ts) =>
-                        {
-                            Some(t.clone())
-                        }
-                        _ => None,
-                    },
-                );
-            prepared = take_bounded(all, &mut more);
-        }
-        let pending: Box<dyn Iterator<Item = &IntentKey>> = if query.credit_account_id.is_empty() {
-            Box::new(self.pending.iter())
-        } else {
-            let account = &query.credit_account_id;
-            let start = (account.clone(), String::new(), String::new());
-            Box::new(
-                self.pending
-                    .range(start..)
-                    .take_while(move |key| &key.0 == account),
-            )
-        };
-        let pending = pending
+        let prepared = self
+            .prepared
+            .iter()
+            .filter_map(|key| self.requests.get(key))
+            .filter_map(
+                |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
+                    Some(outcome::Result::Transfer(t)) if selected(t.created_at_ms, t.start_ts) => {
+                        Some(t.clone())
+                    }
+                    _ => None,
+                },
+            );
+        let prepared = take_bounded(prepared, &mut more);
+        let pending = self
+            .pending
+            .iter()
             .filter_map(|key| self.intents.get(key))
-            .filter(|i| {
-                !query.credit_account_id.is_empty() || selected(i.prepared_at_ms, i.start_ts)
-            })
+            .filter(|i| selected(i.prepared_at_ms, i.start_ts))
             .cloned();
         let pending = take_bounded(pending, &mut more);
         StuckTransfers {

@@ -166,29 +166,6 @@ impl WalletService {
         }
     }
 
-    /// G6 for cross-shard credits: a transfer is acknowledged once its primary committed, and its
-    /// credit may still be an intent (the router's CommitCredit failed; recovery would apply it
-    /// seconds later). Before a read of a credit account answers, its pending intents are settled
-    /// against their primaries, so a read that starts after an acknowledgement sees its effect.
-    /// An intent whose primary is still undecided belongs to a transfer not acknowledged yet.
-    async fn settle_credits(
-        shards: &Shards,
-        shard_id: u64,
-        account_id: &str,
-    ) -> Result<(), Status> {
-        let query = Query::Stuck(Stuck {
-            credit_account_id: account_id.to_string(),
-            ..Default::default()
-        });
-        if let Some(read_result::Result::Stuck(stuck)) = shards.read(shard_id, query).await?.result
-        {
-            for intent in &stuck.pending {
-                crate::two_phase::settle_intent(shards, shard_id, intent).await?;
-            }
-        }
-        Ok(())
-    }
-
     async fn read(&self, account_id: &str, query: Query) -> Result<read_result::Result, Status> {
         let _permit = self.admit()?;
         let shard_id = self.shards.shard_of(account_id);
@@ -248,15 +225,6 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
             };
         }
         let account_id = get.account_id.clone();
-        let account = match self.read(&account_id, Query::Account(get.clone())).await? {
-            read_result::Result::Account(account) => account,
-            _ => return Err(unexpected("not an account")),
-        };
-        if account.pending_credit == 0 {
-            return Ok(Response::new(account));
-        }
-        let shard_id = self.shards.shard_of(&account_id);
-        Self::settle_credits(&self.shards, shard_id, &account_id).await?;
         match self.read(&account_id, Query::Account(get)).await? {
             read_result::Result::Account(account) => Ok(Response::new(account)),
             _ => Err(unexpected("not an account")),
@@ -380,8 +348,6 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         let list = request.into_inner();
         check(validate::id("account id", &list.account_id))?;
         let account_id = list.account_id.clone();
-        let shard_id = self.shards.shard_of(&account_id);
-        Self::settle_credits(&self.shards, shard_id, &account_id).await?;
         match self.read(&account_id, Query::History(list)).await? {
             read_result::Result::History(page) => Ok(Response::new(page)),
             _ => Err(unexpected("not a history page")),

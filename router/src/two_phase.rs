@@ -3,10 +3,13 @@
 //! 1. `PrepareDebit` at `start_ts` on the primary (the debit account's shard): record PREPARED +
 //!    reservation.
 //! 2. `PrepareCredit` on the credit shard: an intent on the credit account.
-//! 3. `CommitDebit` at a fresh `commit_ts` on the primary: **the commit point**; the client is
-//!    answered after it.
-//! 4. `CommitCredit` at the same `commit_ts` on the credit shard: best effort; recovery on the
-//!    nodes finishes it. Both legs' history entries carry that one `commit_ts`.
+//! 3. `CommitDebit` at a fresh `commit_ts` on the primary: **the commit point**.
+//! 4. `CommitCredit` at the same `commit_ts` on the credit shard. The client is answered OK only
+//!    after it applied, so a read that starts after the answer sees the credit (G6). If it cannot
+//!    be applied (the credit shard does not answer within the retry budget), the client gets
+//!    `UNAVAILABLE` — the outcome is unknown to it, as after any timeout — and a retry with the same
+//!    id answers once the credit is in (recovery on the nodes applies it by itself meanwhile).
+//!    Both legs' history entries carry the one `commit_ts`.
 //!
 //! A refusal at step 2 aborts the primary (`AbortDebit`), then the client gets the refusal. The
 //! coordinator keeps no state: every step is idempotent by transfer id, so a retry of the whole
@@ -107,7 +110,7 @@ pub async fn transfer(
         TransferStatus::Prepared => {}
         TransferStatus::Committed => {
             // Decided by an earlier attempt: make sure the credit lands, answer as before.
-            commit_credit(shards, to_shard, &prepared).await;
+            commit_credit(shards, to_shard, &prepared).await?;
             return Ok(prepared);
         }
         _ => return Err(aborted(&prepared)),
@@ -134,7 +137,7 @@ pub async fn transfer(
         let decided = transfer_of(shards.execute(from_shard, command(&id, 0, abort)).await?)?;
         if status_of(&decided) == TransferStatus::Committed {
             // Another attempt with the same id committed it meanwhile: the transfer happened.
-            commit_credit(shards, to_shard, &decided).await;
+            commit_credit(shards, to_shard, &decided).await?;
             return Ok(decided);
         }
         return Err(aborted(&decided));
@@ -158,16 +161,17 @@ pub async fn transfer(
     };
     failpoint!("after-commit-primary");
     failpoint!("before-commit-credit");
-    commit_credit(shards, to_shard, &committed).await;
+    commit_credit(shards, to_shard, &committed).await?;
     Ok(committed)
 }
 
-/// Step 4. Failure is logged, not returned: the transfer is committed, and the credit shard's
-/// recovery applies the credit once its intent times out.
+/// Step 4. The transfer is committed whatever happens here; an error means its credit is not
+/// applied yet, and the client must not be told OK (G6): it gets `UNAVAILABLE` and retries by id,
+/// while the credit shard's recovery applies the credit once its intent times out.
 ///
 /// `committed` is the primary's record: it carries the commit timestamp of the first commit (a
 /// retry's own commit_ts is ignored by the primary), which the credit takes too.
-async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) {
+async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) -> Result<(), Status> {
     let step = credit_step(&TransferRequest {
         transfer_id: committed.transfer_id.clone(),
         from_account_id: committed.from_account_id.clone(),
@@ -176,9 +180,12 @@ async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) {
     });
     let id = &committed.transfer_id;
     // `FAILPOINTS=commit-credit-lost=return`: the CommitCredit call is lost, as if its shard did
-    // not answer; the transfer is still acknowledged (G6 must hold for the next read).
+    // not answer within the retry budget.
     fail::fail_point!("commit-credit-lost", |_| {
         tracing::warn!(transfer = %id, "failpoint: commit credit lost");
+        Err(Reason::Unavailable.status(format!(
+            "transfer {id} is committed but its credit is not applied yet; retry with the same id"
+        )))
     });
     let result = shards
         .execute(
@@ -187,15 +194,29 @@ async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) {
         )
         .await
         .and_then(transfer_of);
-    if let Err(status) = result {
-        tracing::warn!(transfer = %id, error = %status.message(), "credit deferred to recovery");
+    match result {
+        Ok(_) => Ok(()),
+        Err(status) => {
+            tracing::warn!(transfer = %id, error = %status.message(), "credit not applied yet; recovery applies it");
+            let reason = wallet_proto::reason::of_status(&status);
+            let reason = if reason.is_retryable() {
+                Reason::Unavailable
+            } else {
+                Reason::Internal
+            };
+            Err(reason.status(format!(
+                "transfer {id} is committed but its credit is not applied yet ({}); retry with the same id",
+                status.message()
+            )))
+        }
     }
 }
 
 /// Applies the primary's decision to a pending intent on `credit_shard`: the credit at the
 /// primary's commit timestamp if it committed, the release if it aborted or never prepared.
 /// Returns the decision applied, or None while the primary has not decided (it decides by itself
-/// within its resolve timeout). Used by the nodes' recovery and by reads that meet an intent (G6).
+/// within its resolve timeout). Used by the nodes' recovery and by snapshot reads, which settle the
+/// intents they wait for instead of waiting for recovery's timeout.
 pub async fn settle_intent(
     shards: &Shards,
     credit_shard: u64,
