@@ -56,10 +56,13 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = HashMap::new();
     let mut opened = Vec::new();
+    // Replicas to probe later (set aside while running) reach the prober through this channel.
+    let (prober, more_probes) = tokio::sync::mpsc::unbounded_channel();
     for shard in topology.groups_on(options.node_id) {
         opened.push(Replica::open(
             &group_commit,
             &marks,
+            &prober,
             shard.id,
             options.node_id,
             &shard.replicas,
@@ -98,7 +101,13 @@ pub async fn run(
         options.resolve_after,
         stop_rx.clone(),
     ));
-    let probe = tokio::spawn(crate::probe::run(topology.clone(), probes, stop_rx.clone()));
+    let probe = tokio::spawn(crate::probe::run(
+        topology.clone(),
+        probes,
+        more_probes,
+        stop_rx.clone(),
+    ));
+    drop(prober);
     tracing::info!(node = options.node_id, listen = %options.listen, shards = shard_count, "node serving");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -123,9 +132,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Opens the node's sled database. One that sled itself reports corrupt is set aside whole
-/// (renamed `sled.set-aside`, replacing the one set aside before) and the node starts empty: every
-/// replica then rebuilds from its peers (G7), instead of the node never starting again.
+/// Opens the node's sled database. One that sled itself reports corrupt — or panics on while
+/// recovering it, as sled 0.34 does for some damaged files — is set aside whole (renamed
+/// `sled.set-aside`, replacing the one set aside before) and the node starts empty: every replica
+/// then rebuilds from its peers (G7), instead of the node never starting again.
 fn open_db(data_dir: &std::path::Path) -> Result<sled::Db, Box<dyn std::error::Error>> {
     let path = data_dir.join("sled");
     let open = || {
@@ -134,7 +144,11 @@ fn open_db(data_dir: &std::path::Path) -> Result<sled::Db, Box<dyn std::error::E
             .cache_capacity(256 * 1024 * 1024)
             .open()
     };
-    match open() {
+    let opened = wallet_proto::fail_stop::catch(open).unwrap_or_else(|panic| {
+        Err(sled::Error::Corruption { at: None, bt: () })
+            .inspect_err(|_| tracing::error!(%panic, "sled panicked while opening the database"))
+    });
+    match opened {
         Err(e @ sled::Error::Corruption { .. }) => {
             tracing::error!(error = %e, "sled database corrupt: set aside; every replica is rebuilt from its peers");
             let aside = data_dir.join("sled.set-aside");

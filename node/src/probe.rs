@@ -48,14 +48,29 @@ pub fn needed(others: usize) -> usize {
     }
 }
 
-/// Asks the peers in rounds until every pending replica heard from a majority of its others.
+/// Asks the peers in rounds until every pending replica heard from a majority of its others;
+/// replicas set aside later (a record found corrupt while running) arrive through `more`.
 pub async fn run(
     topology: Topology,
     mut pending: Vec<Pending>,
+    mut more: mpsc::UnboundedReceiver<Pending>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_log = Instant::now() - LOG_EVERY;
-    while !pending.is_empty() {
+    loop {
+        while let Ok(p) = more.try_recv() {
+            pending.push(p);
+        }
+        if pending.is_empty() {
+            tokio::select! {
+                p = more.recv() => match p {
+                    Some(p) => pending.push(p),
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
         let peers: Vec<u64> = {
             let mut ids: Vec<u64> = pending.iter().flat_map(|p| p.others.clone()).collect();
             ids.sort_unstable();
@@ -97,7 +112,7 @@ pub async fn run(
         }
         pending = still;
         if pending.is_empty() {
-            return;
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(ROUND_PAUSE) => {}

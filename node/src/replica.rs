@@ -197,6 +197,11 @@ pub struct Replica {
     set_aside: Option<String>,
     marks: Arc<Marks>,
     last_mark: Option<Mark>,
+    /// The account ring (to start a state machine afresh).
+    ring: wallet_proto::topology::Ring,
+    /// Its own inbox, and the node's prober, for a probe after a set-aside while running.
+    inbox: mpsc::Sender<ReplicaMsg>,
+    prober: mpsc::UnboundedSender<crate::probe::Pending>,
     /// The peers' answer, applied at the next turn.
     probed: Option<(u64, u64)>,
     raft_config: raft::Config,
@@ -209,6 +214,7 @@ impl Replica {
     pub fn open(
         db: &Arc<crate::group_commit::GroupCommit>,
         marks: &Arc<Marks>,
+        prober: &mpsc::UnboundedSender<crate::probe::Pending>,
         shard_id: u64,
         node_id: u64,
         voters: &[u64],
@@ -216,6 +222,7 @@ impl Replica {
         transport: Transport,
         config: ReplicaConfig,
     ) -> Result<OpenedReplica, Box<dyn std::error::Error>> {
+        let ring = state_machine.ring.clone();
         let (recovered, set_aside) =
             ShardStore::open_checked(db, shard_id, voters, state_machine, marks.read(shard_id))?;
         if set_aside.is_some() {
@@ -268,6 +275,9 @@ impl Replica {
             set_aside,
             marks: marks.clone(),
             last_mark: None,
+            ring: ring.clone(),
+            inbox: inbox_tx.clone(),
+            prober: prober.clone(),
             probed: None,
             members: voters.to_vec(),
             raft_config,
@@ -318,7 +328,14 @@ impl Replica {
                 }
             }
             self.start_read_batch();
-            if let Err(e) = self.turn().await {
+            let failed = match self.turn().await {
+                // A record that fails its check: this replica alone is set aside and rebuilt,
+                // the node's other replicas go on serving (G7).
+                Err(StoreError::Corrupt(why)) => self.set_aside_in_place(why).err(),
+                Err(e) => Some(e),
+                Ok(()) => None,
+            };
+            if let Some(e) = failed {
                 tracing::error!(shard = self.shard_id, error = %e, "replica storage failed; stopping the node");
                 std::process::exit(70);
             }
@@ -415,6 +432,53 @@ impl Replica {
         }
     }
 
+    /// A record found corrupt while running: the store is set aside and the replica starts over
+    /// empty, in place (same inbox, same task), probing its peers like a wiped one. Whatever
+    /// waited on it is told to go elsewhere.
+    fn set_aside_in_place(&mut self, why: String) -> Result<(), StoreError> {
+        self.step_down(0);
+        self.state_machine.clear();
+        let machine = std::mem::replace(
+            &mut self.state_machine,
+            StateMachine::new(self.shard_id, self.ring.clone()),
+        );
+        let recovered = ShardStore::set_aside(
+            &self.store.group_commit().clone(),
+            self.shard_id,
+            &self.members,
+            machine,
+            &why,
+        )?;
+        self.marks
+            .clear(self.shard_id)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        self.last_mark = None;
+        self.store = recovered.store;
+        self.state_machine = recovered.state_machine;
+        self.applied = recovered.applied;
+        self.raft_config.applied = recovered.applied;
+        self.raw = RawNode::new(&self.raft_config, self.store.log(), &self.logger)
+            .map_err(|e| StoreError::Raft(format!("after setting aside: {e}")))?;
+        self.recover_to = 0;
+        self.probed = None;
+        self.probing = Some("set aside while running: waiting for the other replicas".into());
+        self.set_aside = Some(why);
+        let pending = crate::probe::Pending {
+            shard_id: self.shard_id,
+            others: self
+                .members
+                .iter()
+                .copied()
+                .filter(|id| *id != self.node_id)
+                .collect(),
+            inbox: self.inbox.clone(),
+        };
+        if self.prober.send(pending).is_err() {
+            return Err(StoreError::Raft("the prober has stopped".into()));
+        }
+        Ok(())
+    }
+
     /// The peers answered: adopt the highest term they reported (so no leader of an older term,
     /// which this replica may have voted against or acknowledged before it lost its data, can
     /// use it), and rebuild up to the highest commit they reported before voting or acknowledging
@@ -429,7 +493,7 @@ impl Replica {
             self.store.flush().await?;
         }
         self.raw = RawNode::new(&self.raft_config, self.store.log(), &self.logger)
-            .map_err(|e| StoreError::Corrupt(format!("raft state after probing: {e}")))?;
+            .map_err(|e| StoreError::Raft(format!("after probing: {e}")))?;
         self.probing = None;
         tracing::info!(
             shard = self.shard_id,
@@ -446,9 +510,9 @@ impl Replica {
         let log = self.store.log();
         let mark = Mark::of(&log.hard_state(), &log);
         if self.last_mark != Some(mark) {
-            self.marks.write(self.shard_id, &mark).map_err(|e| {
-                StoreError::Corrupt(format!("cannot write the durability mark: {e}"))
-            })?;
+            self.marks
+                .write(self.shard_id, &mark)
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
             self.last_mark = Some(mark);
         }
         Ok(())
@@ -979,9 +1043,11 @@ mod tests {
         let transport = Transport::start(1, &[], registry);
         let machine = StateMachine::new(shard_id, Ring::new([1], 16));
         let marks = Arc::new(Marks::open(dir).unwrap());
+        let (prober, _probes) = mpsc::unbounded_channel();
         let opened = Replica::open(
             &group_commit,
             &marks,
+            &prober,
             shard_id,
             1,
             &[1],

@@ -57,6 +57,8 @@ const HISTORY_PAGE_DEFAULT: u32 = 50;
 pub enum StoreError {
     Sled(sled::Error),
     Corrupt(String),
+    /// raft-rs refused the stored state (a bug, not the disk).
+    Raft(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -64,6 +66,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Sled(e) => write!(f, "storage error: {e}"),
             StoreError::Corrupt(e) => write!(f, "corrupt record: {e}"),
+            StoreError::Raft(e) => write!(f, "raft state: {e}"),
         }
     }
 }
@@ -404,6 +407,19 @@ impl ShardStore {
             }
             Err(e) => return Err(e),
         };
+        let recovered = Self::set_aside(group_commit, shard_id, voters, state_machine, &why)?;
+        Ok((recovered, Some(why)))
+    }
+
+    /// Moves the replica's records to the tree `set-aside-shard-N` (replacing the one set aside
+    /// before: one is kept for inspection) and opens it empty, to be rebuilt from its peers.
+    pub fn set_aside(
+        group_commit: &Arc<GroupCommit>,
+        shard_id: u64,
+        voters: &[u64],
+        state_machine: StateMachine,
+        why: &str,
+    ) -> Result<Recovered, StoreError> {
         let name = format!("shard-{shard_id}");
         tracing::error!(shard = shard_id, %why, "replica set aside; it is rebuilt from its peers");
         let db = group_commit.db();
@@ -415,8 +431,12 @@ impl ShardStore {
             to.insert(key, value)?;
         }
         db.drop_tree(&name)?;
-        let recovered = Self::open(group_commit, shard_id, voters, state_machine)?;
-        Ok((recovered, Some(why)))
+        Self::open(group_commit, shard_id, voters, state_machine)
+    }
+
+    /// The node's database handle (group commit) this store writes through.
+    pub fn group_commit(&self) -> &Arc<GroupCommit> {
+        &self.group_commit
     }
 
     /// The raft-rs storage handle.

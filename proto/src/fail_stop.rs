@@ -8,8 +8,30 @@
 //! loop from an outage), and the process exits with [`PANIC_EXIT_CODE`] so its supervisor
 //! (`wallet-cluster up`, Docker's restart policy, Kubernetes) starts it again.
 
+use std::cell::Cell;
 use std::io::Write as _;
 use std::path::PathBuf;
+
+thread_local! {
+    /// Set while [`catch`] runs a call known to panic on bad input (in this thread only).
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into an error instead of ending the process. Only for a
+/// dependency that panics on bad data where it should return an error (sled 0.34 panics while
+/// recovering some corrupt files); everything else stays fail-stop.
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CATCHING.with(|c| c.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(false));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
 
 /// Exit code of a process that panicked (the code Rust itself uses for a panicking main).
 pub const PANIC_EXIT_CODE: i32 = 101;
@@ -22,6 +44,10 @@ const PANIC_FILE_MAX: u64 = 64 * 1024;
 pub fn install(name: &'static str, data_dir: Option<PathBuf>) {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if CATCHING.with(|c| c.get()) {
+            eprintln!("caught a panic in a call known to panic on bad data: {info}");
+            return;
+        }
         default_hook(info);
         let thread = std::thread::current();
         let line = format!(
@@ -60,4 +86,17 @@ fn record(dir: &std::path::Path, line: &str) {
 pub fn last_panic(data_dir: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(data_dir.join(PANIC_FILE)).ok()?;
     text.lines().last().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catch_turns_a_panic_into_an_error_and_only_inside_it() {
+        assert_eq!(catch(|| 5), Ok(5));
+        let caught: Result<(), String> = catch(|| panic!("bad data {}", 7));
+        assert_eq!(caught, Err("bad data 7".to_string()));
+        assert!(!CATCHING.with(|c| c.get()));
+    }
 }
