@@ -20,6 +20,9 @@ use hdrhistogram::Histogram;
 use wallet_client::{Reason, WalletClient, WalletError};
 use wallet_proto::topology::Ring;
 
+pub use crate::workload::Pairs;
+use crate::workload::{Pairing, Rng};
+
 /// Shape of a demo run.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -32,17 +35,6 @@ pub struct DemoOptions {
     pub ops_per_client_max: u64,
     /// How transfers pick their two accounts.
     pub pairs: Pairs,
-}
-
-/// How a transfer picks its accounts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Pairs {
-    /// Any two accounts: with N shards, (N-1)/N of transfers cross shards.
-    Random,
-    /// Two accounts of the same shard: one Raft entry each.
-    SameShard,
-    /// Every payer pays the first account (a hot merchant account); no deposits or withdrawals.
-    Merchant,
 }
 
 /// Kinds of operations in the mix.
@@ -69,54 +61,21 @@ impl OpKind {
     }
 }
 
-/// Picks the accounts of each operation.
+/// Picks the accounts and the kind of each operation.
 struct Picker {
-    pairs: Pairs,
-    shard_of: Vec<u64>,
-    /// Account indexes by shard (same-shard mode).
-    groups: Vec<Vec<usize>>,
+    pairing: Pairing,
 }
 
 impl Picker {
-    fn new(ids: &[String], ring: &Ring, pairs: Pairs) -> Result<Picker, String> {
-        let shard_of: Vec<u64> = ids.iter().map(|id| ring.shard_of(id)).collect();
-        let mut by_shard: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for (i, shard) in shard_of.iter().enumerate() {
-            by_shard.entry(*shard).or_default().push(i);
-        }
-        let groups: Vec<Vec<usize>> = by_shard.into_values().filter(|g| g.len() > 1).collect();
-        if ids.len() < 2 || (pairs == Pairs::SameShard && groups.is_empty()) {
-            return Err("need at least two accounts (on one shard for same-shard pairs)".into());
-        }
-        Ok(Picker {
-            pairs,
-            shard_of,
-            groups,
-        })
-    }
-
     /// (kind, from, to) of the next operation.
     fn pick(&self, rng: &mut Rng) -> (OpKind, usize, usize) {
-        let n = self.shard_of.len() as u64;
         let roll = rng.below(100);
-        let (from, to) = match self.pairs {
-            Pairs::Merchant => (1 + rng.below(n - 1) as usize, 0),
-            Pairs::SameShard => {
-                let g = &self.groups[rng.below(self.groups.len() as u64) as usize];
-                let from = rng.below(g.len() as u64) as usize;
-                let to = (from + 1 + rng.below(g.len() as u64 - 1) as usize) % g.len();
-                (g[from], g[to])
-            }
-            Pairs::Random => {
-                let from = rng.below(n) as usize;
-                let to = (from + 1 + rng.below(n - 1) as usize) % n as usize;
-                (from, to)
-            }
-        };
+        let (from, to) = self.pairing.pair(rng);
+        let merchant = self.pairing.pairs == Pairs::Merchant;
         let kind = match roll {
-            90..=94 if self.pairs != Pairs::Merchant => OpKind::Deposit,
-            95.. if self.pairs != Pairs::Merchant => OpKind::Withdraw,
-            _ if self.shard_of[from] == self.shard_of[to] => OpKind::SameShardTransfer,
+            90..=94 if !merchant => OpKind::Deposit,
+            95.. if !merchant => OpKind::Withdraw,
+            _ if self.pairing.same_shard(from, to) => OpKind::SameShardTransfer,
             _ => OpKind::CrossShardTransfer,
         };
         (kind, from, to)
@@ -213,22 +172,6 @@ impl DemoReport {
     }
 }
 
-/// xorshift64*: a tiny deterministic generator, enough to pick accounts and amounts.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 #[derive(Default)]
 struct Live {
     ops: AtomicU64,
@@ -300,7 +243,9 @@ pub async fn run(
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("setup failed: {e}"))?;
     }
-    let picker = Arc::new(Picker::new(&ids, &ring, options.pairs)?);
+    let picker = Arc::new(Picker {
+        pairing: Pairing::new(&ids, &ring, options.pairs)?,
+    });
 
     println!(
         "running {} clients for {}s, transfers between {:?} accounts",
@@ -319,9 +264,7 @@ pub async fn run(
         let live = live.clone();
         let max_ops = options.ops_per_client_max;
         workers.push(tokio::spawn(async move {
-            let mut rng = Rng(
-                0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
-            );
+            let mut rng = Rng::for_worker(worker);
             let mut ok: BTreeMap<OpKind, u64> = BTreeMap::new();
             let mut latency: BTreeMap<OpKind, Histogram<u64>> = BTreeMap::new();
             let mut net: i128 = 0;

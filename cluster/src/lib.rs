@@ -6,6 +6,12 @@
 //! - [`status`]: the `status` command: every group's replicas, roles, indexes, lag and phase.
 //! - [`demo`]: a concurrent payment workload with a live progress line, a summary table and a check
 //!   that the money in the accounts equals deposits minus withdrawals.
+//! - [`bench`]: the `wallet-bench` workload (pg-transfer.sh's transfers) and its figures;
+//!   [`procstat`] reads what the cluster's processes cost from `/proc`.
+//! - [`workload`]: the account-pair rule and generator shared by demo and benchmark.
+pub mod bench;
 pub mod demo;
 pub mod playground;
+pub mod procstat;
 pub mod status;
+pub mod workload;

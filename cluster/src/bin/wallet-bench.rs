@@ -1,0 +1,202 @@
+//! `wallet-bench`: the wallet store's own benchmark. Runs the transfer workload of
+//! `../shared/bench/pg-transfer.sh` against a running cluster (`--endpoint` + `--cluster`), or
+//! starts a playground of its own (3 nodes × 3 shards × 3 replicas, fsync on) in a temporary
+//! directory and stops it afterwards. Prints progress once a second, then throughput, latency,
+//! cluster CPU per 1 000 transfers, node memory and disk growth (`--json`: one object).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use wallet_client::{ClientOptions, WalletClient};
+use wallet_cluster::bench::{self, BenchOptions};
+use wallet_cluster::playground::{Playground, PlaygroundOptions};
+use wallet_cluster::workload::Pairs;
+use wallet_proto::topology::Topology;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Benchmark the wallet store with the transfer workload of pg-transfer.sh",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    process: Option<Process>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+/// The playground starts its nodes and router from this executable.
+#[derive(Subcommand, Debug)]
+enum Process {
+    #[command(hide = true)]
+    Node(wallet_node::cli::NodeArgs),
+    #[command(hide = true)]
+    Router(wallet_router::cli::RouterArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Accounts to open and fund before the run.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: usize,
+    /// How a transfer picks its two accounts.
+    #[arg(long, value_enum, default_value = "same-shard")]
+    pairs: Pairs,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Duration of the measured run in seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Transfers per request through the batch API (0: one Transfer call each).
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
+    /// Money each account starts with (pg-transfer.sh: 1 000 000).
+    #[arg(long, default_value_t = 1_000_000)]
+    initial_balance: i64,
+    /// Calls in flight while opening and funding the accounts.
+    #[arg(long, default_value_t = 256)]
+    setup_concurrency: usize,
+    /// A running cluster's router instead of a playground of its own.
+    #[arg(long, requires = "cluster", env = "WALLET_ENDPOINT")]
+    endpoint: Option<String>,
+    /// That cluster's file (which shard holds an account; its processes are measured).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// Directory of the playground it starts (default: a temporary one, removed afterwards).
+    #[arg(long, conflicts_with = "endpoint")]
+    dir: Option<PathBuf>,
+    /// Playground: node processes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Playground: shards.
+    #[arg(long, default_value_t = 3)]
+    shards: u64,
+    /// Playground: replicas per shard.
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    /// Playground: snapshot and compact each shard's log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    compact_every: u64,
+    /// Print one JSON object at the end (progress still goes to stdout before it).
+    #[arg(long)]
+    json: bool,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.process {
+        Some(Process::Node(args)) => wallet_node::cli::main_with(args),
+        Some(Process::Router(args)) => wallet_router::cli::main_with(args),
+        None => {
+            let code = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => match runtime.block_on(run(cli.bench)) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("wallet-bench: {e}");
+                        1
+                    }
+                },
+                Err(e) => {
+                    eprintln!("wallet-bench: cannot start runtime: {e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+async fn run(args: BenchArgs) -> Result<(), String> {
+    let mut temp = None;
+    let (endpoint, topology, cluster_file, mut playground) = match &args.endpoint {
+        Some(endpoint) => {
+            let path = args.cluster.clone().ok_or("--endpoint needs --cluster")?;
+            (endpoint.clone(), Topology::load(&path)?, path, None)
+        }
+        None => {
+            let dir = match &args.dir {
+                Some(dir) => dir.clone(),
+                None => {
+                    let path =
+                        std::env::temp_dir().join(format!("wallet-bench-{}", std::process::id()));
+                    temp = Some(path.clone());
+                    path
+                }
+            };
+            let options = PlaygroundOptions {
+                dir,
+                nodes: args.nodes,
+                shards: args.shards,
+                replicas: args.replicas.min(args.nodes),
+                port: 0,
+                compact_every: args.compact_every,
+                resolve_after_ms: 10_000,
+                exe: std::env::current_exe().map_err(|e| e.to_string())?,
+            };
+            let mut playground = Playground::create(&options)?;
+            println!(
+                "starting a playground: {} nodes, {} shards x {} replicas in {}",
+                options.nodes,
+                options.shards,
+                options.replicas,
+                options.dir.display()
+            );
+            playground.start_all()?;
+            playground.wait_ready(Duration::from_secs(60)).await?;
+            (
+                playground.router_address.clone(),
+                playground.topology.clone(),
+                playground.cluster_file(),
+                Some(playground),
+            )
+        }
+    };
+    let replicas = topology
+        .shards
+        .first()
+        .map(|s| s.replicas.len() as u64)
+        .unwrap_or(1);
+    let result = async {
+        let client = WalletClient::with_options(&[endpoint.as_str()], ClientOptions::default())
+            .map_err(|e| e.to_string())?;
+        bench::run(
+            client,
+            topology.ring(),
+            Some(cluster_file),
+            BenchOptions {
+                accounts: args.accounts,
+                clients: args.clients,
+                seconds: args.seconds,
+                pairs: args.pairs,
+                batch: args.batch,
+                initial_balance: args.initial_balance,
+                setup_concurrency: args.setup_concurrency,
+                replicas,
+                progress: !args.quiet,
+            },
+        )
+        .await
+    }
+    .await;
+    if let Some(playground) = playground.as_mut() {
+        playground.stop_all();
+    }
+    if let Some(path) = temp {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    let report = result?;
+    print!("{}", report.text());
+    if args.json {
+        println!("{}", report.json());
+    }
+    Ok(())
+}
