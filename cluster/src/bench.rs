@@ -40,6 +40,10 @@ pub struct BenchOptions {
     pub replicas: u64,
     /// Print a progress line every second.
     pub progress: bool,
+    /// Account ids are `PREFIX-N`.
+    pub prefix: String,
+    /// Open and fund the accounts first (off: they exist from an earlier run with this prefix).
+    pub setup: bool,
 }
 
 /// One second of the run, as the sampler saw it.
@@ -345,30 +349,33 @@ pub async fn run(
     cluster_file: Option<PathBuf>,
     options: BenchOptions,
 ) -> Result<BenchReport, String> {
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let ids: Vec<String> = (0..options.accounts)
-        .map(|i| format!("b{run_id}-{i}"))
+        .map(|i| format!("{}-{i}", options.prefix))
         .collect();
     let pairing = Arc::new(Pairing::new(&ids, &ring, options.pairs)?);
     let ids = Arc::new(ids);
-    println!("opening and funding {} accounts ...", ids.len());
-    let took = open_accounts(
-        &client,
-        ids.clone(),
-        options.initial_balance,
-        options.setup_concurrency,
-        options.progress,
-    )
-    .await?;
-    println!(
-        "opened {} accounts in {:.1}s ({:.0}/s)",
-        ids.len(),
-        took.as_secs_f64(),
-        ids.len() as f64 / took.as_secs_f64().max(1e-9)
-    );
+    if options.setup {
+        println!("opening and funding {} accounts ...", ids.len());
+        let took = open_accounts(
+            &client,
+            ids.clone(),
+            options.initial_balance,
+            options.setup_concurrency,
+            options.progress,
+        )
+        .await?;
+        println!(
+            "opened {} accounts in {:.1}s ({:.0}/s)",
+            ids.len(),
+            took.as_secs_f64(),
+            ids.len() as f64 / took.as_secs_f64().max(1e-9)
+        );
+    }
+    // Transfer ids are unique across runs that share accounts.
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let probe = Probe {
         processes: cluster_file
             .as_deref()
@@ -401,7 +408,12 @@ pub async fn run(
                 let amount = 1 + rng.below(100) as i64;
                 let t0 = Instant::now();
                 let result = client
-                    .transfer(&format!("t{worker}-{n}"), &ids[from], &ids[to], amount)
+                    .transfer(
+                        &format!("t{run_id}-{worker}-{n}"),
+                        &ids[from],
+                        &ids[to],
+                        amount,
+                    )
                     .await;
                 let micros = (t0.elapsed().as_micros() as u64).max(1);
                 match result {

@@ -26,7 +26,11 @@ pub fn discover(cluster_file: &Path) -> Vec<ClusterProcess> {
     };
     let mut found = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(raw) = fs::read(entry.path().join("cmdline")) else {

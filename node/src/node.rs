@@ -113,7 +113,7 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(
             ShardServer::new(service.clone())
-                .max_decoding_message_size(wallet_proto::REQUEST_BYTES_MAX),
+                .max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX),
         )
         .add_service(
             RaftServer::new(service).max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX),

@@ -26,8 +26,8 @@ use tonic::Status;
 use wallet_proto::reason::{Reason, LEADER_HINT_KEY};
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, ReadResult,
-    Rejection, ReplicaPhase, ReplicaStatus, TsoResponse, TsoWindow,
+    command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, Proposal,
+    ReadResult, Rejection, ReplicaPhase, ReplicaStatus, TsoResponse, TsoWindow,
 };
 
 use crate::mark::{Mark, Marks};
@@ -42,6 +42,12 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const INBOX_DRAIN_MAX: usize = 4096;
 /// Capacity of a replica's inbox; Raft messages beyond it are dropped (Raft resends).
 pub const INBOX_CAPACITY: usize = 16_384;
+
+/// Most commands one Raft entry carries (a proposal's commands are never split).
+pub const ENTRY_COMMANDS_MAX: usize = 8192;
+
+/// Where the outcomes of proposed commands go.
+pub type BatchReply = oneshot::Sender<Result<Vec<Outcome>, Status>>;
 
 /// Tunables of a replica.
 #[derive(Clone, Debug)]
@@ -61,9 +67,11 @@ impl Default for ReplicaConfig {
 /// What a replica's inbox carries.
 pub enum ReplicaMsg {
     Raft(Box<Message>),
+    /// Commands to propose, answered with one outcome each, in order. Every command waiting at
+    /// the end of a loop turn goes into one Raft entry (up to [`ENTRY_COMMANDS_MAX`]).
     Propose {
-        command: Command,
-        reply: oneshot::Sender<Result<Outcome, Status>>,
+        commands: Vec<Command>,
+        reply: BatchReply,
     },
     Read {
         query: Query,
@@ -177,7 +185,11 @@ pub struct Replica {
     transport: Transport,
     status: Arc<Mutex<ReplicaStatus>>,
     next_proposal: u64,
-    proposals: HashMap<u64, oneshot::Sender<Result<Outcome, Status>>>,
+    /// Commands handed in this turn, proposed together at its end, and who waits for them.
+    pending: Vec<Command>,
+    pending_replies: Vec<(usize, BatchReply)>,
+    /// Proposed entries (by proposal id): how many commands each caller put in, in order.
+    proposals: HashMap<u64, Vec<(usize, BatchReply)>>,
     next_read: u64,
     read_batch: Vec<ReadReply>,
     reads_awaiting_index: HashMap<u64, Vec<ReadReply>>,
@@ -264,6 +276,8 @@ impl Replica {
             transport,
             status: status.clone(),
             next_proposal: start,
+            pending: Vec::new(),
+            pending_replies: Vec::new(),
             proposals: HashMap::new(),
             next_read: start,
             read_batch: Vec::new(),
@@ -327,6 +341,7 @@ impl Replica {
                     Err(_) => break,
                 }
             }
+            self.propose_pending();
             self.start_read_batch();
             let failed = match self.turn().await {
                 // A record that fails its check: this replica alone is set aside and rebuilt,
@@ -381,7 +396,7 @@ impl Replica {
                     self.tell_leader_what_we_have(leader, claimed);
                 }
             }
-            ReplicaMsg::Propose { command, reply } => self.propose(command, reply),
+            ReplicaMsg::Propose { commands, reply } => self.take_commands(commands, reply),
             ReplicaMsg::Read { query, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
@@ -633,9 +648,48 @@ impl Replica {
         Some(message)
     }
 
-    fn propose(&mut self, command: Command, reply: oneshot::Sender<Result<Outcome, Status>>) {
+    /// Queues commands for the entry proposed at the end of this turn.
+    fn take_commands(&mut self, commands: Vec<Command>, reply: BatchReply) {
         if self.raw.raft.state != StateRole::Leader {
             let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
+            return;
+        }
+        if commands.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return;
+        }
+        self.pending_replies.push((commands.len(), reply));
+        self.pending.extend(commands);
+    }
+
+    /// Proposes the commands handed in this turn: as few entries as [`ENTRY_COMMANDS_MAX`] allows,
+    /// never splitting one caller's commands (its outcomes come from one entry).
+    fn propose_pending(&mut self) {
+        if self.pending_replies.is_empty() {
+            return;
+        }
+        let mut commands = std::mem::take(&mut self.pending).into_iter();
+        let replies = std::mem::take(&mut self.pending_replies);
+        let mut entry_commands = Vec::new();
+        let mut entry_replies = Vec::new();
+        for (count, reply) in replies {
+            if !entry_replies.is_empty() && entry_commands.len() + count > ENTRY_COMMANDS_MAX {
+                self.propose_entry(
+                    std::mem::take(&mut entry_commands),
+                    std::mem::take(&mut entry_replies),
+                );
+            }
+            entry_commands.extend(commands.by_ref().take(count));
+            entry_replies.push((count, reply));
+        }
+        self.propose_entry(entry_commands, entry_replies);
+    }
+
+    fn propose_entry(&mut self, commands: Vec<Command>, replies: Vec<(usize, BatchReply)>) {
+        if self.raw.raft.state != StateRole::Leader {
+            for (_, reply) in replies {
+                let _ = reply.send(Err(not_leader(self.shard_id, self.raw.raft.leader_id)));
+            }
             return;
         }
         let id = self.next_proposal;
@@ -643,13 +697,18 @@ impl Replica {
         let mut context = Vec::with_capacity(16);
         context.extend_from_slice(&self.node_id.to_be_bytes());
         context.extend_from_slice(&id.to_be_bytes());
-        match self.raw.propose(context, command.encode_to_vec()) {
+        match self
+            .raw
+            .propose(context, Proposal { commands }.encode_to_vec())
+        {
             Ok(()) => {
-                self.proposals.insert(id, reply);
+                self.proposals.insert(id, replies);
             }
             Err(e) => {
-                let _ = reply.send(Err(Reason::Unavailable
-                    .status(format!("shard {} dropped the proposal: {e}", self.shard_id))));
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(Reason::Unavailable
+                        .status(format!("shard {} dropped the proposal: {e}", self.shard_id))));
+                }
             }
         }
     }
@@ -748,18 +807,26 @@ impl Replica {
                     // `FAILPOINTS=replica-apply=panic` (with the `failpoints` feature): a bug that
                     // panics while applying; the process must end (fail-stop, G9).
                     fail::fail_point!("replica-apply");
-                    let outcome = match Command::decode(&entry.data[..]) {
-                        Ok(command) => self.state_machine.apply(&command, &mut writes),
-                        Err(e) => Outcome {
+                    let outcomes = match Proposal::decode(&entry.data[..]) {
+                        Ok(proposal) => proposal
+                            .commands
+                            .iter()
+                            .map(|command| self.state_machine.apply(command, &mut writes))
+                            .collect(),
+                        // Only a node of this cluster proposes: an entry that does not decode
+                        // changes nothing on any replica.
+                        Err(e) => vec![Outcome {
                             result: Some(wallet_proto::v1::outcome::Result::Rejected(Rejection {
                                 reason: Reason::InvalidArgument.as_str().into(),
-                                message: format!("undecodable command: {e}"),
+                                message: format!("undecodable entry: {e}"),
                             })),
-                        },
+                        }],
                     };
-                    if let Some(reply) = self.take_proposal(&entry.context) {
-                        replies.push((reply, outcome));
-                    } else if let Some(outcome::Result::TsoWindow(window)) = &outcome.result {
+                    if let Some(waiting) = self.take_proposal(&entry.context) {
+                        replies.push((waiting, outcomes));
+                    } else if let Some(outcome::Result::TsoWindow(window)) =
+                        outcomes.first().and_then(|o| o.result.as_ref())
+                    {
                         self.on_tso_window(entry, window);
                     }
                 }
@@ -784,8 +851,17 @@ impl Replica {
             self.applied = last_index;
             self.store.write_applied(&writes, self.applied)?;
         }
-        for (reply, outcome) in replies {
-            let _ = reply.send(Ok(outcome));
+        for (waiting, outcomes) in replies {
+            let mut outcomes = outcomes.into_iter();
+            for (count, reply) in waiting {
+                let mine: Vec<Outcome> = outcomes.by_ref().take(count).collect();
+                let answer = if mine.len() == count {
+                    Ok(mine)
+                } else {
+                    Err(Reason::Internal.status("an entry's outcomes do not match its commands"))
+                };
+                let _ = reply.send(answer);
+            }
         }
         Ok(())
     }
@@ -803,10 +879,7 @@ impl Replica {
         }
     }
 
-    fn take_proposal(
-        &mut self,
-        context: &[u8],
-    ) -> Option<oneshot::Sender<Result<Outcome, Status>>> {
+    fn take_proposal(&mut self, context: &[u8]) -> Option<Vec<(usize, BatchReply)>> {
         if context.len() != 16 || context[..8] != self.node_id.to_be_bytes() {
             return None;
         }
@@ -833,7 +906,10 @@ impl Replica {
         let mut context = Vec::with_capacity(16);
         context.extend_from_slice(&self.node_id.to_be_bytes());
         context.extend_from_slice(&TSO_PROPOSAL.to_be_bytes());
-        if let Err(e) = self.raw.propose(context, command.encode_to_vec()) {
+        let proposal = Proposal {
+            commands: vec![command],
+        };
+        if let Err(e) = self.raw.propose(context, proposal.encode_to_vec()) {
             tracing::debug!(error = %e, "timestamp window proposal dropped; retried later");
         }
     }
@@ -844,9 +920,15 @@ impl Replica {
         if let Some(oracle) = self.oracle.as_mut() {
             oracle.step_down(|| not_leader(shard_id, leader_id));
         }
-        for (_, reply) in self.proposals.drain() {
+        let replies = self
+            .proposals
+            .drain()
+            .flat_map(|(_, waiting)| waiting)
+            .chain(self.pending_replies.drain(..));
+        for (_, reply) in replies {
             let _ = reply.send(Err(not_leader(self.shard_id, leader_id)));
         }
+        self.pending.clear();
         let waiting = self
             .reads_awaiting_index
             .drain()
@@ -860,7 +942,10 @@ impl Replica {
 
     /// Drops waiters whose caller gave up (timed out), so the maps stay bounded.
     fn forget_abandoned_requests(&mut self) {
-        self.proposals.retain(|_, reply| !reply.is_closed());
+        // An entry's outcomes are split among its callers by position: it is forgotten only
+        // once all of them gave up.
+        self.proposals
+            .retain(|_, waiting| waiting.iter().any(|(_, reply)| !reply.is_closed()));
         self.read_batch.retain(|waiter| !waiter.abandoned());
         self.reads_awaiting_index.retain(|_, batch| {
             batch.retain(|waiter| !waiter.abandoned());

@@ -15,8 +15,9 @@ use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
-    command::Op, shard_read::Query, NodeStatus, Outcome, RaftAck, RaftBatch, ReadResult,
-    ShardCommand, ShardRead, StatusRequest, TsoRequest, TsoResponse,
+    command::Op, outcome, shard_read::Query, BatchOutcome, Command, NodeStatus, Outcome, RaftAck,
+    RaftBatch, ReadResult, Rejection, ShardBatch, ShardCommand, ShardRead, StatusRequest,
+    TsoRequest, TsoResponse,
 };
 
 use crate::replica::{ReplicaHandle, ReplicaMsg};
@@ -87,45 +88,10 @@ impl NodeService {
         Ok(())
     }
 
-    async fn ask<T>(
-        &self,
-        replica: &ReplicaHandle,
-        make: impl FnOnce(oneshot::Sender<Result<T, Status>>) -> ReplicaMsg,
-    ) -> Result<T, Status> {
-        let (tx, rx) = oneshot::channel();
-        let sent = tokio::time::timeout(REQUEST_TIMEOUT, replica.inbox.send(make(tx))).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return Err(Reason::Overloaded.status(format!(
-                "shard {} replica is not keeping up",
-                replica.shard_id
-            )));
-        }
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Reason::Unavailable.status("replica stopped")),
-            Err(_) => Err(Reason::Unavailable.status(format!(
-                "shard {} did not answer within {REQUEST_TIMEOUT:?}",
-                replica.shard_id
-            ))),
-        }
-    }
-}
-
-/// Milliseconds since the epoch on this node's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-#[tonic::async_trait]
-impl wallet_proto::v1::shard_server::Shard for NodeService {
-    async fn execute(&self, request: Request<ShardCommand>) -> Result<Response<Outcome>, Status> {
-        let ShardCommand { shard_id, command } = request.into_inner();
-        let replica = self.replica(shard_id)?;
-        let mut command =
-            command.ok_or_else(|| Reason::InvalidArgument.status("missing command"))?;
+    /// What the node checks alone before a command reaches Raft: it hosts the shard, the shard
+    /// owns the command's accounts, an abort's refusal is well formed, and the timestamps are ones
+    /// a router could have (G9).
+    async fn admit(&self, shard_id: u64, command: &Command) -> Result<(), Status> {
         match &command.op {
             Some(Op::CreateAccount(c)) => self.check_owner(shard_id, &c.account_id)?,
             Some(Op::Deposit(d)) => self.check_owner(shard_id, &d.account_id)?,
@@ -165,12 +131,119 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             }
             None => return Err(Reason::InvalidArgument.status("command has no operation")),
         }
-        self.ts_bound.check("timestamp", command.ts).await?;
+        self.ts_bound.check("timestamp", command.ts).await
+    }
+
+    async fn ask<T>(
+        &self,
+        replica: &ReplicaHandle,
+        make: impl FnOnce(oneshot::Sender<Result<T, Status>>) -> ReplicaMsg,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        let sent = tokio::time::timeout(REQUEST_TIMEOUT, replica.inbox.send(make(tx))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Err(Reason::Overloaded.status(format!(
+                "shard {} replica is not keeping up",
+                replica.shard_id
+            )));
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Reason::Unavailable.status("replica stopped")),
+            Err(_) => Err(Reason::Unavailable.status(format!(
+                "shard {} did not answer within {REQUEST_TIMEOUT:?}",
+                replica.shard_id
+            ))),
+        }
+    }
+}
+
+/// A refusal before Raft, in a batch's slot: its reason code and message.
+fn refusal(status: &Status) -> Outcome {
+    Outcome {
+        result: Some(outcome::Result::Rejected(Rejection {
+            reason: wallet_proto::reason::of_status(status).as_str().into(),
+            message: status.message().to_string(),
+        })),
+    }
+}
+
+/// Milliseconds since the epoch on this node's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl wallet_proto::v1::shard_server::Shard for NodeService {
+    async fn execute(&self, request: Request<ShardCommand>) -> Result<Response<Outcome>, Status> {
+        let ShardCommand { shard_id, command } = request.into_inner();
+        let replica = self.replica(shard_id)?;
+        let mut command =
+            command.ok_or_else(|| Reason::InvalidArgument.status("missing command"))?;
+        self.admit(shard_id, &command).await?;
         command.at_ms = now_ms();
-        let outcome = self
-            .ask(replica, |reply| ReplicaMsg::Propose { command, reply })
+        let mut outcomes = self
+            .ask(replica, |reply| ReplicaMsg::Propose {
+                commands: vec![command],
+                reply,
+            })
             .await?;
+        let outcome = outcomes
+            .pop()
+            .ok_or_else(|| Reason::Internal.status("no outcome for the command"))?;
         Ok(Response::new(outcome))
+    }
+
+    async fn execute_batch(
+        &self,
+        request: Request<ShardBatch>,
+    ) -> Result<Response<BatchOutcome>, Status> {
+        let ShardBatch { shard_id, commands } = request.into_inner();
+        let replica = self.replica(shard_id)?;
+        if commands.len() > wallet_proto::BATCH_COMMANDS_MAX {
+            return Err(Reason::InvalidArgument.status(format!(
+                "{} commands in one batch; at most {}",
+                commands.len(),
+                wallet_proto::BATCH_COMMANDS_MAX
+            )));
+        }
+        let at_ms = now_ms();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; commands.len()];
+        let mut admitted = Vec::with_capacity(commands.len());
+        let mut slots = Vec::with_capacity(commands.len());
+        for (slot, mut command) in commands.into_iter().enumerate() {
+            match self.admit(shard_id, &command).await {
+                Ok(()) => {
+                    command.at_ms = at_ms;
+                    admitted.push(command);
+                    slots.push(slot);
+                }
+                Err(status) => outcomes[slot] = Some(refusal(&status)),
+            }
+        }
+        if !admitted.is_empty() {
+            let applied = self
+                .ask(replica, |reply| ReplicaMsg::Propose {
+                    commands: admitted,
+                    reply,
+                })
+                .await?;
+            if applied.len() != slots.len() {
+                return Err(Reason::Internal.status("outcomes do not match the commands"));
+            }
+            for (slot, outcome) in slots.into_iter().zip(applied) {
+                outcomes[slot] = Some(outcome);
+            }
+        }
+        Ok(Response::new(BatchOutcome {
+            outcomes: outcomes
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect(),
+        }))
     }
 
     async fn read(&self, request: Request<ShardRead>) -> Result<Response<ReadResult>, Status> {

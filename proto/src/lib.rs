@@ -22,5 +22,12 @@ pub mod v1 {
 
 /// Largest encoded gRPC message any service accepts or sends (raft batches and snapshots included).
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most commands in one `ExecuteBatch` call, and most transfers in one `TransferBatch` request
+/// (TigerBeetle's batch size, rounded up to a power of two for the internal call).
+pub const BATCH_COMMANDS_MAX: usize = 8192;
+/// Most transfers in one public `TransferBatch` request.
+pub const TRANSFER_BATCH_MAX: usize = 8189;
+/// Largest batch request (internal `ExecuteBatch` or public `TransferBatch`).
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest public request the router accepts: ids and amounts are small, anything bigger is garbage.
 pub const REQUEST_BYTES_MAX: usize = 16 * 1024;

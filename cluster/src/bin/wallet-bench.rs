@@ -80,6 +80,12 @@ struct BenchArgs {
     /// Playground: snapshot and compact each shard's log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     compact_every: u64,
+    /// Account ids are PREFIX-0 .. PREFIX-(N-1) (default: unique to this run).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Do not open and fund the accounts: an earlier run with the same --prefix did.
+    #[arg(long, requires = "prefix")]
+    no_setup: bool,
     /// Print one JSON object at the end (progress still goes to stdout before it).
     #[arg(long)]
     json: bool,
@@ -182,6 +188,14 @@ async fn run(args: BenchArgs) -> Result<(), String> {
                 setup_concurrency: args.setup_concurrency,
                 replicas,
                 progress: !args.quiet,
+                prefix: args.prefix.clone().unwrap_or_else(|| {
+                    let secs = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    format!("b{secs}")
+                }),
+                setup: !args.no_setup,
             },
         )
         .await
