@@ -19,6 +19,15 @@
 //! Every value is a CRC32-framed record ([`crate::record`]), checked on every read: a corrupt record
 //! stops the replica with an error instead of being served (G7).
 //!
+//! **Checkpoints.** What applied entries change is not written at once: the state machine serves it
+//! from memory, and the Raft log, made durable before anything is applied, holds the entries that
+//! made it. The changes are written as one batch, with their applied index, every
+//! [`CHECKPOINT_WRITES`] records, before a snapshot is built, before a history page is read and at
+//! shutdown. A crash loses nothing: a restart loads the last checkpoint and raft-rs re-delivers the
+//! committed entries after its applied index. The log is never compacted past a checkpoint (the
+//! snapshot that precedes compaction writes one first). One batch of many applies also lets sled
+//! keep only the last version of a hot account instead of one per transfer.
+//!
 //! [`LogStore`] implements raft-rs's `Storage` over an in-memory copy of the uncompacted log (the
 //! tree is the durable copy), so the Raft loop never reads sled on its hot path.
 
@@ -47,6 +56,9 @@ const KEY_TSO_LIMIT: &[u8] = b"St";
 const KEY_CLOSED_TS: &[u8] = b"Sc";
 const KEY_MAX_TS: &[u8] = b"Sx";
 const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
+
+/// Applied records buffered in memory before they are written as one checkpoint batch.
+pub const CHECKPOINT_WRITES: usize = 16_384;
 
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
@@ -305,6 +317,9 @@ pub struct ShardStore {
     tree: sled::Tree,
     log: LogStore,
     group_commit: Arc<GroupCommit>,
+    /// Applied changes not yet checkpointed, and the applied index they bring the store to.
+    unwritten: Vec<Write>,
+    unwritten_applied: Option<u64>,
 }
 
 /// What a replica recovers from disk when it opens.
@@ -370,6 +385,8 @@ impl ShardStore {
                 core: Arc::new(RwLock::new(core)),
             },
             group_commit: group_commit.clone(),
+            unwritten: Vec::new(),
+            unwritten_applied: None,
         };
         let mut state_machine = state_machine;
         store.load_state(&mut state_machine)?;
@@ -526,26 +543,52 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Stores what a batch of applied entries changed, together with the applied index.
-    pub fn write_applied(&self, writes: &[Write], applied: u64) -> Result<(), StoreError> {
+    /// Takes what a batch of applied entries changed, up to `applied`; it reaches sled with the
+    /// next checkpoint.
+    pub fn write_applied(&mut self, writes: Vec<Write>, applied: u64) -> Result<(), StoreError> {
+        if self.unwritten.is_empty() {
+            self.unwritten = writes;
+        } else {
+            self.unwritten.extend(writes);
+        }
+        self.unwritten_applied = Some(applied);
+        if self.unwritten.len() >= CHECKPOINT_WRITES {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Whether sled holds every applied change.
+    pub fn checkpointed(&self) -> bool {
+        self.unwritten_applied.is_none()
+    }
+
+    /// Writes the applied changes not yet written, with their applied index, as one batch (later
+    /// versions of a record replace earlier ones in the batch). Not fsynced: the log is.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let Some(applied) = self.unwritten_applied.take() else {
+            return Ok(());
+        };
         let mut batch = sled::Batch::default();
-        for write in writes {
+        for write in self.unwritten.drain(..) {
             match write {
                 Write::Account(account) => {
-                    batch.insert(account_key(&account.account_id), record::encode(account))
+                    batch.insert(account_key(&account.account_id), record::encode(&account))
                 }
                 Write::Request {
                     account_id,
                     request_id,
                     record: r,
-                } => batch.insert(request_key(account_id, request_id), record::encode(r)),
+                } => batch.insert(request_key(&account_id, &request_id), record::encode(&*r)),
                 Write::History { account_id, entry } => {
-                    batch.insert(history_key(account_id, entry.seq), record::encode(entry))
+                    batch.insert(history_key(&account_id, entry.seq), record::encode(&entry))
                 }
-                Write::Intent(intent) => batch.insert(intent_key(intent), record::encode(intent)),
-                Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[*limit])),
-                Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[*ts])),
-                Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[*ts])),
+                Write::Intent(intent) => {
+                    batch.insert(intent_key(&intent), record::encode(&*intent))
+                }
+                Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[limit])),
+                Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[ts])),
+                Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[ts])),
                 Write::NetDeposits(currency, total) => batch.insert(
                     [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
                     record::frame(&total.to_le_bytes()),
@@ -573,7 +616,8 @@ impl ShardStore {
 
     /// Builds a snapshot of the state machine at `applied` for followers that fell behind the log:
     /// every `S` record, CRC-framed, in key order, plus a CRC over the whole payload.
-    pub fn build_snapshot(&self, applied: u64) -> Result<(), StoreError> {
+    pub fn build_snapshot(&mut self, applied: u64) -> Result<(), StoreError> {
+        self.checkpoint()?;
         let term = self
             .log
             .term(applied)
@@ -623,10 +667,13 @@ impl ShardStore {
     /// Replaces this replica's log and state by a snapshot from the leader, in one batch, and
     /// reloads the state machine from it.
     pub fn install_snapshot(
-        &self,
+        &mut self,
         snapshot: &Snapshot,
         state_machine: &mut StateMachine,
     ) -> Result<(), StoreError> {
+        // Older than the snapshot, which replaces all of it.
+        self.unwritten.clear();
+        self.unwritten_applied = None;
         let records = parse_snapshot(snapshot.get_data())?;
         let meta = snapshot.get_metadata();
         let mut batch = sled::Batch::default();
@@ -657,13 +704,15 @@ impl ShardStore {
         self.load_state(state_machine)
     }
 
-    /// One page of an account's history, newest first.
+    /// One page of an account's history, newest first (a checkpoint first, so the page is
+    /// read from sled with everything applied).
     pub fn history(
-        &self,
+        &mut self,
         account_id: &str,
         limit: u32,
         cursor: u64,
     ) -> Result<ListTransfersResponse, StoreError> {
+        self.checkpoint()?;
         let limit = match limit {
             0 => HISTORY_PAGE_DEFAULT,
             n => n.min(HISTORY_PAGE_MAX),

@@ -96,10 +96,12 @@ fn compaction_keeps_the_term_of_the_truncation_point() {
 #[test]
 fn a_flipped_byte_in_a_stored_record_is_detected_on_read() {
     let (_dir, db) = database();
-    let r = open(&db);
+    let mut r = open(&db);
     r.store
-        .write_applied(&[Write::Account(alice(500))], 7)
+        .write_applied(vec![Write::Account(alice(500))], 7)
         .unwrap();
+    assert_eq!(r.store.stored_account("alice").unwrap(), None, "not yet checkpointed");
+    r.store.checkpoint().unwrap();
     assert_eq!(r.store.stored_account("alice").unwrap(), Some(alice(500)));
     flip(&db, &account_key("alice"), usize::MAX, 0x01);
     assert!(matches!(
@@ -131,10 +133,10 @@ fn a_corrupt_log_entry_is_detected_on_open() {
 #[test]
 fn a_corrupt_snapshot_is_refused_and_an_intact_one_installs() {
     let (_dir, db) = database();
-    let r = open(&db);
+    let mut r = open(&db);
     r.store.append(&[entry(1, 1)], None).unwrap();
     r.store
-        .write_applied(&[Write::Account(alice(5))], 1)
+        .write_applied(vec![Write::Account(alice(5))], 1)
         .unwrap();
     r.store.build_snapshot(1).unwrap();
     let mut snapshot = r.store.log().snapshot(0, 2).unwrap();
