@@ -145,7 +145,7 @@ fn a_corrupt_snapshot_is_refused_and_an_intact_one_installs() {
     snapshot.set_data(data.into());
 
     let (_dir2, db2) = database();
-    let r2 = open(&db2);
+    let mut r2 = open(&db2);
     let mut sm = machine();
     assert!(matches!(
         r2.store.install_snapshot(&snapshot, &mut sm),
