@@ -24,14 +24,18 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
+use wallet_proto::v1::{
+    transfer_result, AuditRequest, BatchTransfer, CreateAccountRequest, DepositRequest,
+    GetAccountRequest, GetTransferRequest, ListTransfersRequest, TransferBatchRequest,
+    WithdrawRequest,
+};
 pub use wallet_proto::v1::{
     Account, AuditReport, BalanceChange, CurrencyTotals, EntryKind, HistoryEntry,
-    ListTransfersResponse, Transfer, TransferStatus,
+    ListTransfersResponse, Transfer, TransferRequest, TransferStatus,
 };
-use wallet_proto::v1::{
-    AuditRequest, CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
-    ListTransfersRequest, TransferRequest, WithdrawRequest,
-};
+
+/// Most transfers in one [`WalletClient::transfer_batch`] call.
+pub const TRANSFER_BATCH_MAX: usize = wallet_proto::TRANSFER_BATCH_MAX;
 
 /// A failed call: the stable reason code and the store's message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,6 +260,88 @@ impl WalletClient {
             async move { c.transfer(r).await }
         })
         .await
+    }
+
+    /// Up to [`TRANSFER_BATCH_MAX`] independent transfers in one call: one result per item, in
+    /// order. Items refused for a passing reason (`UNAVAILABLE`, `NOT_LEADER`, `OVERLOADED`, ...)
+    /// are sent again, with the same ids (G4), until the retry budget is spent; the outer error is
+    /// for the call as a whole (too many items, no router reachable).
+    pub async fn transfer_batch(
+        &self,
+        items: &[TransferRequest],
+    ) -> Result<Vec<Result<Transfer, WalletError>>, WalletError> {
+        if items.len() > TRANSFER_BATCH_MAX {
+            return Err(WalletError {
+                reason: Reason::InvalidArgument,
+                message: format!("{} transfers; at most {TRANSFER_BATCH_MAX}", items.len()),
+            });
+        }
+        let mut results: Vec<Option<Result<Transfer, WalletError>>> = vec![None; items.len()];
+        let mut todo: Vec<usize> = (0..items.len()).collect();
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        while !todo.is_empty() {
+            let request = TransferBatchRequest {
+                transfers: todo
+                    .iter()
+                    .map(|&i| BatchTransfer {
+                        transfer: Some(items[i].clone()),
+                        linked: false,
+                    })
+                    .collect(),
+            };
+            let response = self
+                .retrying(|mut c| {
+                    let r = request.clone();
+                    async move { c.transfer_batch(r).await }
+                })
+                .await?;
+            if response.results.len() != todo.len() {
+                return Err(WalletError {
+                    reason: Reason::Internal,
+                    message: format!(
+                        "{} results for {} transfers",
+                        response.results.len(),
+                        todo.len()
+                    ),
+                });
+            }
+            let retry_more = started.elapsed() + backoff <= self.options.retry_budget;
+            let mut again = Vec::new();
+            for (i, result) in todo.into_iter().zip(response.results) {
+                let outcome = match result.result {
+                    Some(transfer_result::Result::Transfer(t)) => Ok(t),
+                    Some(transfer_result::Result::Error(e)) => Err(WalletError {
+                        reason: Reason::parse(&e.reason).unwrap_or(Reason::Internal),
+                        message: e.message,
+                    }),
+                    None => Err(WalletError {
+                        reason: Reason::Internal,
+                        message: "empty result".into(),
+                    }),
+                };
+                match outcome {
+                    Err(e) if e.reason.is_retryable() && retry_more => again.push(i),
+                    outcome => results[i] = Some(outcome),
+                }
+            }
+            todo = again;
+            if !todo.is_empty() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(WalletError {
+                        reason: Reason::Internal,
+                        message: "no result".into(),
+                    })
+                })
+            })
+            .collect())
     }
 
     /// The outcome of a transfer by its id and debit account.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wallet_client::{WalletClient, WalletError};
+use wallet_client::{TransferRequest, WalletClient, WalletError};
 use wallet_proto::topology::Ring;
 
 use crate::procstat::{self, ClusterProcess};
@@ -397,34 +397,60 @@ pub async fn run(
         let ids = ids.clone();
         let pairing = pairing.clone();
         let live = live.clone();
+        let options_batch = options.batch.min(wallet_client::TRANSFER_BATCH_MAX);
         workers.push(tokio::spawn(async move {
             let mut rng = Rng::for_worker(worker);
             let mut latency = histogram();
             let mut n = 0u64;
             // Bounded in count as well as in time.
+            let batch = options_batch;
             while Instant::now() < end && n < 100_000_000 {
-                n += 1;
-                let (from, to) = pairing.pair(&mut rng);
-                let amount = 1 + rng.below(100) as i64;
+                let mut items = Vec::with_capacity(batch.max(1));
+                for _ in 0..batch.max(1) {
+                    n += 1;
+                    let (from, to) = pairing.pair(&mut rng);
+                    items.push(TransferRequest {
+                        transfer_id: format!("t{run_id}-{worker}-{n}"),
+                        from_account_id: ids[from].clone(),
+                        to_account_id: ids[to].clone(),
+                        amount: 1 + rng.below(100) as i64,
+                    });
+                }
                 let t0 = Instant::now();
-                let result = client
-                    .transfer(
-                        &format!("t{run_id}-{worker}-{n}"),
-                        &ids[from],
-                        &ids[to],
-                        amount,
-                    )
-                    .await;
-                let micros = (t0.elapsed().as_micros() as u64).max(1);
-                match result {
-                    Ok(_) => {
-                        let _ = latency.record(micros);
-                        live.transfers.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut interval) = live.interval.lock() {
-                            let _ = interval.get_or_insert_with(histogram).record(micros);
-                        }
+                let (ok, refused) = if batch == 0 {
+                    let t = &items[0];
+                    match client
+                        .transfer(
+                            &t.transfer_id,
+                            &t.from_account_id,
+                            &t.to_account_id,
+                            t.amount,
+                        )
+                        .await
+                    {
+                        Ok(_) => (1, Vec::new()),
+                        Err(e) => (0, vec![e]),
                     }
-                    Err(e) => live.refused(e.reason.as_str(), 1),
+                } else {
+                    match client.transfer_batch(&items).await {
+                        Ok(results) => {
+                            let refused: Vec<WalletError> =
+                                results.into_iter().filter_map(Result::err).collect();
+                            (items.len() - refused.len(), refused)
+                        }
+                        Err(e) => (0, vec![e]),
+                    }
+                };
+                let micros = (t0.elapsed().as_micros() as u64).max(1);
+                for e in refused {
+                    live.refused(e.reason.as_str(), 1);
+                }
+                if ok > 0 {
+                    let _ = latency.record(micros);
+                    live.transfers.fetch_add(ok as u64, Ordering::Relaxed);
+                    if let Ok(mut interval) = live.interval.lock() {
+                        let _ = interval.get_or_insert_with(histogram).record(micros);
+                    }
                 }
             }
             latency

@@ -100,7 +100,11 @@ fn a_flipped_byte_in_a_stored_record_is_detected_on_read() {
     r.store
         .write_applied(vec![Write::Account(alice(500))], 7)
         .unwrap();
-    assert_eq!(r.store.stored_account("alice").unwrap(), None, "not yet checkpointed");
+    assert_eq!(
+        r.store.stored_account("alice").unwrap(),
+        None,
+        "not yet checkpointed"
+    );
     r.store.checkpoint().unwrap();
     assert_eq!(r.store.stored_account("alice").unwrap(), Some(alice(500)));
     flip(&db, &account_key("alice"), usize::MAX, 0x01);

@@ -29,5 +29,3 @@ pub const BATCH_COMMANDS_MAX: usize = 8192;
 pub const TRANSFER_BATCH_MAX: usize = 8189;
 /// Largest batch request (internal `ExecuteBatch` or public `TransferBatch`).
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest public request the router accepts: ids and amounts are small, anything bigger is garbage.
-pub const REQUEST_BYTES_MAX: usize = 16 * 1024;

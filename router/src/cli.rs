@@ -54,8 +54,7 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                WalletServer::new(service)
-                    .max_decoding_message_size(wallet_proto::REQUEST_BYTES_MAX),
+                WalletServer::new(service).max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX),
             )
             .serve_with_shutdown(args.listen, wallet_proto::shutdown::signal())
             .await?;

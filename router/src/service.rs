@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
-use wallet_proto::reason::Reason;
+use wallet_proto::reason::{self, Reason};
 
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Account, AuditReport, AuditRequest,
-    BalanceChange, CloseTs, Command, CreateAccountRequest, DepositRequest, GetAccountRequest,
-    GetTransferRequest, ListTransfersRequest, ListTransfersResponse, Outcome, ReadResult,
-    SnapshotAt, Stuck, Transfer, TransferRequest, WithdrawRequest,
+    command::Op, outcome, read_result, shard_read::Query, transfer_result, Account, AuditReport,
+    AuditRequest, BalanceChange, BatchError, CloseTs, Command, CreateAccountRequest,
+    DepositRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
+    ListTransfersResponse, Outcome, ReadResult, SnapshotAt, Stuck, Transfer, TransferBatchRequest,
+    TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
 };
 use wallet_proto::validate;
 
@@ -26,7 +27,7 @@ use crate::timestamps::Timestamps;
 const AUDIT_WAIT_MAX: Duration = Duration::from_secs(20);
 
 /// Default bound on requests in flight through one router.
-pub const MAX_IN_FLIGHT_DEFAULT: usize = 4096;
+pub const MAX_IN_FLIGHT_DEFAULT: usize = 65_536;
 
 /// The router's Wallet service.
 #[derive(Clone)]
@@ -74,6 +75,16 @@ impl WalletService {
         op: Op,
     ) -> Result<outcome::Result, Status> {
         let _permit = self.admit()?;
+        self.execute_admitted(account_id, request_id, op).await
+    }
+
+    /// [`WalletService::execute`] for a request already counted in flight.
+    async fn execute_admitted(
+        &self,
+        account_id: &str,
+        request_id: &str,
+        op: Op,
+    ) -> Result<outcome::Result, Status> {
         let shard_id = self.shards.shard_of(account_id);
         let stamped = !matches!(op, Op::CreateAccount(_));
         let command = Command {
@@ -163,6 +174,41 @@ impl WalletService {
         match Self::read_at(shards, shard_id, ts, String::new()).await? {
             read_result::Result::Snapshot(report) => Ok(report),
             _ => Err(unexpected("not a snapshot")),
+        }
+    }
+
+    /// One transfer, already counted in flight: checked, then one Raft entry on its shard, or the
+    /// two-phase protocol across two shards.
+    async fn transfer_admitted(&self, transfer: TransferRequest) -> Result<Transfer, Status> {
+        check(validate::id("transfer id", &transfer.transfer_id))?;
+        check(validate::id("from account id", &transfer.from_account_id))?;
+        check(validate::id("to account id", &transfer.to_account_id))?;
+        check(validate::amount(transfer.amount))?;
+        if transfer.from_account_id == transfer.to_account_id {
+            return Err(Reason::SameAccount.status("cannot transfer from an account to itself"));
+        }
+        let from_shard = self.shards.shard_of(&transfer.from_account_id);
+        let to_shard = self.shards.shard_of(&transfer.to_account_id);
+        if from_shard != to_shard {
+            return crate::two_phase::transfer(
+                &self.shards,
+                &self.timestamps,
+                transfer,
+                from_shard,
+                to_shard,
+            )
+            .await;
+        }
+        let (from, id) = (
+            transfer.from_account_id.clone(),
+            transfer.transfer_id.clone(),
+        );
+        match self
+            .execute_admitted(&from, &id, Op::Transfer(transfer))
+            .await?
+        {
+            outcome::Result::Transfer(t) => Ok(t),
+            _ => Err(unexpected("not a transfer")),
         }
     }
 
@@ -271,36 +317,66 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         &self,
         request: Request<TransferRequest>,
     ) -> Result<Response<Transfer>, Status> {
-        let transfer = request.into_inner();
-        check(validate::id("transfer id", &transfer.transfer_id))?;
-        check(validate::id("from account id", &transfer.from_account_id))?;
-        check(validate::id("to account id", &transfer.to_account_id))?;
-        check(validate::amount(transfer.amount))?;
-        if transfer.from_account_id == transfer.to_account_id {
-            return Err(Reason::SameAccount.status("cannot transfer from an account to itself"));
+        let _permit = self.admit()?;
+        Ok(Response::new(
+            self.transfer_admitted(request.into_inner()).await?,
+        ))
+    }
+
+    async fn transfer_batch(
+        &self,
+        request: Request<TransferBatchRequest>,
+    ) -> Result<Response<TransferBatchResponse>, Status> {
+        let items = request.into_inner().transfers;
+        if items.len() > wallet_proto::TRANSFER_BATCH_MAX {
+            return Err(Reason::InvalidArgument.status(format!(
+                "{} transfers in one batch; at most {}",
+                items.len(),
+                wallet_proto::TRANSFER_BATCH_MAX
+            )));
         }
-        let from_shard = self.shards.shard_of(&transfer.from_account_id);
-        let to_shard = self.shards.shard_of(&transfer.to_account_id);
-        if from_shard != to_shard {
-            let _permit = self.admit()?;
-            let t = crate::two_phase::transfer(
-                &self.shards,
-                &self.timestamps,
-                transfer,
-                from_shard,
-                to_shard,
-            )
-            .await?;
-            return Ok(Response::new(t));
+        // Every item counts as a request in flight.
+        let permits = u32::try_from(items.len().max(1)).unwrap_or(u32::MAX);
+        let _permits = self
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| Reason::Overloaded.status("too many requests in flight; retry later"))?;
+        let tasks: Vec<_> =
+            items
+                .into_iter()
+                .map(|item| {
+                    let service = self.clone();
+                    tokio::spawn(async move {
+                        match item.transfer {
+                            _ if item.linked => Err(Reason::InvalidArgument
+                                .status("linked chains are not supported yet")),
+                            None => {
+                                Err(Reason::InvalidArgument.status("batch item without a transfer"))
+                            }
+                            Some(transfer) => service.transfer_admitted(transfer).await,
+                        }
+                    })
+                })
+                .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let result = match task.await {
+                Ok(Ok(transfer)) => transfer_result::Result::Transfer(transfer),
+                Ok(Err(status)) => transfer_result::Result::Error(BatchError {
+                    reason: reason::of_status(&status).as_str().to_string(),
+                    message: status.message().to_string(),
+                }),
+                Err(e) => transfer_result::Result::Error(BatchError {
+                    reason: Reason::Internal.as_str().to_string(),
+                    message: e.to_string(),
+                }),
+            };
+            results.push(TransferResult {
+                result: Some(result),
+            });
         }
-        let (from, id) = (
-            transfer.from_account_id.clone(),
-            transfer.transfer_id.clone(),
-        );
-        match self.execute(&from, &id, Op::Transfer(transfer)).await? {
-            outcome::Result::Transfer(t) => Ok(Response::new(t)),
-            _ => Err(unexpected("not a transfer")),
-        }
+        Ok(Response::new(TransferBatchResponse { results }))
     }
 
     async fn get_transfer(

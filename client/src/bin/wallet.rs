@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
-    fresh_id, Account, BalanceChange, ClientOptions, EntryKind, Transfer, TransferStatus,
-    WalletClient, WalletError,
+    fresh_id, Account, BalanceChange, ClientOptions, EntryKind, Transfer, TransferRequest,
+    TransferStatus, WalletClient, WalletError,
 };
 
 #[derive(Parser, Debug)]
@@ -58,6 +58,13 @@ enum Commands {
         /// Transfer id for exactly-once retries (generated if omitted).
         #[arg(long)]
         id: Option<String>,
+    },
+    /// Many transfers from a JSON-lines file, one `{"id","from","to","amount"}` per line, sent
+    /// through the batch API (8 189 per call). Prints one result per line; exits 4 if any line
+    /// was refused. `"linked": true` (chains) is not supported yet and refused before sending.
+    Batch {
+        /// The file (`-` for standard input).
+        file: std::path::PathBuf,
     },
     /// Snapshot read of every account at one timestamp: per-currency totals, checked against net
     /// deposits (exit 2 with AUDIT_MISMATCH if they differ).
@@ -155,14 +162,24 @@ fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
+fn connect(cli: &Cli) -> Result<WalletClient, WalletError> {
     let endpoints: Vec<&str> = cli.endpoint.split(',').map(str::trim).collect();
     let options = ClientOptions {
         retry_budget: std::time::Duration::from_secs(cli.timeout),
         ..ClientOptions::default()
     };
-    let client = WalletClient::with_options(&endpoints, options)?;
+    WalletClient::with_options(&endpoints, options)
+}
+
+async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
+    let client = connect(&cli)?;
     Ok(match cli.command {
+        Commands::Batch { .. } => {
+            return Err(WalletError {
+                reason: wallet_client::Reason::Internal,
+                message: "batch files are sent by run_batch".into(),
+            })
+        }
         Commands::Account(AccountCommand::Create {
             id,
             currency,
@@ -293,6 +310,102 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
     })
 }
 
+/// One line of a batch file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    id: String,
+    from: String,
+    to: String,
+    amount: i64,
+    #[serde(default)]
+    linked: bool,
+}
+
+/// Reads a batch file: every line must parse, or nothing is sent.
+fn read_batch(file: &std::path::Path) -> Result<Vec<(usize, TransferRequest)>, WalletError> {
+    let bad = |message: String| WalletError {
+        reason: wallet_client::Reason::InvalidArgument,
+        message,
+    };
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+    let mut items = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_no = index + 1;
+        let parsed: BatchLine =
+            serde_json::from_str(line).map_err(|e| bad(format!("line {line_no}: {e}")))?;
+        if parsed.linked {
+            return Err(bad(format!(
+                "line {line_no}: linked chains are not supported yet"
+            )));
+        }
+        items.push((
+            line_no,
+            TransferRequest {
+                transfer_id: parsed.id,
+                from_account_id: parsed.from,
+                to_account_id: parsed.to,
+                amount: parsed.amount,
+            },
+        ));
+    }
+    Ok(items)
+}
+
+/// Sends a batch file; prints one result per line. Ok(true) if every line went through.
+async fn run_batch(cli: &Cli, file: &std::path::Path) -> Result<bool, WalletError> {
+    let items = read_batch(file)?;
+    let client = connect(cli)?;
+    let mut all_ok = true;
+    let mut json_lines = Vec::new();
+    let (mut ok, mut refused) = (0usize, 0usize);
+    for chunk in items.chunks(wallet_client::TRANSFER_BATCH_MAX) {
+        let requests: Vec<TransferRequest> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let results = client.transfer_batch(&requests).await?;
+        for ((line, request), result) in chunk.iter().zip(results) {
+            match result {
+                Ok(t) => {
+                    ok += 1;
+                    if cli.json {
+                        json_lines
+                            .push(json!({"line": line, "id": request.transfer_id, "ok": true,
+                            "transfer": transfer_json(&t)}));
+                    } else {
+                        println!(
+                            "line {line}: transfer {} committed: {} -> {} amount {}",
+                            t.transfer_id, t.from_account_id, t.to_account_id, t.amount
+                        );
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    all_ok = false;
+                    if cli.json {
+                        json_lines.push(json!({"line": line, "id": request.transfer_id,
+                            "ok": false, "error": e.reason.as_str(), "message": e.message}));
+                    } else {
+                        println!("line {line}: transfer {} refused: {e}", request.transfer_id);
+                    }
+                }
+            }
+        }
+    }
+    if cli.json {
+        println!("{}", serde_json::Value::Array(json_lines));
+    } else {
+        println!("{ok} committed, {refused} refused");
+    }
+    Ok(all_ok)
+}
+
 fn main() {
     let cli = Cli::parse();
     let json = cli.json;
@@ -306,6 +419,22 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Commands::Batch { file } = &cli.command {
+        match runtime.block_on(run_batch(&cli, file)) {
+            Ok(true) => std::process::exit(0),
+            Ok(false) => std::process::exit(4),
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"error": e.reason.as_str(), "message": e.message})
+                    );
+                }
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     match runtime.block_on(run(cli)) {
         Ok((value, text)) => {
             if json {

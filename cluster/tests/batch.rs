@@ -1,0 +1,259 @@
+//! The batch API on a real cluster (3 nodes, 2 shards, real sled dirs): `TransferBatch` answers
+//! each item in order, applies each item once however often the batch is sent (G4), keeps money
+//! conserved (G1) across same-shard and two-phase items, refuses what it must per item, and the
+//! `wallet batch` CLI sends a JSON-lines file.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::*;
+use wallet_client::{Reason, TransferRequest};
+use wallet_proto::v1::wallet_client::WalletClient as RawClient;
+use wallet_proto::v1::{transfer_result, BatchTransfer, TransferBatchRequest};
+
+fn transfer(id: &str, from: &str, to: &str, amount: i64) -> TransferRequest {
+    TransferRequest {
+        transfer_id: id.into(),
+        from_account_id: from.into(),
+        to_account_id: to.into(),
+        amount,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_item_in_order_and_applies_each_once() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [s1, s2] = accounts(&cluster, &client, 2, 1_000).await;
+    let (a, b, c) = (&s1[0], &s1[1], &s2[0]);
+    let items = vec![
+        transfer("t1", a, b, 100),      // same shard
+        transfer("t2", a, c, 200),      // two shards
+        transfer("t3", b, c, 5_000),    // more than b holds
+        transfer("t4", a, b, 0),        // not an amount
+        transfer("t5", a, a, 1),        // same account
+        transfer("t6", c, "nobody", 1), // no such account
+        transfer("t1", c, a, 7),        // same id, other debit account: another transfer
+        transfer("t7", b, c, i64::MAX), // whole range: refused, never wrapped
+    ];
+    let expected = [
+        None,
+        None,
+        Some(Reason::InsufficientFunds),
+        Some(Reason::InvalidAmount),
+        Some(Reason::SameAccount),
+        Some(Reason::AccountNotFound),
+        None,
+        Some(Reason::InsufficientFunds),
+    ];
+    let first = client.transfer_batch(&items).await.expect("batch");
+    assert_eq!(first.len(), items.len());
+    for (i, (result, want)) in first.iter().zip(expected).enumerate() {
+        match (result, want) {
+            (Ok(t), None) => {
+                assert_eq!(t.transfer_id, items[i].transfer_id);
+                assert_eq!(t.from_account_id, items[i].from_account_id);
+                assert_eq!(t.amount, items[i].amount);
+            }
+            (Err(e), Some(reason)) => assert_eq!(e.reason, reason, "item {i}: {e}"),
+            other => panic!("item {i}: {other:?}"),
+        }
+    }
+    // Sent again (a client that lost the answer): the same results, nothing applied twice.
+    let again = client.transfer_batch(&items).await.expect("batch again");
+    for (i, (one, two)) in first.iter().zip(&again).enumerate() {
+        match (one, two) {
+            (Ok(x), Ok(y)) => {
+                assert_eq!(x.commit_ts, y.commit_ts, "item {i} applied again");
+                assert_eq!(x.from_balance_after, y.from_balance_after, "item {i}");
+            }
+            (Err(x), Err(y)) => assert_eq!(x.reason, y.reason, "item {i}"),
+            other => panic!("item {i} changed its answer: {other:?}"),
+        }
+    }
+    let ids: Vec<String> = [a, b, c].iter().map(|s| s.to_string()).collect();
+    let balances = settled(&client, &ids).await;
+    let want: BTreeMap<String, i64> = [
+        (a.clone(), 1_000 - 100 - 200 + 7),
+        (b.clone(), 1_000 + 100),
+        (c.clone(), 1_000 + 200 - 7),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(balances, want);
+    client.audit().await.expect("audit balanced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_of_random_pairs_conserves_money_and_too_many_items_are_refused_whole() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [s1, s2] = accounts(&cluster, &client, 20, 1_000_000).await;
+    let ids: Vec<String> = s1.into_iter().chain(s2).collect();
+    let seed = 0xba7c_0001;
+    let mut rng = Rng(seed);
+    let items: Vec<TransferRequest> = (0..wallet_client::TRANSFER_BATCH_MAX)
+        .map(|n| {
+            let from = rng.below(ids.len());
+            let to = (from + 1 + rng.below(ids.len() - 1)) % ids.len();
+            let amount = 1 + rng.below(100) as i64;
+            transfer(&format!("r{n}"), &ids[from], &ids[to], amount)
+        })
+        .collect();
+    let results = client.transfer_batch(&items).await.expect("batch");
+    // Every item committed, or (cross-shard, prepared longer than this cluster's 500 ms
+    // --resolve-after-ms in a debug build) was aborted by recovery with no money moved.
+    let mut expected: BTreeMap<String, i64> =
+        ids.iter().map(|id| (id.clone(), 1_000_000)).collect();
+    let mut committed = 0;
+    for (item, result) in items.iter().zip(&results) {
+        match result {
+            Ok(t) => {
+                assert_eq!(t.amount, item.amount);
+                committed += 1;
+                *expected.get_mut(&item.from_account_id).expect("account") -= item.amount;
+                *expected.get_mut(&item.to_account_id).expect("account") += item.amount;
+            }
+            Err(e) => assert_eq!(e.reason, Reason::TransferAborted, "seed {seed:#x}: {e}"),
+        }
+    }
+    assert!(
+        committed > items.len() / 2,
+        "seed {seed:#x}: {committed} committed"
+    );
+    assert_eq!(settled(&client, &ids).await, expected, "seed {seed:#x}");
+    // Asked again, each transfer's record answers what the batch answered.
+    for (item, result) in items.iter().zip(&results).step_by(97) {
+        let t = client
+            .get_transfer(&item.transfer_id, &item.from_account_id)
+            .await
+            .expect("transfer record");
+        let committed = t.status == wallet_client::TransferStatus::Committed as i32;
+        assert_eq!(committed, result.is_ok(), "{t:?} vs {result:?}");
+    }
+    client.audit().await.expect("audit balanced");
+
+    // One item more than allowed: refused as a whole, by the client and by the router.
+    let mut too_many = items.clone();
+    too_many.push(transfer("one-more", &ids[0], &ids[1], 1));
+    let e = client.transfer_batch(&too_many).await.unwrap_err();
+    assert_eq!(e.reason, Reason::InvalidArgument);
+    let mut raw = RawClient::connect(format!("http://{}", cluster.playground.router_address))
+        .await
+        .expect("connect");
+    let request = TransferBatchRequest {
+        transfers: too_many
+            .into_iter()
+            .map(|t| BatchTransfer {
+                transfer: Some(t),
+                linked: false,
+            })
+            .collect(),
+    };
+    let status = raw
+        .transfer_batch(request)
+        .await
+        .expect_err("8190 items are refused");
+    assert_eq!(
+        wallet_proto::reason::of_status(&status),
+        Reason::InvalidArgument
+    );
+    // A linked item (chains come later) is refused in its slot; its neighbour goes through.
+    let request = TransferBatchRequest {
+        transfers: vec![
+            BatchTransfer {
+                transfer: Some(transfer("l1", &ids[0], &ids[1], 1)),
+                linked: true,
+            },
+            BatchTransfer {
+                transfer: Some(transfer("l2", &ids[0], &ids[1], 1)),
+                linked: false,
+            },
+        ],
+    };
+    let results = raw
+        .transfer_batch(request)
+        .await
+        .expect("batch")
+        .into_inner();
+    match &results.results[0].result {
+        Some(transfer_result::Result::Error(e)) => assert_eq!(e.reason, "INVALID_ARGUMENT"),
+        other => panic!("linked item: {other:?}"),
+    }
+    assert!(matches!(
+        results.results[1].result,
+        Some(transfer_result::Result::Transfer(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_a_batch_file_and_reports_each_line() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [s1, s2] = accounts(&cluster, &client, 1, 500).await;
+    let (a, c) = (&s1[0], &s2[0]);
+    let endpoint = cluster.playground.router_address.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |file: &std::path::Path, json: bool| {
+        let mut command = Command::new(wallet_cli());
+        command.args(["--endpoint", endpoint.as_str()]);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.arg("batch").arg(file).output().expect("run wallet");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    // A malformed line: nothing is sent.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{{\"id\":\"b1\",\"from\":\"{a}\",\"to\":\"{c}\",\"amount\":5}}\n{{\"id\":\"b2\"}}\n"
+        ),
+    )
+    .expect("write");
+    let (code, _) = run(&bad, false);
+    assert_eq!(code, 2);
+    assert_eq!(client.get_account(a).await.expect("read").balance, 500);
+
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(
+        &good,
+        format!(
+            "{{\"id\":\"g1\",\"from\":\"{a}\",\"to\":\"{c}\",\"amount\":100}}\n\n\
+             {{\"id\":\"g2\",\"from\":\"{a}\",\"to\":\"{c}\",\"amount\":10000}}\n\
+             {{\"id\":\"g3\",\"from\":\"{c}\",\"to\":\"{a}\",\"amount\":40}}\n"
+        ),
+    )
+    .expect("write");
+    let (code, out) = run(&good, false);
+    assert_eq!(code, 4, "a refused line makes the exit code 4: {out}");
+    assert!(out.contains("line 1: transfer g1 committed"), "{out}");
+    assert!(
+        out.contains("line 3: transfer g2 refused: INSUFFICIENT_FUNDS"),
+        "{out}"
+    );
+    assert!(out.contains("line 4: transfer g3 committed"), "{out}");
+    assert!(out.contains("2 committed, 1 refused"), "{out}");
+    // --json, sent again: the same outcomes, applied once.
+    let (code, out) = run(&good, true);
+    assert_eq!(code, 4);
+    let lines: serde_json::Value = serde_json::from_str(out.trim()).expect("json array");
+    assert_eq!(lines[0]["line"], 1);
+    assert_eq!(lines[0]["ok"], true);
+    assert_eq!(lines[1]["error"], "INSUFFICIENT_FUNDS");
+    assert_eq!(lines[2]["transfer"]["transfer_id"], "g3");
+    let ids = vec![a.clone(), c.clone()];
+    let balances = settled(&client, &ids).await;
+    assert_eq!(balances[a], 500 - 100 + 40);
+    assert_eq!(balances[c], 500 + 100 - 40);
+}
