@@ -393,7 +393,8 @@ async fn a_corrupt_record_sets_its_replica_aside_and_it_is_rebuilt() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(2, 10_000).await;
     let balances = funded(&cluster).await;
-    cluster.playground.kill_node(3);
+    // A graceful stop writes the checkpoint (the records of a kill -9 would still be in its log).
+    assert!(cluster.playground.stop_node(3));
     {
         let db = sled::open(cluster.playground.node_dir(3).join("sled")).unwrap();
         let tree = db.open_tree("shard-1").unwrap();
@@ -448,7 +449,7 @@ async fn bits_flipped_in_a_sled_file_never_lose_an_acknowledged_write() {
 }
 
 /// G7 while running: a history record of shard 1 on node 3 fails its CRC (history is not read at
-/// start). Node 3 meets it when it builds a snapshot (every 20 entries here). Before, the node
+/// start). Node 3 meets it when it serves a history page as shard 1's leader. Before, the node
 /// exited (code 70), taking all its replicas down; now that replica alone is set aside and rebuilt
 /// in place, while node 3 keeps running and serving its other shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +458,8 @@ async fn a_record_found_corrupt_while_running_sets_only_its_replica_aside() {
     let mut cluster = Cluster::start(2, 20).await;
     let client = cluster.client();
     let [on1, on2] = accounts(&cluster, &client, 2, 100).await;
-    cluster.playground.kill_node(3);
+    // A graceful stop writes the checkpoint (the records of a kill -9 would still be in its log).
+    assert!(cluster.playground.stop_node(3));
     {
         let db = sled::open(cluster.playground.node_dir(3).join("sled")).unwrap();
         let tree = db.open_tree("shard-1").unwrap();
@@ -470,13 +472,30 @@ async fn a_record_found_corrupt_while_running_sets_only_its_replica_aside() {
     }
     cluster.playground.start_node(3).unwrap();
     cluster.ready().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut n = 0;
     while set_aside_lines(&cluster, 3).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "node 3 never met the corrupt record"
+            "node 3 never met the corrupt record\n{}",
+            cluster.logs()
         );
+        match cluster.playground.leaders().await.get(&1).copied() {
+            // Shard 1's leader serves its history pages from sled.
+            Some(3) => {
+                for id in &on1 {
+                    let _ = client.list_transfers(id, 50, 0).await;
+                }
+            }
+            // Another node leads: pause it until node 3 (or the third) takes over.
+            Some(other) => {
+                cluster.playground.pause_node(other, true);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cluster.playground.pause_node(other, false);
+                cluster.ready().await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
         n += 1;
         client.deposit(&format!("rt{n}"), &on1[0], 1).await.unwrap();
     }

@@ -43,6 +43,10 @@ pub const INBOX_DRAIN_MAX: usize = 4096;
 /// Capacity of a replica's inbox; Raft messages beyond it are dropped (Raft resends).
 pub const INBOX_CAPACITY: usize = 16_384;
 
+/// A replica's log is compacted once its entries hold more than this many payload bytes (with
+/// coalesced entries, an entry count alone would let the log in memory grow with batch size).
+pub const LOG_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Most commands one Raft entry carries (a proposal's commands are never split).
 pub const ENTRY_COMMANDS_MAX: usize = 8192;
 
@@ -1062,8 +1066,10 @@ impl Replica {
         })
     }
 
-    /// Builds a snapshot when raft-rs asked for one, and compacts the log every `compact_every`
-    /// applied entries (keeping half of that as slack for followers that are only a little behind).
+    /// Builds a snapshot when raft-rs asked for one (a follower needs entries already dropped),
+    /// and compacts the log every `compact_every` applied entries or once its entries hold more
+    /// than [`LOG_BYTES_MAX`], keeping a slack of half the interval (at most a quarter of the
+    /// bytes) for followers that are only a little behind. Compaction writes a checkpoint first.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         let log = self.store.log();
         if log.snapshot_wanted() {
@@ -1071,14 +1077,18 @@ impl Replica {
         }
         let first = log.first_index_now();
         let every = self.config.compact_every.max(2);
-        if self.applied >= first + every {
-            self.store.build_snapshot(self.applied)?;
-            self.store.compact(self.applied - every / 2)?;
-            tracing::debug!(
-                shard = self.shard_id,
-                applied = self.applied,
-                "compacted the log"
-            );
+        if self.applied >= first + every || log.entry_bytes() > LOG_BYTES_MAX {
+            let point = log.compaction_point(self.applied, every / 2, LOG_BYTES_MAX / 4);
+            if point >= first {
+                self.store.checkpoint()?;
+                self.store.compact(point)?;
+                tracing::debug!(
+                    shard = self.shard_id,
+                    applied = self.applied,
+                    up_to = point,
+                    "compacted the log"
+                );
+            }
         }
         Ok(())
     }

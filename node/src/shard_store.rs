@@ -194,6 +194,8 @@ struct LogCore {
     truncated: (u64, u64),
     /// Every entry after `truncated`, in order.
     entries: Vec<Entry>,
+    /// Bytes of the entries' payloads (what compaction by size counts).
+    entry_bytes: usize,
     /// The newest snapshot built for followers, at or after `truncated`.
     snapshot: Option<Snapshot>,
     /// Set when raft-rs asked for a snapshot that is not built yet.
@@ -201,6 +203,25 @@ struct LogCore {
 }
 
 impl LogCore {
+    fn push(&mut self, entry: Entry) {
+        self.entry_bytes += entry_size(&entry);
+        self.entries.push(entry);
+    }
+
+    /// Keeps the first `keep` entries.
+    fn truncate(&mut self, keep: usize) {
+        let dropped: usize = self.entries.iter().skip(keep).map(entry_size).sum();
+        self.entry_bytes -= dropped;
+        self.entries.truncate(keep);
+    }
+
+    /// Drops the first `count` entries.
+    fn drop_front(&mut self, count: usize) {
+        let dropped: usize = self.entries.iter().take(count).map(entry_size).sum();
+        self.entry_bytes -= dropped;
+        self.entries.drain(..count);
+    }
+
     fn first_index(&self) -> u64 {
         self.truncated.0 + 1
     }
@@ -211,6 +232,10 @@ impl LogCore {
             .map(|e| e.index)
             .unwrap_or(self.truncated.0)
     }
+}
+
+fn entry_size(entry: &Entry) -> usize {
+    entry.data.len() + entry.context.len()
 }
 
 /// raft-rs `Storage` of one replica; cheap to clone (shared with the Raft loop).
@@ -237,6 +262,28 @@ impl LogStore {
     /// First index still in the log.
     pub fn first_index_now(&self) -> u64 {
         self.read().first_index()
+    }
+
+    /// Payload bytes of the entries still in the log.
+    pub fn entry_bytes(&self) -> usize {
+        self.read().entry_bytes
+    }
+
+    /// The index up to which compaction may drop the log: `applied`, less a slack of at most
+    /// `slack_entries` entries and `slack_bytes` bytes kept for followers a little behind.
+    pub fn compaction_point(&self, applied: u64, slack_entries: u64, slack_bytes: usize) -> u64 {
+        let core = self.read();
+        let first = core.first_index();
+        let mut point = applied.min(core.last_index());
+        let mut bytes = 0;
+        while point >= first && applied - point < slack_entries {
+            bytes += entry_size(&core.entries[(point - first) as usize]);
+            if bytes > slack_bytes {
+                break;
+            }
+            point -= 1;
+        }
+        point
     }
 
     /// The HardState as last appended.
@@ -366,7 +413,7 @@ impl ShardStore {
                     entry.index
                 )));
             }
-            core.entries.push(entry);
+            core.push(entry);
         }
         let pristine = core.hard_state == HardState::default()
             && core.entries.is_empty()
@@ -520,10 +567,10 @@ impl ShardStore {
                 batch.remove(&log_key(stale));
             }
             let keep = (first.index - core.first_index()) as usize;
-            core.entries.truncate(keep);
+            core.truncate(keep);
             for entry in entries {
                 batch.insert(&log_key(entry.index), encode_pb(entry));
-                core.entries.push(entry.clone());
+                core.push(entry.clone());
             }
         }
         if let Some(hs) = hard_state {
@@ -659,8 +706,17 @@ impl ShardStore {
         batch.insert(KEY_TRUNCATED, encode_u64s(&[index, term]));
         self.tree.apply_batch(batch)?;
         let drop = (index - core.first_index() + 1) as usize;
-        core.entries.drain(..drop);
+        core.drop_front(drop);
         core.truncated = (index, term);
+        // A snapshot older than the log's start can no longer be sent; it is built afresh when a
+        // follower needs one (and its memory is free until then).
+        if core
+            .snapshot
+            .as_ref()
+            .is_some_and(|snap| snap.get_metadata().index < index)
+        {
+            core.snapshot = None;
+        }
         Ok(())
     }
 
@@ -699,6 +755,7 @@ impl ShardStore {
         core.conf_state = meta.get_conf_state().clone();
         core.truncated = (meta.index, meta.term);
         core.entries.clear();
+        core.entry_bytes = 0;
         core.snapshot = None;
         drop(core);
         self.load_state(state_machine)

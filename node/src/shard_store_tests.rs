@@ -161,3 +161,35 @@ fn a_corrupt_snapshot_is_refused_and_an_intact_one_installs() {
     assert_eq!(sm.account("alice").map(|a| a.balance), Some(5));
     assert_eq!(r2.store.log().first_index().unwrap(), 2);
 }
+
+/// Compaction by size: the log counts its payload bytes through appends, conflicting tails,
+/// compaction and reopen, and the compaction point keeps at most the slack asked for.
+#[test]
+fn the_log_counts_its_bytes_and_compaction_keeps_a_bounded_slack() {
+    let (_dir, db) = database();
+    let r = open(&db);
+    let big = |index: u64| {
+        let mut e = entry(index, 1);
+        e.data = vec![7u8; 1000].into();
+        e
+    };
+    let entries: Vec<Entry> = (1..=10).map(big).collect();
+    r.store.append(&entries, None).unwrap();
+    let log = r.store.log();
+    assert_eq!(log.entry_bytes(), 10_000);
+    // A conflicting tail from index 9 replaces two entries by one small one.
+    r.store.append(&[entry(9, 2)], None).unwrap();
+    assert_eq!(log.entry_bytes(), 8 * 1000 + 1);
+    // Slack of at most 3 entries, or 2 500 bytes: two big entries behind the applied index 8.
+    assert_eq!(log.compaction_point(8, 3, 2_500), 6);
+    assert_eq!(log.compaction_point(8, 3, 100_000), 5);
+    // Nothing is ever kept beyond the applied index, and an applied index past the log is clamped.
+    assert_eq!(log.compaction_point(9, 0, 0), 9);
+    assert_eq!(log.compaction_point(50, 0, 0), 9);
+    r.store.compact(6).unwrap();
+    assert_eq!(log.entry_bytes(), 2 * 1000 + 1);
+    drop(r);
+    let r = open(&db);
+    assert_eq!(r.store.log().entry_bytes(), 2 * 1000 + 1);
+    assert_eq!(r.store.log().first_index_now(), 7);
+}
