@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::shard_client::ShardClient;
-use wallet_proto::v1::{NodeStatus, StatusRequest};
+use wallet_proto::v1::{NodeStatus, ReplicaPhase, StatusRequest};
 
 use crate::replica::ReplicaMsg;
 
@@ -81,14 +81,7 @@ pub async fn run(
         let log_now = last_log.elapsed() >= LOG_EVERY;
         let mut still = Vec::new();
         for p in pending {
-            // (term, commit) of the shard on each other replica that answered.
-            let answers: Vec<(u64, u64)> = p
-                .others
-                .iter()
-                .filter_map(|node| statuses.get(node))
-                .filter_map(|s| s.replicas.iter().find(|r| r.shard_id == p.shard_id))
-                .map(|r| (r.term, r.commit_index))
-                .collect();
+            let answers = answers(&statuses, &p.others, p.shard_id);
             let need = needed(p.others.len());
             if answers.len() >= need {
                 let term = answers.iter().map(|a| a.0).max().unwrap_or(0);
@@ -119,6 +112,19 @@ pub async fn run(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// (term, commit) of the shard on each of `others` that answered with a published status. A
+/// replica that has not published one yet says nothing about its term and commit (its zeros are
+/// not "empty"), so it does not count (G9).
+fn answers(statuses: &BTreeMap<u64, NodeStatus>, others: &[u64], shard_id: u64) -> Vec<(u64, u64)> {
+    others
+        .iter()
+        .filter_map(|node| statuses.get(node))
+        .filter_map(|s| s.replicas.iter().find(|r| r.shard_id == shard_id))
+        .filter(|r| r.phase != ReplicaPhase::Unspecified as i32)
+        .map(|r| (r.term, r.commit_index))
+        .collect()
 }
 
 /// The status of every peer that answers within [`ASK_TIMEOUT`], asked in parallel.
@@ -155,7 +161,33 @@ async fn ask_all(topology: &Topology, peers: &[u64]) -> BTreeMap<u64, NodeStatus
 
 #[cfg(test)]
 mod tests {
-    use super::needed;
+    use super::*;
+    use wallet_proto::v1::ReplicaStatus;
+
+    #[test]
+    fn an_unpublished_status_is_no_answer() {
+        let status = |node_id: u64, phase: ReplicaPhase, term: u64| NodeStatus {
+            node_id,
+            replicas: vec![ReplicaStatus {
+                shard_id: 1,
+                term,
+                commit_index: term * 10,
+                phase: phase as i32,
+                ..Default::default()
+            }],
+        };
+        let statuses: BTreeMap<u64, NodeStatus> = [
+            (2, status(2, ReplicaPhase::Unspecified, 0)),
+            (3, status(3, ReplicaPhase::Serving, 4)),
+            (4, status(4, ReplicaPhase::Probing, 0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(answers(&statuses, &[2, 3], 1), vec![(4, 40)]);
+        // A brand-new cluster: probing peers answer (0, 0) and count.
+        assert_eq!(answers(&statuses, &[3, 4], 1), vec![(4, 40), (0, 0)]);
+        assert!(answers(&statuses, &[3], 2).is_empty());
+    }
 
     #[test]
     fn a_majority_of_the_other_replicas() {

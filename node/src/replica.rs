@@ -260,8 +260,19 @@ impl Replica {
         let logger = crate::raft_log::logger(shard_id, node_id);
         let raw = RawNode::new(&raft_config, recovered.store.log(), &logger)?;
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+        // What it recovered, published before its task first runs: a peer probing this node
+        // must never read an unset status as "term 0, commit 0" (G9).
+        let recovered_state = recovered.store.log().hard_state();
         let status = Arc::new(Mutex::new(ReplicaStatus {
             shard_id,
+            term: recovered_state.term,
+            commit_index: recovered_state.commit,
+            applied_index: recovered.applied,
+            phase: if pristine {
+                ReplicaPhase::Probing
+            } else {
+                ReplicaPhase::Serving
+            } as i32,
             ..Default::default()
         }));
         // Proposal and read ids start at the clock so a restarted node never reuses one.
@@ -351,6 +362,10 @@ impl Replica {
                 // A record that fails its check: this replica alone is set aside and rebuilt,
                 // the node's other replicas go on serving (G7).
                 Err(StoreError::Corrupt(why)) => self.set_aside_in_place(why).err(),
+                // sled found one of its own pages corrupt (lazily, on a read): the same.
+                Err(StoreError::Sled(e @ sled::Error::Corruption { .. })) => {
+                    self.set_aside_in_place(format!("corrupt store: {e}")).err()
+                }
                 Err(e) => Some(e),
                 Ok(()) => None,
             };
@@ -1161,6 +1176,58 @@ mod tests {
         replica.turn().await.unwrap();
         assert!(replica.probing.is_none());
         replica
+    }
+
+    /// G9: a replica's status says what it recovered before its task ever runs; a peer's probe
+    /// must not read an unpublished status as "term 0, commit 0" and take part with an empty log.
+    #[tokio::test]
+    async fn the_status_reports_the_recovered_state_before_the_first_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let group_commit = Arc::new(crate::group_commit::GroupCommit::new(db));
+            let recovered = ShardStore::open(
+                &group_commit,
+                1,
+                &[1],
+                StateMachine::new(1, Ring::new([1], 16)),
+            )
+            .unwrap();
+            let entries: Vec<Entry> = (1..=10)
+                .map(|index| {
+                    let mut e = Entry::default();
+                    e.index = index;
+                    e.term = 5;
+                    e
+                })
+                .collect();
+            let mut hs = raft::eraftpb::HardState::default();
+            hs.term = 5;
+            hs.commit = 10;
+            recovered.store.append(&entries, Some(&hs)).unwrap();
+            recovered.store.flush().await.unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let group_commit = Arc::new(crate::group_commit::GroupCommit::new(db));
+        let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
+        let marks = Arc::new(Marks::open(dir.path()).unwrap());
+        let (prober, _probes) = mpsc::unbounded_channel();
+        let opened = Replica::open(
+            &group_commit,
+            &marks,
+            &prober,
+            1,
+            1,
+            &[1],
+            StateMachine::new(1, Ring::new([1], 16)),
+            Transport::start(1, &[], registry),
+            ReplicaConfig::default(),
+        )
+        .unwrap();
+        let status = opened.handle.status();
+        assert_eq!((status.term, status.commit_index), (5, 10));
+        assert_eq!(status.phase, ReplicaPhase::Serving as i32);
+        assert!(!opened.pristine);
     }
 
     /// One turn of the loop, as `run` does it after draining the inbox.

@@ -57,6 +57,9 @@ const KEY_CLOSED_TS: &[u8] = b"Sc";
 const KEY_MAX_TS: &[u8] = b"Sx";
 const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 
+/// Unreadable records skipped while setting a store aside before the copy gives up.
+const SET_ASIDE_UNREADABLE_MAX: u64 = 64;
+
 /// Applied records buffered in memory before they are written as one checkpoint batch.
 pub const CHECKPOINT_WRITES: usize = 16_384;
 
@@ -359,6 +362,27 @@ impl Storage for LogStore {
     }
 }
 
+/// Key, in the database's default tree, naming the tree of a shard's replica when it is not the
+/// usual `shard-N` (after a damaged tree could not be dropped).
+fn tree_key(shard_id: u64) -> String {
+    format!("tree-of-shard-{shard_id}")
+}
+
+/// The tree holding a shard's replica.
+fn tree_name(db: &sled::Db, shard_id: u64) -> Result<String, StoreError> {
+    Ok(match db.get(tree_key(shard_id))? {
+        Some(name) => String::from_utf8_lossy(&name).into_owned(),
+        None => format!("shard-{shard_id}"),
+    })
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 /// One replica's durable store: the sled tree and the in-memory log mirror.
 pub struct ShardStore {
     tree: sled::Tree,
@@ -387,7 +411,9 @@ impl ShardStore {
         voters: &[u64],
         state_machine: StateMachine,
     ) -> Result<Recovered, StoreError> {
-        let tree = group_commit.db().open_tree(format!("shard-{shard_id}"))?;
+        let tree = group_commit
+            .db()
+            .open_tree(tree_name(group_commit.db(), shard_id)?)?;
         let mut core = LogCore::default();
         match tree.get(KEY_CONF_STATE)? {
             Some(bytes) => core.conf_state = decode_pb(&bytes)?,
@@ -457,7 +483,13 @@ impl ShardStore {
         state_machine: StateMachine,
         mark: Option<crate::mark::Mark>,
     ) -> Result<(Recovered, Option<String>), StoreError> {
-        let why = match Self::open(group_commit, shard_id, voters, state_machine.clone()) {
+        // sled 0.34 panics on some damaged pages where it should return an error: that is a
+        // corrupt store too, not a reason to crash-loop.
+        let opened = wallet_proto::fail_stop::catch(|| {
+            Self::open(group_commit, shard_id, voters, state_machine.clone())
+        })
+        .unwrap_or_else(|panic| Err(StoreError::Corrupt(format!("sled panicked: {panic}"))));
+        let why = match opened {
             Ok(recovered) => {
                 let log = recovered.store.log();
                 match mark.and_then(|m| m.rolled_back(&log.hard_state(), &log)) {
@@ -484,17 +516,45 @@ impl ShardStore {
         state_machine: StateMachine,
         why: &str,
     ) -> Result<Recovered, StoreError> {
-        let name = format!("shard-{shard_id}");
         tracing::error!(shard = shard_id, %why, "replica set aside; it is rebuilt from its peers");
         let db = group_commit.db();
-        let aside = format!("set-aside-{name}");
-        db.drop_tree(&aside)?;
-        let (from, to) = (db.open_tree(&name)?, db.open_tree(&aside)?);
-        for item in from.iter() {
-            let (key, value) = item?;
-            to.insert(key, value)?;
+        let name = tree_name(db, shard_id)?;
+        let mut aside = format!("set-aside-shard-{shard_id}");
+        if let Err(e) = db.drop_tree(&aside) {
+            tracing::error!(shard = shard_id, error = %e, "cannot drop the previous set-aside tree");
+            aside = format!("set-aside-shard-{shard_id}.{}", now_nanos());
         }
-        db.drop_tree(&name)?;
+        let (from, to) = (db.open_tree(&name)?, db.open_tree(&aside)?);
+        // Best effort: what sled can still read is kept for inspection; pages it cannot read or
+        // write (an error, or one of sled 0.34's panics on a damaged page) end the copy, so a
+        // corrupt page cannot stop the replica from being rebuilt.
+        let copied = wallet_proto::fail_stop::catch(|| {
+            let (mut kept, mut unreadable) = (0u64, 0u64);
+            for item in from.iter() {
+                match item.and_then(|(key, value)| to.insert(key, value)) {
+                    Ok(_) => kept += 1,
+                    Err(_) if unreadable < SET_ASIDE_UNREADABLE_MAX => unreadable += 1,
+                    Err(_) => break,
+                }
+            }
+            (kept, unreadable)
+        });
+        match copied {
+            Ok((kept, unreadable)) => {
+                tracing::warn!(shard = shard_id, kept, unreadable, "records set aside")
+            }
+            Err(panic) => {
+                tracing::error!(shard = shard_id, %panic, "sled panicked while copying; the rest is not kept")
+            }
+        }
+        if let Err(e) = db.drop_tree(&name) {
+            // sled walks the tree's pages to drop it and can fail on a damaged one: the replica
+            // moves to a tree of a new name instead, and the damaged one is left unused.
+            let fresh = format!("shard-{shard_id}.{}", now_nanos());
+            tracing::error!(shard = shard_id, error = %e, old = %name, new = %fresh, "cannot drop the damaged tree; the replica moves to a new one");
+            db.insert(tree_key(shard_id), fresh.as_bytes())?;
+            db.flush()?;
+        }
         Self::open(group_commit, shard_id, voters, state_machine)
     }
 
@@ -669,14 +729,18 @@ impl ShardStore {
             .log
             .term(applied)
             .map_err(|e| StoreError::Corrupt(format!("term of applied index {applied}: {e}")))?;
-        let mut data = Vec::new();
-        for item in self.tree.scan_prefix(STATE_PREFIX) {
-            let (key, value) = item?;
-            // Checked before it leaves the node: a corrupt record is never shipped.
-            record::unframe(&value)?;
-            push_chunk(&mut data, &key);
-            push_chunk(&mut data, &value);
-        }
+        let mut data = wallet_proto::fail_stop::catch(|| {
+            let mut data = Vec::new();
+            for item in self.tree.scan_prefix(STATE_PREFIX) {
+                let (key, value) = item?;
+                // Checked before it leaves the node: a corrupt record is never shipped.
+                record::unframe(&value)?;
+                push_chunk(&mut data, &key);
+                push_chunk(&mut data, &value);
+            }
+            Ok::<_, StoreError>(data)
+        })
+        .unwrap_or_else(|panic| Err(StoreError::Corrupt(format!("sled panicked: {panic}"))))?;
         let crc = crc32fast::hash(&data);
         data.extend_from_slice(&crc.to_le_bytes());
         let mut snapshot = Snapshot::default();
@@ -780,21 +844,25 @@ impl ShardStore {
         } else {
             history_key(account_id, cursor)
         };
-        let mut entries = Vec::with_capacity(limit);
-        let mut next_cursor = 0;
-        for item in self.tree.range(start..end).rev() {
-            let (_, value) = item?;
-            let entry: HistoryEntry = record::decode(&value)?;
-            if entries.len() == limit {
-                next_cursor = entries.last().map(|e: &HistoryEntry| e.seq).unwrap_or(0);
-                break;
+        // sled 0.34 panics on some damaged pages: a corrupt record, not a crashed node.
+        wallet_proto::fail_stop::catch(|| {
+            let mut entries = Vec::with_capacity(limit);
+            let mut next_cursor = 0;
+            for item in self.tree.range(start..end).rev() {
+                let (_, value) = item?;
+                let entry: HistoryEntry = record::decode(&value)?;
+                if entries.len() == limit {
+                    next_cursor = entries.last().map(|e: &HistoryEntry| e.seq).unwrap_or(0);
+                    break;
+                }
+                entries.push(entry);
             }
-            entries.push(entry);
-        }
-        Ok(ListTransfersResponse {
-            entries,
-            next_cursor,
+            Ok(ListTransfersResponse {
+                entries,
+                next_cursor,
+            })
         })
+        .unwrap_or_else(|panic| Err(StoreError::Corrupt(format!("sled panicked: {panic}"))))
     }
 
     /// Reads one account straight from disk, checking its CRC (used to verify what memory holds).
