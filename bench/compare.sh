@@ -12,7 +12,9 @@
 # Both are stopped on exit. The last lines are one table: figures and ratios store / PostgreSQL.
 #
 # Env: DURATION (s per run, 20), CLIENTS_LIST ("16 64"), PAIRS ("same-shard random merchant"),
-#      ACCOUNTS (100000), BATCH (transfers per request for an extra batched row; 0 = none),
+#      ACCOUNTS (100000), BATCH (transfers per request for extra batched rows, one per pair mode,
+#      with BATCH_CLIENTS (4) clients; 0 = none; their ratio is to PostgreSQL's figure at that
+#      client count when it was measured, else "-"),
 #      BASE (/tmp/wallet-compare), PG_PORT (55433).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ CLIENTS_LIST=${CLIENTS_LIST:-"16 64"}
 PAIRS=${PAIRS:-"same-shard random merchant"}
 ACCOUNTS=${ACCOUNTS:-100000}
 BATCH=${BATCH:-0}
+BATCH_CLIENTS=${BATCH_CLIENTS:-4}
 BASE=${BASE:-/tmp/wallet-compare}
 PG_PORT=${PG_PORT:-55433}
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -119,7 +122,7 @@ for pairs in $PAIRS; do
   for c in $CLIENTS_LIST; do run_store "$pairs" "$pairs" "$c"; done
 done
 if [ "$BATCH" != 0 ]; then
-  for c in $CLIENTS_LIST; do run_store "batch-$BATCH" random "$c" --batch "$BATCH"; done
+  for pairs in $PAIRS; do run_store "$pairs batch $BATCH" "$pairs" "$BATCH_CLIENTS" --batch "$BATCH"; done
 fi
 
 # ---------- the table ----------

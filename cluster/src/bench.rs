@@ -527,9 +527,16 @@ pub async fn run(
         _ => None,
     };
     let disk_after = probe.disk();
-    let audit = match client.audit().await {
-        Ok(report) => format!("balanced at ts {}", report.ts),
-        Err(e) => return Err(format!("the audit after the run failed: {e}")),
+    // A loaded cluster may still be working through calls its clients gave up on: retry.
+    let audit_deadline = Instant::now() + Duration::from_secs(120);
+    let audit = loop {
+        match client.audit().await {
+            Ok(report) => break format!("balanced at ts {}", report.ts),
+            Err(e) if e.reason.is_retryable() && Instant::now() < audit_deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+            Err(e) => return Err(format!("the audit after the run failed: {e}")),
+        }
     };
     let refusals = live.refusals.lock().map(|r| r.clone()).unwrap_or_default();
     Ok(BenchReport {

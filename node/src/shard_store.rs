@@ -61,7 +61,7 @@ const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 const SET_ASIDE_UNREADABLE_MAX: u64 = 64;
 
 /// Applied records buffered in memory before they are written as one checkpoint batch.
-pub const CHECKPOINT_WRITES: usize = 16_384;
+pub const CHECKPOINT_WRITES: usize = 4096;
 
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
@@ -383,6 +383,36 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
+/// The sled batch of a checkpoint: the records of `writes` and the applied index.
+fn checkpoint_batch(writes: Vec<Write>, applied: u64) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for write in writes {
+        match write {
+            Write::Account(account) => {
+                batch.insert(account_key(&account.account_id), record::encode(&account))
+            }
+            Write::Request {
+                account_id,
+                request_id,
+                record: r,
+            } => batch.insert(request_key(&account_id, &request_id), record::encode(&*r)),
+            Write::History { account_id, entry } => {
+                batch.insert(history_key(&account_id, entry.seq), record::encode(&entry))
+            }
+            Write::Intent(intent) => batch.insert(intent_key(&intent), record::encode(&*intent)),
+            Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[limit])),
+            Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[ts])),
+            Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[ts])),
+            Write::NetDeposits(currency, total) => batch.insert(
+                [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
+                record::frame(&total.to_le_bytes()),
+            ),
+        }
+    }
+    batch.insert(KEY_APPLIED, encode_u64s(&[applied]));
+    batch
+}
+
 /// One replica's durable store: the sled tree and the in-memory log mirror.
 pub struct ShardStore {
     tree: sled::Tree,
@@ -391,6 +421,8 @@ pub struct ShardStore {
     /// Applied changes not yet checkpointed, and the applied index they bring the store to.
     unwritten: Vec<Write>,
     unwritten_applied: Option<u64>,
+    /// The checkpoint being written by its own thread (the Raft loop does not wait for it).
+    writing: Option<std::thread::JoinHandle<Result<(), sled::Error>>>,
 }
 
 /// What a replica recovers from disk when it opens.
@@ -460,6 +492,7 @@ impl ShardStore {
             group_commit: group_commit.clone(),
             unwritten: Vec::new(),
             unwritten_applied: None,
+            writing: None,
         };
         let mut state_machine = state_machine;
         store.load_state(&mut state_machine)?;
@@ -667,44 +700,41 @@ impl ShardStore {
 
     /// Whether sled holds every applied change.
     pub fn checkpointed(&self) -> bool {
-        self.unwritten_applied.is_none()
+        self.unwritten_applied.is_none() && self.writing.is_none()
     }
 
-    /// Writes the applied changes not yet written, with their applied index, as one batch (later
-    /// versions of a record replace earlier ones in the batch). Not fsynced: the log is.
+    /// Starts writing the applied changes not yet written, with their applied index, as one
+    /// batch (later versions of a record replace earlier ones), on a thread of its own: the Raft
+    /// loop goes on while sled works. One checkpoint at a time, in order. Not fsynced: the log is.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         let Some(applied) = self.unwritten_applied.take() else {
             return Ok(());
         };
-        let mut batch = sled::Batch::default();
-        for write in self.unwritten.drain(..) {
-            match write {
-                Write::Account(account) => {
-                    batch.insert(account_key(&account.account_id), record::encode(&account))
-                }
-                Write::Request {
-                    account_id,
-                    request_id,
-                    record: r,
-                } => batch.insert(request_key(&account_id, &request_id), record::encode(&*r)),
-                Write::History { account_id, entry } => {
-                    batch.insert(history_key(&account_id, entry.seq), record::encode(&entry))
-                }
-                Write::Intent(intent) => {
-                    batch.insert(intent_key(&intent), record::encode(&*intent))
-                }
-                Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[limit])),
-                Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[ts])),
-                Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[ts])),
-                Write::NetDeposits(currency, total) => batch.insert(
-                    [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
-                    record::frame(&total.to_le_bytes()),
-                ),
-            }
-        }
-        batch.insert(KEY_APPLIED, encode_u64s(&[applied]));
-        self.tree.apply_batch(batch)?;
+        self.wait_checkpoint()?;
+        let writes = std::mem::take(&mut self.unwritten);
+        let tree = self.tree.clone();
+        self.writing = Some(std::thread::spawn(move || {
+            tree.apply_batch(checkpoint_batch(writes, applied))
+        }));
         Ok(())
+    }
+
+    /// Waits until the checkpoint being written (if any) is in sled.
+    pub fn wait_checkpoint(&mut self) -> Result<(), StoreError> {
+        match self.writing.take() {
+            None => Ok(()),
+            Some(writer) => match writer.join() {
+                Ok(result) => Ok(result?),
+                // A panic on the writer thread already ended the process (fail-stop hook).
+                Err(_) => Err(StoreError::Corrupt("the checkpoint writer panicked".into())),
+            },
+        }
+    }
+
+    /// Writes every applied change and waits for it: what is applied is then in sled.
+    pub fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        self.checkpoint()?;
+        self.wait_checkpoint()
     }
 
     /// Stores a new configuration after a conf change applied.
@@ -724,7 +754,7 @@ impl ShardStore {
     /// Builds a snapshot of the state machine at `applied` for followers that fell behind the log:
     /// every `S` record, CRC-framed, in key order, plus a CRC over the whole payload.
     pub fn build_snapshot(&mut self, applied: u64) -> Result<(), StoreError> {
-        self.checkpoint()?;
+        self.checkpoint_now()?;
         let term = self
             .log
             .term(applied)
@@ -757,7 +787,9 @@ impl ShardStore {
 
     /// Drops log entries up to and including `index` (already applied and, through a snapshot,
     /// recoverable by followers).
-    pub fn compact(&self, index: u64) -> Result<(), StoreError> {
+    pub fn compact(&mut self, index: u64) -> Result<(), StoreError> {
+        // The checkpoint that makes the dropped entries unnecessary must be in sled first.
+        self.wait_checkpoint()?;
         let mut core = self.log.write();
         if index <= core.truncated.0 || index > core.last_index() {
             return Ok(());
@@ -791,7 +823,9 @@ impl ShardStore {
         snapshot: &Snapshot,
         state_machine: &mut StateMachine,
     ) -> Result<(), StoreError> {
-        // Older than the snapshot, which replaces all of it.
+        // Older than the snapshot, which replaces all of it (a checkpoint being written must land
+        // before the snapshot's batch, never after it).
+        self.wait_checkpoint()?;
         self.unwritten.clear();
         self.unwritten_applied = None;
         let records = parse_snapshot(snapshot.get_data())?;
@@ -833,7 +867,7 @@ impl ShardStore {
         limit: u32,
         cursor: u64,
     ) -> Result<ListTransfersResponse, StoreError> {
-        self.checkpoint()?;
+        self.checkpoint_now()?;
         let limit = match limit {
             0 => HISTORY_PAGE_DEFAULT,
             n => n.min(HISTORY_PAGE_MAX),
@@ -929,3 +963,12 @@ fn parse_snapshot(data: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
 #[cfg(test)]
 #[path = "shard_store_tests.rs"]
 mod tests;
+
+impl Drop for ShardStore {
+    /// A checkpoint still being written lands before the tree is reused (set aside, reopened).
+    fn drop(&mut self) {
+        if let Err(e) = self.wait_checkpoint() {
+            tracing::error!(error = %e, "checkpoint failed while closing the store");
+        }
+    }
+}

@@ -74,7 +74,7 @@ fn log_survives_reopen_and_conflicting_tail_is_replaced() {
 #[test]
 fn compaction_keeps_the_term_of_the_truncation_point() {
     let (_dir, db) = database();
-    let r = open(&db);
+    let mut r = open(&db);
     assert!(r.pristine);
     r.store
         .append(&[entry(1, 1), entry(2, 1), entry(3, 2)], None)
@@ -105,7 +105,7 @@ fn a_flipped_byte_in_a_stored_record_is_detected_on_read() {
         None,
         "not yet checkpointed"
     );
-    r.store.checkpoint().unwrap();
+    r.store.checkpoint_now().unwrap();
     assert_eq!(r.store.stored_account("alice").unwrap(), Some(alice(500)));
     flip(&db, &account_key("alice"), usize::MAX, 0x01);
     assert!(matches!(
@@ -167,7 +167,7 @@ fn a_corrupt_snapshot_is_refused_and_an_intact_one_installs() {
 #[test]
 fn the_log_counts_its_bytes_and_compaction_keeps_a_bounded_slack() {
     let (_dir, db) = database();
-    let r = open(&db);
+    let mut r = open(&db);
     let big = |index: u64| {
         let mut e = entry(index, 1);
         e.data = vec![7u8; 1000].into();
@@ -223,7 +223,7 @@ fn a_damaged_sled_file_is_set_aside_and_never_fails_the_open() {
                 },
             }));
             r.store.write_applied(writes, 1).unwrap();
-            r.store.checkpoint().unwrap();
+            r.store.checkpoint_now().unwrap();
             db.db().flush().unwrap();
         }
         // Reopened intact; then the disk goes bad under the running process: pages that are no
