@@ -115,23 +115,27 @@ run_store() { # label pairs clients [extra args]
   local json
   json=$("${BENCH[@]}" "${SETUP[@]}" --pairs "$pairs" --clients "$clients" "$@" | tee -a "$BASE/bench.log" | tail -1)
   SETUP=(--no-setup)
-  ROWS+=("$label|$clients|$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print("%.0f|%.2f|%.0f|%.0f" % (j["transfers_per_s"], j["p99_ms"], j["cpu_ms_per_1000_ops"] or 0, j["rss_bytes_max"]/1048576))' "$json")")
+  ROWS+=("$label|$clients|$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print("%.0f|%.2f|%.0f|%.0f|%d" % (j["transfers_per_s"], j["p99_ms"], j["cpu_ms_per_1000_ops"] or 0, j["rss_bytes_max"]/1048576, sum(j["refusals"].values())))' "$json")")
   log "store, $label, $clients clients: ${ROWS[-1]}"
 }
 for pairs in $PAIRS; do
   for c in $CLIENTS_LIST; do run_store "$pairs" "$pairs" "$c"; done
 done
 if [ "$BATCH" != 0 ]; then
-  for pairs in $PAIRS; do run_store "$pairs batch $BATCH" "$pairs" "$BATCH_CLIENTS" --batch "$BATCH"; done
+  for pairs in $PAIRS; do run_store "$pairs x$BATCH" "$pairs" "$BATCH_CLIENTS" --batch "$BATCH"; done
 fi
 
 # ---------- the table ----------
 echo
 echo "wallet store vs PostgreSQL 15 on $(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC'), ${DURATION}s per run, $ACCOUNTS accounts"
-printf '%-16s %7s %12s %9s %12s %9s %8s %10s %8s\n' workload clients "store ops/s" "p99 ms" "PG TPS" "PG p99" ratio "CPU ms/1k" "RSS MB"
+printf '%-18s %7s %12s %9s %8s %9s %8s %10s %8s %8s\n' workload clients "store ops/s" "p99 ms" "PG TPS" "PG p99" ratio "CPU ms/1k" "RSS MB" refused
+PG_BEST=0
+for c in $CLIENTS_LIST; do PG_BEST=$(awk -v a="$PG_BEST" -v b="${PG_TPS[$c]:-0}" 'BEGIN { print (b > a ? b : a) }'); done
 for row in "${ROWS[@]}"; do
-  IFS='|' read -r label clients tps p99 cpu rss <<<"$row"
-  pg=${PG_TPS[$clients]:-0}
+  IFS='|' read -r label clients tps p99 cpu rss refused <<<"$row"
+  # Batched rows (other client counts) are compared with PostgreSQL's best figure.
+  pg=${PG_TPS[$clients]:-$PG_BEST}
   ratio=$(awk -v a="$tps" -v b="$pg" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')
-  printf '%-16s %7s %12s %9s %12s %9s %8s %10s %8s\n' "$label" "$clients" "$tps" "$p99" "$pg" "${PG_P99[$clients]:-}" "$ratio" "$cpu" "$rss"
+  printf '%-18s %7s %12s %9s %8s %9s %8s %10s %8s %8s\n' "$label" "$clients" "$tps" "$p99" "$pg" "${PG_P99[$clients]:--}" "$ratio" "$cpu" "$rss" "$refused"
 done
+echo "(one playground for all runs, in this order: memory grows from run to run; xN rows: batches of N transfers per call, ratio to PostgreSQL's best TPS)"
