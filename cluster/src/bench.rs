@@ -21,7 +21,7 @@ use wallet_client::{TransferRequest, WalletClient, WalletError};
 use wallet_proto::topology::Ring;
 
 use crate::procstat::{self, ClusterProcess};
-use crate::workload::{Pairing, Pairs, Rng};
+use crate::workload::{take_p50_p99, Pairing, Pairs, Rng};
 
 /// Shape of a benchmark run.
 #[derive(Clone, Debug)]
@@ -467,15 +467,7 @@ pub async fn run(
     while Instant::now() < end {
         ticker.tick().await;
         let total = live.transfers.load(Ordering::Relaxed);
-        let interval = live.interval.lock().ok().and_then(|mut h| h.take());
-        let (p50, p99) = interval
-            .map(|h| {
-                (
-                    h.value_at_quantile(0.5) as f64 / 1000.0,
-                    h.value_at_quantile(0.99) as f64 / 1000.0,
-                )
-            })
-            .unwrap_or((0.0, 0.0));
+        let (p50, p99) = take_p50_p99(&live.interval);
         let mut node_rss = 0;
         for (name, rss) in probe.rss() {
             if name.starts_with("node") {

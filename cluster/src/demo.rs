@@ -21,7 +21,7 @@ use wallet_client::{Reason, WalletClient, WalletError};
 use wallet_proto::topology::Ring;
 
 pub use crate::workload::Pairs;
-use crate::workload::{Pairing, Rng};
+use crate::workload::{take_p50_p99, Pairing, Rng};
 
 /// Shape of a demo run.
 #[derive(Clone, Debug)]
@@ -423,15 +423,7 @@ async fn progress_printer(live: Arc<Live>, started: Instant, end: Instant) {
     loop {
         ticker.tick().await;
         let ops = live.ops.load(Ordering::Relaxed);
-        let interval = live.interval.lock().ok().and_then(|mut h| h.take());
-        let (p50, p99) = interval
-            .map(|h| {
-                (
-                    h.value_at_quantile(0.5) as f64 / 1000.0,
-                    h.value_at_quantile(0.99) as f64 / 1000.0,
-                )
-            })
-            .unwrap_or((0.0, 0.0));
+        let (p50, p99) = take_p50_p99(&live.interval);
         let errors = live
             .errors
             .lock()

@@ -3,6 +3,9 @@
 //! merchant).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
 
 use wallet_proto::topology::Ring;
 
@@ -37,6 +40,22 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+}
+
+/// Takes the histogram of the last interval (a progress line's) and gives its p50 and p99 in ms
+/// (zeros when nothing completed).
+pub fn take_p50_p99(interval: &Mutex<Option<Histogram<u64>>>) -> (f64, f64) {
+    interval
+        .lock()
+        .ok()
+        .and_then(|mut h| h.take())
+        .map(|h| {
+            (
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+            )
+        })
+        .unwrap_or((0.0, 0.0))
 }
 
 /// Picks the two accounts (indexes into the account list) of a transfer.

@@ -406,6 +406,18 @@ async fn run_batch(cli: &Cli, file: &std::path::Path) -> Result<bool, WalletErro
     Ok(all_ok)
 }
 
+/// Reports a failed command (one JSON object with --json, one line on stderr) and exits with `code`.
+fn fail(e: &WalletError, json: bool, code: i32) -> ! {
+    if json {
+        println!(
+            "{}",
+            json!({"error": e.reason.as_str(), "message": e.message})
+        );
+    }
+    eprintln!("error: {e}");
+    std::process::exit(code)
+}
+
 fn main() {
     let cli = Cli::parse();
     let json = cli.json;
@@ -423,16 +435,7 @@ fn main() {
         match runtime.block_on(run_batch(&cli, file)) {
             Ok(true) => std::process::exit(0),
             Ok(false) => std::process::exit(4),
-            Err(e) => {
-                if json {
-                    println!(
-                        "{}",
-                        json!({"error": e.reason.as_str(), "message": e.message})
-                    );
-                }
-                eprintln!("error: {e}");
-                std::process::exit(2);
-            }
+            Err(e) => fail(&e, json, 2),
         }
     }
     match runtime.block_on(run(cli)) {
@@ -444,17 +447,11 @@ fn main() {
             }
         }
         Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    json!({"error": e.reason.as_str(), "message": e.message})
-                );
-            }
-            eprintln!("error: {e}");
-            std::process::exit(match e.reason {
+            let code = match e.reason {
                 wallet_client::Reason::Unavailable | wallet_client::Reason::Overloaded => 3,
                 _ => 2,
-            });
+            };
+            fail(&e, json, code)
         }
     }
 }
