@@ -25,14 +25,30 @@ use tonic::Status;
 pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
 use wallet_proto::v1::{
-    transfer_result, AuditRequest, BatchTransfer, CreateAccountRequest, DepositRequest,
-    GetAccountRequest, GetTransferRequest, ListTransfersRequest, TransferBatchRequest,
-    WithdrawRequest,
+    transfer_result, AuditRequest, BatchTransfer, CreateAccountRequest, GetAccountRequest,
+    GetTransferRequest, ListTransfersRequest, TransferBatchRequest,
 };
 pub use wallet_proto::v1::{
-    Account, AuditReport, BalanceChange, CurrencyTotals, EntryKind, HistoryEntry,
-    ListTransfersResponse, Transfer, TransferRequest, TransferStatus,
+    Account, AuditReport, BalanceChange, CurrencyTotals, DepositRequest, EntryKind, HistoryEntry,
+    ListTransfersResponse, Transfer, TransferRequest, TransferStatus, WithdrawRequest,
 };
+
+/// Milliseconds since the Unix epoch on this machine's clock: the issue time the client stamps on
+/// a request that has none (`issued_at_ms`, README § Retention).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `issued_at_ms` as sent: the caller's, or now when it gave none.
+fn stamped(issued_at_ms: i64) -> i64 {
+    if issued_at_ms == 0 {
+        now_ms()
+    } else {
+        issued_at_ms
+    }
+}
 
 /// Most transfers in one [`WalletClient::transfer_batch`] call.
 pub const TRANSFER_BATCH_MAX: usize = wallet_proto::TRANSFER_BATCH_MAX;
@@ -203,18 +219,32 @@ impl WalletClient {
         .await
     }
 
-    /// Money in. `request_id` makes it exactly-once.
+    /// Money in. `request_id` makes it exactly-once; the request is stamped as issued now, so a
+    /// retry more than the retention window later counts as a new request (keep a
+    /// [`DepositRequest`] and send it with [`WalletClient::deposit_request`] to avoid that).
     pub async fn deposit(
         &self,
         request_id: &str,
         account_id: &str,
         amount: i64,
     ) -> Result<BalanceChange, WalletError> {
-        let request = DepositRequest {
+        self.deposit_request(DepositRequest {
             request_id: request_id.into(),
             account_id: account_id.into(),
             amount,
-        };
+            issued_at_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Money in, as built by the caller: send the same request (with its `issued_at_ms`, stamped
+    /// now when 0) for every retry, and a retry after the retention window is refused with
+    /// `REQUEST_EXPIRED` instead of paying twice.
+    pub async fn deposit_request(
+        &self,
+        mut request: DepositRequest,
+    ) -> Result<BalanceChange, WalletError> {
+        request.issued_at_ms = stamped(request.issued_at_ms);
         self.retrying(|mut c| {
             let r = request.clone();
             async move { c.deposit(r).await }
@@ -222,18 +252,29 @@ impl WalletClient {
         .await
     }
 
-    /// Money out. `request_id` makes it exactly-once.
+    /// Money out. `request_id` makes it exactly-once (issued now, as for
+    /// [`WalletClient::deposit`]).
     pub async fn withdraw(
         &self,
         request_id: &str,
         account_id: &str,
         amount: i64,
     ) -> Result<BalanceChange, WalletError> {
-        let request = WithdrawRequest {
+        self.withdraw_request(WithdrawRequest {
             request_id: request_id.into(),
             account_id: account_id.into(),
             amount,
-        };
+            issued_at_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Money out, as built by the caller (see [`WalletClient::deposit_request`]).
+    pub async fn withdraw_request(
+        &self,
+        mut request: WithdrawRequest,
+    ) -> Result<BalanceChange, WalletError> {
+        request.issued_at_ms = stamped(request.issued_at_ms);
         self.retrying(|mut c| {
             let r = request.clone();
             async move { c.withdraw(r).await }
@@ -241,7 +282,8 @@ impl WalletClient {
         .await
     }
 
-    /// Moves money between two accounts. `transfer_id` makes it exactly-once.
+    /// Moves money between two accounts. `transfer_id` makes it exactly-once (issued now, as
+    /// for [`WalletClient::deposit`]).
     pub async fn transfer(
         &self,
         transfer_id: &str,
@@ -249,12 +291,22 @@ impl WalletClient {
         to_account_id: &str,
         amount: i64,
     ) -> Result<Transfer, WalletError> {
-        let request = TransferRequest {
+        self.transfer_request(TransferRequest {
             transfer_id: transfer_id.into(),
             from_account_id: from_account_id.into(),
             to_account_id: to_account_id.into(),
             amount,
-        };
+            issued_at_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// A transfer as built by the caller (see [`WalletClient::deposit_request`]).
+    pub async fn transfer_request(
+        &self,
+        mut request: TransferRequest,
+    ) -> Result<Transfer, WalletError> {
+        request.issued_at_ms = stamped(request.issued_at_ms);
         self.retrying(|mut c| {
             let r = request.clone();
             async move { c.transfer(r).await }
@@ -276,6 +328,19 @@ impl WalletClient {
                 message: format!("{} transfers; at most {TRANSFER_BATCH_MAX}", items.len()),
             });
         }
+        // One issue time for the items without one, kept for every resend.
+        let now = now_ms();
+        let items: Vec<TransferRequest> = items
+            .iter()
+            .map(|t| TransferRequest {
+                issued_at_ms: if t.issued_at_ms == 0 {
+                    now
+                } else {
+                    t.issued_at_ms
+                },
+                ..t.clone()
+            })
+            .collect();
         let mut results: Vec<Option<Result<Transfer, WalletError>>> = vec![None; items.len()];
         let mut todo: Vec<usize> = (0..items.len()).collect();
         let started = Instant::now();

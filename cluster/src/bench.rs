@@ -414,6 +414,7 @@ pub async fn run(
                         from_account_id: ids[from].clone(),
                         to_account_id: ids[to].clone(),
                         amount: 1 + rng.below(100) as i64,
+                        issued_at_ms: 0,
                     });
                 }
                 let t0 = Instant::now();

@@ -15,6 +15,7 @@ use wallet_proto::v1::{transfer_result, BatchTransfer, TransferBatchRequest};
 
 fn transfer(id: &str, from: &str, to: &str, amount: i64) -> TransferRequest {
     TransferRequest {
+        issued_at_ms: 0,
         transfer_id: id.into(),
         from_account_id: from.into(),
         to_account_id: to.into(),

@@ -277,6 +277,7 @@ async fn request_to_the_wrong_shard_is_refused_and_changes_nothing() {
                     at_ms: 0,
                     ts: 0,
                     op: Some(Op::Deposit(DepositRequest {
+                        issued_at_ms: 0,
                         request_id: "stale".into(),
                         account_id: account.clone(),
                         amount: 99,

@@ -96,6 +96,7 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
 
 fn transfer(id: &str, from: &str, to: &str, amount: i64) -> TransferRequest {
     TransferRequest {
+        issued_at_ms: 0,
         transfer_id: id.into(),
         from_account_id: from.into(),
         to_account_id: to.into(),

@@ -89,6 +89,7 @@ fn command(id: &str, ts: u64, op: Op) -> Command {
 
 fn shard_commands() -> Vec<ShardCommand> {
     let t = TransferRequest {
+        issued_at_ms: 0,
         transfer_id: "fz-t".into(),
         from_account_id: "fz-a".into(),
         to_account_id: "fz-b".into(),
@@ -107,11 +108,13 @@ fn shard_commands() -> Vec<ShardCommand> {
             credit_limit: i64::MAX,
         }),
         Op::Deposit(DepositRequest {
+            issued_at_ms: 0,
             request_id: "fz-d".into(),
             account_id: "fz-a".into(),
             amount: i64::MAX,
         }),
         Op::Withdraw(WithdrawRequest {
+            issued_at_ms: 0,
             request_id: "fz-w".into(),
             account_id: "fz-a".into(),
             amount: 1,
@@ -251,6 +254,7 @@ async fn mutated_requests_to_a_running_cluster_get_errors_never_panics() {
     let router = connect(&cluster.playground.router_address).await;
     let mut wallet = RawWallet::new(router);
     let t = TransferRequest {
+        issued_at_ms: 0,
         transfer_id: "fz-t".into(),
         from_account_id: "fz-a".into(),
         to_account_id: "fz-b".into(),
@@ -277,6 +281,7 @@ async fn mutated_requests_to_a_running_cluster_get_errors_never_panics() {
         let _ = wallet.get_account(m).await;
     }
     let deposit = DepositRequest {
+        issued_at_ms: 0,
         request_id: "fz-d".into(),
         account_id: "fz-a".into(),
         amount: i64::MAX,
@@ -286,6 +291,7 @@ async fn mutated_requests_to_a_running_cluster_get_errors_never_panics() {
         let _ = wallet.deposit(m).await;
     }
     let withdraw = WithdrawRequest {
+        issued_at_ms: 0,
         request_id: "fz-w".into(),
         account_id: "fz-a".into(),
         amount: i64::MAX,

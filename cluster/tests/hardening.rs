@@ -214,6 +214,7 @@ async fn timestamps_no_router_could_have_are_refused() {
         at_ms: 0,
         ts: u64::MAX,
         op: Some(Op::Deposit(DepositRequest {
+            issued_at_ms: 0,
             request_id: "evil".into(),
             account_id: "c".into(),
             amount: 1,

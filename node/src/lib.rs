@@ -18,6 +18,7 @@
 //!   machine's side of reads at a timestamp (audits).
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
 pub mod cli;
+pub mod entry;
 pub mod group_commit;
 pub mod mark;
 pub mod node;
@@ -26,6 +27,7 @@ mod raft_log;
 pub mod record;
 pub mod recovery;
 pub mod replica;
+pub mod retention;
 pub mod service;
 pub mod shard_store;
 pub mod snapshot_read;

@@ -66,7 +66,8 @@ pub async fn run(
             shard.id,
             options.node_id,
             &shard.replicas,
-            StateMachine::new(shard.id, ring.clone()),
+            StateMachine::new(shard.id, ring.clone())
+                .with_retention(topology.request_retention_ms()),
             transport.clone(),
             options.replica.clone(),
         )?);

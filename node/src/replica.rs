@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::Storage;
@@ -26,8 +25,8 @@ use tonic::Status;
 use wallet_proto::reason::{Reason, LEADER_HINT_KEY};
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, Proposal,
-    ReadResult, Rejection, ReplicaPhase, ReplicaStatus, TsoResponse, TsoWindow,
+    command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, ReadResult,
+    Rejection, ReplicaPhase, ReplicaStatus, TsoResponse, TsoWindow,
 };
 
 use crate::mark::{Mark, Marks};
@@ -213,8 +212,6 @@ pub struct Replica {
     set_aside: Option<String>,
     marks: Arc<Marks>,
     last_mark: Option<Mark>,
-    /// The account ring (to start a state machine afresh).
-    ring: wallet_proto::topology::Ring,
     /// Its own inbox, and the node's prober, for a probe after a set-aside while running.
     inbox: mpsc::Sender<ReplicaMsg>,
     prober: mpsc::UnboundedSender<crate::probe::Pending>,
@@ -238,7 +235,6 @@ impl Replica {
         transport: Transport,
         config: ReplicaConfig,
     ) -> Result<OpenedReplica, Box<dyn std::error::Error>> {
-        let ring = state_machine.ring.clone();
         let (recovered, set_aside) =
             ShardStore::open_checked(db, shard_id, voters, state_machine, marks.read(shard_id))?;
         if set_aside.is_some() {
@@ -304,7 +300,6 @@ impl Replica {
             set_aside,
             marks: marks.clone(),
             last_mark: None,
-            ring: ring.clone(),
             inbox: inbox_tx.clone(),
             prober: prober.clone(),
             probed: None,
@@ -478,10 +473,8 @@ impl Replica {
         let _ = self.store.wait_checkpoint();
         self.step_down(0);
         self.state_machine.clear();
-        let machine = std::mem::replace(
-            &mut self.state_machine,
-            StateMachine::new(self.shard_id, self.ring.clone()),
-        );
+        let fresh = self.state_machine.fresh();
+        let machine = std::mem::replace(&mut self.state_machine, fresh);
         let recovered = ShardStore::set_aside(
             &self.store.group_commit().clone(),
             self.shard_id,
@@ -722,10 +715,7 @@ impl Replica {
         let mut context = Vec::with_capacity(16);
         context.extend_from_slice(&self.node_id.to_be_bytes());
         context.extend_from_slice(&id.to_be_bytes());
-        match self
-            .raw
-            .propose(context, Proposal { commands }.encode_to_vec())
-        {
+        match self.raw.propose(context, crate::entry::encode(commands)) {
             Ok(()) => {
                 self.proposals.insert(id, replies);
             }
@@ -832,9 +822,8 @@ impl Replica {
                     // `FAILPOINTS=replica-apply=panic` (with the `failpoints` feature): a bug that
                     // panics while applying; the process must end (fail-stop, G9).
                     fail::fail_point!("replica-apply");
-                    let outcomes = match Proposal::decode(&entry.data[..]) {
-                        Ok(proposal) => proposal
-                            .commands
+                    let outcomes = match crate::entry::decode(&entry.data) {
+                        Ok(commands) => commands
                             .iter()
                             .map(|command| self.state_machine.apply(command, &mut writes))
                             .collect(),
@@ -874,6 +863,7 @@ impl Replica {
         }
         if last_index > self.applied {
             self.applied = last_index;
+            writes.extend(self.state_machine.clock_write());
             self.store.write_applied(writes, self.applied)?;
         }
         for (waiting, outcomes) in replies {
@@ -931,10 +921,10 @@ impl Replica {
         let mut context = Vec::with_capacity(16);
         context.extend_from_slice(&self.node_id.to_be_bytes());
         context.extend_from_slice(&TSO_PROPOSAL.to_be_bytes());
-        let proposal = Proposal {
-            commands: vec![command],
-        };
-        if let Err(e) = self.raw.propose(context, proposal.encode_to_vec()) {
+        if let Err(e) = self
+            .raw
+            .propose(context, crate::entry::encode(vec![command]))
+        {
             tracing::debug!(error = %e, "timestamp window proposal dropped; retried later");
         }
     }

@@ -55,6 +55,7 @@ const INTENT_PREFIX: &[u8] = b"Si";
 const KEY_TSO_LIMIT: &[u8] = b"St";
 const KEY_CLOSED_TS: &[u8] = b"Sc";
 const KEY_MAX_TS: &[u8] = b"Sx";
+const KEY_CLOCK: &[u8] = b"Sk";
 const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 
 /// Unreadable records skipped while setting a store aside before the copy gives up.
@@ -403,6 +404,11 @@ fn checkpoint_batch(writes: Vec<Write>, applied: u64) -> sled::Batch {
             Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[limit])),
             Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[ts])),
             Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[ts])),
+            // The clock is stored as its bits: it is never negative, but no value may fail here.
+            Write::Clock(ms) => batch.insert(KEY_CLOCK, encode_u64s(&[ms as u64])),
+            Write::ForgetRequest((account_id, request_id)) => {
+                batch.remove(request_key(&account_id, &request_id))
+            }
             Write::NetDeposits(currency, total) => batch.insert(
                 [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
                 record::frame(&total.to_le_bytes()),
@@ -632,6 +638,7 @@ impl ShardStore {
             net.insert(currency, i128::from_le_bytes(bytes));
         }
         state_machine.load_snapshot_state(read_u64(KEY_CLOSED_TS)?, read_u64(KEY_MAX_TS)?, net);
+        state_machine.load_clock(read_u64(KEY_CLOCK)? as i64);
         for item in self.tree.scan_prefix(INTENT_PREFIX) {
             let (_, value) = item?;
             state_machine.load_intent(record::decode(&value)?);

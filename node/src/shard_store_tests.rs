@@ -282,3 +282,59 @@ fn a_damaged_sled_file_is_set_aside_and_never_fails_the_open() {
         "no damage was ever found: {outcomes:?}"
     );
 }
+
+#[test]
+fn forgotten_requests_and_the_clock_survive_a_restart() {
+    use wallet_proto::v1::{command::Op, Command, CreateAccountRequest, DepositRequest};
+    let (_dir, db) = database();
+    let mut r = ShardStore::open(&db, 1, &[1, 2, 3], machine().with_retention(1_000)).unwrap();
+    let mut sm = r.state_machine;
+    let apply = |sm: &mut StateMachine, at_ms: i64, id: &str, op: Op| {
+        let mut writes = Vec::new();
+        let command = Command {
+            request_id: id.into(),
+            at_ms,
+            ts: 0,
+            op: Some(op),
+        };
+        sm.apply(&command, &mut writes);
+        writes
+    };
+    let deposit = |id: &str| {
+        Op::Deposit(DepositRequest {
+            request_id: id.into(),
+            account_id: "alice".into(),
+            amount: 1,
+            issued_at_ms: 0,
+        })
+    };
+    let mut writes = apply(
+        &mut sm,
+        1,
+        "",
+        Op::CreateAccount(CreateAccountRequest {
+            account_id: "alice".into(),
+            currency: "USD".into(),
+            credit_limit: 0,
+        }),
+    );
+    writes.extend(apply(&mut sm, 10_000, "old", deposit("old")));
+    writes.extend(apply(&mut sm, 10_600, "new", deposit("new")));
+    writes.extend(apply(&mut sm, 11_200, "newest", deposit("newest")));
+    writes.extend(sm.clock_write());
+    assert!(writes.contains(&Write::ForgetRequest(("alice".into(), "old".into()))));
+    assert_eq!(sm.request_count(), 2);
+    r.store.write_applied(writes, 4).unwrap();
+    r.store.checkpoint_now().unwrap();
+    drop(r.store);
+
+    let reopened = ShardStore::open(&db, 1, &[1, 2, 3], machine().with_retention(1_000)).unwrap();
+    let loaded = reopened.state_machine;
+    assert_eq!(
+        loaded.request_count(),
+        2,
+        "the forgotten record is gone from sled too"
+    );
+    assert_eq!(loaded.retention().clock_ms(), 11_200);
+    assert_eq!(loaded.retention().tracked(), 2);
+}

@@ -26,6 +26,7 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
+use crate::retention::{Retention, WINDOW_DEFAULT_MS};
 use crate::snapshot_read::SnapshotState;
 
 /// A record changed by an apply, to be written to storage.
@@ -49,6 +50,10 @@ pub enum Write {
     ClosedTs(u64),
     MaxTs(u64),
     NetDeposits(String, i128),
+    /// The shard's clock (request retention).
+    Clock(i64),
+    /// A request record whose retention window passed.
+    ForgetRequest(RequestKey),
 }
 
 /// The records changed by a batch of applies.
@@ -86,6 +91,8 @@ pub struct StateMachine {
     pub(crate) tso_limit: u64,
     /// What snapshot reads need (closed timestamp, recent changes, net deposits).
     pub(crate) snapshot: SnapshotState,
+    /// The shard's clock and the records to forget when their window passed.
+    pub(crate) retention: Retention,
 }
 
 /// A refusal: a reason code and a message.
@@ -123,7 +130,37 @@ impl StateMachine {
             pending: BTreeSet::new(),
             tso_limit: 0,
             snapshot: SnapshotState::default(),
+            retention: Retention::new(WINDOW_DEFAULT_MS),
         }
+    }
+
+    /// The same state machine remembering requests for `window_ms` (the cluster file's
+    /// `request_retention_secs`; every replica of a shard must use the same).
+    pub fn with_retention(mut self, window_ms: i64) -> StateMachine {
+        self.retention = Retention::new(window_ms);
+        self
+    }
+
+    /// An empty state machine for the same shard, ring and retention window.
+    pub fn fresh(&self) -> StateMachine {
+        StateMachine::new(self.shard_id, self.ring.clone())
+            .with_retention(self.retention.window_ms())
+    }
+
+    /// The shard's clock and the records waiting for their window to pass.
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    /// Loads the stored clock (on start or snapshot install).
+    pub fn load_clock(&mut self, clock_ms: i64) {
+        self.retention.load_clock(clock_ms);
+    }
+
+    /// The clock to store with the next checkpoint, if it moved: the replica adds it once per
+    /// batch of applied entries, so a restart replays from the very clock its checkpoint had.
+    pub fn clock_write(&mut self) -> Option<Write> {
+        self.retention.clock_write()
     }
 
     /// Loads the stored timestamp limit (meta group).
@@ -147,6 +184,9 @@ impl StateMachine {
         if crate::two_phase::is_prepared(&record) {
             self.prepared.insert(key.clone());
         }
+        if is_forgettable(&record) {
+            self.retention.track(key.clone(), record.issued_at_ms);
+        }
         self.requests.insert(key, record);
     }
 
@@ -168,6 +208,12 @@ impl StateMachine {
         self.pending.clear();
         self.tso_limit = 0;
         self.snapshot = SnapshotState::default();
+        self.retention.clear();
+    }
+
+    /// Number of request records the shard remembers (retries answer from them).
+    pub fn request_count(&self) -> usize {
+        self.requests.len()
     }
 
     /// Number of accounts on the shard.
@@ -203,6 +249,8 @@ impl StateMachine {
 
     /// Applies one command. Deterministic; appends the changed records to `writes`.
     pub fn apply(&mut self, command: &Command, writes: &mut Writes) -> Outcome {
+        self.retention.advance(command);
+        self.forget_due(writes);
         let outcome = match &command.op {
             Some(Op::CreateAccount(create)) => self.create_account(create, command.at_ms, writes),
             Some(Op::PrepareDebit(prepare)) => self.prepare_debit(command, prepare, writes),
@@ -287,19 +335,20 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Result<Outcome, Refusal> {
         validate::id("request id", &command.request_id)?;
-        let (account_id, amount) = match op {
-            Op::Deposit(d) => (&d.account_id, d.amount),
-            Op::Withdraw(w) => (&w.account_id, w.amount),
-            Op::Transfer(t) => (&t.from_account_id, t.amount),
+        let (account_id, amount, issued_at_ms) = match op {
+            Op::Deposit(d) => (&d.account_id, d.amount, d.issued_at_ms),
+            Op::Withdraw(w) => (&w.account_id, w.amount, w.issued_at_ms),
+            Op::Transfer(t) => (&t.from_account_id, t.amount, t.issued_at_ms),
             _ => unreachable!("apply routes only deposit, withdraw and transfer here"),
         };
         validate::id("account id", account_id)?;
         validate::amount(amount)?;
         self.check_owned(account_id)?;
+        self.retention.check_issued(issued_at_ms)?;
         let key = (account_id.clone(), command.request_id.clone());
         if let Some(record) = self.requests.get(&key) {
             let first = record.command.as_ref().and_then(|c| c.op.as_ref());
-            if first == Some(op) {
+            if first.is_some_and(|first| same_request(first, op)) {
                 return Ok(record.outcome.clone().unwrap_or_default());
             }
             return Err((
@@ -318,17 +367,29 @@ impl StateMachine {
             Op::Transfer(t) => self.transfer_within_shard(command, t, writes),
             _ => unreachable!("apply routes only deposit, withdraw and transfer here"),
         }?;
+        let issued = self.retention.issued(issued_at_ms);
         let record = RequestRecord {
             command: Some(command.clone()),
             outcome: Some(outcome.clone()),
+            issued_at_ms: issued,
         };
         writes.push(Write::Request {
             account_id: key.0.clone(),
             request_id: key.1.clone(),
             record: Box::new(record.clone()),
         });
+        self.retention.track(key.clone(), issued);
         self.requests.insert(key, record);
         Ok(outcome)
+    }
+
+    /// Forgets the records whose retention window passed (a few per command).
+    fn forget_due(&mut self, writes: &mut Writes) {
+        for key in self.retention.due() {
+            if self.requests.remove(&key).is_some() {
+                writes.push(Write::ForgetRequest(key));
+            }
+        }
     }
 
     pub(crate) fn check_owned(&self, account_id: &str) -> Result<(), Refusal> {
@@ -553,6 +614,42 @@ impl StateMachine {
 }
 
 /// A transfer moves money between accounts of one currency only.
+/// Whether a request asks for what the first one under its id asked: the same operation, whatever
+/// its issue time (a retry may be stamped anew; its expiry is checked on its own).
+pub(crate) fn same_request(first: &Op, again: &Op) -> bool {
+    first == again || without_issue_time(first) == without_issue_time(again)
+}
+
+fn without_issue_time(op: &Op) -> Op {
+    let mut op = op.clone();
+    match &mut op {
+        Op::Deposit(d) => d.issued_at_ms = 0,
+        Op::Withdraw(w) => w.issued_at_ms = 0,
+        Op::Transfer(t) => t.issued_at_ms = 0,
+        Op::PrepareDebit(p) => {
+            if let Some(t) = p.transfer.as_mut() {
+                t.issued_at_ms = 0;
+            }
+        }
+        Op::PrepareCredit(p) => {
+            if let Some(t) = p.transfer.as_mut() {
+                t.issued_at_ms = 0;
+            }
+        }
+        _ => {}
+    }
+    op
+}
+
+/// Records the retention window applies to: deposits, withdrawals and same-shard transfers (a
+/// cross-shard record is kept: its credit side may still ask for the decision).
+fn is_forgettable(record: &RequestRecord) -> bool {
+    matches!(
+        record.command.as_ref().and_then(|c| c.op.as_ref()),
+        Some(Op::Deposit(_) | Op::Withdraw(_) | Op::Transfer(_))
+    )
+}
+
 pub(crate) fn same_currency(
     from_id: &str,
     from_currency: &str,

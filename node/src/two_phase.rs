@@ -36,7 +36,8 @@ use wallet_proto::v1::{
 use wallet_proto::validate;
 
 use crate::state_machine::{
-    intent_key, reject, same_currency, IntentKey, Refusal, StateMachine, Write, Writes,
+    intent_key, reject, same_currency, same_request, IntentKey, Refusal, StateMachine, Write,
+    Writes,
 };
 
 /// Most entries of each list a `Stuck` query returns (a bound on the answer's size, G10).
@@ -146,11 +147,12 @@ impl StateMachine {
                 ),
             ));
         }
+        self.retention.check_issued(t.issued_at_ms)?;
         let key = (t.from_account_id.clone(), t.transfer_id.clone());
         if let Some(record) = self.requests.get(&key) {
             let first = record.command.as_ref().and_then(|c| c.op.as_ref());
-            if let Some(Op::PrepareDebit(first)) = first {
-                if first == prepare {
+            if let Some(first @ Op::PrepareDebit(_)) = first {
+                if same_request(first, &Op::PrepareDebit(prepare.clone())) {
                     return Ok(record.outcome.clone().unwrap_or_default());
                 }
             }
@@ -213,9 +215,14 @@ impl StateMachine {
         outcome: Outcome,
         writes: &mut Writes,
     ) {
+        let issued_at_ms = match &command.op {
+            Some(Op::PrepareDebit(p)) => p.transfer.as_ref().map_or(0, |t| t.issued_at_ms),
+            _ => 0,
+        };
         let record = RequestRecord {
             command: Some(command.clone()),
             outcome: Some(outcome),
+            issued_at_ms: self.retention.issued(issued_at_ms),
         };
         writes.push(Write::Request {
             account_id: key.0.clone(),
@@ -471,6 +478,7 @@ impl StateMachine {
                     from_account_id: step.from_account_id.clone(),
                     to_account_id: step.account_id.clone(),
                     amount: 0,
+                    issued_at_ms: 0,
                 }),
                 primary_shard_id: 0,
                 state: IntentState::Aborted as i32,

@@ -205,12 +205,14 @@ impl World {
                 let request_id = format!("r{}", self.sent.len());
                 let op = if deposit {
                     Op::Deposit(DepositRequest {
+                        issued_at_ms: 0,
                         request_id: request_id.clone(),
                         account_id: account.clone(),
                         amount: x,
                     })
                 } else {
                     Op::Withdraw(WithdrawRequest {
+                        issued_at_ms: 0,
                         request_id: request_id.clone(),
                         account_id: account.clone(),
                         amount: x,
@@ -277,6 +279,7 @@ impl World {
                 };
                 // Another deposit under the same id (or the same one, if x matches).
                 let other = Op::Deposit(DepositRequest {
+                    issued_at_ms: 0,
                     request_id: id.clone(),
                     account_id: account,
                     amount: x,
@@ -489,6 +492,7 @@ impl World {
 
 fn request(t: &Xfer) -> TransferRequest {
     TransferRequest {
+        issued_at_ms: 0,
         transfer_id: t.id.clone(),
         from_account_id: t.from.clone(),
         to_account_id: t.to.clone(),

@@ -31,6 +31,7 @@ fn create(id: &str, currency: &str, credit_limit: i64) -> Op {
 
 fn deposit(id: &str, amount: i64) -> Op {
     Op::Deposit(DepositRequest {
+        issued_at_ms: 0,
         request_id: String::new(),
         account_id: id.into(),
         amount,
@@ -39,6 +40,7 @@ fn deposit(id: &str, amount: i64) -> Op {
 
 fn withdraw(id: &str, amount: i64) -> Op {
     Op::Withdraw(WithdrawRequest {
+        issued_at_ms: 0,
         request_id: String::new(),
         account_id: id.into(),
         amount,
@@ -47,6 +49,7 @@ fn withdraw(id: &str, amount: i64) -> Op {
 
 fn transfer(id: &str, from: &str, to: &str, amount: i64) -> Op {
     Op::Transfer(TransferRequest {
+        issued_at_ms: 0,
         transfer_id: id.into(),
         from_account_id: from.into(),
         to_account_id: to.into(),

@@ -78,6 +78,7 @@ impl Shards {
                 sm,
                 "fund",
                 Op::Deposit(DepositRequest {
+                    issued_at_ms: 0,
                     request_id: "fund".into(),
                     account_id: account.into(),
                     amount: funds,
@@ -89,6 +90,7 @@ impl Shards {
 
     fn transfer(id: &str, from: &str, to: &str, amount: i64) -> TransferRequest {
         TransferRequest {
+            issued_at_ms: 0,
             transfer_id: id.into(),
             from_account_id: from.into(),
             to_account_id: to.into(),
@@ -248,6 +250,7 @@ fn a_reservation_is_not_spendable_twice() {
         sm,
         "w",
         Op::Withdraw(WithdrawRequest {
+            issued_at_ms: 0,
             request_id: "w".into(),
             account_id: a.clone(),
             amount: 21,
@@ -462,6 +465,7 @@ fn a_snapshot_read_sees_exactly_the_changes_at_or_before_its_timestamp() {
     let sm = s.of(&a);
     let deposit = |id: &str, amount| {
         Op::Deposit(DepositRequest {
+            issued_at_ms: 0,
             request_id: id.into(),
             account_id: a.clone(),
             amount,

@@ -37,11 +37,12 @@ pub enum Reason {
     CrossShardNotSupported,
     CorruptRecord,
     Internal,
+    RequestExpired,
 }
 
 impl Reason {
     /// Every code, for documentation tests and parsing.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::InsufficientFunds,
         Reason::AccountNotFound,
         Reason::AccountExists,
@@ -65,6 +66,7 @@ impl Reason {
         Reason::CrossShardNotSupported,
         Reason::CorruptRecord,
         Reason::Internal,
+        Reason::RequestExpired,
     ];
 
     /// The stable text of the code.
@@ -93,6 +95,7 @@ impl Reason {
             Reason::CrossShardNotSupported => "CROSS_SHARD_NOT_SUPPORTED",
             Reason::CorruptRecord => "CORRUPT_RECORD",
             Reason::Internal => "INTERNAL",
+            Reason::RequestExpired => "REQUEST_EXPIRED",
         }
     }
 
@@ -109,6 +112,7 @@ impl Reason {
             | Reason::BalanceOverflow
             | Reason::TransferAborted
             | Reason::WrongShard
+            | Reason::RequestExpired
             | Reason::CrossShardNotSupported => Code::FailedPrecondition,
             Reason::AccountNotFound | Reason::TransferNotFound => Code::NotFound,
             Reason::AccountExists | Reason::IdReused => Code::AlreadyExists,

@@ -27,6 +27,13 @@ use serde::{Deserialize, Serialize};
 /// Default number of virtual nodes per shard on the ring.
 pub const VIRTUAL_NODES_DEFAULT: u32 = 64;
 
+/// Default request retention window: request ids are remembered for 24 h, as payment APIs keep
+/// idempotency keys.
+pub const REQUEST_RETENTION_SECS_DEFAULT: u64 = 24 * 60 * 60;
+
+/// Longest request retention window a cluster file may set (ten years).
+pub const REQUEST_RETENTION_SECS_MAX: u64 = 10 * 365 * 24 * 60 * 60;
+
 /// One node: a server process hosting replicas of several shards.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
@@ -53,6 +60,13 @@ pub struct Topology {
     pub meta_replicas: Vec<u64>,
     pub nodes: Vec<NodeSpec>,
     pub shards: Vec<ShardSpec>,
+    /// How long a shard remembers a request id and its outcome (seconds, 1..=10 years). Every
+    /// replica must use the same value: it decides what their state machines forget.
+    #[serde(
+        default = "default_request_retention_secs",
+        skip_serializing_if = "is_default_retention"
+    )]
+    pub request_retention_secs: u64,
 }
 
 /// The id of the meta group (the timestamp oracle). Data shards have ids from 1.
@@ -60,6 +74,14 @@ pub const META_GROUP_ID: u64 = 0;
 
 fn default_virtual_nodes() -> u32 {
     VIRTUAL_NODES_DEFAULT
+}
+
+fn default_request_retention_secs() -> u64 {
+    REQUEST_RETENTION_SECS_DEFAULT
+}
+
+fn is_default_retention(secs: &u64) -> bool {
+    *secs == REQUEST_RETENTION_SECS_DEFAULT
 }
 
 impl Topology {
@@ -75,6 +97,12 @@ impl Topology {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read cluster file {}: {e}", path.display()))?;
         Topology::parse(&text).map_err(|e| format!("bad cluster file {}: {e}", path.display()))
+    }
+
+    /// The request retention window in milliseconds.
+    pub fn request_retention_ms(&self) -> i64 {
+        // At most ten years (checked on parse), far inside i64.
+        i64::try_from(self.request_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 
     /// The file's text.
@@ -102,6 +130,7 @@ impl Topology {
             meta_replicas: Vec::new(),
             nodes: nodes_spec,
             shards: shards_spec,
+            request_retention_secs: REQUEST_RETENTION_SECS_DEFAULT,
         }
     }
 
@@ -111,6 +140,11 @@ impl Topology {
         }
         if self.virtual_nodes == 0 || self.virtual_nodes > 4096 {
             return Err("virtual_nodes must be 1..=4096".into());
+        }
+        if !(1..=REQUEST_RETENTION_SECS_MAX).contains(&self.request_retention_secs) {
+            return Err(format!(
+                "request_retention_secs must be 1..={REQUEST_RETENTION_SECS_MAX}"
+            ));
         }
         let mut ids = BTreeMap::new();
         for node in &self.nodes {

@@ -177,6 +177,7 @@ async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) -> 
         from_account_id: committed.from_account_id.clone(),
         to_account_id: committed.to_account_id.clone(),
         amount: committed.amount,
+        issued_at_ms: 0,
     });
     let id = &committed.transfer_id;
     // `FAILPOINTS=commit-credit-lost=return`: the CommitCredit call is lost, as if its shard did

@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
-    fresh_id, Account, BalanceChange, ClientOptions, EntryKind, Transfer, TransferRequest,
-    TransferStatus, WalletClient, WalletError,
+    fresh_id, Account, BalanceChange, ClientOptions, DepositRequest, EntryKind, Transfer,
+    TransferRequest, TransferStatus, WalletClient, WalletError, WithdrawRequest,
 };
 
 #[derive(Parser, Debug)]
@@ -41,6 +41,11 @@ enum Commands {
         /// Request id for exactly-once retries (generated if omitted).
         #[arg(long)]
         id: Option<String>,
+        /// When the request was first issued (ms since the epoch; now if omitted). Give the
+        /// first attempt's time when retrying: a retry issued longer ago than the retention
+        /// window is refused with REQUEST_EXPIRED.
+        #[arg(long, default_value_t = 0)]
+        issued_at_ms: i64,
     },
     /// Take money out of an account (a payment out).
     Withdraw {
@@ -49,6 +54,11 @@ enum Commands {
         /// Request id for exactly-once retries (generated if omitted).
         #[arg(long)]
         id: Option<String>,
+        /// When the request was first issued (ms since the epoch; now if omitted). Give the
+        /// first attempt's time when retrying: a retry issued longer ago than the retention
+        /// window is refused with REQUEST_EXPIRED.
+        #[arg(long, default_value_t = 0)]
+        issued_at_ms: i64,
     },
     /// Move money between two accounts.
     Transfer {
@@ -58,6 +68,9 @@ enum Commands {
         /// Transfer id for exactly-once retries (generated if omitted).
         #[arg(long)]
         id: Option<String>,
+        /// When the transfer was first issued (see `deposit --help`).
+        #[arg(long, default_value_t = 0)]
+        issued_at_ms: i64,
     },
     /// Many transfers from a JSON-lines file, one `{"id","from","to","amount"}` per line, sent
     /// through the batch API (8 189 per call). Prints one result per line; exits 4 if any line
@@ -196,18 +209,34 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             account,
             amount,
             id,
+            issued_at_ms,
         } => {
-            let id = id.unwrap_or_else(|| fresh_id("dep"));
-            let c = client.deposit(&id, &account, amount).await?;
+            let request_id = id.unwrap_or_else(|| fresh_id("dep"));
+            let c = client
+                .deposit_request(DepositRequest {
+                    request_id,
+                    account_id: account,
+                    amount,
+                    issued_at_ms,
+                })
+                .await?;
             (change_json(&c), change_text(&c))
         }
         Commands::Withdraw {
             account,
             amount,
             id,
+            issued_at_ms,
         } => {
-            let id = id.unwrap_or_else(|| fresh_id("wd"));
-            let c = client.withdraw(&id, &account, amount).await?;
+            let request_id = id.unwrap_or_else(|| fresh_id("wd"));
+            let c = client
+                .withdraw_request(WithdrawRequest {
+                    request_id,
+                    account_id: account,
+                    amount,
+                    issued_at_ms,
+                })
+                .await?;
             (change_json(&c), change_text(&c))
         }
         Commands::Transfer {
@@ -215,9 +244,18 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             to,
             amount,
             id,
+            issued_at_ms,
         } => {
-            let id = id.unwrap_or_else(|| fresh_id("tr"));
-            let t = client.transfer(&id, &from, &to, amount).await?;
+            let transfer_id = id.unwrap_or_else(|| fresh_id("tr"));
+            let t = client
+                .transfer_request(TransferRequest {
+                    transfer_id,
+                    from_account_id: from,
+                    to_account_id: to,
+                    amount,
+                    issued_at_ms,
+                })
+                .await?;
             let text = format!(
                 "transfer {} committed: {} -> {} amount {} ({} balance now {})",
                 t.transfer_id,
@@ -320,6 +358,9 @@ struct BatchLine {
     amount: i64,
     #[serde(default)]
     linked: bool,
+    /// When the transfer was first issued (ms since the epoch); now when absent.
+    #[serde(default)]
+    issued_at_ms: i64,
 }
 
 /// Reads a batch file: every line must parse, or nothing is sent.
@@ -354,6 +395,7 @@ fn read_batch(file: &std::path::Path) -> Result<Vec<(usize, TransferRequest)>, W
                 from_account_id: parsed.from,
                 to_account_id: parsed.to,
                 amount: parsed.amount,
+                issued_at_ms: parsed.issued_at_ms,
             },
         ));
     }

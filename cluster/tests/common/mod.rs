@@ -34,6 +34,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(shards: u64, compact_every: u64) -> Cluster {
+        Cluster::start_with(shards, compact_every, |_| {}).await
+    }
+
+    /// A cluster whose cluster file `edit` changed before any process started.
+    pub async fn start_with(
+        shards: u64,
+        compact_every: u64,
+        edit: impl FnOnce(&mut wallet_proto::topology::Topology),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = PlaygroundOptions {
             dir: dir.path().to_path_buf(),
@@ -46,6 +55,12 @@ impl Cluster {
             exe: exe(),
         };
         let mut playground = Playground::create(&options).expect("playground");
+        edit(&mut playground.topology);
+        std::fs::write(
+            dir.path().join("cluster.toml"),
+            playground.topology.to_toml(),
+        )
+        .expect("cluster file");
         playground.start_all().expect("start");
         let cluster = Cluster {
             playground,
