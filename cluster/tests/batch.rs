@@ -92,7 +92,7 @@ async fn a_batch_answers_each_item_in_order_and_applies_each_once() {
 async fn a_full_batch_of_random_pairs_conserves_money_and_too_many_items_are_refused_whole() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(2, 10_000).await;
-    let client = cluster.client();
+    let client = cluster.client_with(std::time::Duration::from_secs(60));
     let [s1, s2] = accounts(&cluster, &client, 20, 1_000_000).await;
     let ids: Vec<String> = s1.into_iter().chain(s2).collect();
     let seed = 0xba7c_0001;

@@ -87,11 +87,17 @@ impl Cluster {
     }
 
     pub fn client(&self) -> WalletClient {
+        self.client_with(Duration::from_secs(10))
+    }
+
+    /// A client whose every attempt may take `attempt_timeout` (a full batch in a debug build
+    /// on a loaded 2-core machine takes several seconds).
+    pub fn client_with(&self, attempt_timeout: Duration) -> WalletClient {
         WalletClient::with_options(
             &[self.playground.router_address.as_str()],
             ClientOptions {
-                retry_budget: Duration::from_secs(20),
-                attempt_timeout: Duration::from_secs(10),
+                retry_budget: attempt_timeout * 2,
+                attempt_timeout,
             },
         )
         .expect("client")
