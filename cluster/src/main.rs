@@ -81,7 +81,8 @@ enum Commands {
         accounts: usize,
     },
     /// Show every Raft group of a running cluster: replicas with node, role, term, commit and
-    /// applied index, lag, and phase (serving, probing, recovering, DOWN with its last panic).
+    /// applied index, lag, request records remembered, and phase (serving, probing, recovering,
+    /// DOWN with its last panic).
     Status {
         /// Playground directory (reads its cluster.toml, and panics.log of each node's data).
         #[arg(long, default_value = "./wallet-data", conflicts_with = "cluster")]

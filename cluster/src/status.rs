@@ -1,9 +1,9 @@
 //! `wallet-cluster status`: every Raft group (the meta group and each shard) with its replicas,
 //! as the nodes themselves report them — node, role, term, commit and applied index, lag behind
-//! the group's commit, and phase (serving, probing its peers after its store was emptied,
-//! recovering up to an index). A node that does not answer is shown DOWN, with the last panic
-//! recorded in its data directory when the playground directory is known, so a crash loop is never
-//! a silent UNAVAILABLE (G9).
+//! the group's commit, request records remembered (README § Retention), and phase (serving,
+//! probing its peers after its store was emptied, recovering up to an index). A node that does
+//! not answer is shown DOWN, with the last panic recorded in its data directory when the
+//! playground directory is known, so a crash loop is never a silent UNAVAILABLE (G9).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,8 +42,8 @@ pub fn render(
     let groups = std::iter::once(topology.meta_group()).chain(topology.shards.iter().cloned());
     let _ = writeln!(
         out,
-        "{:<10} {:>4}  {:<13} {:>6} {:>10} {:>10} {:>8}  {:<10} note",
-        "group", "node", "role", "term", "commit", "applied", "lag", "phase"
+        "{:<10} {:>4}  {:<13} {:>6} {:>10} {:>10} {:>8} {:>9}  {:<10} note",
+        "group", "node", "role", "term", "commit", "applied", "lag", "requests", "phase"
     );
     for group in groups {
         let name = if group.id == META_GROUP_ID {
@@ -73,12 +73,13 @@ pub fn render(
                 Some(r) => {
                     let _ = writeln!(
                         out,
-                        "{name:<10} {node:>4}  {:<13} {:>6} {:>10} {:>10} {:>8}  {:<10} {}",
+                        "{name:<10} {node:>4}  {:<13} {:>6} {:>10} {:>10} {:>8} {:>9}  {:<10} {}",
                         r.role,
                         r.term,
                         r.commit_index,
                         r.applied_index,
                         commit.saturating_sub(r.applied_index),
+                        r.requests,
                         phase_name(r),
                         if r.phase == ReplicaPhase::Recovering as i32 {
                             format!("rebuilding up to {}", r.recover_to)
@@ -96,8 +97,8 @@ pub fn render(
                         .unwrap_or_default();
                     let _ = writeln!(
                         out,
-                        "{name:<10} {node:>4}  {:<13} {:>6} {:>10} {:>10} {:>8}  {:<10} {panic}",
-                        "-", "-", "-", "-", "-", "DOWN"
+                        "{name:<10} {node:>4}  {:<13} {:>6} {:>10} {:>10} {:>8} {:>9}  {:<10} {panic}",
+                        "-", "-", "-", "-", "-", "-", "DOWN"
                     );
                 }
             }

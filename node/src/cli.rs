@@ -71,6 +71,7 @@ fn start(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         topology,
         replica: ReplicaConfig {
             compact_every: args.compact_every,
+            ..ReplicaConfig::default()
         },
         resolve_after: std::time::Duration::from_millis(args.resolve_after_ms.max(1)),
     };

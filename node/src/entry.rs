@@ -1,39 +1,45 @@
 //! The payload format of a shard's Raft entries: what a leader proposes and every replica applies.
 //!
-//! An entry carries a batch of commands (`Proposal`), behind a two-byte marker: `0x00` (no
-//! protobuf field has number 0, so no protobuf message starts with it) and the format version.
-//! Entries written before batches existed hold one bare `Command`; a log or checkpoint of that
-//! age still replays, because a payload without the marker is read as one command.
+//! Three formats exist, and every one of them replays:
+//! - **bare command** (the first release): one `Command`;
+//! - **batch** (since coalescing): one `Proposal{commands}`, unmarked; what leaders write today;
+//! - **marked batch**: `0x00` (no protobuf field has number 0, so no protobuf message starts with
+//!   it), a format version (`1`), then a `Proposal`. Read already, written by a later release: a
+//!   format can only change once every node reads it, or a follower of an older release would
+//!   apply a newer leader's entries as nothing and diverge.
+//!
+//! The two unmarked formats share their first tag (field 1, length-delimited), so a payload is
+//! taken as a batch only if it decodes as one whose every command names an operation, and as a
+//! bare command otherwise.
 
 use prost::Message;
 use wallet_proto::v1::{Command, Proposal};
 
-/// First byte of a batch entry: never the first byte of a protobuf message.
+/// First byte of a marked entry: never the first byte of a protobuf message.
 const MARKER: u8 = 0x00;
-/// The batch format's version.
+/// The marked batch format's version.
 const VERSION_BATCH: u8 = 1;
 
-/// The payload of an entry proposing `commands`, in order.
+/// The payload of an entry proposing `commands`, in order (the unmarked batch format).
 pub fn encode(commands: Vec<Command>) -> Vec<u8> {
-    let proposal = Proposal { commands };
-    let mut data = Vec::with_capacity(2 + proposal.encoded_len());
-    data.push(MARKER);
-    data.push(VERSION_BATCH);
-    // Writing into a Vec cannot run out of room.
-    let _ = proposal.encode(&mut data);
-    data
+    Proposal { commands }.encode_to_vec()
 }
 
-/// The commands of an entry's payload, in order.
+/// The commands of an entry's payload, in order, whichever format wrote it.
 pub fn decode(data: &[u8]) -> Result<Vec<Command>, String> {
     match data {
         [MARKER, VERSION_BATCH, rest @ ..] => Proposal::decode(rest)
             .map(|p| p.commands)
-            .map_err(|e| format!("batch entry does not decode: {e}")),
+            .map_err(|e| format!("marked batch entry does not decode: {e}")),
         [MARKER, version, ..] => Err(format!("entry of unknown format version {version}")),
-        _ => Command::decode(data)
-            .map(|c| vec![c])
-            .map_err(|e| format!("single-command entry does not decode: {e}")),
+        _ => match Proposal::decode(data) {
+            Ok(p) if p.commands.iter().all(|c| c.op.is_some()) => Ok(p.commands),
+            _ => match Command::decode(data) {
+                Ok(c) if c.op.is_some() => Ok(vec![c]),
+                Ok(_) => Err("entry names no operation".into()),
+                Err(e) => Err(format!("entry does not decode: {e}")),
+            },
+        },
     }
 }
 
@@ -56,24 +62,72 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_batch_round_trips() {
-        let commands = vec![deposit("a", 1), deposit("b", i64::MAX), Command::default()];
-        assert_eq!(decode(&encode(commands.clone())).unwrap(), commands);
-        assert_eq!(decode(&encode(Vec::new())).unwrap(), Vec::new());
+    /// Commands over the whole value range, ids of every allowed character.
+    fn samples() -> Vec<Command> {
+        let mut commands = vec![deposit("a", 1), deposit("b", i64::MAX)];
+        for id in [
+            "x",
+            "A-z.0:9_",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        ] {
+            for (at_ms, ts) in [
+                (0, 0),
+                (1, 1),
+                (i64::MAX, u64::MAX),
+                (1_764_000_000_000, 1 << 62),
+            ] {
+                let mut c = deposit(id, 5);
+                c.at_ms = at_ms;
+                c.ts = ts;
+                commands.push(c);
+            }
+        }
+        commands
     }
 
     #[test]
-    fn an_entry_of_one_bare_command_still_replays() {
-        // A bare Command starts with field 1 (request_id), the same tag a Proposal's first
-        // command has: without the marker it would be misread as a batch.
-        let legacy = deposit("legacy", 42);
-        assert_eq!(decode(&legacy.encode_to_vec()).unwrap(), vec![legacy]);
+    fn a_batch_round_trips() {
+        let commands = samples();
+        assert_eq!(decode(&encode(commands.clone())).unwrap(), commands);
+        for c in &commands {
+            assert_eq!(decode(&encode(vec![c.clone()])).unwrap(), vec![c.clone()]);
+        }
+    }
+
+    #[test]
+    fn entries_of_the_first_release_still_replay() {
+        // A bare Command starts with field 1 (request_id), the same tag a batch's first command
+        // has: each must still be read as what it is.
+        for c in samples() {
+            assert_eq!(
+                decode(&c.encode_to_vec()).unwrap(),
+                vec![c.clone()],
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn marked_batches_of_a_later_release_replay() {
+        let commands = samples();
+        let mut data = vec![MARKER, VERSION_BATCH];
+        data.extend(
+            Proposal {
+                commands: commands.clone(),
+            }
+            .encode_to_vec(),
+        );
+        assert_eq!(decode(&data).unwrap(), commands);
     }
 
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
         assert!(decode(&[MARKER, 9, 1, 2]).is_err());
         assert!(decode(&[0xff, 0xff, 0xff]).is_err());
+        let no_op = Command {
+            request_id: "x".into(),
+            ..Default::default()
+        };
+        assert!(decode(&no_op.encode_to_vec()).is_err());
     }
 }

@@ -66,10 +66,12 @@ pub async fn run(
             shard.id,
             options.node_id,
             &shard.replicas,
-            StateMachine::new(shard.id, ring.clone())
-                .with_retention(topology.request_retention_ms()),
+            StateMachine::new(shard.id, ring.clone()),
             transport.clone(),
-            options.replica.clone(),
+            ReplicaConfig {
+                retention_window_ms: topology.request_retention_ms(),
+                ..options.replica.clone()
+            },
         )?);
     }
     // Replicas whose store is empty learn their peers' term and commit before any Raft step.

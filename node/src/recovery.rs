@@ -9,19 +9,27 @@
 //!   and applies it (`CommitCredit` / `AbortCredit`); while the primary has not decided, it waits.
 //!
 //! So a transfer is never in doubt for much longer than the timeout after its router died.
+//!
+//! The same pass lets a primary forget COMMITTED transfers whose retention window passed
+//! (README § Retention): it asks their credit shards whether they still hold a PENDING intent
+//! for them, and proposes `ForgetTransfers` for those that do not. A credit side that still
+//! waits for the decision therefore always finds it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Request;
 use wallet_proto::v1::shard_server::Shard;
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Command, Intent, Outcome, ReadResult,
-    ShardCommand, ShardRead, Stuck, TransferStatus, TransferStep,
+    command::Op, outcome, read_result, shard_read::Query, Command, ForgetTransfers, Intent,
+    IntentRef, IntentState, IntentStatesQuery, Outcome, ReadResult, Settling, ShardCommand,
+    ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
 };
 use wallet_router::shards::Shards;
 
 use crate::service::NodeService;
+use crate::two_phase::FORGET_TRANSFERS_MAX;
 
 /// Runs recovery until `stop` fires.
 pub async fn run(
@@ -41,6 +49,9 @@ pub async fn run(
         for shard_id in service.led_shards() {
             if let Err(e) = resolve_shard(&service, &shards, shard_id, resolve_after).await {
                 tracing::debug!(shard_id, error = %e, "recovery pass incomplete; next pass retries");
+            }
+            if let Err(e) = forget_settled(&service, &shards, shard_id).await {
+                tracing::debug!(shard_id, error = %e, "forgetting settled transfers failed; next pass retries");
             }
         }
     }
@@ -92,6 +103,84 @@ async fn resolve_shard(
     for intent in stuck.pending {
         resolve_intent(shards, shard_id, &intent).await?;
     }
+    Ok(())
+}
+
+/// Forgets this primary's COMMITTED transfers whose window passed once their credit shards
+/// confirmed they hold no PENDING intent for them (up to 1000 per pass).
+async fn forget_settled(
+    service: &NodeService,
+    shards: &Shards,
+    shard_id: u64,
+) -> Result<(), tonic::Status> {
+    let settling = match service
+        .read(Request::new(ShardRead {
+            shard_id,
+            query: Some(Query::Settling(Settling {
+                limit: FORGET_TRANSFERS_MAX as u32,
+            })),
+        }))
+        .await?
+        .into_inner()
+    {
+        ReadResult {
+            result: Some(read_result::Result::Settling(settling)),
+        } => settling.transfers,
+        _ => return Ok(()),
+    };
+    let mut by_credit_shard: BTreeMap<u64, Vec<Transfer>> = BTreeMap::new();
+    for transfer in settling {
+        by_credit_shard
+            .entry(shards.shard_of(&transfer.to_account_id))
+            .or_default()
+            .push(transfer);
+    }
+    let mut settled = Vec::new();
+    for (credit_shard, transfers) in by_credit_shard {
+        let asked = IntentStatesQuery {
+            intents: transfers
+                .iter()
+                .map(|t| IntentRef {
+                    credit_account_id: t.to_account_id.clone(),
+                    debit_account_id: t.from_account_id.clone(),
+                    transfer_id: t.transfer_id.clone(),
+                })
+                .collect(),
+        };
+        let states = match shards
+            .read(credit_shard, Query::IntentStates(asked))
+            .await?
+            .result
+        {
+            Some(read_result::Result::IntentStates(s)) if s.states.len() == transfers.len() => {
+                s.states
+            }
+            _ => continue,
+        };
+        for (transfer, state) in transfers.into_iter().zip(states) {
+            // Not kept means decided and forgotten: a COMMITTED primary had its intent prepared.
+            if state != IntentState::Pending as i32 {
+                settled.push(TransferStep {
+                    transfer_id: transfer.transfer_id,
+                    account_id: transfer.from_account_id,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let count = settled.len();
+    propose(
+        service,
+        shard_id,
+        "",
+        0,
+        Op::ForgetTransfers(ForgetTransfers { transfers: settled }),
+    )
+    .await?;
+    tracing::debug!(shard_id, count, "forgot settled cross-shard transfers");
     Ok(())
 }
 

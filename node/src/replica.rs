@@ -26,7 +26,7 @@ use wallet_proto::reason::{Reason, LEADER_HINT_KEY};
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
     command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, ReadResult,
-    Rejection, ReplicaPhase, ReplicaStatus, TsoResponse, TsoWindow,
+    Rejection, ReplicaPhase, ReplicaStatus, SetRetention, TsoResponse, TsoWindow,
 };
 
 use crate::mark::{Mark, Marks};
@@ -57,15 +57,23 @@ pub type BatchReply = oneshot::Sender<Result<Vec<Outcome>, Status>>;
 pub struct ReplicaConfig {
     /// Build a snapshot and compact the log every this many applied entries.
     pub compact_every: u64,
+    /// The request retention window this node's cluster file asks for; as leader, the replica
+    /// proposes it (`SetRetention`) when the replicated window differs.
+    pub retention_window_ms: i64,
 }
 
 impl Default for ReplicaConfig {
     fn default() -> Self {
         ReplicaConfig {
             compact_every: 10_000,
+            retention_window_ms: wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT as i64
+                * 1000,
         }
     }
 }
+
+/// How often a leader proposes the configured retention window while the replicated one differs.
+const RETENTION_PROPOSAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a replica's inbox carries.
 pub enum ReplicaMsg {
@@ -144,6 +152,8 @@ pub struct OpenedReplica {
 
 /// Proposal id of the oracle's own `ExtendTso` entries (no caller waits for them).
 const TSO_PROPOSAL: u64 = u64::MAX;
+/// Proposal id of a leader's own `SetRetention` entries (no caller waits for them either).
+const RETENTION_PROPOSAL: u64 = u64::MAX - 1;
 
 /// What waits for a read index: a read, or a batch of timestamps. The oracle hands timestamps out
 /// only after a quorum confirmed that this replica still led when they were asked for (G6): a
@@ -203,6 +213,8 @@ pub struct Replica {
     recover_to: u64,
     /// The timestamp oracle, on the meta group's replicas only.
     oracle: Option<Oracle>,
+    /// When this replica last proposed the configured retention window.
+    retention_proposed: Option<Instant>,
     /// While its store is empty and a majority of the other replicas has not yet told it their
     /// term and commit: why it waits. Such a replica takes no part in Raft at all (G9).
     probing: Option<String>,
@@ -296,6 +308,7 @@ impl Replica {
             reads_awaiting_apply: Vec::new(),
             recover_to: 0,
             oracle: (shard_id == META_GROUP_ID).then(Oracle::default),
+            retention_proposed: None,
             probing: pristine.then(|| "waiting for the other replicas to answer".to_string()),
             set_aside,
             marks: marks.clone(),
@@ -391,6 +404,7 @@ impl Replica {
         }
         self.serve_reads()?;
         self.serve_timestamps();
+        self.propose_retention();
         self.maybe_snapshot()?;
         self.publish_status();
         Ok(())
@@ -929,6 +943,36 @@ impl Replica {
         }
     }
 
+    /// A data shard's leader whose cluster file asks for another retention window than the
+    /// replicated one proposes it (at most once per [`RETENTION_PROPOSAL_INTERVAL`]; context: this
+    /// node + [`RETENTION_PROPOSAL`], answered by nobody). Every replica switches at its entry.
+    fn propose_retention(&mut self) {
+        let wanted = self.config.retention_window_ms;
+        if self.shard_id == META_GROUP_ID
+            || self.raw.raft.state != StateRole::Leader
+            || self.state_machine.retention().window_ms() == Some(wanted)
+            || self
+                .retention_proposed
+                .is_some_and(|at| at.elapsed() < RETENTION_PROPOSAL_INTERVAL)
+        {
+            return;
+        }
+        self.retention_proposed = Some(Instant::now());
+        let command = Command {
+            op: Some(Op::SetRetention(SetRetention { window_ms: wanted })),
+            ..Default::default()
+        };
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.node_id.to_be_bytes());
+        context.extend_from_slice(&RETENTION_PROPOSAL.to_be_bytes());
+        if let Err(e) = self
+            .raw
+            .propose(context, crate::entry::encode(vec![command]))
+        {
+            tracing::debug!(error = %e, "retention window proposal dropped; retried later");
+        }
+    }
+
     /// Lost leadership: nobody here will see these through, so tell the callers now.
     fn step_down(&mut self, leader_id: u64) {
         let shard_id = self.shard_id;
@@ -1040,6 +1084,16 @@ impl Replica {
             Query::Stuck(stuck) => ReadResult {
                 result: Some(read_result::Result::Stuck(self.state_machine.stuck(stuck))),
             },
+            Query::IntentStates(asked) => ReadResult {
+                result: Some(read_result::Result::IntentStates(
+                    self.state_machine.intent_states(asked),
+                )),
+            },
+            Query::Settling(settling) => ReadResult {
+                result: Some(read_result::Result::Settling(
+                    self.state_machine.settling(settling),
+                )),
+            },
             Query::SnapshotAt(at) if !at.account_id.is_empty() => {
                 match self.state_machine.account_at(&at.account_id, at.ts) {
                     Ok(account) => ReadResult {
@@ -1112,6 +1166,10 @@ impl Replica {
             first_log_index: self.store.log().first_index_now(),
             is_leader: raft.state == StateRole::Leader,
             accounts: self.state_machine.account_count() as u64,
+            requests: self.state_machine.request_count() as u64,
+            intents: self.state_machine.intent_count() as u64,
+            retention_window_ms: self.state_machine.retention().window_ms().unwrap_or(0),
+            clock_ms: self.state_machine.retention().clock_ms(),
             role: role_name(raft.state).to_string(),
             phase: if self.probing.is_some() {
                 ReplicaPhase::Probing

@@ -1,28 +1,39 @@
 //! Request retention (G10): how long a shard remembers a request id, and the shard's clock.
 //!
 //! A shard remembers every request's outcome so that a retry answers it again (G4), but not
-//! forever: a record is forgotten once the cluster's retention window (`request_retention_secs`
-//! in the cluster file, default 24 h) has passed since the request was issued. A request issued
-//! longer ago than the window is refused with `REQUEST_EXPIRED` whether or not its record is
-//! still there, so forgetting a record never lets a retry apply twice, as long as the retry
-//! carries its first issue time (`issued_at_ms`; the client crate sets it). A request without
-//! an issue time counts as issued when it applied.
+//! forever: a record is forgotten once the retention window has passed since the request was
+//! issued. A request issued longer ago than the window is refused with `REQUEST_EXPIRED` whether
+//! or not its record is still there, so forgetting a record never lets a retry apply twice, as
+//! long as the retry carries its first issue time (`issued_at_ms`; the client crate sets it). A
+//! request without an issue time counts as issued when it applied.
 //!
-//! Time inside a state machine comes from the log (DESIGN §5): the shard's clock is the highest
-//! leader proposal time (`at_ms`) or oracle timestamp (its physical milliseconds) of any command
-//! applied so far. It never goes back, is stored with every checkpoint and travels in
-//! snapshots, so every replica forgets the same records at the same log position.
+//! Everything that decides what is forgotten comes from the log (DESIGN §5), so every replica
+//! forgets the same records at the same log position, whatever its own configuration:
+//! - the window is replicated state, set by a `SetRetention` entry that the leader proposes when
+//!   its cluster file (`request_retention_secs`, default 24 h) says otherwise; until the first one
+//!   applies, nothing is forgotten or refused as expired;
+//! - the shard's clock is the highest oracle timestamp (its physical milliseconds) of any
+//!   command applied so far: the one clock the cluster already trusts to never go back, rather
+//!   than each leader's own. It is stored with every checkpoint and travels in snapshots.
 //!
-//! Forgotten today: deposits, withdrawals and same-shard transfers. Cross-shard transfer records
-//! and intents are kept: the credit side's recovery asks the primary for the decision, and a
-//! primary cannot yet tell a forgotten commit from none.
+//! What is forgotten, and when (the window counts from the request's issue time):
+//! - deposits, withdrawals, same-shard transfers, and cross-shard transfers that did not happen
+//!   (refused or aborted on their primary): once the window passed. A credit side that asks about
+//!   a forgotten transfer that did not happen hears "not found", which means abort: right.
+//! - a COMMITTED cross-shard transfer on its primary: once the window passed **and** its credit
+//!   side confirmed that it holds no PENDING intent for it (recovery asks, then proposes
+//!   `ForgetTransfers`). Forgetting it sooner would let a credit side still waiting for the
+//!   decision hear "not found" and abort a transfer whose debit happened.
+//! - a CREDITED or ABORTED intent on a credit shard: two windows after (a margin for the shards'
+//!   clocks; nothing asks for a decided intent but a late retry, which the primary answers first).
+//!   PENDING intents and PREPARED transfers are never forgotten.
 
 use std::collections::BTreeSet;
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::Command;
 
-use crate::state_machine::{Refusal, RequestKey, Write};
+use crate::state_machine::{IntentKey, Refusal, RequestKey, Write};
 
 /// How far ahead of the shard's clock a request's issue time may be (client clocks differ).
 pub const ISSUED_AHEAD_MAX_MS: i64 = 5 * 60 * 1000;
@@ -31,35 +42,47 @@ pub const ISSUED_AHEAD_MAX_MS: i64 = 5 * 60 * 1000;
 /// command adds at most one record, a backlog still drains.
 pub const FORGET_PER_COMMAND: usize = 8;
 
-/// Default window, for state machines built without a cluster file (tests).
-pub const WINDOW_DEFAULT_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longest window a `SetRetention` may set (ten years, as the cluster file).
+pub const WINDOW_MAX_MS: i64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
 /// The shard's clock and the records waiting for their window to pass.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Retention {
-    window_ms: i64,
+    /// The replicated window; `None` until the first `SetRetention` applied.
+    window_ms: Option<i64>,
     clock_ms: i64,
     /// The clock as last handed out for storage.
     stored_clock_ms: i64,
     /// (issued at, record key), earliest first: with one window for all, also the order in
-    /// which their windows pass.
+    /// which their windows pass. Records forgotten once it passed.
     expiries: BTreeSet<(i64, RequestKey)>,
+    /// COMMITTED cross-shard records: forgotten once it passed and the credit side confirmed.
+    committed: BTreeSet<(i64, RequestKey)>,
+    /// Decided intents: forgotten two windows after their issue time.
+    intents: BTreeSet<(i64, IntentKey)>,
+}
+
+/// What happens to a record once its window passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Still needed (a PREPARED transfer, a PENDING intent, an internal record).
+    Keep,
+    /// Forgotten once the window passed.
+    Forget,
+    /// A COMMITTED cross-shard transfer: forgotten once the window passed and its credit side
+    /// confirmed it holds no PENDING intent.
+    Confirm,
 }
 
 impl Retention {
-    /// A retention window of `window_ms` (at least 1 ms).
-    pub fn new(window_ms: i64) -> Retention {
-        Retention {
-            window_ms: window_ms.max(1),
-            clock_ms: 0,
-            stored_clock_ms: 0,
-            expiries: BTreeSet::new(),
-        }
+    /// The replicated window, in milliseconds (`None`: not set yet, nothing is forgotten).
+    pub fn window_ms(&self) -> Option<i64> {
+        self.window_ms
     }
 
-    /// The window, in milliseconds.
-    pub fn window_ms(&self) -> i64 {
-        self.window_ms
+    /// Sets the window (1 ms ..= [`WINDOW_MAX_MS`]); on start, snapshot install or `SetRetention`.
+    pub(crate) fn set_window(&mut self, window_ms: i64) {
+        self.window_ms = Some(window_ms.clamp(1, WINDOW_MAX_MS));
     }
 
     /// The shard's clock: the latest time any applied command carried.
@@ -67,9 +90,9 @@ impl Retention {
         self.clock_ms
     }
 
-    /// Records waiting to be forgotten.
+    /// Records and intents waiting to be forgotten.
     pub fn tracked(&self) -> usize {
-        self.expiries.len()
+        self.expiries.len() + self.committed.len() + self.intents.len()
     }
 
     /// Loads the stored clock (on start or snapshot install).
@@ -78,16 +101,16 @@ impl Retention {
         self.stored_clock_ms = clock_ms;
     }
 
-    /// Forgets the clock and every tracked record; keeps the window.
+    /// Forgets the window, the clock and every tracked record.
     pub(crate) fn clear(&mut self) {
-        *self = Retention::new(self.window_ms);
+        *self = Retention::default();
     }
 
-    /// Moves the clock forward to the command's time, never back.
+    /// Moves the clock forward to the command's oracle timestamp, never back.
     pub(crate) fn advance(&mut self, command: &Command) {
         // A timestamp's physical part is its top 46 bits: always within i64.
         let oracle_ms = i64::try_from(command.ts >> 18).unwrap_or(i64::MAX);
-        self.clock_ms = self.clock_ms.max(command.at_ms).max(oracle_ms);
+        self.clock_ms = self.clock_ms.max(oracle_ms);
     }
 
     /// Checks a request's issue time (0: not given): not expired, not far ahead.
@@ -101,7 +124,8 @@ impl Retention {
                 format!("issued_at_ms {issued_at_ms} is negative"),
             ));
         }
-        if issued_at_ms > self.clock_ms.saturating_add(ISSUED_AHEAD_MAX_MS) {
+        // (A shard that saw no timestamp yet knows no time to compare with.)
+        if self.clock_ms > 0 && issued_at_ms > self.clock_ms.saturating_add(ISSUED_AHEAD_MAX_MS) {
             return Err((
                 Reason::InvalidArgument,
                 format!(
@@ -111,23 +135,29 @@ impl Retention {
                 ),
             ));
         }
-        if self.is_past(issued_at_ms) {
+        if let (true, Some(window_ms)) = (self.is_past(issued_at_ms), self.window_ms) {
             return Err((
                 Reason::RequestExpired,
                 format!(
                     "the request was issued at {issued_at_ms} ms, more than the retention window \
-                     ({} ms) before the shard's clock ({}); its outcome is no longer kept, so it \
-                     cannot be retried",
-                    self.window_ms, self.clock_ms
+                     ({window_ms} ms) before the shard's clock ({}); its outcome is no longer \
+                     kept, so it cannot be retried",
+                    self.clock_ms
                 ),
             ));
         }
         Ok(())
     }
 
-    /// Whether the window has passed since `issued_ms`.
-    fn is_past(&self, issued_ms: i64) -> bool {
-        i128::from(self.clock_ms) - i128::from(issued_ms) >= i128::from(self.window_ms)
+    /// Whether the window (once set) has passed since `issued_ms`.
+    pub(crate) fn is_past(&self, issued_ms: i64) -> bool {
+        self.windows_past(issued_ms, 1)
+    }
+
+    fn windows_past(&self, issued_ms: i64, windows: i128) -> bool {
+        self.window_ms.is_some_and(|window_ms| {
+            i128::from(self.clock_ms) - i128::from(issued_ms) >= i128::from(window_ms) * windows
+        })
     }
 
     /// The issue time a new record keeps: the request's own, else the shard's clock.
@@ -139,11 +169,33 @@ impl Retention {
         }
     }
 
-    /// Starts the window of a record issued at `issued_ms` (0: an older record, kept).
-    pub(crate) fn track(&mut self, key: RequestKey, issued_ms: i64) {
-        if issued_ms > 0 {
-            self.expiries.insert((issued_ms, key));
+    /// Starts the window of a record issued at `issued_ms` (0: stored before retention
+    /// existed, kept until the first window is set) with the given fate.
+    pub(crate) fn track(&mut self, key: RequestKey, issued_ms: i64, fate: Fate) {
+        if issued_ms <= 0 {
+            return;
         }
+        match fate {
+            Fate::Forget => {
+                self.expiries.insert((issued_ms, key));
+            }
+            Fate::Confirm => {
+                self.committed.insert((issued_ms, key));
+            }
+            Fate::Keep => {}
+        }
+    }
+
+    /// Starts the two windows of a decided intent.
+    pub(crate) fn track_intent(&mut self, key: IntentKey, issued_ms: i64) {
+        if issued_ms > 0 {
+            self.intents.insert((issued_ms, key));
+        }
+    }
+
+    /// A confirmed record leaves the set of those awaiting confirmation.
+    pub(crate) fn confirmed(&mut self, key: RequestKey, issued_ms: i64) {
+        self.committed.remove(&(issued_ms, key));
     }
 
     /// Records whose window has passed, at most [`FORGET_PER_COMMAND`], earliest first.
@@ -161,6 +213,33 @@ impl Retention {
         due
     }
 
+    /// Decided intents two windows old, at most [`FORGET_PER_COMMAND`], earliest first.
+    pub(crate) fn due_intents(&mut self) -> Vec<IntentKey> {
+        let mut due = Vec::new();
+        while due.len() < FORGET_PER_COMMAND {
+            match self.intents.first() {
+                Some((issued, _)) if self.windows_past(*issued, 2) => {}
+                _ => break,
+            }
+            if let Some((_, key)) = self.intents.pop_first() {
+                due.push(key);
+            }
+        }
+        due
+    }
+
+    /// COMMITTED cross-shard records whose window passed (at most `limit`, earliest first),
+    /// and whether more are waiting.
+    pub(crate) fn awaiting_confirmation(&self, limit: usize) -> (Vec<&RequestKey>, bool) {
+        let mut past = self
+            .committed
+            .iter()
+            .take_while(|(issued, _)| self.is_past(*issued))
+            .map(|(_, key)| key);
+        let keys: Vec<&RequestKey> = past.by_ref().take(limit).collect();
+        (keys, past.next().is_some())
+    }
+
     /// The clock to store with the next checkpoint, if it moved since it was last handed out.
     pub(crate) fn clock_write(&mut self) -> Option<Write> {
         if self.clock_ms == self.stored_clock_ms {
@@ -175,24 +254,31 @@ impl Retention {
 mod tests {
     use super::*;
 
-    fn at(at_ms: i64) -> Command {
+    /// A command stamped at `ms` by the oracle (and at a wild leader clock, which is ignored).
+    fn at(ms: i64) -> Command {
         Command {
-            at_ms,
+            ts: (ms as u64) << 18 | 7,
+            at_ms: i64::MAX,
             ..Default::default()
         }
     }
 
+    fn with_window(window_ms: i64) -> Retention {
+        let mut r = Retention::default();
+        r.set_window(window_ms);
+        r
+    }
+
     #[test]
-    fn the_clock_never_goes_back_and_follows_the_oracle_too() {
-        let mut r = Retention::new(1000);
+    fn the_clock_follows_the_oracle_and_never_goes_back() {
+        let mut r = with_window(1000);
         r.advance(&at(500));
         r.advance(&at(100));
-        assert_eq!(r.clock_ms(), 500);
-        r.advance(&Command {
-            ts: 700 << 18 | 5,
-            ..Default::default()
-        });
-        assert_eq!(r.clock_ms(), 700);
+        assert_eq!(
+            r.clock_ms(),
+            500,
+            "a leader's own clock (at_ms) never counts"
+        );
         r.advance(&Command {
             ts: u64::MAX,
             at_ms: i64::MIN,
@@ -203,7 +289,7 @@ mod tests {
 
     #[test]
     fn issue_times_are_checked_over_the_whole_range() {
-        let mut r = Retention::new(1000);
+        let mut r = with_window(1000);
         r.advance(&at(10_000));
         assert!(r.check_issued(0).is_ok());
         assert!(r.check_issued(9_001).is_ok());
@@ -223,22 +309,41 @@ mod tests {
             r.check_issued(i64::MIN).unwrap_err().0,
             Reason::InvalidArgument
         );
-        // A window near i64::MAX never expires anything and never overflows.
-        let mut long = Retention::new(i64::MAX);
-        long.advance(&at(i64::MAX));
-        assert!(long.check_issued(1).is_ok());
-        long.track(("a".into(), "r".into()), 1);
+        // The longest window at the end of time: never expires anything, never overflows.
+        let mut long = with_window(i64::MAX);
+        assert_eq!(long.window_ms(), Some(WINDOW_MAX_MS));
+        long.advance(&at(1));
+        long.clock_ms = i64::MAX;
+        assert!(long.check_issued(i64::MAX - WINDOW_MAX_MS + 1).is_ok());
+        long.track(("a".into(), "r".into()), i64::MAX - 1, Fate::Forget);
         assert!(long.due().is_empty());
     }
 
     #[test]
+    fn without_a_window_nothing_expires_but_records_are_tracked() {
+        let mut r = Retention::default();
+        r.advance(&at(1_000_000));
+        assert!(r.check_issued(1).is_ok());
+        r.track(("a".into(), "r".into()), 1, Fate::Forget);
+        assert!(r.due().is_empty());
+        assert_eq!(r.tracked(), 1);
+        r.set_window(10);
+        assert_eq!(r.check_issued(1).unwrap_err().0, Reason::RequestExpired);
+        assert_eq!(r.due().len(), 1);
+    }
+
+    #[test]
     fn records_are_due_once_their_window_passed_a_few_at_a_time() {
-        let mut r = Retention::new(1000);
+        let mut r = with_window(1000);
         for i in 0..20 {
-            r.track(("a".into(), format!("r{i:02}")), 100 + i);
+            r.track(("a".into(), format!("r{i:02}")), 100 + i, Fate::Forget);
         }
-        r.track(("a".into(), "old".into()), 0);
-        assert_eq!(r.tracked(), 20, "a record without an issue time is kept");
+        r.track(("a".into(), "old".into()), 0, Fate::Forget);
+        assert_eq!(
+            r.tracked(),
+            20,
+            "a record without an issue time is not tracked"
+        );
         r.advance(&at(1099));
         assert!(r.due().is_empty());
         r.advance(&at(1105));
@@ -251,5 +356,26 @@ mod tests {
         assert_eq!(r.due().len(), 14 - FORGET_PER_COMMAND);
         assert!(r.due().is_empty());
         assert_eq!(r.tracked(), 0);
+    }
+
+    #[test]
+    fn committed_transfers_wait_for_confirmation_and_intents_for_two_windows() {
+        let mut r = with_window(1000);
+        let key = |id: &str| ("a".to_string(), id.to_string());
+        r.track(key("c1"), 100, Fate::Confirm);
+        r.track(key("c2"), 200, Fate::Confirm);
+        r.track(key("p"), 100, Fate::Keep);
+        r.track_intent(("c".into(), "a".into(), "i".into()), 100);
+        r.advance(&at(1150));
+        assert!(r.due().is_empty(), "never forgotten on their own");
+        assert_eq!(r.awaiting_confirmation(10), (vec![&key("c1")], false));
+        r.advance(&at(1250));
+        assert_eq!(r.awaiting_confirmation(1), (vec![&key("c1")], true));
+        r.confirmed(key("c1"), 100);
+        assert_eq!(r.awaiting_confirmation(10), (vec![&key("c2")], false));
+        assert!(r.due_intents().is_empty());
+        r.advance(&at(2100));
+        assert_eq!(r.due_intents().len(), 1);
+        assert_eq!(r.tracked(), 1);
     }
 }

@@ -23,6 +23,7 @@ use wallet_proto::v1::{
 use crate::replica::{ReplicaHandle, ReplicaMsg};
 use crate::transport::{self, Registry};
 use crate::ts_bound::TsBound;
+use crate::two_phase::FORGET_TRANSFERS_MAX;
 use std::sync::Arc;
 use wallet_router::shards::Shards;
 
@@ -128,6 +129,20 @@ impl NodeService {
                 return Err(
                     Reason::InvalidArgument.status("ExtendTso is internal to the meta group")
                 )
+            }
+            Some(Op::ForgetTransfers(forget)) => {
+                if forget.transfers.len() > FORGET_TRANSFERS_MAX {
+                    return Err(Reason::InvalidArgument.status(format!(
+                        "at most {FORGET_TRANSFERS_MAX} transfers to forget at once"
+                    )));
+                }
+                for step in &forget.transfers {
+                    self.check_owner(shard_id, &step.account_id)?;
+                }
+            }
+            Some(Op::SetRetention(_)) => {
+                return Err(Reason::InvalidArgument
+                    .status("SetRetention is proposed by a shard's leader only"))
             }
             None => return Err(Reason::InvalidArgument.status("command has no operation")),
         }
@@ -260,7 +275,16 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
                 }
                 self.ts_bound.check("snapshot timestamp", at.ts).await?;
             }
-            Query::Stuck(_) => {}
+            Query::Stuck(_) | Query::Settling(_) => {}
+            Query::IntentStates(asked) => {
+                if asked.intents.len() > FORGET_TRANSFERS_MAX {
+                    return Err(Reason::InvalidArgument
+                        .status(format!("at most {FORGET_TRANSFERS_MAX} intents per query")));
+                }
+                for intent in &asked.intents {
+                    self.check_owner(shard_id, &intent.credit_account_id)?;
+                }
+            }
         }
         let result = self
             .ask(replica, |reply| ReplicaMsg::Read { query, reply })

@@ -56,6 +56,7 @@ const KEY_TSO_LIMIT: &[u8] = b"St";
 const KEY_CLOSED_TS: &[u8] = b"Sc";
 const KEY_MAX_TS: &[u8] = b"Sx";
 const KEY_CLOCK: &[u8] = b"Sk";
+const KEY_RETENTION: &[u8] = b"Sw";
 const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 
 /// Unreadable records skipped while setting a store aside before the copy gives up.
@@ -123,7 +124,10 @@ fn request_key(account_id: &str, request_id: &str) -> Vec<u8> {
 }
 
 fn intent_key(intent: &Intent) -> Vec<u8> {
-    let (to, from, id) = crate::state_machine::intent_key(intent);
+    intent_key_of(&crate::state_machine::intent_key(intent))
+}
+
+fn intent_key_of((to, from, id): &crate::state_machine::IntentKey) -> Vec<u8> {
     [
         INTENT_PREFIX,
         to.as_bytes(),
@@ -406,9 +410,11 @@ fn checkpoint_batch(writes: Vec<Write>, applied: u64) -> sled::Batch {
             Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[ts])),
             // The clock is stored as its bits: it is never negative, but no value may fail here.
             Write::Clock(ms) => batch.insert(KEY_CLOCK, encode_u64s(&[ms as u64])),
+            Write::Retention(ms) => batch.insert(KEY_RETENTION, encode_u64s(&[ms as u64])),
             Write::ForgetRequest((account_id, request_id)) => {
                 batch.remove(request_key(&account_id, &request_id))
             }
+            Write::ForgetIntent(key) => batch.remove(intent_key_of(&key)),
             Write::NetDeposits(currency, total) => batch.insert(
                 [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
                 record::frame(&total.to_le_bytes()),
@@ -639,6 +645,9 @@ impl ShardStore {
         }
         state_machine.load_snapshot_state(read_u64(KEY_CLOSED_TS)?, read_u64(KEY_MAX_TS)?, net);
         state_machine.load_clock(read_u64(KEY_CLOCK)? as i64);
+        if self.tree.get(KEY_RETENTION)?.is_some() {
+            state_machine.load_retention(read_u64(KEY_RETENTION)? as i64);
+        }
         for item in self.tree.scan_prefix(INTENT_PREFIX) {
             let (_, value) = item?;
             state_machine.load_intent(record::decode(&value)?);

@@ -284,17 +284,20 @@ fn a_damaged_sled_file_is_set_aside_and_never_fails_the_open() {
 }
 
 #[test]
-fn forgotten_requests_and_the_clock_survive_a_restart() {
-    use wallet_proto::v1::{command::Op, Command, CreateAccountRequest, DepositRequest};
+fn the_window_the_clock_and_forgotten_requests_survive_a_restart() {
+    use wallet_proto::v1::{
+        command::Op, Command, CreateAccountRequest, DepositRequest, SetRetention,
+    };
     let (_dir, db) = database();
-    let mut r = ShardStore::open(&db, 1, &[1, 2, 3], machine().with_retention(1_000)).unwrap();
+    let mut r = open(&db);
     let mut sm = r.state_machine;
-    let apply = |sm: &mut StateMachine, at_ms: i64, id: &str, op: Op| {
+    // Each command stamped by the oracle at `ms`.
+    let apply = |sm: &mut StateMachine, ms: u64, id: &str, op: Op| {
         let mut writes = Vec::new();
         let command = Command {
             request_id: id.into(),
-            at_ms,
-            ts: 0,
+            at_ms: 1,
+            ts: ms << 18,
             op: Some(op),
         };
         sm.apply(&command, &mut writes);
@@ -318,23 +321,29 @@ fn forgotten_requests_and_the_clock_survive_a_restart() {
             credit_limit: 0,
         }),
     );
+    writes.extend(apply(
+        &mut sm,
+        0,
+        "",
+        Op::SetRetention(SetRetention { window_ms: 1_000 }),
+    ));
     writes.extend(apply(&mut sm, 10_000, "old", deposit("old")));
     writes.extend(apply(&mut sm, 10_600, "new", deposit("new")));
     writes.extend(apply(&mut sm, 11_200, "newest", deposit("newest")));
     writes.extend(sm.clock_write());
     assert!(writes.contains(&Write::ForgetRequest(("alice".into(), "old".into()))));
     assert_eq!(sm.request_count(), 2);
-    r.store.write_applied(writes, 4).unwrap();
+    r.store.write_applied(writes, 5).unwrap();
     r.store.checkpoint_now().unwrap();
     drop(r.store);
 
-    let reopened = ShardStore::open(&db, 1, &[1, 2, 3], machine().with_retention(1_000)).unwrap();
-    let loaded = reopened.state_machine;
+    let loaded = open(&db).state_machine;
     assert_eq!(
         loaded.request_count(),
         2,
         "the forgotten record is gone from sled too"
     );
+    assert_eq!(loaded.retention().window_ms(), Some(1_000));
     assert_eq!(loaded.retention().clock_ms(), 11_200);
     assert_eq!(loaded.retention().tracked(), 2);
 }

@@ -21,12 +21,12 @@ use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, EntryKind,
-    HistoryEntry, Intent, IntentState, Outcome, Rejection, RequestRecord, Transfer, TransferStatus,
-    TsoWindow,
+    HistoryEntry, Intent, IntentState, Outcome, Rejection, RequestRecord, SetRetention, Transfer,
+    TransferRequest, TransferStatus, TsoWindow,
 };
 use wallet_proto::validate;
 
-use crate::retention::{Retention, WINDOW_DEFAULT_MS};
+use crate::retention::{Fate, Retention, WINDOW_MAX_MS};
 use crate::snapshot_read::SnapshotState;
 
 /// A record changed by an apply, to be written to storage.
@@ -52,8 +52,12 @@ pub enum Write {
     NetDeposits(String, i128),
     /// The shard's clock (request retention).
     Clock(i64),
+    /// The replicated request retention window.
+    Retention(i64),
     /// A request record whose retention window passed.
     ForgetRequest(RequestKey),
+    /// A decided intent whose two retention windows passed.
+    ForgetIntent(IntentKey),
 }
 
 /// The records changed by a batch of applies.
@@ -130,21 +134,13 @@ impl StateMachine {
             pending: BTreeSet::new(),
             tso_limit: 0,
             snapshot: SnapshotState::default(),
-            retention: Retention::new(WINDOW_DEFAULT_MS),
+            retention: Retention::default(),
         }
     }
 
-    /// The same state machine remembering requests for `window_ms` (the cluster file's
-    /// `request_retention_secs`; every replica of a shard must use the same).
-    pub fn with_retention(mut self, window_ms: i64) -> StateMachine {
-        self.retention = Retention::new(window_ms);
-        self
-    }
-
-    /// An empty state machine for the same shard, ring and retention window.
+    /// An empty state machine for the same shard and ring.
     pub fn fresh(&self) -> StateMachine {
         StateMachine::new(self.shard_id, self.ring.clone())
-            .with_retention(self.retention.window_ms())
     }
 
     /// The shard's clock and the records waiting for their window to pass.
@@ -155,6 +151,11 @@ impl StateMachine {
     /// Loads the stored clock (on start or snapshot install).
     pub fn load_clock(&mut self, clock_ms: i64) {
         self.retention.load_clock(clock_ms);
+    }
+
+    /// Loads the stored retention window (on start or snapshot install).
+    pub fn load_retention(&mut self, window_ms: i64) {
+        self.retention.set_window(window_ms);
     }
 
     /// The clock to store with the next checkpoint, if it moved: the replica adds it once per
@@ -184,9 +185,7 @@ impl StateMachine {
         if crate::two_phase::is_prepared(&record) {
             self.prepared.insert(key.clone());
         }
-        if is_forgettable(&record) {
-            self.retention.track(key.clone(), record.issued_at_ms);
-        }
+        self.track_record(&key, &record);
         self.requests.insert(key, record);
     }
 
@@ -195,6 +194,9 @@ impl StateMachine {
         let key = intent_key(&intent);
         if intent.state == IntentState::Pending as i32 {
             self.pending.insert(key.clone());
+        } else {
+            self.retention
+                .track_intent(key.clone(), intent.issued_at_ms);
         }
         self.intents.insert(key, intent);
     }
@@ -209,6 +211,11 @@ impl StateMachine {
         self.tso_limit = 0;
         self.snapshot = SnapshotState::default();
         self.retention.clear();
+    }
+
+    /// Number of intents the shard remembers (credit sides of cross-shard transfers).
+    pub fn intent_count(&self) -> usize {
+        self.intents.len()
     }
 
     /// Number of request records the shard remembers (retries answer from them).
@@ -260,6 +267,8 @@ impl StateMachine {
             Some(Op::CommitCredit(step)) => self.decide_credit(command, step, true, writes),
             Some(Op::AbortCredit(step)) => self.decide_credit(command, step, false, writes),
             Some(Op::CloseTs(close)) => self.close_ts(close, writes),
+            Some(Op::SetRetention(set)) => self.set_retention(set, writes),
+            Some(Op::ForgetTransfers(forget)) => self.forget_transfers(forget, writes),
             Some(Op::ExtendTso(extend)) => {
                 let previous_limit = self.tso_limit;
                 self.tso_limit = previous_limit.max(extend.limit);
@@ -378,16 +387,85 @@ impl StateMachine {
             request_id: key.1.clone(),
             record: Box::new(record.clone()),
         });
-        self.retention.track(key.clone(), issued);
+        self.retention.track(key.clone(), issued, Fate::Forget);
         self.requests.insert(key, record);
         Ok(outcome)
     }
 
-    /// Forgets the records whose retention window passed (a few per command).
+    /// Sets the replicated retention window. The first one also starts the window of records
+    /// kept from before retention existed (no issue time): they count as issued now.
+    fn set_retention(&mut self, set: &SetRetention, writes: &mut Writes) -> Outcome {
+        if !(1..=WINDOW_MAX_MS).contains(&set.window_ms) {
+            return reject((
+                Reason::InvalidArgument,
+                format!("retention window must be 1..={WINDOW_MAX_MS} ms"),
+            ));
+        }
+        if self.retention.window_ms().is_none() {
+            let now = self.retention.clock_ms();
+            // HashMap order differs between replicas; the writes' order must not.
+            let mut legacy: Vec<RequestKey> = self
+                .requests
+                .iter()
+                .filter(|(_, r)| r.issued_at_ms == 0)
+                .map(|(key, _)| key.clone())
+                .collect();
+            legacy.sort();
+            for key in legacy {
+                if let Some(record) = self.requests.get_mut(&key) {
+                    record.issued_at_ms = now;
+                    writes.push(Write::Request {
+                        account_id: key.0.clone(),
+                        request_id: key.1.clone(),
+                        record: Box::new(record.clone()),
+                    });
+                    let record = record.clone();
+                    self.track_record(&key, &record);
+                }
+            }
+            let mut legacy: Vec<IntentKey> = self
+                .intents
+                .iter()
+                .filter(|(_, i)| i.issued_at_ms == 0)
+                .map(|(key, _)| key.clone())
+                .collect();
+            legacy.sort();
+            for key in legacy {
+                if let Some(intent) = self.intents.get_mut(&key) {
+                    intent.issued_at_ms = now;
+                    writes.push(Write::Intent(Box::new(intent.clone())));
+                    if intent.state != IntentState::Pending as i32 {
+                        self.retention.track_intent(key, now);
+                    }
+                }
+            }
+        }
+        self.retention.set_window(set.window_ms);
+        writes.push(Write::Retention(set.window_ms));
+        Outcome::default()
+    }
+
+    /// Starts the retention window of a record, as its fate says.
+    pub(crate) fn track_record(&mut self, key: &RequestKey, record: &RequestRecord) {
+        self.retention
+            .track(key.clone(), record.issued_at_ms, record_fate(record));
+    }
+
+    /// Forgets the records and decided intents whose time passed (a few per command).
     fn forget_due(&mut self, writes: &mut Writes) {
         for key in self.retention.due() {
             if self.requests.remove(&key).is_some() {
                 writes.push(Write::ForgetRequest(key));
+            }
+        }
+        for key in self.retention.due_intents() {
+            if self
+                .intents
+                .get(&key)
+                .is_some_and(|i| i.state != IntentState::Pending as i32)
+            {
+                self.intents.remove(&key);
+                writes.push(Write::ForgetIntent(key));
             }
         }
     }
@@ -485,7 +563,7 @@ impl StateMachine {
     fn transfer_within_shard(
         &mut self,
         command: &Command,
-        t: &wallet_proto::v1::TransferRequest,
+        t: &TransferRequest,
         writes: &mut Writes,
     ) -> Result<Outcome, Refusal> {
         if command.request_id != t.transfer_id {
@@ -620,6 +698,18 @@ pub(crate) fn same_request(first: &Op, again: &Op) -> bool {
     first == again || without_issue_time(first) == without_issue_time(again)
 }
 
+/// Whether two transfers are the same, whatever their issue times.
+pub(crate) fn same_transfer(first: &TransferRequest, again: &TransferRequest) -> bool {
+    first == again
+        || TransferRequest {
+            issued_at_ms: 0,
+            ..first.clone()
+        } == TransferRequest {
+            issued_at_ms: 0,
+            ..again.clone()
+        }
+}
+
 fn without_issue_time(op: &Op) -> Op {
     let mut op = op.clone();
     match &mut op {
@@ -641,13 +731,25 @@ fn without_issue_time(op: &Op) -> Op {
     op
 }
 
-/// Records the retention window applies to: deposits, withdrawals and same-shard transfers (a
-/// cross-shard record is kept: its credit side may still ask for the decision).
-fn is_forgettable(record: &RequestRecord) -> bool {
-    matches!(
-        record.command.as_ref().and_then(|c| c.op.as_ref()),
-        Some(Op::Deposit(_) | Op::Withdraw(_) | Op::Transfer(_))
-    )
+/// What becomes of a record once its retention window passed (`retention.rs`).
+pub(crate) fn record_fate(record: &RequestRecord) -> Fate {
+    match record.command.as_ref().and_then(|c| c.op.as_ref()) {
+        Some(Op::Deposit(_) | Op::Withdraw(_) | Op::Transfer(_)) => Fate::Forget,
+        Some(Op::PrepareDebit(_)) => {
+            match record.outcome.as_ref().and_then(|o| o.result.as_ref()) {
+                Some(outcome::Result::Transfer(t)) => match TransferStatus::try_from(t.status) {
+                    Ok(TransferStatus::Prepared) => Fate::Keep,
+                    Ok(TransferStatus::Committed) => Fate::Confirm,
+                    // Aborted: a credit side that asks after it is forgotten hears "not found",
+                    // which means abort, as it should.
+                    _ => Fate::Forget,
+                },
+                // Refused at prepare, or aborted with its credit side's refusal.
+                _ => Fate::Forget,
+            }
+        }
+        _ => Fate::Keep,
+    }
 }
 
 pub(crate) fn same_currency(

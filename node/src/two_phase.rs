@@ -29,19 +29,25 @@
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    command::Op, outcome, Command, EntryKind, Intent, IntentState, Outcome, PrepareCredit,
-    PrepareDebit, RequestRecord, Stuck, StuckTransfers, Transfer, TransferRequest, TransferStatus,
+    command::Op, outcome, Command, EntryKind, ForgetTransfers, Intent, IntentState, IntentStates,
+    IntentStatesQuery, Outcome, PrepareCredit, PrepareDebit, RequestRecord, Settling,
+    SettlingTransfers, Stuck, StuckTransfers, Transfer, TransferRequest, TransferStatus,
     TransferStep,
 };
 use wallet_proto::validate;
 
+use crate::retention::Fate;
 use crate::state_machine::{
-    intent_key, reject, same_currency, same_request, IntentKey, Refusal, StateMachine, Write,
-    Writes,
+    intent_key, record_fate, reject, same_currency, same_request, same_transfer, IntentKey,
+    Refusal, StateMachine, Write, Writes,
 };
 
 /// Most entries of each list a `Stuck` query returns (a bound on the answer's size, G10).
 pub const STUCK_MAX: usize = 1000;
+
+/// Most transfers one `ForgetTransfers` names, one `Settling` answer lists, and one
+/// `IntentStatesQuery` asks about.
+pub const FORGET_TRANSFERS_MAX: usize = 1000;
 
 /// A record that contradicts the money rules: refused, nothing changes, loudly logged.
 fn broken(what: String) -> Outcome {
@@ -229,6 +235,7 @@ impl StateMachine {
             request_id: key.1.clone(),
             record: Box::new(record.clone()),
         });
+        self.track_record(&key, &record);
         self.requests.insert(key, record);
     }
 
@@ -354,8 +361,79 @@ impl StateMachine {
                 request_id: key.1.clone(),
                 record: Box::new(record.clone()),
             });
+            let record = record.clone();
+            self.track_record(&key, &record);
         }
         outcome
+    }
+
+    /// Forgets COMMITTED transfers whose window passed and whose credit side recovery found
+    /// settled (no PENDING intent). Anything else named (not committed, not past its window,
+    /// unknown, another shard's) is left alone: the check is the window, made here again.
+    pub(crate) fn forget_transfers(
+        &mut self,
+        forget: &ForgetTransfers,
+        writes: &mut Writes,
+    ) -> Outcome {
+        if forget.transfers.len() > FORGET_TRANSFERS_MAX {
+            return reject((
+                Reason::InvalidArgument,
+                format!("at most {FORGET_TRANSFERS_MAX} transfers to forget at once"),
+            ));
+        }
+        for step in &forget.transfers {
+            let key = (step.account_id.clone(), step.transfer_id.clone());
+            let Some(record) = self.requests.get(&key) else {
+                continue;
+            };
+            if record_fate(record) != Fate::Confirm || !self.retention.is_past(record.issued_at_ms)
+            {
+                continue;
+            }
+            let issued = record.issued_at_ms;
+            self.requests.remove(&key);
+            self.retention.confirmed(key.clone(), issued);
+            writes.push(Write::ForgetRequest(key));
+        }
+        Outcome::default()
+    }
+
+    /// COMMITTED cross-shard transfers whose window passed, awaiting their credit side's
+    /// confirmation (at most `limit`, 1..=1000).
+    pub fn settling(&self, query: &Settling) -> SettlingTransfers {
+        let limit = (query.limit as usize).clamp(1, FORGET_TRANSFERS_MAX);
+        let (keys, more) = self.retention.awaiting_confirmation(limit);
+        let transfers = keys
+            .into_iter()
+            .filter_map(|key| self.requests.get(key))
+            .filter_map(
+                |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
+                    Some(outcome::Result::Transfer(t)) => Some(t.clone()),
+                    _ => None,
+                },
+            )
+            .collect();
+        SettlingTransfers { transfers, more }
+    }
+
+    /// The state of each intent asked for (UNSPECIFIED: not kept), in order.
+    pub fn intent_states(&self, query: &IntentStatesQuery) -> IntentStates {
+        IntentStates {
+            states: query
+                .intents
+                .iter()
+                .map(|i| {
+                    let key = (
+                        i.credit_account_id.clone(),
+                        i.debit_account_id.clone(),
+                        i.transfer_id.clone(),
+                    );
+                    self.intents
+                        .get(&key)
+                        .map_or(IntentState::Unspecified as i32, |i| i.state)
+                })
+                .collect(),
+        }
     }
 
     pub(crate) fn prepare_credit(
@@ -388,13 +466,19 @@ impl StateMachine {
                     Reason::TransferAborted,
                     format!("transfer {} was aborted", t.transfer_id),
                 )),
-                _ if intent.transfer.as_ref() != Some(t) => reject((
-                    Reason::IdReused,
-                    format!(
-                        "transfer id {} was used for another transfer",
-                        t.transfer_id
-                    ),
-                )),
+                _ if !intent
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|first| same_transfer(first, t)) =>
+                {
+                    reject((
+                        Reason::IdReused,
+                        format!(
+                            "transfer id {} was used for another transfer",
+                            t.transfer_id
+                        ),
+                    ))
+                }
                 Ok(IntentState::Credited) => {
                     transfer_outcome(intent_transfer(intent, TransferStatus::Committed))
                 }
@@ -435,6 +519,7 @@ impl StateMachine {
             prepared_at_ms: command.at_ms,
             start_ts: command.ts,
             commit_ts: 0,
+            issued_at_ms: self.retention.issued(t.issued_at_ms),
         };
         self.store_intent(key.clone(), intent.clone(), writes);
         self.pending.insert(key);
@@ -444,6 +529,10 @@ impl StateMachine {
     fn store_intent(&mut self, key: IntentKey, intent: Intent, writes: &mut Writes) {
         debug_assert_eq!(key, intent_key(&intent));
         writes.push(Write::Intent(Box::new(intent.clone())));
+        if intent.state != IntentState::Pending as i32 {
+            self.retention
+                .track_intent(key.clone(), intent.issued_at_ms);
+        }
         self.intents.insert(key, intent);
     }
 
@@ -485,6 +574,7 @@ impl StateMachine {
                 prepared_at_ms: command.at_ms,
                 start_ts: 0,
                 commit_ts: 0,
+                issued_at_ms: self.retention.issued(0),
             };
             self.store_intent(key, tombstone.clone(), writes);
             return transfer_outcome(intent_transfer(&tombstone, TransferStatus::Aborted));
