@@ -37,6 +37,9 @@ struct ClusterShape {
     /// Resolve cross-shard transfers whose router died after this many ms.
     #[arg(long, default_value_t = 10_000)]
     resolve_after_ms: u64,
+    /// How long request ids are remembered (README § Retention), written to a new cluster file.
+    #[arg(long, default_value_t = wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT)]
+    request_retention_secs: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +140,7 @@ fn options(shape: &ClusterShape, dir: PathBuf, port: u16) -> Result<PlaygroundOp
         port,
         compact_every: shape.compact_every,
         resolve_after_ms: shape.resolve_after_ms,
+        request_retention_secs: shape.request_retention_secs,
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
     })
 }

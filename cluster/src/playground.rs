@@ -34,6 +34,8 @@ pub struct PlaygroundOptions {
     pub compact_every: u64,
     /// Passed to every node (`--resolve-after-ms`).
     pub resolve_after_ms: u64,
+    /// `request_retention_secs` of a new cluster file (an existing one keeps its own).
+    pub request_retention_secs: u64,
     /// The executable with `node` and `router` subcommands.
     pub exe: PathBuf,
 }
@@ -180,6 +182,7 @@ impl Playground {
                 options.port
             };
             let address = format!("127.0.0.1:{router_port}");
+            topology.request_retention_secs = options.request_retention_secs;
             fs::write(&cluster_file, topology.to_toml()).map_err(io)?;
             fs::write(&addr_file, &address).map_err(io)?;
             (topology, address)

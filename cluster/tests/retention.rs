@@ -95,7 +95,10 @@ async fn a_retry_after_the_window_is_refused_and_changes_nothing() {
     for result in [
         client.deposit_request(deposit.clone()).await.map(|_| ()),
         client.transfer_request(same_shard).await.map(|_| ()),
-        client.transfer_request(cross_shard.clone()).await.map(|_| ()),
+        client
+            .transfer_request(cross_shard.clone())
+            .await
+            .map(|_| ()),
     ] {
         let e = result.unwrap_err();
         assert_eq!(e.reason, Reason::RequestExpired, "{e}");

@@ -99,6 +99,7 @@ impl Local {
             port: 0,
             compact_every: 500,
             resolve_after_ms: 1000,
+            request_retention_secs: wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT,
             exe: exe.to_path_buf(),
         })?;
         playground.start_all()?;

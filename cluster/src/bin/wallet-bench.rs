@@ -80,6 +80,9 @@ struct BenchArgs {
     /// Playground: snapshot and compact each shard's log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     compact_every: u64,
+    /// Playground: how long request ids are remembered (README § Retention).
+    #[arg(long, default_value_t = wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT)]
+    request_retention_secs: u64,
     /// Account ids are PREFIX-0 .. PREFIX-(N-1) (default: unique to this run).
     #[arg(long)]
     prefix: Option<String>,
@@ -146,6 +149,7 @@ async fn run(args: BenchArgs) -> Result<(), String> {
                 port: 0,
                 compact_every: args.compact_every,
                 resolve_after_ms: 10_000,
+                request_retention_secs: args.request_retention_secs,
                 exe: std::env::current_exe().map_err(|e| e.to_string())?,
             };
             let mut playground = Playground::create(&options)?;

@@ -52,6 +52,7 @@ impl Cluster {
             port: 0,
             compact_every,
             resolve_after_ms: 500,
+            request_retention_secs: wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT,
             exe: exe(),
         };
         let mut playground = Playground::create(&options).expect("playground");
