@@ -51,8 +51,8 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
         )
         .await
         .unwrap();
-    let currency = match prepared.result {
-        Some(outcome::Result::Transfer(p)) => p.currency,
+    let (currency, primary_start_ts) = match prepared.result {
+        Some(outcome::Result::Transfer(p)) => (p.currency, p.start_ts),
         other => panic!("prepare debit: {other:?}"),
     };
     let credit = shards
@@ -65,6 +65,7 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
                     transfer: Some(t.clone()),
                     primary_shard_id: from_shard,
                     currency,
+                    primary_start_ts,
                 }),
             ),
         )

@@ -18,9 +18,10 @@ use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::wallet_client::WalletClient as RawWallet;
 use wallet_proto::v1::{
     command::Op, shard_read::Query, AuditRequest, CloseTs, Command, CreateAccountRequest,
-    DepositRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest, PrepareCredit,
-    PrepareDebit, RaftBatch, RaftEnvelope, ShardCommand, ShardRead, SnapshotAt, StatusRequest,
-    Stuck, TransferRequest, TransferStep, TsoRequest, WithdrawRequest,
+    DepositRequest, ForgetTransfers, GetAccountRequest, GetTransferRequest, IntentRef,
+    IntentStatesQuery, ListTransfersRequest, PrepareCredit, PrepareDebit, RaftBatch, RaftEnvelope,
+    SetRetention, Settling, ShardCommand, ShardRead, SnapshotAt, StatusRequest, Stuck,
+    TransferRequest, TransferStep, TsoRequest, WithdrawRequest,
 };
 
 /// Random bytes, or `seed` with one to four mutations (bit flips, random bytes, inserted or
@@ -128,10 +129,15 @@ fn shard_commands() -> Vec<ShardCommand> {
             transfer: Some(t),
             primary_shard_id: 1,
             currency: "USD".into(),
+            primary_start_ts: u64::MAX,
         }),
         Op::AbortDebit(step.clone()),
+        Op::ForgetTransfers(ForgetTransfers {
+            transfers: vec![step.clone(); 3],
+        }),
         Op::AbortCredit(step),
         Op::CloseTs(CloseTs { ts: u64::MAX }),
+        Op::SetRetention(SetRetention { window_ms: 1 }),
     ];
     ops.into_iter()
         .map(|op| ShardCommand {
@@ -163,6 +169,17 @@ fn shard_reads() -> Vec<ShardRead> {
         Query::SnapshotAt(SnapshotAt {
             ts: u64::MAX,
             account_id: "fz-a".into(),
+        }),
+        Query::Settling(Settling { limit: u32::MAX }),
+        Query::IntentStates(IntentStatesQuery {
+            intents: vec![
+                IntentRef {
+                    credit_account_id: "fz-a".into(),
+                    debit_account_id: "\u{0}".into(),
+                    transfer_id: String::new(),
+                };
+                1001
+            ],
         }),
     ];
     queries
@@ -225,7 +242,7 @@ fn every_request_type_decodes_garbage_without_panicking() {
         .sum();
     assert_eq!(
         (n, c, r),
-        (1_000, 900, 500),
+        (1_000, 1_100, 700),
         "the mutator reaches every type"
     );
 }

@@ -125,13 +125,27 @@ async fn a_retry_after_the_window_is_refused_and_changes_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Sent again, stamped anew, while its credit side still holds the old intent: the primary
+    // takes it for a new transfer, the credit side knows better; nothing moves (not a second
+    // debit against the first credit).
+    let e = client
+        .transfer_request(TransferRequest {
+            issued_at_ms: now_ms(),
+            ..cross_shard.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, Reason::RequestExpired, "{e}");
     // Every replica forgot the same records (d1, t1, t2), also one that was killed and
     // restarted meanwhile (it replays from its checkpoint).
     cluster.playground.kill_node(2);
     cluster.playground.start_node(2).unwrap();
     cluster.caught_up(2).await;
     let remembered = records(&cluster).await;
-    assert_eq!(remembered[&1].0, 1, "only w1 on shard 1: {remembered:?}");
+    assert_eq!(
+        remembered[&1].0, 2,
+        "w1 and the refused resend of t2 on shard 1: {remembered:?}"
+    );
     // The credit side forgets t2's intent two windows after it was issued.
     let two_windows = Duration::from_millis(2 * WINDOW_SECS * 1000 + 300);
     let waited = Duration::from_millis((now_ms() - issued).max(0) as u64);

@@ -8,9 +8,10 @@
 //!   format can only change once every node reads it, or a follower of an older release would
 //!   apply a newer leader's entries as nothing and diverge.
 //!
-//! The two unmarked formats share their first tag (field 1, length-delimited), so a payload is
-//! taken as a batch only if it decodes as one whose every command names an operation, and as a
-//! bare command otherwise.
+//! The two unmarked formats can share their first tag (field 1, length-delimited: a batch's first
+//! command, a bare command's request id), and protobuf decoding skips unknown fields, so either
+//! may decode as the other. What tells them apart: a batch holds nothing but field 1, while a
+//! bare command always holds its operation (field 10 and up) at the top level.
 
 use prost::Message;
 use wallet_proto::v1::{Command, Proposal};
@@ -32,15 +33,37 @@ pub fn decode(data: &[u8]) -> Result<Vec<Command>, String> {
             .map(|p| p.commands)
             .map_err(|e| format!("marked batch entry does not decode: {e}")),
         [MARKER, version, ..] => Err(format!("entry of unknown format version {version}")),
-        _ => match Proposal::decode(data) {
-            Ok(p) if p.commands.iter().all(|c| c.op.is_some()) => Ok(p.commands),
-            _ => match Command::decode(data) {
-                Ok(c) if c.op.is_some() => Ok(vec![c]),
-                Ok(_) => Err("entry names no operation".into()),
-                Err(e) => Err(format!("entry does not decode: {e}")),
-            },
+        _ if only_field_one(data) => Proposal::decode(data)
+            .map(|p| p.commands)
+            .map_err(|e| format!("batch entry does not decode: {e}")),
+        _ => match Command::decode(data) {
+            Ok(c) if c.op.is_some() => Ok(vec![c]),
+            Ok(_) => Err("entry names no operation".into()),
+            Err(e) => Err(format!("entry does not decode: {e}")),
         },
     }
+}
+
+/// Whether `data` is one or more length-delimited field-1 records and nothing else (a batch).
+fn only_field_one(mut data: &[u8]) -> bool {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    if data.is_empty() {
+        return false;
+    }
+    while !data.is_empty() {
+        let Ok((1, WireType::LengthDelimited)) = decode_key(&mut data) else {
+            return false;
+        };
+        let Some(len) = decode_varint(&mut data)
+            .ok()
+            .and_then(|len| usize::try_from(len).ok())
+            .filter(|len| *len <= data.len())
+        else {
+            return false;
+        };
+        data = &data[len..];
+    }
+    true
 }
 
 #[cfg(test)]
@@ -62,9 +85,26 @@ mod tests {
         }
     }
 
-    /// Commands over the whole value range, ids of every allowed character.
+    /// Commands over the whole value range, ids of every allowed character, and the first
+    /// release's commands without a request id (account creation, the oracle's windows).
     fn samples() -> Vec<Command> {
+        use wallet_proto::v1::{CreateAccountRequest, ExtendTso};
         let mut commands = vec![deposit("a", 1), deposit("b", i64::MAX)];
+        commands.push(Command {
+            at_ms: 1_764_000_000_000,
+            op: Some(Op::CreateAccount(CreateAccountRequest {
+                account_id: "alice".into(),
+                currency: "USD".into(),
+                credit_limit: i64::MAX,
+            })),
+            ..Default::default()
+        });
+        commands.push(Command {
+            op: Some(Op::ExtendTso(ExtendTso { limit: u64::MAX })),
+            ..Default::default()
+        });
+        // A request id whose bytes are themselves a protobuf command naming an operation.
+        commands.push(deposit(&format!("b-{}", "A".repeat(45)), 3));
         for id in [
             "x",
             "A-z.0:9_",

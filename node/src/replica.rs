@@ -948,9 +948,12 @@ impl Replica {
     /// node + [`RETENTION_PROPOSAL`], answered by nobody). Every replica switches at its entry.
     fn propose_retention(&mut self) {
         let wanted = self.config.retention_window_ms;
+        let retention = self.state_machine.retention();
         if self.shard_id == META_GROUP_ID
             || self.raw.raft.state != StateRole::Leader
-            || self.state_machine.retention().window_ms() == Some(wanted)
+            || retention.window_ms() == Some(wanted)
+            // Not before the shard has a time (it would refuse): its first timestamped command.
+            || retention.clock_ms() == 0
             || self
                 .retention_proposed
                 .is_some_and(|at| at.elapsed() < RETENTION_PROPOSAL_INTERVAL)
@@ -958,6 +961,15 @@ impl Replica {
             return;
         }
         self.retention_proposed = Some(Instant::now());
+        if let Some(current) = retention.window_ms() {
+            tracing::warn!(
+                shard_id = self.shard_id,
+                current,
+                wanted,
+                "this node's cluster file sets another request retention window than the shard's: \
+                 proposing it (keep request_retention_secs the same on every node)"
+            );
+        }
         let command = Command {
             op: Some(Op::SetRetention(SetRetention { window_ms: wanted })),
             ..Default::default()

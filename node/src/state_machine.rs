@@ -401,6 +401,13 @@ impl StateMachine {
                 format!("retention window must be 1..={WINDOW_MAX_MS} ms"),
             ));
         }
+        // Records kept from before retention count as issued now: there must be a now.
+        if self.retention.clock_ms() == 0 {
+            return reject((
+                Reason::Unavailable,
+                "the shard has applied no timestamped command yet".into(),
+            ));
+        }
         if self.retention.window_ms().is_none() {
             let now = self.retention.clock_ms();
             // HashMap order differs between replicas; the writes' order must not.

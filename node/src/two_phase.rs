@@ -461,6 +461,21 @@ impl StateMachine {
             t.transfer_id.clone(),
         );
         if let Some(intent) = self.intents.get(&key) {
+            if intent.primary_start_ts != 0
+                && prepare.primary_start_ts != 0
+                && intent.primary_start_ts != prepare.primary_start_ts
+            {
+                // The primary forgot the transfer this intent belongs to and prepared a new one
+                // under its id: a retry sent after the window (README § Retention).
+                return reject((
+                    Reason::RequestExpired,
+                    format!(
+                        "transfer id {} belongs to an earlier transfer that is no longer \
+                         remembered on its debit account; use a new id",
+                        t.transfer_id
+                    ),
+                ));
+            }
             return match IntentState::try_from(intent.state) {
                 Ok(IntentState::Aborted) => reject((
                     Reason::TransferAborted,
@@ -520,6 +535,7 @@ impl StateMachine {
             start_ts: command.ts,
             commit_ts: 0,
             issued_at_ms: self.retention.issued(t.issued_at_ms),
+            primary_start_ts: prepare.primary_start_ts,
         };
         self.store_intent(key.clone(), intent.clone(), writes);
         self.pending.insert(key);
@@ -575,6 +591,7 @@ impl StateMachine {
                 start_ts: 0,
                 commit_ts: 0,
                 issued_at_ms: self.retention.issued(0),
+                primary_start_ts: 0,
             };
             self.store_intent(key, tombstone.clone(), writes);
             return transfer_outcome(intent_transfer(&tombstone, TransferStatus::Aborted));

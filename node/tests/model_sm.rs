@@ -452,6 +452,8 @@ impl World {
                         transfer: Some(request(&t)),
                         primary_shard_id,
                         currency,
+                        // The model runs steps in any order: no primary record to pair with.
+                        primary_start_ts: 0,
                     }),
                     want,
                 )

@@ -14,8 +14,9 @@ use wallet_proto::v1::{
 
 const WINDOW: i64 = 1_000;
 
+/// Sets the window by its command, stamped at 1 ms (a shard needs a time to set one).
 fn set_window(sm: &mut StateMachine, window_ms: i64) -> (Outcome, Writes) {
-    apply(sm, 0, "", Op::SetRetention(SetRetention { window_ms }))
+    apply(sm, 1, "", Op::SetRetention(SetRetention { window_ms }))
 }
 
 fn machine() -> StateMachine {
@@ -416,6 +417,7 @@ fn a_cross_shard_retry_stamped_anew_finds_its_intent() {
             }),
             primary_shard_id: 1,
             currency: "USD".into(),
+            primary_start_ts: 0,
         })
     };
     let (first, _) = apply(&mut credit, 10_000, "t", prepare(10_000));
@@ -435,6 +437,7 @@ fn a_cross_shard_retry_stamped_anew_finds_its_intent() {
         }),
         primary_shard_id: 1,
         currency: "USD".into(),
+        primary_start_ts: 0,
     });
     let (refused, _) = apply(&mut credit, 10_500, "t", other);
     assert_eq!(rejection_of(&refused), Some(Reason::IdReused));
@@ -508,7 +511,9 @@ fn two_phase(
             credit_shard_id: 2,
         }),
     );
-    assert!(rejection_of(&p).is_none(), "{p:?}");
+    let Some(outcome::Result::Transfer(prepared)) = p.result else {
+        panic!("{p:?}");
+    };
     let (c, _) = apply(
         credit,
         ms,
@@ -517,6 +522,7 @@ fn two_phase(
             transfer: Some(t),
             primary_shard_id: 1,
             currency: "USD".into(),
+            primary_start_ts: prepared.start_ts,
         }),
     );
     assert!(rejection_of(&c).is_none(), "{c:?}");
@@ -680,6 +686,7 @@ fn a_pending_intent_is_never_forgotten() {
             transfer: Some(t),
             primary_shard_id: 1,
             currency: "USD".into(),
+            primary_start_ts: 0,
         }),
     );
     let _ = &mut primary;
@@ -697,4 +704,84 @@ fn deposit_to(account: &str, id: &str) -> Op {
         amount: 1,
         issued_at_ms: 0,
     })
+}
+
+#[test]
+fn a_window_needs_a_time() {
+    let mut sm = StateMachine::new(1, Ring::new([1], 8));
+    let (outcome, writes) = apply(
+        &mut sm,
+        0,
+        "",
+        Op::SetRetention(SetRetention { window_ms: 5 }),
+    );
+    assert_eq!(rejection_of(&outcome), Some(Reason::Unavailable));
+    assert!(writes.is_empty());
+    assert_eq!(sm.retention().window_ms(), None);
+}
+
+#[test]
+fn a_cross_shard_retry_after_its_primary_forgot_it_is_refused_and_moves_no_money() {
+    let (mut primary, mut credit, from, to) = two_shards();
+    two_phase(&mut primary, &mut credit, "t", &from, &to, 10_000, true);
+    // Past the window, confirmed: the primary forgets it; the credited intent stays a while.
+    apply(&mut primary, 11_000, "x", deposit_to(&from, "x"));
+    let debit_before = primary.account(&from).unwrap().balance;
+    forget(&mut primary, 11_000, &["t"], &from);
+    assert!(primary.transfer(&from, "t").is_none());
+    assert_eq!(credit.intent_count(), 1);
+    // The client sends it again, stamped anew: to the primary it is a new transfer...
+    let again = TransferRequest {
+        transfer_id: "t".into(),
+        from_account_id: from.clone(),
+        to_account_id: to.clone(),
+        amount: 7,
+        issued_at_ms: 11_500,
+    };
+    let (p, _) = apply(
+        &mut primary,
+        11_500,
+        "t",
+        Op::PrepareDebit(PrepareDebit {
+            transfer: Some(again.clone()),
+            credit_shard_id: 2,
+        }),
+    );
+    let Some(outcome::Result::Transfer(prepared)) = p.result else {
+        panic!("{p:?}");
+    };
+    // ...but its credit side still holds the first one's intent, for another primary record.
+    let (c, writes) = apply(
+        &mut credit,
+        11_500,
+        "t",
+        Op::PrepareCredit(PrepareCredit {
+            transfer: Some(again),
+            primary_shard_id: 1,
+            currency: "USD".into(),
+            primary_start_ts: prepared.start_ts,
+        }),
+    );
+    assert_eq!(rejection_of(&c), Some(Reason::RequestExpired), "{c:?}");
+    assert!(writes.iter().all(|w| matches!(w, Write::Clock(_))));
+    // The router aborts the new record with that refusal: nothing moved.
+    let (aborted, _) = apply(
+        &mut primary,
+        11_500,
+        "t",
+        Op::AbortDebit(TransferStep {
+            transfer_id: "t".into(),
+            account_id: from.clone(),
+            refusal: Some(wallet_proto::v1::Rejection {
+                reason: "REQUEST_EXPIRED".into(),
+                message: "earlier transfer".into(),
+            }),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(rejection_of(&aborted), Some(Reason::RequestExpired));
+    let account = primary.account(&from).unwrap();
+    assert_eq!(account.balance, debit_before);
+    assert_eq!(account.reserved, 0);
+    assert_eq!(credit.account(&to).unwrap().balance, 7);
 }

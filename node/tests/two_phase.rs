@@ -121,6 +121,7 @@ impl Shards {
                 transfer: Some(t.clone()),
                 primary_shard_id,
                 currency: currency.into(),
+                primary_start_ts: 0,
             }),
         )
     }

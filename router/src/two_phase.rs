@@ -120,6 +120,7 @@ pub async fn transfer(
         transfer: Some(request.clone()),
         primary_shard_id: from_shard,
         currency: prepared.currency.clone(),
+        primary_start_ts: prepared.start_ts,
     });
     // The intent gets its own start timestamp (a snapshot read waits for intents started before
     // it; this one's commit timestamp, taken later, is above its start either way).
@@ -197,6 +198,11 @@ async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) -> 
         .and_then(transfer_of);
     match result {
         Ok(_) => Ok(()),
+        // A COMMITTED primary had its intent prepared; one no longer kept was decided and
+        // forgotten (two retention windows after it was issued): the credit landed long ago.
+        Err(status) if wallet_proto::reason::of_status(&status) == Reason::TransferNotFound => {
+            Ok(())
+        }
         Err(status) => {
             tracing::warn!(transfer = %id, error = %status.message(), "credit not applied yet; recovery applies it");
             let reason = wallet_proto::reason::of_status(&status);
