@@ -290,6 +290,21 @@ impl StateMachine {
             }
         };
         match TransferStatus::try_from(transfer.status) {
+            // A commit timestamp is taken after its transfer's prepare: one from before this
+            // record's start belongs to an earlier record under the same id, which this shard
+            // forgot (a router that stalled past the retention window). It must not commit this
+            // one, whose credit side never agreed to it.
+            Ok(TransferStatus::Prepared)
+                if commit && command.ts != 0 && command.ts <= transfer.start_ts =>
+            {
+                return reject((
+                    Reason::RequestExpired,
+                    format!(
+                        "commit of transfer {} is older than its prepared record",
+                        step.transfer_id
+                    ),
+                ));
+            }
             Ok(TransferStatus::Prepared) => {}
             Ok(TransferStatus::Aborted) if commit => {
                 return reject((
@@ -461,10 +476,14 @@ impl StateMachine {
             t.transfer_id.clone(),
         );
         if let Some(intent) = self.intents.get(&key) {
-            if intent.primary_start_ts != 0
-                && prepare.primary_start_ts != 0
-                && intent.primary_start_ts != prepare.primary_start_ts
-            {
+            // An intent is made after its primary record was prepared, from the same oracle: one
+            // for another record names that record, or (made before `primary_start_ts` was
+            // kept) started before this record did.
+            let given = prepare.primary_start_ts;
+            let for_another_record = given != 0
+                && ((intent.primary_start_ts != 0 && intent.primary_start_ts != given)
+                    || (intent.start_ts != 0 && intent.start_ts < given));
+            if for_another_record {
                 // The primary forgot the transfer this intent belongs to and prepared a new one
                 // under its id: a retry sent after the window (README § Retention).
                 return reject((

@@ -28,11 +28,22 @@ fn machine() -> StateMachine {
 /// Applies a command stamped by the oracle at `ms` (a leader's own clock, `at_ms`, is wild: it
 /// must not count).
 fn apply(sm: &mut StateMachine, ms: i64, request_id: &str, op: Op) -> (Outcome, Writes) {
+    apply_logical(sm, ms, 3, request_id, op)
+}
+
+/// As [`apply`], with the timestamp's logical part given (a later step within one millisecond).
+fn apply_logical(
+    sm: &mut StateMachine,
+    ms: i64,
+    logical: u64,
+    request_id: &str,
+    op: Op,
+) -> (Outcome, Writes) {
     let mut writes = Vec::new();
     let ts = if ms >= 1 << 46 {
         u64::MAX
     } else {
-        (ms.max(0) as u64) << 18 | 3
+        (ms.max(0) as u64) << 18 | logical
     };
     let command = Command {
         request_id: request_id.into(),
@@ -537,9 +548,10 @@ fn two_phase(
         from_account_id: from.into(),
         ..Default::default()
     };
+    // The commit timestamp is taken after the prepares, as the router does.
     if commit {
-        apply(primary, ms, id, Op::CommitDebit(debit_step));
-        apply(credit, ms, id, Op::CommitCredit(credit_step));
+        apply_logical(primary, ms, 9, id, Op::CommitDebit(debit_step));
+        apply_logical(credit, ms, 9, id, Op::CommitCredit(credit_step));
     } else {
         apply(primary, ms, id, Op::AbortDebit(debit_step));
         apply(credit, ms, id, Op::AbortCredit(credit_step));
@@ -784,4 +796,84 @@ fn a_cross_shard_retry_after_its_primary_forgot_it_is_refused_and_moves_no_money
     assert_eq!(account.balance, debit_before);
     assert_eq!(account.reserved, 0);
     assert_eq!(credit.account(&to).unwrap().balance, 7);
+}
+
+#[test]
+fn a_commit_older_than_the_prepared_record_is_refused() {
+    // A router stalled past the window holds a commit for a record the primary forgot; a resend
+    // prepared a new record under the id. The stale commit must not commit the new one.
+    let (mut primary, _credit, from, to) = two_shards();
+    let t = TransferRequest {
+        transfer_id: "t".into(),
+        from_account_id: from.clone(),
+        to_account_id: to.clone(),
+        amount: 7,
+        issued_at_ms: 0,
+    };
+    apply(
+        &mut primary,
+        20_000,
+        "t",
+        Op::PrepareDebit(PrepareDebit {
+            transfer: Some(t),
+            credit_shard_id: 2,
+        }),
+    );
+    let step = TransferStep {
+        transfer_id: "t".into(),
+        account_id: from.clone(),
+        ..Default::default()
+    };
+    let before = primary.account(&from).cloned().unwrap();
+    for (ms, logical) in [(19_000, 3), (20_000, 3), (20_000, 2)] {
+        let (stale, writes) = apply_logical(
+            &mut primary,
+            ms,
+            logical,
+            "t",
+            Op::CommitDebit(step.clone()),
+        );
+        assert_eq!(
+            rejection_of(&stale),
+            Some(Reason::RequestExpired),
+            "{stale:?}"
+        );
+        assert!(writes.iter().all(|w| matches!(w, Write::Clock(_))));
+    }
+    assert_eq!(primary.account(&from), Some(&before));
+    // A commit taken after the prepare commits.
+    let (fresh, _) = apply_logical(&mut primary, 20_000, 4, "t", Op::CommitDebit(step));
+    assert!(
+        matches!(fresh.result, Some(outcome::Result::Transfer(ref t)) if t.status == 1),
+        "{fresh:?}"
+    );
+}
+
+#[test]
+fn an_intent_from_before_primary_start_ts_was_kept_still_refuses_a_newer_record() {
+    let (_primary, mut credit, from, to) = two_shards();
+    let t = TransferRequest {
+        transfer_id: "t".into(),
+        from_account_id: from.clone(),
+        to_account_id: to.clone(),
+        amount: 7,
+        issued_at_ms: 0,
+    };
+    let prepare = |primary_start_ts| {
+        Op::PrepareCredit(PrepareCredit {
+            transfer: Some(t.clone()),
+            primary_shard_id: 1,
+            currency: "USD".into(),
+            primary_start_ts,
+        })
+    };
+    // An intent as an older release stored it: no primary_start_ts, started at 10 000 ms.
+    let (first, _) = apply(&mut credit, 10_000, "t", prepare(0));
+    assert!(rejection_of(&first).is_none());
+    // The same transfer's record started before its intent: the same transfer.
+    let (same, _) = apply(&mut credit, 10_001, "t", prepare((9_999 << 18) | 3));
+    assert!(rejection_of(&same).is_none(), "{same:?}");
+    // A record started after the intent cannot be the one it was made for.
+    let (newer, _) = apply(&mut credit, 12_000, "t", prepare((11_000 << 18) | 3));
+    assert_eq!(rejection_of(&newer), Some(Reason::RequestExpired));
 }

@@ -148,7 +148,8 @@ impl Shards {
             refusal: None,
         };
         let sm = self.of(account);
-        run(sm, &t.transfer_id, which(step))
+        // Decisions are stamped after the prepares (at 77), as the router's commit timestamp is.
+        common::apply_at(sm, &t.transfer_id, 78, which(step))
     }
 
     fn balance(&mut self, account: &str) -> (i64, i64, i64) {
