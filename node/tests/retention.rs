@@ -803,13 +803,7 @@ fn a_commit_older_than_the_prepared_record_is_refused() {
     // A router stalled past the window holds a commit for a record the primary forgot; a resend
     // prepared a new record under the id. The stale commit must not commit the new one.
     let (mut primary, _credit, from, to) = two_shards();
-    let t = TransferRequest {
-        transfer_id: "t".into(),
-        from_account_id: from.clone(),
-        to_account_id: to.clone(),
-        amount: 7,
-        issued_at_ms: 0,
-    };
+    let t = seven("t", &from, &to);
     apply(
         &mut primary,
         20_000,
@@ -852,13 +846,7 @@ fn a_commit_older_than_the_prepared_record_is_refused() {
 #[test]
 fn an_intent_from_before_primary_start_ts_was_kept_still_refuses_a_newer_record() {
     let (_primary, mut credit, from, to) = two_shards();
-    let t = TransferRequest {
-        transfer_id: "t".into(),
-        from_account_id: from.clone(),
-        to_account_id: to.clone(),
-        amount: 7,
-        issued_at_ms: 0,
-    };
+    let t = seven("t", &from, &to);
     let prepare = |primary_start_ts| {
         Op::PrepareCredit(PrepareCredit {
             transfer: Some(t.clone()),
@@ -876,4 +864,15 @@ fn an_intent_from_before_primary_start_ts_was_kept_still_refuses_a_newer_record(
     // A record started after the intent cannot be the one it was made for.
     let (newer, _) = apply(&mut credit, 12_000, "t", prepare((11_000 << 18) | 3));
     assert_eq!(rejection_of(&newer), Some(Reason::RequestExpired));
+}
+
+/// A transfer of 7 from `from` to `to`, without an issue time.
+fn seven(id: &str, from: &str, to: &str) -> TransferRequest {
+    TransferRequest {
+        transfer_id: id.into(),
+        from_account_id: from.into(),
+        to_account_id: to.into(),
+        amount: 7,
+        issued_at_ms: 0,
+    }
 }
