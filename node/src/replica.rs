@@ -726,10 +726,7 @@ impl Replica {
         }
         let id = self.next_proposal;
         self.next_proposal = self.next_proposal.wrapping_add(1);
-        let mut context = Vec::with_capacity(16);
-        context.extend_from_slice(&self.node_id.to_be_bytes());
-        context.extend_from_slice(&id.to_be_bytes());
-        match self.raw.propose(context, crate::entry::encode(commands)) {
+        match self.propose_with_id(id, commands) {
             Ok(()) => {
                 self.proposals.insert(id, replies);
             }
@@ -932,13 +929,7 @@ impl Replica {
             ts: 0,
             op: Some(Op::ExtendTso(ExtendTso { limit })),
         };
-        let mut context = Vec::with_capacity(16);
-        context.extend_from_slice(&self.node_id.to_be_bytes());
-        context.extend_from_slice(&TSO_PROPOSAL.to_be_bytes());
-        if let Err(e) = self
-            .raw
-            .propose(context, crate::entry::encode(vec![command]))
-        {
+        if let Err(e) = self.propose_with_id(TSO_PROPOSAL, vec![command]) {
             tracing::debug!(error = %e, "timestamp window proposal dropped; retried later");
         }
     }
@@ -974,15 +965,18 @@ impl Replica {
             op: Some(Op::SetRetention(SetRetention { window_ms: wanted })),
             ..Default::default()
         };
-        let mut context = Vec::with_capacity(16);
-        context.extend_from_slice(&self.node_id.to_be_bytes());
-        context.extend_from_slice(&RETENTION_PROPOSAL.to_be_bytes());
-        if let Err(e) = self
-            .raw
-            .propose(context, crate::entry::encode(vec![command]))
-        {
+        if let Err(e) = self.propose_with_id(RETENTION_PROPOSAL, vec![command]) {
             tracing::debug!(error = %e, "retention window proposal dropped; retried later");
         }
+    }
+
+    /// Proposes `commands` as one entry whose context names this node and proposal `id` (how
+    /// [`Replica::take_proposal`] finds its callers).
+    fn propose_with_id(&mut self, id: u64, commands: Vec<Command>) -> raft::Result<()> {
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.node_id.to_be_bytes());
+        context.extend_from_slice(&id.to_be_bytes());
+        self.raw.propose(context, crate::entry::encode(commands))
     }
 
     /// Lost leadership: nobody here will see these through, so tell the callers now.

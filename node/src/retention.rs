@@ -155,9 +155,14 @@ impl Retention {
     }
 
     fn windows_past(&self, issued_ms: i64, windows: i128) -> bool {
-        self.window_ms.is_some_and(|window_ms| {
-            i128::from(self.clock_ms) - i128::from(issued_ms) >= i128::from(window_ms) * windows
-        })
+        self.cutoff(windows)
+            .is_some_and(|cutoff| i128::from(issued_ms) <= cutoff)
+    }
+
+    /// The latest issue time `windows` windows have passed since (none until a window is set).
+    fn cutoff(&self, windows: i128) -> Option<i128> {
+        self.window_ms
+            .map(|window_ms| i128::from(self.clock_ms) - i128::from(window_ms) * windows)
     }
 
     /// The issue time a new record keeps: the request's own, else the shard's clock.
@@ -200,32 +205,14 @@ impl Retention {
 
     /// Records whose window has passed, at most [`FORGET_PER_COMMAND`], earliest first.
     pub(crate) fn due(&mut self) -> Vec<RequestKey> {
-        let mut due = Vec::new();
-        while due.len() < FORGET_PER_COMMAND {
-            match self.expiries.first() {
-                Some((issued, _)) if self.is_past(*issued) => {}
-                _ => break,
-            }
-            if let Some((_, key)) = self.expiries.pop_first() {
-                due.push(key);
-            }
-        }
-        due
+        let cutoff = self.cutoff(1);
+        pop_due(&mut self.expiries, cutoff)
     }
 
     /// Decided intents two windows old, at most [`FORGET_PER_COMMAND`], earliest first.
     pub(crate) fn due_intents(&mut self) -> Vec<IntentKey> {
-        let mut due = Vec::new();
-        while due.len() < FORGET_PER_COMMAND {
-            match self.intents.first() {
-                Some((issued, _)) if self.windows_past(*issued, 2) => {}
-                _ => break,
-            }
-            if let Some((_, key)) = self.intents.pop_first() {
-                due.push(key);
-            }
-        }
-        due
+        let cutoff = self.cutoff(2);
+        pop_due(&mut self.intents, cutoff)
     }
 
     /// COMMITTED cross-shard records whose window passed (at most `limit`, earliest first),
@@ -248,6 +235,25 @@ impl Retention {
         self.stored_clock_ms = self.clock_ms;
         Some(Write::Clock(self.clock_ms))
     }
+}
+
+/// Takes the keys issued at or before `cutoff` (none without one), at most
+/// [`FORGET_PER_COMMAND`], earliest first.
+fn pop_due<K: Ord>(set: &mut BTreeSet<(i64, K)>, cutoff: Option<i128>) -> Vec<K> {
+    let mut due = Vec::new();
+    let Some(cutoff) = cutoff else {
+        return due;
+    };
+    while due.len() < FORGET_PER_COMMAND {
+        match set.first() {
+            Some((issued, _)) if i128::from(*issued) <= cutoff => {}
+            _ => break,
+        }
+        if let Some((_, key)) = set.pop_first() {
+            due.push(key);
+        }
+    }
+    due
 }
 
 #[cfg(test)]

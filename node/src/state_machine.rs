@@ -376,20 +376,42 @@ impl StateMachine {
             Op::Transfer(t) => self.transfer_within_shard(command, t, writes),
             _ => unreachable!("apply routes only deposit, withdraw and transfer here"),
         }?;
-        let issued = self.retention.issued(issued_at_ms);
+        self.remember(key, command, outcome.clone(), issued_at_ms, writes);
+        Ok(outcome)
+    }
+
+    /// Remembers a request's first outcome, issued at `issued_at_ms` (0: now).
+    pub(crate) fn remember(
+        &mut self,
+        key: RequestKey,
+        command: &Command,
+        outcome: Outcome,
+        issued_at_ms: i64,
+        writes: &mut Writes,
+    ) {
         let record = RequestRecord {
             command: Some(command.clone()),
-            outcome: Some(outcome.clone()),
-            issued_at_ms: issued,
+            outcome: Some(outcome),
+            issued_at_ms: self.retention.issued(issued_at_ms),
         };
+        self.store_request(key, record, writes);
+    }
+
+    /// Stores a request record (new or changed): in memory, for the next checkpoint, and in
+    /// the retention window its fate says.
+    pub(crate) fn store_request(
+        &mut self,
+        key: RequestKey,
+        record: RequestRecord,
+        writes: &mut Writes,
+    ) {
         writes.push(Write::Request {
             account_id: key.0.clone(),
             request_id: key.1.clone(),
             record: Box::new(record.clone()),
         });
-        self.retention.track(key.clone(), issued, Fate::Forget);
+        self.track_record(&key, &record);
         self.requests.insert(key, record);
-        Ok(outcome)
     }
 
     /// Sets the replicated retention window. The first one also starts the window of records
@@ -419,15 +441,9 @@ impl StateMachine {
                 .collect();
             legacy.sort();
             for key in legacy {
-                if let Some(record) = self.requests.get_mut(&key) {
+                if let Some(mut record) = self.requests.get(&key).cloned() {
                     record.issued_at_ms = now;
-                    writes.push(Write::Request {
-                        account_id: key.0.clone(),
-                        request_id: key.1.clone(),
-                        record: Box::new(record.clone()),
-                    });
-                    let record = record.clone();
-                    self.track_record(&key, &record);
+                    self.store_request(key, record, writes);
                 }
             }
             let mut legacy: Vec<IntentKey> = self
@@ -438,12 +454,9 @@ impl StateMachine {
                 .collect();
             legacy.sort();
             for key in legacy {
-                if let Some(intent) = self.intents.get_mut(&key) {
+                if let Some(mut intent) = self.intents.get(&key).cloned() {
                     intent.issued_at_ms = now;
-                    writes.push(Write::Intent(Box::new(intent.clone())));
-                    if intent.state != IntentState::Pending as i32 {
-                        self.retention.track_intent(key, now);
-                    }
+                    self.store_intent(key, intent, writes);
                 }
             }
         }

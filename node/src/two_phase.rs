@@ -210,33 +210,8 @@ impl StateMachine {
                 commit_ts: 0,
             })
         };
-        self.remember(key, command, outcome.clone(), writes);
+        self.remember(key, command, outcome.clone(), t.issued_at_ms, writes);
         Ok(outcome)
-    }
-
-    fn remember(
-        &mut self,
-        key: (String, String),
-        command: &Command,
-        outcome: Outcome,
-        writes: &mut Writes,
-    ) {
-        let issued_at_ms = match &command.op {
-            Some(Op::PrepareDebit(p)) => p.transfer.as_ref().map_or(0, |t| t.issued_at_ms),
-            _ => 0,
-        };
-        let record = RequestRecord {
-            command: Some(command.clone()),
-            outcome: Some(outcome),
-            issued_at_ms: self.retention.issued(issued_at_ms),
-        };
-        writes.push(Write::Request {
-            account_id: key.0.clone(),
-            request_id: key.1.clone(),
-            record: Box::new(record.clone()),
-        });
-        self.track_record(&key, &record);
-        self.requests.insert(key, record);
     }
 
     /// Checks a decision step's ids and ownership; returns its (account, transfer id) key.
@@ -369,15 +344,9 @@ impl StateMachine {
             },
             _ => transfer_outcome(decided),
         };
-        if let Some(record) = self.requests.get_mut(&key) {
+        if let Some(mut record) = self.requests.get(&key).cloned() {
             record.outcome = Some(outcome.clone());
-            writes.push(Write::Request {
-                account_id: key.0.clone(),
-                request_id: key.1.clone(),
-                record: Box::new(record.clone()),
-            });
-            let record = record.clone();
-            self.track_record(&key, &record);
+            self.store_request(key, record, writes);
         }
         outcome
     }
@@ -561,7 +530,7 @@ impl StateMachine {
         transfer_outcome(intent_transfer(&intent, TransferStatus::Prepared))
     }
 
-    fn store_intent(&mut self, key: IntentKey, intent: Intent, writes: &mut Writes) {
+    pub(crate) fn store_intent(&mut self, key: IntentKey, intent: Intent, writes: &mut Writes) {
         debug_assert_eq!(key, intent_key(&intent));
         writes.push(Write::Intent(Box::new(intent.clone())));
         if intent.state != IntentState::Pending as i32 {

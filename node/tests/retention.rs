@@ -183,47 +183,10 @@ fn records_stay_bounded_under_a_steady_stream() {
 
 #[test]
 fn cross_shard_records_are_kept_and_checked_for_expiry() {
-    let ring = Ring::new([1, 2], 8);
-    let mut sm = StateMachine::new(1, ring.clone());
-    set_window(&mut sm, WINDOW);
-    let from = (0..)
-        .map(|i| format!("a{i}"))
-        .find(|a| ring.shard_of(a) == 1)
-        .unwrap();
-    let to = (0..)
-        .map(|i| format!("b{i}"))
-        .find(|a| ring.shard_of(a) == 2)
-        .unwrap();
-    apply(
-        &mut sm,
-        1,
-        "",
-        Op::CreateAccount(CreateAccountRequest {
-            account_id: from.clone(),
-            currency: "USD".into(),
-            credit_limit: 0,
-        }),
-    );
-    apply(
-        &mut sm,
-        2,
-        "d",
-        Op::Deposit(DepositRequest {
-            request_id: "d".into(),
-            account_id: from.clone(),
-            amount: i64::MAX,
-            issued_at_ms: 2,
-        }),
-    );
+    let (mut sm, _credit, from, to) = two_shards();
     let prepare = |issued_at_ms| {
         Op::PrepareDebit(PrepareDebit {
-            transfer: Some(TransferRequest {
-                transfer_id: "t".into(),
-                from_account_id: from.clone(),
-                to_account_id: to.clone(),
-                amount: i64::MAX,
-                issued_at_ms,
-            }),
+            transfer: Some(transfer_request("t", &from, &to, i64::MAX, issued_at_ms)),
             credit_shard_id: 2,
         })
     };
@@ -395,62 +358,23 @@ fn records_kept_from_before_retention_start_their_window_when_it_is_first_set() 
 
 #[test]
 fn a_cross_shard_retry_stamped_anew_finds_its_intent() {
-    let ring = Ring::new([1, 2], 8);
-    let mut credit = StateMachine::new(2, ring.clone());
-    set_window(&mut credit, WINDOW);
-    let to = (0..)
-        .map(|i| format!("c{i}"))
-        .find(|a| ring.shard_of(a) == 2)
-        .unwrap();
-    let from = (0..)
-        .map(|i| format!("d{i}"))
-        .find(|a| ring.shard_of(a) == 1)
-        .unwrap();
-    let (created, _) = apply(
-        &mut credit,
-        1,
-        "",
-        Op::CreateAccount(CreateAccountRequest {
-            account_id: to.clone(),
-            currency: "USD".into(),
-            credit_limit: 0,
-        }),
-    );
-    assert!(rejection_of(&created).is_none());
-    let prepare = |issued_at_ms| {
+    let (_primary, mut credit, from, to) = two_shards();
+    let prepare = |amount, issued_at_ms| {
         Op::PrepareCredit(PrepareCredit {
-            transfer: Some(TransferRequest {
-                transfer_id: "t".into(),
-                from_account_id: from.clone(),
-                to_account_id: to.clone(),
-                amount: i64::MAX,
-                issued_at_ms,
-            }),
+            transfer: Some(transfer_request("t", &from, &to, amount, issued_at_ms)),
             primary_shard_id: 1,
             currency: "USD".into(),
             primary_start_ts: 0,
         })
     };
-    let (first, _) = apply(&mut credit, 10_000, "t", prepare(10_000));
+    let (first, _) = apply(&mut credit, 10_000, "t", prepare(i64::MAX, 10_000));
     assert!(rejection_of(&first).is_none(), "{first:?}");
     // The client lost the answer and sent the transfer again, stamped anew.
-    let (again, writes) = apply(&mut credit, 10_500, "t", prepare(10_400));
+    let (again, writes) = apply(&mut credit, 10_500, "t", prepare(i64::MAX, 10_400));
     assert_eq!(first, again);
     assert!(writes.iter().all(|w| matches!(w, Write::Clock(_))));
     // Other content under the id is still refused.
-    let other = Op::PrepareCredit(PrepareCredit {
-        transfer: Some(TransferRequest {
-            transfer_id: "t".into(),
-            from_account_id: from.clone(),
-            to_account_id: to.clone(),
-            amount: 1,
-            issued_at_ms: 10_000,
-        }),
-        primary_shard_id: 1,
-        currency: "USD".into(),
-        primary_start_ts: 0,
-    });
-    let (refused, _) = apply(&mut credit, 10_500, "t", other);
+    let (refused, _) = apply(&mut credit, 10_500, "t", prepare(1, 10_000));
     assert_eq!(rejection_of(&refused), Some(Reason::IdReused));
 }
 
@@ -506,13 +430,7 @@ fn two_phase(
     ms: i64,
     commit: bool,
 ) {
-    let t = TransferRequest {
-        transfer_id: id.into(),
-        from_account_id: from.into(),
-        to_account_id: to.into(),
-        amount: 7,
-        issued_at_ms: ms,
-    };
+    let t = transfer_request(id, from, to, 7, ms);
     let (p, _) = apply(
         primary,
         ms,
@@ -583,13 +501,7 @@ fn a_committed_cross_shard_transfer_is_forgotten_only_once_confirmed_and_past_it
     two_phase(&mut primary, &mut credit, "c", &from, &to, 10_000, true);
     two_phase(&mut primary, &mut credit, "a", &from, &to, 10_000, false);
     // A prepared one, never decided here: kept whatever happens.
-    let pending = TransferRequest {
-        transfer_id: "p".into(),
-        from_account_id: from.clone(),
-        to_account_id: to.clone(),
-        amount: 1,
-        issued_at_ms: 10_000,
-    };
+    let pending = transfer_request("p", &from, &to, 1, 10_000);
     apply(
         &mut primary,
         10_000,
@@ -683,13 +595,7 @@ fn a_committed_cross_shard_transfer_is_forgotten_only_once_confirmed_and_past_it
 #[test]
 fn a_pending_intent_is_never_forgotten() {
     let (mut primary, mut credit, from, to) = two_shards();
-    let t = TransferRequest {
-        transfer_id: "t".into(),
-        from_account_id: from.clone(),
-        to_account_id: to.clone(),
-        amount: 1,
-        issued_at_ms: 10_000,
-    };
+    let t = transfer_request("t", &from, &to, 1, 10_000);
     apply(
         &mut credit,
         10_000,
@@ -743,13 +649,7 @@ fn a_cross_shard_retry_after_its_primary_forgot_it_is_refused_and_moves_no_money
     assert!(primary.transfer(&from, "t").is_none());
     assert_eq!(credit.intent_count(), 1);
     // The client sends it again, stamped anew: to the primary it is a new transfer...
-    let again = TransferRequest {
-        transfer_id: "t".into(),
-        from_account_id: from.clone(),
-        to_account_id: to.clone(),
-        amount: 7,
-        issued_at_ms: 11_500,
-    };
+    let again = transfer_request("t", &from, &to, 7, 11_500);
     let (p, _) = apply(
         &mut primary,
         11_500,
@@ -803,7 +703,7 @@ fn a_commit_older_than_the_prepared_record_is_refused() {
     // A router stalled past the window holds a commit for a record the primary forgot; a resend
     // prepared a new record under the id. The stale commit must not commit the new one.
     let (mut primary, _credit, from, to) = two_shards();
-    let t = seven("t", &from, &to);
+    let t = transfer_request("t", &from, &to, 7, 0);
     apply(
         &mut primary,
         20_000,
@@ -846,7 +746,7 @@ fn a_commit_older_than_the_prepared_record_is_refused() {
 #[test]
 fn an_intent_from_before_primary_start_ts_was_kept_still_refuses_a_newer_record() {
     let (_primary, mut credit, from, to) = two_shards();
-    let t = seven("t", &from, &to);
+    let t = transfer_request("t", &from, &to, 7, 0);
     let prepare = |primary_start_ts| {
         Op::PrepareCredit(PrepareCredit {
             transfer: Some(t.clone()),
@@ -866,13 +766,19 @@ fn an_intent_from_before_primary_start_ts_was_kept_still_refuses_a_newer_record(
     assert_eq!(rejection_of(&newer), Some(Reason::RequestExpired));
 }
 
-/// A transfer of 7 from `from` to `to`, without an issue time.
-fn seven(id: &str, from: &str, to: &str) -> TransferRequest {
+/// A transfer request.
+fn transfer_request(
+    id: &str,
+    from: &str,
+    to: &str,
+    amount: i64,
+    issued_at_ms: i64,
+) -> TransferRequest {
     TransferRequest {
         transfer_id: id.into(),
         from_account_id: from.into(),
         to_account_id: to.into(),
-        amount: 7,
-        issued_at_ms: 0,
+        amount,
+        issued_at_ms,
     }
 }
