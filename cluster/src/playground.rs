@@ -174,10 +174,20 @@ impl Playground {
                 options.port + 1,
             );
             let router_port = if options.port == 0 {
+                // Each probe releases its port, so the kernel may offer one twice: keep them apart.
+                let mut taken = std::collections::BTreeSet::new();
+                let mut distinct_port = || -> std::io::Result<u16> {
+                    loop {
+                        let port = free_port()?;
+                        if taken.insert(port) {
+                            return Ok(port);
+                        }
+                    }
+                };
                 for node in &mut topology.nodes {
-                    node.address = format!("127.0.0.1:{}", free_port().map_err(io)?);
+                    node.address = format!("127.0.0.1:{}", distinct_port().map_err(io)?);
                 }
-                free_port().map_err(io)?
+                distinct_port().map_err(io)?
             } else {
                 options.port
             };
