@@ -8,9 +8,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The node's database and its flush tickets.
+/// The node's database, its flush tickets, and the directory of its snapshot files.
 pub struct GroupCommit {
     db: sled::Db,
+    snapshots: crate::snapshot_file::SnapshotDir,
     /// Tickets handed out (each after its owner's writes reached sled's memory).
     requested: AtomicU64,
     /// Every ticket up to this one is durable.
@@ -20,9 +21,10 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn new(db: sled::Db) -> GroupCommit {
+    pub fn new(db: sled::Db, snapshots: crate::snapshot_file::SnapshotDir) -> GroupCommit {
         GroupCommit {
             db,
+            snapshots,
             requested: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
@@ -32,6 +34,11 @@ impl GroupCommit {
     /// The database.
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Where the replicas of this node keep snapshot files.
+    pub fn snapshots(&self) -> &crate::snapshot_file::SnapshotDir {
+        &self.snapshots
     }
 
     /// Returns once everything the caller wrote before calling is durable.
@@ -57,7 +64,11 @@ mod tests {
     #[tokio::test]
     async fn concurrent_flushes_share_fsyncs_and_all_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let gc = Arc::new(GroupCommit::new(sled::open(dir.path()).unwrap()));
+        let snapshots = crate::snapshot_file::SnapshotDir::open(dir.path()).unwrap();
+        let gc = Arc::new(GroupCommit::new(
+            sled::open(dir.path().join("sled")).unwrap(),
+            snapshots,
+        ));
         let tree = gc.db().open_tree("t").unwrap();
         let mut tasks = Vec::new();
         for i in 0..32u32 {

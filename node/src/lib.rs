@@ -7,9 +7,10 @@
 //! - [`group_commit`]: one fsync for every replica of the node that needs one meanwhile.
 //! - [`mark`]: what each replica last made durable, outside sled, to catch a store that came
 //!   back older (sled drops a corrupt log tail silently).
-//! - [`shard_store`]: one replica's Raft log, Raft state and state machine records in one sled tree.
+//! - [`shard_store`]: one replica's Raft log, Raft state and state machine records in one sled tree;
+//!   [`snapshot_file`]: snapshots as files (built, streamed and installed record by record).
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
-//! - [`transport`]: Raft messages between nodes, batched per peer.
+//! - [`transport`]: Raft messages between nodes, batched per peer; snapshot files streamed.
 //! - [`service`]: the gRPC services (`Shard` for routers, `Raft` for peers); [`ts_bound`]: the
 //!   timestamps no router could have sent, refused.
 //! - [`probe`]: what a replica with an empty store learns from its peers before any Raft step.
@@ -30,6 +31,7 @@ pub mod replica;
 pub mod retention;
 pub mod service;
 pub mod shard_store;
+pub mod snapshot_file;
 pub mod snapshot_read;
 pub mod state_machine;
 pub mod transport;

@@ -44,14 +44,15 @@ pub async fn run(
     std::fs::create_dir_all(&options.data_dir)?;
     let db = open_db(&options.data_dir)?;
     let marks = Arc::new(Marks::open(&options.data_dir)?);
-    let group_commit = Arc::new(GroupCommit::new(db.clone()));
+    let snapshots = crate::snapshot_file::SnapshotDir::open(&options.data_dir)?;
+    let group_commit = Arc::new(GroupCommit::new(db.clone(), snapshots.clone()));
     let registry: Registry = Arc::new(OnceLock::new());
     let peers: Vec<(u64, String)> = topology
         .nodes
         .iter()
         .map(|n| (n.id, n.address.clone()))
         .collect();
-    let transport = Transport::start(options.node_id, &peers, registry.clone());
+    let transport = Transport::start(options.node_id, &peers, registry.clone(), snapshots.clone());
     let ring = topology.ring();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = HashMap::new();
@@ -97,7 +98,7 @@ pub async fn run(
     let shard_count = handles.len();
     let _ = registry.set(handles);
     let shards = Arc::new(Shards::new(topology.clone())?);
-    let service = NodeService::new(options.node_id, ring, registry, shards.clone());
+    let service = NodeService::new(options.node_id, ring, registry, shards.clone(), snapshots);
     let recovery = tokio::spawn(crate::recovery::run(
         service.clone(),
         shards,

@@ -74,6 +74,8 @@ impl Default for ReplicaConfig {
 
 /// How often a leader proposes the configured retention window while the replicated one differs.
 const RETENTION_PROPOSAL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after a failed snapshot build the next one is tried.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 /// What a replica's inbox carries.
 pub enum ReplicaMsg {
@@ -215,6 +217,8 @@ pub struct Replica {
     oracle: Option<Oracle>,
     /// When this replica last proposed the configured retention window.
     retention_proposed: Option<Instant>,
+    /// When building a snapshot file last failed (it is tried again [`SNAPSHOT_RETRY`] later).
+    snapshot_failed_at: Option<Instant>,
     /// While its store is empty and a majority of the other replicas has not yet told it their
     /// term and commit: why it waits. Such a replica takes no part in Raft at all (G9).
     probing: Option<String>,
@@ -309,6 +313,7 @@ impl Replica {
             recover_to: 0,
             oracle: (shard_id == META_GROUP_ID).then(Oracle::default),
             retention_proposed: None,
+            snapshot_failed_at: None,
             probing: pristine.then(|| "waiting for the other replicas to answer".to_string()),
             set_aside,
             marks: marks.clone(),
@@ -640,13 +645,12 @@ impl Replica {
             return None;
         }
         match message.get_msg_type() {
-            // A snapshot that does not check out is dropped before raft-rs accepts it (it would
-            // then believe it installed it); the leader sends it again.
+            // raft-rs takes a snapshot only once its file arrived whole (checked against its
+            // descriptor on receipt, see `transport`): otherwise it would believe it has it. A
+            // MsgSnapshot from anywhere else is dropped; the leader sends it again.
             MessageType::MsgSnapshot => {
-                if let Err(e) =
-                    crate::shard_store::check_snapshot(message.get_snapshot().get_data())
-                {
-                    tracing::warn!(shard = self.shard_id, from = message.from, error = %e, "dropped a snapshot that does not check out");
+                if let Err(e) = self.store.has_received(message.get_snapshot()) {
+                    tracing::warn!(shard = self.shard_id, from = message.from, error = %e, "dropped a snapshot whose file is not here");
                     return None;
                 }
             }
@@ -1140,8 +1144,20 @@ impl Replica {
     /// bytes) for followers that are only a little behind. Compaction writes a checkpoint first.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         let log = self.store.log();
-        if log.snapshot_wanted() {
-            self.store.build_snapshot(self.applied)?;
+        let retry_due = self
+            .snapshot_failed_at
+            .is_none_or(|at| at.elapsed() >= SNAPSHOT_RETRY);
+        if log.snapshot_wanted() && retry_due {
+            match self.store.build_snapshot(self.applied) {
+                Ok(()) => self.snapshot_failed_at = None,
+                // A file that cannot be written (a full disk) costs the follower its snapshot for
+                // now, not the replica: tried again later.
+                Err(StoreError::Io(e)) => {
+                    tracing::error!(shard = self.shard_id, error = %e, "cannot write a snapshot file; trying again later");
+                    self.snapshot_failed_at = Some(Instant::now());
+                }
+                Err(e) => return Err(e),
+            }
         }
         let first = log.first_index_now();
         let every = self.config.compact_every.max(2);
@@ -1150,6 +1166,7 @@ impl Replica {
             if point >= first {
                 self.store.checkpoint()?;
                 self.store.compact(point)?;
+                self.store.remove_received_up_to(self.applied);
                 tracing::debug!(
                     shard = self.shard_id,
                     applied = self.applied,
@@ -1205,13 +1222,19 @@ mod tests {
     use wallet_proto::topology::Ring;
     use wallet_proto::v1::Stuck;
 
+    /// The database and snapshot directory of a node in `dir`.
+    fn test_group_commit(dir: &std::path::Path) -> Arc<crate::group_commit::GroupCommit> {
+        let snapshots = crate::snapshot_file::SnapshotDir::open(dir).unwrap();
+        let db = sled::open(dir.join("sled")).unwrap();
+        Arc::new(crate::group_commit::GroupCommit::new(db, snapshots))
+    }
+
     /// A replica of a one-voter group on a temporary sled, driven by hand, past its probe (a
     /// group of one has no peers to ask).
     async fn single_replica(dir: &std::path::Path, shard_id: u64) -> Replica {
-        let db = sled::open(dir).unwrap();
-        let group_commit = Arc::new(crate::group_commit::GroupCommit::new(db));
+        let group_commit = test_group_commit(dir);
         let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
-        let transport = Transport::start(1, &[], registry);
+        let transport = Transport::start(1, &[], registry, group_commit.snapshots().clone());
         let machine = StateMachine::new(shard_id, Ring::new([1], 16));
         let marks = Arc::new(Marks::open(dir).unwrap());
         let (prober, _probes) = mpsc::unbounded_channel();
@@ -1242,8 +1265,7 @@ mod tests {
     async fn the_status_reports_the_recovered_state_before_the_first_turn() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
-            let group_commit = Arc::new(crate::group_commit::GroupCommit::new(db));
+            let group_commit = test_group_commit(dir.path());
             let recovered = ShardStore::open(
                 &group_commit,
                 1,
@@ -1265,8 +1287,7 @@ mod tests {
             recovered.store.append(&entries, Some(&hs)).unwrap();
             recovered.store.flush().await.unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
-        let group_commit = Arc::new(crate::group_commit::GroupCommit::new(db));
+        let group_commit = test_group_commit(dir.path());
         let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
         let marks = Arc::new(Marks::open(dir.path()).unwrap());
         let (prober, _probes) = mpsc::unbounded_channel();
@@ -1278,7 +1299,7 @@ mod tests {
             1,
             &[1],
             StateMachine::new(1, Ring::new([1], 16)),
-            Transport::start(1, &[], registry),
+            Transport::start(1, &[], registry, group_commit.snapshots().clone()),
             ReplicaConfig::default(),
         )
         .unwrap();

@@ -16,8 +16,8 @@ use wallet_proto::topology::Ring;
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
     command::Op, outcome, shard_read::Query, BatchOutcome, Command, NodeStatus, Outcome, RaftAck,
-    RaftBatch, ReadResult, Rejection, ShardBatch, ShardCommand, ShardRead, StatusRequest,
-    TsoRequest, TsoResponse,
+    RaftBatch, ReadResult, Rejection, ShardBatch, ShardCommand, ShardRead, SnapshotChunk,
+    StatusRequest, TsoRequest, TsoResponse,
 };
 
 use crate::replica::{ReplicaHandle, ReplicaMsg};
@@ -40,15 +40,23 @@ pub struct NodeService {
     ring: Ring,
     registry: Registry,
     ts_bound: Arc<TsBound>,
+    snapshots: crate::snapshot_file::SnapshotDir,
 }
 
 impl NodeService {
-    pub fn new(node_id: u64, ring: Ring, registry: Registry, shards: Arc<Shards>) -> NodeService {
+    pub fn new(
+        node_id: u64,
+        ring: Ring,
+        registry: Registry,
+        shards: Arc<Shards>,
+        snapshots: crate::snapshot_file::SnapshotDir,
+    ) -> NodeService {
         NodeService {
             node_id,
             ring,
             registry,
             ts_bound: Arc::new(TsBound::new(shards)),
+            snapshots,
         }
     }
 
@@ -321,6 +329,18 @@ impl wallet_proto::v1::raft_server::Raft for NodeService {
         if dropped > 0 {
             tracing::debug!(dropped, "dropped inbound raft messages");
         }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let bytes =
+            transport::receive_snapshot(&self.registry, &self.snapshots, request.into_inner())
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e.message(), "snapshot not received"))?;
+        tracing::info!(bytes, "snapshot received");
         Ok(Response::new(RaftAck {}))
     }
 }

@@ -1,13 +1,21 @@
 //! Durable storage of one shard replica: its Raft log, Raft state and state machine, in one sled tree.
 //!
 //! Keeping everything of a replica in one tree makes every change one atomic sled batch: appending
-//! entries with the HardState, applying entries together with the applied index, and installing a
-//! snapshot (drop the old state and log, write the new state and the truncation point). sled
-//! recovers a prefix of its batches after a crash, so a restart always sees a consistent replica.
+//! entries with the HardState, applying entries together with the applied index. sled recovers a
+//! prefix of its batches after a crash, so a restart always sees a consistent replica.
+//!
+//! **Snapshots** are files ([`crate::snapshot_file`]), never held whole in memory. Installing one
+//! takes many batches (a large shard does not fit one), so it is made restartable: a first batch
+//! writes the marker `Mi` (the snapshot's metadata), the next ones drop the old state and log and
+//! write the file's records, the last one writes the HardState, ConfState, truncation point and
+//! applied index and removes the marker. A store opened with the marker still there finishes the
+//! install from the received file (kept, fsynced, until then); without that file it is set aside
+//! and rebuilt from its peers.
 //!
 //! Key layout (ids never contain a 0 byte, see `validate::id`):
 //! - `L` + index (u64 BE)                → Raft entry (protobuf)
 //! - `Mh` / `Mc` / `Mt` / `Ma`           → HardState, ConfState, truncation (index, term), applied index
+//! - `Mi`                                → metadata of a snapshot being installed (see above)
 //! - `Sa` + account                      → Account
 //! - `Sr` + account + 0 + request id     → RequestRecord (first outcome of a request)
 //! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
@@ -34,11 +42,12 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::group_commit::GroupCommit;
 use crate::record::{self, Corrupt};
+use crate::snapshot_file::{self, Descriptor, Side, SnapshotDir};
 use crate::state_machine::{StateMachine, Write};
 use wallet_proto::v1::{Account, HistoryEntry, Intent, ListTransfersResponse};
 
@@ -47,6 +56,7 @@ const KEY_HARD_STATE: &[u8] = b"Mh";
 const KEY_CONF_STATE: &[u8] = b"Mc";
 const KEY_TRUNCATED: &[u8] = b"Mt";
 const KEY_APPLIED: &[u8] = b"Ma";
+const KEY_INSTALLING: &[u8] = b"Mi";
 const STATE_PREFIX: &[u8] = b"S";
 const ACCOUNT_PREFIX: &[u8] = b"Sa";
 const REQUEST_PREFIX: &[u8] = b"Sr";
@@ -62,6 +72,9 @@ const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 /// Unreadable records skipped while setting a store aside before the copy gives up.
 const SET_ASIDE_UNREADABLE_MAX: u64 = 64;
 
+/// Records (or removals) per sled batch while a snapshot replaces a replica's state.
+const INSTALL_BATCH_RECORDS: usize = 16_384;
+
 /// Applied records buffered in memory before they are written as one checkpoint batch.
 pub const CHECKPOINT_WRITES: usize = 4096;
 
@@ -76,6 +89,8 @@ pub enum StoreError {
     Corrupt(String),
     /// raft-rs refused the stored state (a bug, not the disk).
     Raft(String),
+    /// A snapshot file could not be written (the disk, not a record).
+    Io(std::io::Error),
 }
 
 impl std::fmt::Display for StoreError {
@@ -84,6 +99,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Sled(e) => write!(f, "storage error: {e}"),
             StoreError::Corrupt(e) => write!(f, "corrupt record: {e}"),
             StoreError::Raft(e) => write!(f, "raft state: {e}"),
+            StoreError::Io(e) => write!(f, "snapshot file: {e}"),
         }
     }
 }
@@ -427,7 +443,9 @@ fn checkpoint_batch(writes: Vec<Write>, applied: u64) -> sled::Batch {
 
 /// One replica's durable store: the sled tree and the in-memory log mirror.
 pub struct ShardStore {
+    shard_id: u64,
     tree: sled::Tree,
+    snapshots: SnapshotDir,
     log: LogStore,
     group_commit: Arc<GroupCommit>,
     /// Applied changes not yet checkpointed, and the applied index they bring the store to.
@@ -458,6 +476,20 @@ impl ShardStore {
         let tree = group_commit
             .db()
             .open_tree(tree_name(group_commit.db(), shard_id)?)?;
+        let snapshots = group_commit.snapshots().clone();
+        if let Some(bytes) = tree.get(KEY_INSTALLING)? {
+            let snapshot: Snapshot = decode_pb(&bytes)?;
+            tracing::warn!(
+                shard = shard_id,
+                index = snapshot.get_metadata().index,
+                "finishing a snapshot install a crash interrupted"
+            );
+            let (path, descriptor) = received_file(&snapshots, shard_id, &snapshot)?;
+            replace_state(&tree, &path, descriptor, snapshot.get_metadata())?;
+        }
+        // Files built for followers before the restart are stale; received ones up to what is
+        // applied were installed (or were never needed).
+        snapshots.remove(Side::Sent, shard_id, u64::MAX, None);
         let mut core = LogCore::default();
         match tree.get(KEY_CONF_STATE)? {
             Some(bytes) => core.conf_state = decode_pb(&bytes)?,
@@ -496,8 +528,11 @@ impl ShardStore {
         if core.hard_state.commit < applied {
             core.hard_state.commit = applied;
         }
+        snapshots.remove(Side::Received, shard_id, applied, None);
         let store = ShardStore {
+            shard_id,
             tree,
+            snapshots,
             log: LogStore {
                 core: Arc::new(RwLock::new(core)),
             },
@@ -768,29 +803,35 @@ impl ShardStore {
     }
 
     /// Builds a snapshot of the state machine at `applied` for followers that fell behind the log:
-    /// every `S` record, CRC-framed, in key order, plus a CRC over the whole payload.
+    /// every `S` record, checked, written to a file in key order (never held in memory); the
+    /// snapshot raft-rs sends carries the file's descriptor.
     pub fn build_snapshot(&mut self, applied: u64) -> Result<(), StoreError> {
         self.checkpoint_now()?;
         let term = self
             .log
             .term(applied)
             .map_err(|e| StoreError::Corrupt(format!("term of applied index {applied}: {e}")))?;
-        let mut data = wallet_proto::fail_stop::catch(|| {
-            let mut data = Vec::new();
+        let path = self
+            .snapshots
+            .path(Side::Sent, self.shard_id, applied, term);
+        let mut writer = self.snapshots.create(path).map_err(StoreError::Io)?;
+        let written = wallet_proto::fail_stop::catch(|| {
             for item in self.tree.scan_prefix(STATE_PREFIX) {
                 let (key, value) = item?;
                 // Checked before it leaves the node: a corrupt record is never shipped.
                 record::unframe(&value)?;
-                push_chunk(&mut data, &key);
-                push_chunk(&mut data, &value);
+                writer.record(&key, &value).map_err(StoreError::Io)?;
             }
-            Ok::<_, StoreError>(data)
+            Ok::<_, StoreError>(())
         })
-        .unwrap_or_else(|panic| Err(StoreError::Corrupt(format!("sled panicked: {panic}"))))?;
-        let crc = crc32fast::hash(&data);
-        data.extend_from_slice(&crc.to_le_bytes());
+        .unwrap_or_else(|panic| Err(StoreError::Corrupt(format!("sled panicked: {panic}"))));
+        if let Err(e) = written {
+            writer.abandon();
+            return Err(e);
+        }
+        let descriptor = writer.finish(false).map_err(StoreError::Io)?;
         let mut snapshot = Snapshot::default();
-        snapshot.set_data(data.into());
+        snapshot.set_data(descriptor.encode().into());
         let meta = snapshot.mut_metadata();
         meta.index = applied;
         meta.term = term;
@@ -798,6 +839,15 @@ impl ShardStore {
         meta.set_conf_state(core.conf_state.clone());
         core.snapshot = Some(snapshot);
         core.snapshot_wanted = false;
+        drop(core);
+        self.snapshots
+            .remove(Side::Sent, self.shard_id, u64::MAX, Some((applied, term)));
+        tracing::info!(
+            shard = self.shard_id,
+            index = applied,
+            bytes = descriptor.bytes,
+            "built a snapshot file"
+        );
         Ok(())
     }
 
@@ -817,8 +867,8 @@ impl ShardStore {
         }
         batch.insert(KEY_TRUNCATED, encode_u64s(&[index, term]));
         self.tree.apply_batch(batch)?;
-        let drop = (index - core.first_index() + 1) as usize;
-        core.drop_front(drop);
+        let dropped = (index - core.first_index() + 1) as usize;
+        core.drop_front(dropped);
         core.truncated = (index, term);
         // A snapshot older than the log's start can no longer be sent; it is built afresh when a
         // follower needs one (and its memory is free until then).
@@ -828,43 +878,51 @@ impl ShardStore {
             .is_some_and(|snap| snap.get_metadata().index < index)
         {
             core.snapshot = None;
+            drop(core);
+            self.snapshots
+                .remove(Side::Sent, self.shard_id, u64::MAX, None);
         }
         Ok(())
     }
 
-    /// Replaces this replica's log and state by a snapshot from the leader, in one batch, and
-    /// reloads the state machine from it.
+    /// Whether the file of a snapshot from the leader is here, complete (checked against its
+    /// descriptor when it arrived): raft-rs may take the message.
+    pub fn has_received(&self, snapshot: &Snapshot) -> Result<(), String> {
+        let descriptor = Descriptor::decode(snapshot.get_data())?;
+        let meta = snapshot.get_metadata();
+        let path = self
+            .snapshots
+            .path(Side::Received, self.shard_id, meta.index, meta.term);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| format!("snapshot file {path:?}: {e}"))?
+            .len();
+        if len != descriptor.bytes {
+            return Err(format!(
+                "snapshot file {path:?} holds {len} bytes, its descriptor says {}",
+                descriptor.bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces this replica's log and state by a snapshot from the leader (read from the file
+    /// it was received into, checked whole first) and reloads the state machine from it.
     pub fn install_snapshot(
         &mut self,
         snapshot: &Snapshot,
         state_machine: &mut StateMachine,
     ) -> Result<(), StoreError> {
         // Older than the snapshot, which replaces all of it (a checkpoint being written must land
-        // before the snapshot's batch, never after it).
+        // before the snapshot's batches, never after them).
         self.wait_checkpoint()?;
         self.unwritten.clear();
         self.unwritten_applied = None;
-        let records = parse_snapshot(snapshot.get_data())?;
+        let (path, descriptor) = received_file(&self.snapshots, self.shard_id, snapshot)?;
         let meta = snapshot.get_metadata();
-        let mut batch = sled::Batch::default();
-        for item in self.tree.scan_prefix(STATE_PREFIX) {
-            batch.remove(item?.0);
-        }
-        for item in self.tree.scan_prefix([LOG_PREFIX]) {
-            batch.remove(item?.0);
-        }
-        for (key, value) in &records {
-            batch.insert(key.as_slice(), value.as_slice());
-        }
+        // From here on a crash leaves the marker, and the next open finishes the install.
+        self.tree.insert(KEY_INSTALLING, encode_pb(snapshot))?;
+        let hard_state = replace_state(&self.tree, &path, descriptor, meta)?;
         let mut core = self.log.write();
-        let mut hard_state = core.hard_state.clone();
-        hard_state.term = hard_state.term.max(meta.term);
-        hard_state.commit = meta.index;
-        batch.insert(KEY_HARD_STATE, encode_pb(&hard_state));
-        batch.insert(KEY_CONF_STATE, encode_pb(meta.get_conf_state()));
-        batch.insert(KEY_TRUNCATED, encode_u64s(&[meta.index, meta.term]));
-        batch.insert(KEY_APPLIED, encode_u64s(&[meta.index]));
-        self.tree.apply_batch(batch)?;
         core.hard_state = hard_state;
         core.conf_state = meta.get_conf_state().clone();
         core.truncated = (meta.index, meta.term);
@@ -872,7 +930,16 @@ impl ShardStore {
         core.entry_bytes = 0;
         core.snapshot = None;
         drop(core);
-        self.load_state(state_machine)
+        self.load_state(state_machine)?;
+        self.snapshots
+            .remove(Side::Received, self.shard_id, meta.index, None);
+        Ok(())
+    }
+
+    /// Removes received snapshot files up to `applied` (installed, or never needed).
+    pub fn remove_received_up_to(&self, applied: u64) {
+        self.snapshots
+            .remove(Side::Received, self.shard_id, applied, None);
     }
 
     /// One page of an account's history, newest first (a checkpoint first, so the page is
@@ -924,56 +991,85 @@ impl ShardStore {
     }
 }
 
-fn push_chunk(data: &mut Vec<u8>, bytes: &[u8]) {
-    data.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    data.extend_from_slice(bytes);
+/// The received file of `snapshot`, checked whole (CRC, every record framed and in the state).
+fn received_file(
+    snapshots: &SnapshotDir,
+    shard_id: u64,
+    snapshot: &Snapshot,
+) -> Result<(std::path::PathBuf, Descriptor), StoreError> {
+    let descriptor = Descriptor::decode(snapshot.get_data()).map_err(StoreError::Corrupt)?;
+    let meta = snapshot.get_metadata();
+    let path = snapshots.path(Side::Received, shard_id, meta.index, meta.term);
+    snapshot_file::verify(&path, descriptor, check_state_record).map_err(StoreError::Corrupt)?;
+    Ok((path, descriptor))
 }
 
-/// Checks a snapshot's CRC and every record in it; returns the (key, framed value) pairs.
-/// A state record: key and framed value.
-type KeyValue = (Vec<u8>, Vec<u8>);
-
-/// Checks a snapshot's CRC and every record in it, without keeping them.
-pub fn check_snapshot(data: &[u8]) -> Result<(), StoreError> {
-    parse_snapshot(data).map(|_| ())
+/// A snapshot holds state records only, each CRC-framed.
+fn check_state_record(key: &[u8], value: &[u8]) -> Result<(), String> {
+    if !key.starts_with(STATE_PREFIX) {
+        return Err("snapshot record outside the state".into());
+    }
+    record::unframe(value).map(|_| ()).map_err(|e| e.0)
 }
 
-fn parse_snapshot(data: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-    if data.len() < 4 {
-        return Err(StoreError::Corrupt(
-            "snapshot shorter than its checksum".into(),
-        ));
-    }
-    let (body, crc) = data.split_at(data.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err(StoreError::Corrupt("snapshot checksum mismatch".into()));
-    }
-    let mut records = Vec::new();
-    let mut rest = body;
-    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StoreError> {
-        if rest.len() < 4 {
-            return Err(StoreError::Corrupt("truncated snapshot chunk".into()));
+/// Removes every key under `prefix`, a batch at a time.
+fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<(), StoreError> {
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for key in tree.scan_prefix(prefix).keys().take(INSTALL_BATCH_RECORDS) {
+            batch.remove(key?);
+            count += 1;
         }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if rest.len() < 4 + len {
-            return Err(StoreError::Corrupt("truncated snapshot chunk".into()));
+        if count == 0 {
+            return Ok(());
         }
-        let chunk = rest[4..4 + len].to_vec();
-        *rest = &rest[4 + len..];
-        Ok(chunk)
+        tree.apply_batch(batch)?;
+    }
+}
+
+/// The steps of an install after its marker: drop the old state and log, write the file's
+/// records, then (one batch) the Raft state of the snapshot and the marker's removal. Repeatable:
+/// an open that finds the marker runs it again. Returns the HardState written.
+fn replace_state(
+    tree: &sled::Tree,
+    path: &std::path::Path,
+    descriptor: Descriptor,
+    meta: &SnapshotMetadata,
+) -> Result<HardState, StoreError> {
+    remove_prefix(tree, STATE_PREFIX)?;
+    remove_prefix(tree, &[LOG_PREFIX])?;
+    let mut reader = snapshot_file::Reader::open(path, descriptor).map_err(StoreError::Corrupt)?;
+    let mut batch = sled::Batch::default();
+    let mut count = 0;
+    while let Some((key, value)) = reader.next_record().map_err(StoreError::Corrupt)? {
+        // Checked when verified; checked again as it is read (the file could change meanwhile).
+        check_state_record(&key, &value).map_err(StoreError::Corrupt)?;
+        batch.insert(key, value);
+        count += 1;
+        if count == INSTALL_BATCH_RECORDS {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            count = 0;
+        }
+    }
+    if reader.crc() != descriptor.crc {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot file {path:?} changed while it was installed"
+        )));
+    }
+    let mut hard_state: HardState = match tree.get(KEY_HARD_STATE)? {
+        Some(bytes) => decode_pb(&bytes)?,
+        None => HardState::default(),
     };
-    while !rest.is_empty() {
-        let key = take(&mut rest)?;
-        let value = take(&mut rest)?;
-        if !key.starts_with(STATE_PREFIX) {
-            return Err(StoreError::Corrupt(
-                "snapshot record outside the state".into(),
-            ));
-        }
-        record::unframe(&value)?;
-        records.push((key, value));
-    }
-    Ok(records)
+    hard_state.term = hard_state.term.max(meta.term);
+    hard_state.commit = meta.index;
+    batch.insert(KEY_HARD_STATE, encode_pb(&hard_state));
+    batch.insert(KEY_CONF_STATE, encode_pb(meta.get_conf_state()));
+    batch.insert(KEY_TRUNCATED, encode_u64s(&[meta.index, meta.term]));
+    batch.insert(KEY_APPLIED, encode_u64s(&[meta.index]));
+    batch.remove(KEY_INSTALLING);
+    tree.apply_batch(batch)?;
+    Ok(hard_state)
 }
 
 #[cfg(test)]

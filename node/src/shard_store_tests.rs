@@ -12,8 +12,12 @@ fn machine() -> StateMachine {
 
 fn database() -> (tempfile::TempDir, Arc<GroupCommit>) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(GroupCommit::new(sled::open(dir.path()).unwrap()));
+    let db = with_snapshots(sled::open(dir.path().join("sled")).unwrap(), dir.path());
     (dir, db)
+}
+
+fn with_snapshots(db: sled::Db, dir: &std::path::Path) -> Arc<GroupCommit> {
+    Arc::new(GroupCommit::new(db, SnapshotDir::open(dir).unwrap()))
 }
 
 fn open(db: &Arc<GroupCommit>) -> Recovered {
@@ -134,32 +138,141 @@ fn a_corrupt_log_entry_is_detected_on_open() {
     ));
 }
 
+/// A store of shard 1 whose state is `accounts` accounts at applied index 1, with a snapshot
+/// built; returns it and its snapshot (data: the file's descriptor).
+fn store_with_snapshot(db: &Arc<GroupCommit>, accounts: usize) -> (Recovered, Snapshot) {
+    let mut r = open(db);
+    r.store.append(&[entry(1, 1)], None).unwrap();
+    let writes = (0..accounts)
+        .map(|i| {
+            Write::Account(Account {
+                account_id: format!("account-{i:06}"),
+                ..alice(i as i64)
+            })
+        })
+        .collect();
+    r.store.write_applied(writes, 1).unwrap();
+    r.store.build_snapshot(1).unwrap();
+    let snapshot = r.store.log().snapshot(0, 2).unwrap();
+    (r, snapshot)
+}
+
+/// What the transport does: the leader's file arrives as the follower's received file.
+fn deliver_file(
+    from: &Arc<GroupCommit>,
+    to: &Arc<GroupCommit>,
+    snapshot: &Snapshot,
+) -> std::path::PathBuf {
+    let meta = snapshot.get_metadata();
+    let sent = from.snapshots().path(Side::Sent, 1, meta.index, meta.term);
+    let received = to
+        .snapshots()
+        .path(Side::Received, 1, meta.index, meta.term);
+    std::fs::copy(sent, &received).unwrap();
+    received
+}
+
 #[test]
 fn a_corrupt_snapshot_is_refused_and_an_intact_one_installs() {
     let (_dir, db) = database();
-    let mut r = open(&db);
-    r.store.append(&[entry(1, 1)], None).unwrap();
-    r.store
-        .write_applied(vec![Write::Account(alice(5))], 1)
-        .unwrap();
-    r.store.build_snapshot(1).unwrap();
-    let mut snapshot = r.store.log().snapshot(0, 2).unwrap();
-    let mut data = snapshot.get_data().to_vec();
-    data[10] ^= 0x04;
-    snapshot.set_data(data.into());
+    let (_r, snapshot) = store_with_snapshot(&db, 3);
+    assert_eq!(
+        snapshot.get_data().len(),
+        snapshot_file::DESCRIPTOR_LEN,
+        "only the descriptor travels in the message"
+    );
 
     let (_dir2, db2) = database();
     let mut r2 = open(&db2);
     let mut sm = machine();
+    // Not received yet: raft-rs must not take the message.
+    assert!(r2.store.has_received(&snapshot).is_err());
+    let received = deliver_file(&db, &db2, &snapshot);
+    r2.store.has_received(&snapshot).unwrap();
+    let good = std::fs::read(&received).unwrap();
+    let mut bad = good.clone();
+    bad[10] ^= 0x04;
+    std::fs::write(&received, &bad).unwrap();
     assert!(matches!(
         r2.store.install_snapshot(&snapshot, &mut sm),
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(sm.account_count(), 0);
-    let good = r.store.log().snapshot(0, 2).unwrap();
-    r2.store.install_snapshot(&good, &mut sm).unwrap();
-    assert_eq!(sm.account("alice").map(|a| a.balance), Some(5));
+    assert_eq!(r2.store.log().first_index().unwrap(), 1, "nothing changed");
+    // A message whose data is not a descriptor (an older release sent the state inline).
+    let mut inline = snapshot.clone();
+    inline.set_data(good.clone().into());
+    assert!(r2.store.has_received(&inline).is_err());
+    std::fs::write(&received, &good).unwrap();
+    r2.store.install_snapshot(&snapshot, &mut sm).unwrap();
+    assert_eq!(sm.account("account-000002").map(|a| a.balance), Some(2));
     assert_eq!(r2.store.log().first_index().unwrap(), 2);
+    assert!(!received.exists(), "an installed file is removed");
+}
+
+/// A snapshot larger than one install batch, installed over an older state; a crash in the
+/// middle of an install (the marker written, part of the state replaced) is finished by the next
+/// open from the received file; without that file the store is set aside.
+#[test]
+fn an_interrupted_install_is_finished_at_open_or_the_store_is_set_aside() {
+    let (_dir, leader) = database();
+    let accounts = INSTALL_BATCH_RECORDS * 2 + 5;
+    let (_r, snapshot) = store_with_snapshot(&leader, accounts);
+
+    for file_kept in [true, false] {
+        let (dir2, db2) = database();
+        {
+            let mut r2 = open(&db2);
+            r2.store.append(&[entry(1, 1), entry(2, 1)], None).unwrap();
+            r2.store
+                .write_applied(vec![Write::Account(alice(77))], 2)
+                .unwrap();
+            r2.store.checkpoint_now().unwrap();
+            deliver_file(&leader, &db2, &snapshot);
+            // The install's first steps, then a crash: the marker and a half-replaced state.
+            let tree = db2.db().open_tree("shard-1").unwrap();
+            tree.insert(KEY_INSTALLING, encode_pb(&snapshot)).unwrap();
+            remove_prefix(&tree, STATE_PREFIX).unwrap();
+            tree.insert(b"Sa-partial", record::encode(&alice(1)))
+                .unwrap();
+        }
+        if !file_kept {
+            let meta = snapshot.get_metadata();
+            std::fs::remove_file(
+                db2.snapshots()
+                    .path(Side::Received, 1, meta.index, meta.term),
+            )
+            .unwrap();
+        }
+        let (recovered, why) =
+            ShardStore::open_checked(&db2, 1, &[1, 2, 3], machine(), None).unwrap();
+        if file_kept {
+            assert_eq!(why, None);
+            assert_eq!(recovered.applied, 1);
+            assert_eq!(recovered.state_machine.account_count(), accounts);
+            assert_eq!(recovered.state_machine.account("alice"), None);
+            assert_eq!(
+                recovered
+                    .state_machine
+                    .account("account-000007")
+                    .map(|a| a.balance),
+                Some(7)
+            );
+            let log = recovered.store.log();
+            assert_eq!(log.first_index().unwrap(), 2);
+            assert_eq!(log.last_index().unwrap(), 1);
+            assert_eq!(log.hard_state().term, 1);
+            assert_eq!(log.hard_state().commit, 1);
+            let tree = db2.db().open_tree("shard-1").unwrap();
+            assert!(tree.get(KEY_INSTALLING).unwrap().is_none());
+            assert!(tree.get(b"Sa-partial").unwrap().is_none());
+        } else {
+            assert!(why.unwrap().contains("snapshot file"));
+            assert!(recovered.pristine, "set aside: rebuilt from its peers");
+        }
+        drop(recovered);
+        drop(dir2);
+    }
 }
 
 /// Compaction by size: the log counts its payload bytes through appends, conflicting tails,
@@ -210,8 +323,9 @@ fn a_damaged_sled_file_is_set_aside_and_never_fails_the_open() {
     let mut outcomes = std::collections::BTreeMap::new();
     for seed in 0..24u64 {
         let dir = tempfile::tempdir().unwrap();
+        let snapshot_dir = tempfile::tempdir().unwrap();
         {
-            let db = Arc::new(GroupCommit::new(config(dir.path()).open().unwrap()));
+            let db = with_snapshots(config(dir.path()).open().unwrap(), snapshot_dir.path());
             let mut r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
             let mut writes = vec![Write::Account(alice(5))];
             writes.extend((1..=3000u64).map(|seq| Write::History {
@@ -245,7 +359,7 @@ fn a_damaged_sled_file_is_set_aside_and_never_fails_the_open() {
         }
         std::fs::write(&file, bytes).unwrap();
         reached += 1;
-        let db = Arc::new(GroupCommit::new(db));
+        let db = with_snapshots(db, snapshot_dir.path());
         let outcome = wallet_proto::fail_stop::catch(|| {
             let (mut r, why) = ShardStore::open_checked(&db, 1, &[1], machine(), None)?;
             if why.is_some() {

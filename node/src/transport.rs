@@ -5,8 +5,16 @@
 //! [`BATCH_MESSAGES_MAX`]) into one request. A failed send is reported to the replicas involved
 //! (`report_unreachable`, and `report_snapshot(Failure)` for snapshots) so raft-rs probes again;
 //! messages beyond a full queue are dropped, which Raft tolerates by resending.
+//!
+//! Snapshots go another way (`wallet.v1.Raft/Snapshot`, a client stream on a channel of their
+//! own, so a large one delays no heartbeat): the `MsgSnapshot` carries only the descriptor of a
+//! file the leader built ([`crate::snapshot_file`]); the sender streams the file in chunks of
+//! [`SNAPSHOT_CHUNK_BYTES`], the receiver writes them to a file of its own, checks its length and
+//! CRC against the descriptor, fsyncs it, and only then hands the message to its replica. Memory
+//! stays at a few chunks whatever the snapshot's size.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,10 +22,13 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{Message, MessageType};
 use raft::SnapshotStatus;
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::Status;
 use wallet_proto::v1::raft_client::RaftClient;
-use wallet_proto::v1::{RaftBatch, RaftEnvelope};
+use wallet_proto::v1::{RaftBatch, RaftEnvelope, SnapshotChunk};
 
 use crate::replica::{ReplicaHandle, ReplicaMsg};
+use crate::snapshot_file::{Descriptor, Side, SnapshotDir};
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_CAPACITY: usize = 16_384;
@@ -25,6 +36,13 @@ pub const PEER_QUEUE_CAPACITY: usize = 16_384;
 pub const BATCH_MESSAGES_MAX: usize = 4096;
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes of a snapshot file per streamed chunk.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+/// A snapshot stream may take this long, plus one second per [`SNAPSHOT_BYTES_PER_S_MIN`].
+const SNAPSHOT_TIMEOUT_BASE: Duration = Duration::from_secs(30);
+const SNAPSHOT_BYTES_PER_S_MIN: u64 = 4 << 20;
+/// The receiver gives up on a snapshot stream silent for this long.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The replicas of this node by shard id, set once at start.
 pub type Registry = Arc<OnceLock<HashMap<u64, ReplicaHandle>>>;
@@ -36,8 +54,14 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts one sender task per peer (`node id → address`).
-    pub fn start(node_id: u64, peers: &[(u64, String)], registry: Registry) -> Transport {
+    /// Starts one sender task per peer (`node id → address`); snapshot files are read from
+    /// `snapshots`.
+    pub fn start(
+        node_id: u64,
+        peers: &[(u64, String)],
+        registry: Registry,
+        snapshots: SnapshotDir,
+    ) -> Transport {
         let mut senders = HashMap::new();
         for (peer_id, address) in peers {
             if *peer_id == node_id {
@@ -46,11 +70,14 @@ impl Transport {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
             senders.insert(*peer_id, tx);
             tokio::spawn(peer_sender(
-                node_id,
-                *peer_id,
+                Peer {
+                    node_id,
+                    peer_id: *peer_id,
+                    registry: registry.clone(),
+                    snapshots: snapshots.clone(),
+                },
                 address.clone(),
                 rx,
-                registry.clone(),
             ));
         }
         Transport {
@@ -73,26 +100,38 @@ impl Transport {
     }
 }
 
-async fn peer_sender(
+/// What a peer's sender task knows besides its queue.
+#[derive(Clone)]
+struct Peer {
     node_id: u64,
     peer_id: u64,
-    address: String,
-    mut queue: mpsc::Receiver<(u64, Message)>,
     registry: Registry,
-) {
+    snapshots: SnapshotDir,
+}
+
+impl Peer {
+    /// Hands a report to the local replica of `shard_id`.
+    fn report(&self, shard_id: u64, msg: ReplicaMsg) {
+        if let Some(replica) = self.registry.get().and_then(|r| r.get(&shard_id)) {
+            let _ = replica.inbox.try_send(msg);
+        }
+    }
+}
+
+async fn peer_sender(peer: Peer, address: String, mut queue: mpsc::Receiver<(u64, Message)>) {
+    let peer_id = peer.peer_id;
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(SEND_TIMEOUT)
-            .tcp_nodelay(true),
+        Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
         Err(e) => {
             tracing::error!(peer_id, %address, error = %e, "bad peer address; not sending to it");
             return;
         }
     };
-    let mut client = RaftClient::new(endpoint.connect_lazy())
+    let mut client = RaftClient::new(endpoint.clone().timeout(SEND_TIMEOUT).connect_lazy())
         .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(wallet_proto::MESSAGE_BYTES_MAX);
+    // Snapshots stream on a connection of their own, with a timeout by size.
+    let snapshot_client = RaftClient::new(endpoint.connect_lazy());
     let mut pending = Vec::with_capacity(BATCH_MESSAGES_MAX);
     while let Some(first) = queue.recv().await {
         pending.push(first);
@@ -102,58 +141,184 @@ async fn peer_sender(
                 Err(_) => break,
             }
         }
-        let mut snapshots = Vec::new();
         let mut shards = BTreeSet::new();
-        let messages = pending
-            .drain(..)
-            .map(|(shard_id, message)| {
-                shards.insert(shard_id);
-                if message.get_msg_type() == MessageType::MsgSnapshot {
-                    snapshots.push(shard_id);
-                }
-                RaftEnvelope {
+        let mut messages = Vec::with_capacity(pending.len());
+        for (shard_id, message) in pending.drain(..) {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                tokio::spawn(send_snapshot(
+                    peer.clone(),
+                    snapshot_client.clone(),
                     shard_id,
-                    message: message.write_to_bytes().unwrap_or_default(),
-                }
-            })
-            .collect();
+                    message,
+                ));
+                continue;
+            }
+            shards.insert(shard_id);
+            messages.push(RaftEnvelope {
+                shard_id,
+                message: message.write_to_bytes().unwrap_or_default(),
+            });
+        }
+        if messages.is_empty() {
+            continue;
+        }
         let batch = RaftBatch {
-            from_node: node_id,
+            from_node: peer.node_id,
             messages,
         };
-        let result = client.send(batch).await;
-        let Some(replicas) = registry.get() else {
-            continue;
-        };
-        let report = |shard_id: &u64, msg: ReplicaMsg| {
-            if let Some(replica) = replicas.get(shard_id) {
-                let _ = replica.inbox.try_send(msg);
+        if let Err(status) = client.send(batch).await {
+            tracing::debug!(peer_id, error = %status.message(), "raft send failed");
+            for shard_id in shards {
+                peer.report(shard_id, ReplicaMsg::Unreachable(peer_id));
             }
-        };
-        match result {
-            Ok(_) => {
-                for shard_id in &snapshots {
-                    report(
-                        shard_id,
-                        ReplicaMsg::SnapshotReport(peer_id, SnapshotStatus::Finish),
-                    );
-                }
-            }
-            Err(status) => {
-                tracing::debug!(peer_id, error = %status.message(), "raft send failed");
-                for shard_id in &shards {
-                    report(shard_id, ReplicaMsg::Unreachable(peer_id));
-                }
-                for shard_id in &snapshots {
-                    report(
-                        shard_id,
-                        ReplicaMsg::SnapshotReport(peer_id, SnapshotStatus::Failure),
-                    );
-                }
-                // Do not spin on a dead peer: the queue keeps filling and dropping meanwhile.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            // Do not spin on a dead peer: the queue keeps filling and dropping meanwhile.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Streams the file of a `MsgSnapshot` to the peer and tells raft-rs how it went.
+async fn send_snapshot(peer: Peer, client: RaftClient<Channel>, shard_id: u64, message: Message) {
+    let index = message.get_snapshot().get_metadata().index;
+    let status = match stream_snapshot(&peer, client, shard_id, message).await {
+        Ok(bytes) => {
+            tracing::info!(
+                shard = shard_id,
+                to = peer.peer_id,
+                index,
+                bytes,
+                "snapshot sent"
+            );
+            SnapshotStatus::Finish
+        }
+        Err(e) => {
+            tracing::warn!(shard = shard_id, to = peer.peer_id, index, error = %e, "snapshot not sent");
+            peer.report(shard_id, ReplicaMsg::Unreachable(peer.peer_id));
+            SnapshotStatus::Failure
+        }
+    };
+    peer.report(shard_id, ReplicaMsg::SnapshotReport(peer.peer_id, status));
+}
+
+async fn stream_snapshot(
+    peer: &Peer,
+    mut client: RaftClient<Channel>,
+    shard_id: u64,
+    message: Message,
+) -> Result<u64, String> {
+    let descriptor = Descriptor::decode(message.get_snapshot().get_data())?;
+    let meta = message.get_snapshot().get_metadata();
+    let path = peer
+        .snapshots
+        .path(Side::Sent, shard_id, meta.index, meta.term);
+    // Opened now: a newer snapshot may replace the file meanwhile, this stream keeps reading it.
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("{path:?}: {e}"))?;
+    let (tx, rx) = mpsc::channel(4);
+    let header = SnapshotChunk {
+        from_node: peer.node_id,
+        shard_id,
+        message: message.write_to_bytes().map_err(|e| e.to_string())?,
+        data: Vec::new(),
+    };
+    tx.try_send(header).map_err(|e| e.to_string())?;
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut left = descriptor.bytes;
+        while left > 0 {
+            let mut data = vec![0u8; left.min(SNAPSHOT_CHUNK_BYTES) as usize];
+            file.read_exact(&mut data)
+                .map_err(|e| format!("reading {path:?}: {e}"))?;
+            left -= data.len() as u64;
+            let chunk = SnapshotChunk {
+                data,
+                ..Default::default()
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return Err("the stream ended early".into());
             }
         }
+        Ok(())
+    });
+    let timeout =
+        SNAPSHOT_TIMEOUT_BASE + Duration::from_secs(descriptor.bytes / SNAPSHOT_BYTES_PER_S_MIN);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let sent = tokio::time::timeout(timeout, client.snapshot(stream)).await;
+    let read = reader.await.map_err(|e| e.to_string())?;
+    match sent {
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Ok(Ok(_)) => read.map(|()| descriptor.bytes),
+    }
+}
+
+/// Receives a streamed snapshot: writes it to this node's received file, checks it against the
+/// descriptor in its message, and hands the message to the shard's replica.
+pub async fn receive_snapshot(
+    registry: &Registry,
+    snapshots: &SnapshotDir,
+    mut stream: tonic::Streaming<SnapshotChunk>,
+) -> Result<u64, Status> {
+    let first = next_chunk(&mut stream)
+        .await?
+        .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+    let message = Message::parse_from_bytes(&first.message)
+        .map_err(|_| Status::invalid_argument("a snapshot stream without a raft message"))?;
+    if message.get_msg_type() != MessageType::MsgSnapshot {
+        return Err(Status::invalid_argument("not a MsgSnapshot"));
+    }
+    let replica = registry
+        .get()
+        .and_then(|r| r.get(&first.shard_id))
+        .ok_or_else(|| Status::not_found(format!("shard {} is not here", first.shard_id)))?;
+    let descriptor =
+        Descriptor::decode(message.get_snapshot().get_data()).map_err(Status::invalid_argument)?;
+    let meta = message.get_snapshot().get_metadata();
+    let path = snapshots.path(Side::Received, first.shard_id, meta.index, meta.term);
+    let mut writer = snapshots
+        .create(path.clone())
+        .map_err(|e| Status::internal(format!("{path:?}: {e}")))?;
+    let mut chunk = first.data;
+    let written = loop {
+        if writer.len() + chunk.len() as u64 > descriptor.bytes {
+            break Err(Status::invalid_argument(
+                "more snapshot bytes than its descriptor says",
+            ));
+        }
+        if let Err(e) = writer.raw(&chunk) {
+            break Err(Status::internal(format!("{path:?}: {e}")));
+        }
+        match next_chunk(&mut stream).await {
+            Ok(Some(next)) => chunk = next.data,
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status),
+        }
+    };
+    if let Err(status) = written {
+        writer.abandon();
+        return Err(status);
+    }
+    let received = tokio::task::spawn_blocking(move || writer.finish(true))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("{path:?}: {e}")))?;
+    if received != descriptor {
+        let _ = std::fs::remove_file(&path);
+        return Err(Status::data_loss(format!(
+            "snapshot received as {received:?}, its descriptor says {descriptor:?}"
+        )));
+    }
+    replica
+        .inbox
+        .try_send(ReplicaMsg::Raft(Box::new(message)))
+        .map_err(|_| Status::unavailable("the replica's inbox is full"))?;
+    Ok(received.bytes)
+}
+
+async fn next_chunk(
+    stream: &mut tonic::Streaming<SnapshotChunk>,
+) -> Result<Option<SnapshotChunk>, Status> {
+    match tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.message()).await {
+        Ok(result) => result,
+        Err(_) => Err(Status::deadline_exceeded("the snapshot stream went silent")),
     }
 }
 
@@ -183,4 +348,166 @@ pub fn deliver(registry: &Registry, batch: RaftBatch) -> usize {
         }
     }
     dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::ReplicaHandle;
+    use wallet_proto::v1::raft_server::{Raft, RaftServer};
+    use wallet_proto::v1::RaftAck;
+
+    /// A node's `Raft` service, reduced to the transport's two entry points.
+    struct Receiver {
+        registry: Registry,
+        snapshots: SnapshotDir,
+    }
+
+    #[tonic::async_trait]
+    impl Raft for Receiver {
+        async fn send(
+            &self,
+            request: tonic::Request<RaftBatch>,
+        ) -> Result<tonic::Response<RaftAck>, Status> {
+            deliver(&self.registry, request.into_inner());
+            Ok(tonic::Response::new(RaftAck {}))
+        }
+
+        async fn snapshot(
+            &self,
+            request: tonic::Request<tonic::Streaming<SnapshotChunk>>,
+        ) -> Result<tonic::Response<RaftAck>, Status> {
+            receive_snapshot(&self.registry, &self.snapshots, request.into_inner()).await?;
+            Ok(tonic::Response::new(RaftAck {}))
+        }
+    }
+
+    /// A registry whose only replica is an inbox the test reads.
+    fn registry(shard_id: u64) -> (Registry, mpsc::Receiver<ReplicaMsg>) {
+        let (inbox, rx) = mpsc::channel(16);
+        let handle = ReplicaHandle {
+            shard_id,
+            inbox,
+            status: Default::default(),
+        };
+        let registry: Registry = Arc::new(OnceLock::new());
+        let _ = registry.set(HashMap::from([(shard_id, handle)]));
+        (registry, rx)
+    }
+
+    #[allow(clippy::field_reassign_with_default)] // protobuf-2 messages, as raft-rs does
+    fn snapshot_message(descriptor: Descriptor) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgSnapshot);
+        message.from = 1;
+        message.to = 2;
+        let snapshot = message.mut_snapshot();
+        snapshot.set_data(descriptor.encode().into());
+        snapshot.mut_metadata().index = 10;
+        snapshot.mut_metadata().term = 2;
+        message
+    }
+
+    /// A snapshot several chunks long crosses real sockets into the follower's file, byte for
+    /// byte, and only then reaches its replica; one that does not match its descriptor never does.
+    #[tokio::test]
+    async fn a_snapshot_file_streams_in_chunks_and_a_mismatched_one_is_refused() {
+        let (leader_dir, follower_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader_snapshots = SnapshotDir::open(leader_dir.path()).unwrap();
+        let follower_snapshots = SnapshotDir::open(follower_dir.path()).unwrap();
+        let sent = leader_snapshots.path(Side::Sent, 7, 10, 2);
+        let mut writer = leader_snapshots.create(sent.clone()).unwrap();
+        for i in 0..3500u32 {
+            let value: Vec<u8> = (0..1000u32).map(|b| (b * 31 + i) as u8).collect();
+            writer
+                .record(format!("Sa{i:08}").as_bytes(), &value)
+                .unwrap();
+        }
+        let descriptor = writer.finish(false).unwrap();
+        assert!(descriptor.bytes > 3 * SNAPSHOT_CHUNK_BYTES);
+
+        let (follower_registry, mut follower_inbox) = registry(7);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(Receiver {
+                    registry: follower_registry,
+                    snapshots: follower_snapshots.clone(),
+                }))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let (leader_registry, mut leader_inbox) = registry(7);
+        let peer = Peer {
+            node_id: 1,
+            peer_id: 2,
+            registry: leader_registry,
+            snapshots: leader_snapshots.clone(),
+        };
+        let client = RaftClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .unwrap()
+                .connect_lazy(),
+        );
+
+        send_snapshot(
+            peer.clone(),
+            client.clone(),
+            7,
+            snapshot_message(descriptor),
+        )
+        .await;
+        match leader_inbox.try_recv() {
+            Ok(ReplicaMsg::SnapshotReport(2, SnapshotStatus::Finish)) => {}
+            _ => panic!("the leader's replica is told the snapshot arrived"),
+        }
+        let received = follower_snapshots.path(Side::Received, 7, 10, 2);
+        assert_eq!(
+            std::fs::read(&received).unwrap(),
+            std::fs::read(&sent).unwrap()
+        );
+        match follower_inbox.try_recv() {
+            Ok(ReplicaMsg::Raft(message)) => {
+                assert_eq!(message.get_msg_type(), MessageType::MsgSnapshot);
+                assert_eq!(message.get_snapshot().get_metadata().index, 10);
+            }
+            _ => panic!("the follower's replica gets the message once the file is here"),
+        }
+
+        // The same file under a descriptor it does not match: refused, nothing delivered or kept.
+        std::fs::remove_file(&received).unwrap();
+        let wrong = Descriptor {
+            crc: descriptor.crc ^ 1,
+            ..descriptor
+        };
+        send_snapshot(peer.clone(), client.clone(), 7, snapshot_message(wrong)).await;
+        let mut reports = Vec::new();
+        while let Ok(msg) = leader_inbox.try_recv() {
+            reports.push(matches!(
+                msg,
+                ReplicaMsg::SnapshotReport(2, SnapshotStatus::Failure)
+            ));
+        }
+        assert!(
+            reports.contains(&true),
+            "the leader's replica is told it failed"
+        );
+        assert!(follower_inbox.try_recv().is_err());
+        assert!(!received.exists());
+        // A file missing on the leader's side (replaced meanwhile) fails the same way.
+        std::fs::remove_file(&sent).unwrap();
+        send_snapshot(peer, client, 7, snapshot_message(descriptor)).await;
+        let mut failed = false;
+        while let Ok(msg) = leader_inbox.try_recv() {
+            failed |= matches!(msg, ReplicaMsg::SnapshotReport(2, SnapshotStatus::Failure));
+        }
+        assert!(failed);
+        assert!(follower_inbox.try_recv().is_err());
+        let left: Vec<_> = std::fs::read_dir(follower_dir.path().join("snapshots"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "no partial file is left behind: {left:?}");
+        server.abort();
+    }
 }
