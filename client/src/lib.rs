@@ -25,12 +25,14 @@ use tonic::Status;
 pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
 use wallet_proto::v1::{
-    transfer_result, AuditRequest, BatchTransfer, CreateAccountRequest, GetAccountRequest,
-    GetTransferRequest, ListTransfersRequest, TransferBatchRequest,
+    account_result, transfer_result, AuditRequest, BatchError, BatchTransfer,
+    CreateAccountBatchRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
+    TransferBatchRequest,
 };
 pub use wallet_proto::v1::{
-    Account, AuditReport, BalanceChange, CurrencyTotals, DepositRequest, EntryKind, HistoryEntry,
-    ListTransfersResponse, Transfer, TransferRequest, TransferStatus, WithdrawRequest,
+    Account, AuditReport, BalanceChange, CreateAccountRequest, CurrencyTotals, DepositRequest,
+    EntryKind, HistoryEntry, ListTransfersResponse, Transfer, TransferRequest, TransferStatus,
+    WithdrawRequest,
 };
 
 /// Milliseconds since the Unix epoch on this machine's clock: the issue time the client stamps on
@@ -78,6 +80,25 @@ impl From<Status> for WalletError {
         WalletError {
             reason: wallet_proto::reason::of_status(&status),
             message: status.message().to_string(),
+        }
+    }
+}
+
+impl From<BatchError> for WalletError {
+    /// A batch item's refusal (an unknown code reads as INTERNAL).
+    fn from(e: BatchError) -> Self {
+        WalletError {
+            reason: Reason::parse(&e.reason).unwrap_or(Reason::Internal),
+            message: e.message,
+        }
+    }
+}
+
+impl WalletError {
+    fn empty() -> WalletError {
+        WalletError {
+            reason: Reason::Internal,
+            message: "no result for this item".into(),
         }
     }
 }
@@ -184,11 +205,21 @@ impl WalletClient {
         currency: &str,
         credit_limit: i64,
     ) -> Result<Account, WalletError> {
-        let request = CreateAccountRequest {
+        self.create_account_request(CreateAccountRequest {
             account_id: account_id.into(),
             currency: currency.into(),
             credit_limit,
-        };
+            opening_balance: 0,
+        })
+        .await
+    }
+
+    /// Opens an account as `request` says, with its opening balance if it has one (idempotent
+    /// by account id: the balance comes in once).
+    pub async fn create_account_request(
+        &self,
+        request: CreateAccountRequest,
+    ) -> Result<Account, WalletError> {
         self.retrying(|mut c| {
             let r = request.clone();
             async move { c.create_account(r).await }
@@ -341,16 +372,12 @@ impl WalletClient {
                 ..t.clone()
             })
             .collect();
-        let mut results: Vec<Option<Result<Transfer, WalletError>>> = vec![None; items.len()];
-        let mut todo: Vec<usize> = (0..items.len()).collect();
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
-        while !todo.is_empty() {
+        self.batch_with_retries(&items, |todo| async move {
             let request = TransferBatchRequest {
                 transfers: todo
-                    .iter()
-                    .map(|&i| BatchTransfer {
-                        transfer: Some(items[i].clone()),
+                    .into_iter()
+                    .map(|t| BatchTransfer {
+                        transfer: Some(t),
                         linked: false,
                     })
                     .collect(),
@@ -361,30 +388,82 @@ impl WalletClient {
                     async move { c.transfer_batch(r).await }
                 })
                 .await?;
-            if response.results.len() != todo.len() {
+            Ok(response
+                .results
+                .into_iter()
+                .map(|result| match result.result {
+                    Some(transfer_result::Result::Transfer(t)) => Ok(t),
+                    Some(transfer_result::Result::Error(e)) => Err(WalletError::from(e)),
+                    None => Err(WalletError::empty()),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The bulk path: opens up to 8 189 accounts (each may bring an `opening_balance`) in one
+    /// call; one result per account, in order. Idempotent by account id, so items whose result is
+    /// a retryable error are sent again, within the retry budget.
+    pub async fn create_account_batch(
+        &self,
+        accounts: &[CreateAccountRequest],
+    ) -> Result<Vec<Result<Account, WalletError>>, WalletError> {
+        if accounts.len() > TRANSFER_BATCH_MAX {
+            return Err(WalletError {
+                reason: Reason::InvalidArgument,
+                message: format!("{} accounts; at most {TRANSFER_BATCH_MAX}", accounts.len()),
+            });
+        }
+        self.batch_with_retries(accounts, |todo| async move {
+            let request = CreateAccountBatchRequest { accounts: todo };
+            let response = self
+                .retrying(|mut c| {
+                    let r = request.clone();
+                    async move { c.create_account_batch(r).await }
+                })
+                .await?;
+            Ok(response
+                .results
+                .into_iter()
+                .map(|result| match result.result {
+                    Some(account_result::Result::Account(a)) => Ok(a),
+                    Some(account_result::Result::Error(e)) => Err(WalletError::from(e)),
+                    None => Err(WalletError::empty()),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Sends `items` in one call through `send`, then again those whose result is a retryable
+    /// error (each item carries its own id, so a resend is safe), until every item has its
+    /// final result or the retry budget is spent.
+    async fn batch_with_retries<I, O, F, Fut>(
+        &self,
+        items: &[I],
+        send: F,
+    ) -> Result<Vec<Result<O, WalletError>>, WalletError>
+    where
+        I: Clone,
+        F: Fn(Vec<I>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Result<O, WalletError>>, WalletError>>,
+    {
+        let mut results: Vec<Option<Result<O, WalletError>>> =
+            std::iter::repeat_with(|| None).take(items.len()).collect();
+        let mut todo: Vec<usize> = (0..items.len()).collect();
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        while !todo.is_empty() {
+            let outcomes = send(todo.iter().map(|&i| items[i].clone()).collect()).await?;
+            if outcomes.len() != todo.len() {
                 return Err(WalletError {
                     reason: Reason::Internal,
-                    message: format!(
-                        "{} results for {} transfers",
-                        response.results.len(),
-                        todo.len()
-                    ),
+                    message: format!("{} results for {} items", outcomes.len(), todo.len()),
                 });
             }
             let retry_more = started.elapsed() + backoff <= self.options.retry_budget;
             let mut again = Vec::new();
-            for (i, result) in todo.into_iter().zip(response.results) {
-                let outcome = match result.result {
-                    Some(transfer_result::Result::Transfer(t)) => Ok(t),
-                    Some(transfer_result::Result::Error(e)) => Err(WalletError {
-                        reason: Reason::parse(&e.reason).unwrap_or(Reason::Internal),
-                        message: e.message,
-                    }),
-                    None => Err(WalletError {
-                        reason: Reason::Internal,
-                        message: "empty result".into(),
-                    }),
-                };
+            for (i, outcome) in todo.into_iter().zip(outcomes) {
                 match outcome {
                     Err(e) if e.reason.is_retryable() && retry_more => again.push(i),
                     outcome => results[i] = Some(outcome),
@@ -398,14 +477,7 @@ impl WalletClient {
         }
         Ok(results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(WalletError {
-                        reason: Reason::Internal,
-                        message: "no result".into(),
-                    })
-                })
-            })
+            .map(|r| r.unwrap_or_else(|| Err(WalletError::empty())))
             .collect())
     }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wallet_client::{TransferRequest, WalletClient, WalletError};
+use wallet_client::{CreateAccountRequest, TransferRequest, WalletClient, WalletError};
 use wallet_proto::topology::Ring;
 
 use crate::procstat::{self, ClusterProcess};
@@ -248,7 +248,8 @@ fn histogram() -> Histogram<u64> {
     })
 }
 
-/// Opens and funds `count` accounts with `concurrency` calls in flight; prints progress.
+/// Opens `ids` funded with `initial` each through the bulk path (`CreateAccountBatch`, batches
+/// of 8 189 with their opening balance), `concurrency` batches in flight; prints progress.
 async fn open_accounts(
     client: &WalletClient,
     ids: Arc<Vec<String>>,
@@ -260,17 +261,28 @@ async fn open_accounts(
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let concurrency = concurrency.max(1);
+    let batches = ids.len().div_ceil(wallet_client::TRANSFER_BATCH_MAX);
     for lane in 0..concurrency {
         let client = client.clone();
         let ids = ids.clone();
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
-            for i in (lane..ids.len()).step_by(concurrency) {
-                client.create_account(&ids[i], "USD", 0).await?;
-                client
-                    .deposit(&format!("fund-{}", ids[i]), &ids[i], initial)
-                    .await?;
-                done.fetch_add(1, Ordering::Relaxed);
+            for batch in (lane..batches).step_by(concurrency) {
+                let first = batch * wallet_client::TRANSFER_BATCH_MAX;
+                let last = (first + wallet_client::TRANSFER_BATCH_MAX).min(ids.len());
+                let accounts: Vec<CreateAccountRequest> = ids[first..last]
+                    .iter()
+                    .map(|id| CreateAccountRequest {
+                        account_id: id.clone(),
+                        currency: "USD".into(),
+                        credit_limit: 0,
+                        opening_balance: initial,
+                    })
+                    .collect();
+                for result in client.create_account_batch(&accounts).await? {
+                    result?;
+                }
+                done.fetch_add((last - first) as u64, Ordering::Relaxed);
             }
             Ok::<(), WalletError>(())
         }));

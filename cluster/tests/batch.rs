@@ -1,7 +1,8 @@
 //! The batch API on a real cluster (3 nodes, 2 shards, real sled dirs): `TransferBatch` answers
 //! each item in order, applies each item once however often the batch is sent (G4), keeps money
 //! conserved (G1) across same-shard and two-phase items, refuses what it must per item, and the
-//! `wallet batch` CLI sends a JSON-lines file.
+//! `wallet batch` CLI sends a JSON-lines file. The bulk path (`CreateAccountBatch` with opening
+//! balances) opens funded accounts once, however often it is sent.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::*;
-use wallet_client::{Reason, TransferRequest};
+use wallet_client::{CreateAccountRequest, EntryKind, Reason, TransferRequest};
 use wallet_proto::v1::wallet_client::WalletClient as RawClient;
 use wallet_proto::v1::{transfer_result, BatchTransfer, TransferBatchRequest};
 
@@ -257,4 +258,110 @@ async fn the_cli_sends_a_batch_file_and_reports_each_line() {
     let balances = settled(&client, &ids).await;
     assert_eq!(balances[a], 500 - 100 + 40);
     assert_eq!(balances[c], 500 + 100 - 40);
+}
+
+/// The bulk path on a real cluster: 20 000 accounts in three `CreateAccountBatch` calls, each with
+/// its opening balance (up to i64::MAX); bad items are refused each in its own slot; sent again,
+/// nothing is funded twice; audits balance with exactly the money that came in; the opening is
+/// history entry 1; more than 8 189 accounts are refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulk_path_opens_funded_accounts_once() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let open = |i: usize| CreateAccountRequest {
+        account_id: format!("bulk-{i:05}"),
+        currency: "USD".into(),
+        credit_limit: 0,
+        opening_balance: 1_000 + i as i64,
+    };
+    let mut requests: Vec<CreateAccountRequest> = (0..20_000).map(open).collect();
+    requests[17].currency = "usd".into();
+    requests[18].opening_balance = -1;
+    requests[19].account_id = "bad id".into();
+    requests[20].opening_balance = i64::MAX;
+    let expected = |i: usize| match i {
+        17 => Some(Reason::InvalidCurrency),
+        18 => Some(Reason::InvalidAmount),
+        19 => Some(Reason::InvalidId),
+        _ => None,
+    };
+    let mut money: i128 = 0;
+    for round in 0..2 {
+        for (c, chunk) in requests
+            .chunks(wallet_client::TRANSFER_BATCH_MAX)
+            .enumerate()
+        {
+            let results = client.create_account_batch(chunk).await.expect("batch");
+            assert_eq!(results.len(), chunk.len());
+            for (j, (result, request)) in results.iter().zip(chunk).enumerate() {
+                let i = c * wallet_client::TRANSFER_BATCH_MAX + j;
+                match (result, expected(i)) {
+                    (Ok(account), None) => {
+                        assert_eq!(account.account_id, request.account_id);
+                        assert_eq!(account.balance, request.opening_balance, "round {round}");
+                        if round == 0 {
+                            money += i128::from(request.opening_balance);
+                        }
+                    }
+                    (Err(e), Some(reason)) => assert_eq!(e.reason, reason, "item {i}: {e}"),
+                    (other, want) => panic!("item {i}: {other:?}, expected {want:?}"),
+                }
+            }
+        }
+        let report = client.audit().await.expect("audit");
+        let usd = report
+            .totals
+            .iter()
+            .find(|t| t.currency == "USD")
+            .expect("USD");
+        assert_eq!(usd.balances, money.to_string(), "round {round}");
+        assert_eq!(usd.net_deposits, money.to_string(), "round {round}");
+        assert_eq!(usd.accounts, 19_997);
+    }
+    // Full to the last cent: one more is refused, never wrapped.
+    let e = client.deposit("more", "bulk-00020", 1).await.unwrap_err();
+    assert_eq!(e.reason, Reason::BalanceOverflow);
+    // The opening balance is the account's first history entry, a deposit without a request id.
+    let history = client
+        .list_transfers("bulk-00042", 10, 0)
+        .await
+        .expect("history");
+    assert_eq!(history.entries.len(), 1);
+    let first = &history.entries[0];
+    assert_eq!(
+        (first.seq, first.delta, first.balance_after),
+        (1, 1_042, 1_042)
+    );
+    assert_eq!(first.kind, EntryKind::Deposit as i32);
+    assert_eq!(first.request_id, "");
+    // Other content under an existing id, in a later batch: refused in its slot.
+    let mut changed = open(5);
+    changed.opening_balance = 1;
+    let results = client
+        .create_account_batch(&[changed, open(20_001)])
+        .await
+        .expect("batch");
+    assert_eq!(
+        results[0].as_ref().unwrap_err().reason,
+        Reason::AccountExists
+    );
+    assert_eq!(results[1].as_ref().map(|a| a.balance), Ok(21_001));
+    // More than 8 189 accounts: refused whole.
+    let too_many: Vec<CreateAccountRequest> = (0..wallet_client::TRANSFER_BATCH_MAX + 1)
+        .map(|i| open(30_000 + i))
+        .collect();
+    let e = client.create_account_batch(&too_many).await.unwrap_err();
+    assert_eq!(e.reason, Reason::InvalidArgument);
+    let mut raw = RawClient::connect(format!("http://{}", cluster.playground.router_address))
+        .await
+        .expect("connect");
+    let status = raw
+        .create_account_batch(wallet_proto::v1::CreateAccountBatchRequest { accounts: too_many })
+        .await
+        .expect_err("8190 accounts are refused");
+    assert_eq!(
+        wallet_proto::reason::of_status(&status),
+        Reason::InvalidArgument
+    );
 }

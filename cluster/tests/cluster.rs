@@ -65,6 +65,24 @@ async fn every_cli_command_works_end_to_end() {
         cli(&ep, &["account", "create", other, "--currency", "USD"]).0,
         0
     );
+    // An opening balance comes in once, however often the account is created.
+    let funded = by_shard[&2][1].as_str();
+    for _ in 0..2 {
+        let (code, out, err) = cli(
+            &ep,
+            &[
+                "account",
+                "create",
+                funded,
+                "--currency",
+                "USD",
+                "--opening-balance",
+                "250",
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("balance 250"), "{out}");
+    }
 
     let (code, out, _) = cli(&ep, &["deposit", a, "1000", "--id", "dep-1"]);
     assert_eq!(code, 0);

@@ -17,11 +17,12 @@ use wallet_proto::v1::raft_client::RaftClient;
 use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::wallet_client::WalletClient as RawWallet;
 use wallet_proto::v1::{
-    command::Op, shard_read::Query, AuditRequest, CloseTs, Command, CreateAccountRequest,
-    DepositRequest, ForgetTransfers, GetAccountRequest, GetTransferRequest, IntentRef,
-    IntentStatesQuery, ListTransfersRequest, PrepareCredit, PrepareDebit, RaftBatch, RaftEnvelope,
-    SetRetention, Settling, ShardCommand, ShardRead, SnapshotAt, StatusRequest, Stuck,
-    TransferRequest, TransferStep, TsoRequest, WithdrawRequest,
+    command::Op, shard_read::Query, AuditRequest, CloseTs, Command, CreateAccountBatchRequest,
+    CreateAccountRequest, CreateAccounts, DepositRequest, ForgetTransfers, GetAccountRequest,
+    GetTransferRequest, IntentRef, IntentStatesQuery, ListTransfersRequest, PrepareCredit,
+    PrepareDebit, RaftBatch, RaftEnvelope, SetRetention, Settling, ShardCommand, ShardRead,
+    SnapshotAt, SnapshotChunk, StatusRequest, Stuck, TransferRequest, TransferStep, TsoRequest,
+    WithdrawRequest,
 };
 
 /// Random bytes, or `seed` with one to four mutations (bit flips, random bytes, inserted or
@@ -107,12 +108,24 @@ fn shard_commands() -> Vec<ShardCommand> {
             account_id: "fz-a".into(),
             currency: "USD".into(),
             credit_limit: i64::MAX,
+            opening_balance: 0,
         }),
         Op::Deposit(DepositRequest {
             issued_at_ms: 0,
             request_id: "fz-d".into(),
             account_id: "fz-a".into(),
             amount: i64::MAX,
+        }),
+        Op::CreateAccounts(CreateAccounts {
+            accounts: vec![
+                CreateAccountRequest {
+                    account_id: "fz-c".into(),
+                    currency: "USD".into(),
+                    credit_limit: i64::MAX,
+                    opening_balance: i64::MAX,
+                };
+                3
+            ],
         }),
         Op::Withdraw(WithdrawRequest {
             issued_at_ms: 0,
@@ -209,6 +222,30 @@ fn raft_batch() -> RaftBatch {
     }
 }
 
+/// The first chunk of a snapshot stream: a MsgSnapshot whose data is a file descriptor.
+fn snapshot_chunk() -> SnapshotChunk {
+    use protobuf::Message as _;
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    m.from = 2;
+    m.to = 1;
+    m.term = 1;
+    let snapshot = m.mut_snapshot();
+    let descriptor = wallet_node::snapshot_file::Descriptor {
+        bytes: 8,
+        crc: crc32fast::hash(b"12345678"),
+    };
+    snapshot.set_data(descriptor.encode().into());
+    snapshot.mut_metadata().index = u64::MAX >> 1;
+    snapshot.mut_metadata().term = 1;
+    SnapshotChunk {
+        from_node: 2,
+        shard_id: 1,
+        message: m.write_to_bytes().unwrap(),
+        data: b"1234".to_vec(),
+    }
+}
+
 /// Decoding alone: random and mutated bytes of every request type never panic.
 #[test]
 fn every_request_type_decodes_garbage_without_panicking() {
@@ -220,6 +257,8 @@ fn every_request_type_decodes_garbage_without_panicking() {
         };
         let _ = CreateAccountRequest::decode(&noise[..]);
         let _ = TransferRequest::decode(&noise[..]);
+        let _ = CreateAccountBatchRequest::decode(&noise[..]);
+        let _ = SnapshotChunk::decode(&noise[..]);
         let _ = ShardCommand::decode(&noise[..]);
         let _ = ShardRead::decode(&noise[..]);
         let _ = RaftBatch::decode(&noise[..]);
@@ -231,6 +270,7 @@ fn every_request_type_decodes_garbage_without_panicking() {
     for seed in shard_reads() {
         decoded(&seed, 500, &mut rng);
     }
+    decoded(&snapshot_chunk(), 500, &mut rng);
     let n = decoded(&raft_batch(), 1_000, &mut rng).len();
     let c: usize = shard_commands()
         .iter()
@@ -242,7 +282,7 @@ fn every_request_type_decodes_garbage_without_panicking() {
         .sum();
     assert_eq!(
         (n, c, r),
-        (1_000, 1_100, 700),
+        (1_000, 1_200, 700),
         "the mutator reaches every type"
     );
 }
@@ -282,12 +322,28 @@ async fn mutated_requests_to_a_running_cluster_get_errors_never_panics() {
             account_id: "fz-a".into(),
             currency: "USD".into(),
             credit_limit: i64::MAX,
+            opening_balance: 0,
         },
         per_seed,
         &mut rng,
     ) {
         sent += 1;
         let _ = wallet.create_account(m).await;
+    }
+    let bulk = CreateAccountBatchRequest {
+        accounts: vec![
+            CreateAccountRequest {
+                account_id: "fz-bulk".into(),
+                currency: "USD".into(),
+                credit_limit: i64::MAX,
+                opening_balance: i64::MAX,
+            };
+            2
+        ],
+    };
+    for m in decoded(&bulk, per_seed, &mut rng) {
+        sent += 1;
+        let _ = wallet.create_account_batch(m).await;
     }
     let get = GetAccountRequest {
         account_id: "fz-a".into(),
@@ -367,6 +423,14 @@ async fn mutated_requests_to_a_running_cluster_get_errors_never_panics() {
         for m in decoded(&raft_batch(), per_seed * 3, &mut rng) {
             sent += 1;
             let _ = raft_peer.send(m).await;
+        }
+        // Snapshot streams: a mutated first chunk, then mutated data chunks (never a whole,
+        // matching file: nothing may reach a replica).
+        for first in decoded(&snapshot_chunk(), per_seed / 3, &mut rng) {
+            sent += 1;
+            let rest = decoded(&snapshot_chunk(), 2, &mut rng);
+            let stream = tokio_stream::iter(std::iter::once(first).chain(rest));
+            let _ = raft_peer.snapshot(stream).await;
         }
     }
 

@@ -96,6 +96,7 @@ mod tests {
                 account_id: "alice".into(),
                 currency: "USD".into(),
                 credit_limit: i64::MAX,
+                opening_balance: 0,
             })),
             ..Default::default()
         });

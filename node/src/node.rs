@@ -59,7 +59,13 @@ pub async fn run(
     let mut opened = Vec::new();
     // Replicas to probe later (set aside while running) reach the prober through this channel.
     let (prober, more_probes) = tokio::sync::mpsc::unbounded_channel();
+    let starting = std::time::Instant::now();
+    tracing::info!(
+        node = options.node_id,
+        "node starting: opening its replicas"
+    );
     for shard in topology.groups_on(options.node_id) {
+        let opening = std::time::Instant::now();
         opened.push(Replica::open(
             &group_commit,
             &marks,
@@ -74,6 +80,11 @@ pub async fn run(
                 ..options.replica.clone()
             },
         )?);
+        tracing::info!(
+            shard = shard.id,
+            ms = opening.elapsed().as_millis() as u64,
+            "replica opened (its state loaded)"
+        );
     }
     // Replicas whose store is empty learn their peers' term and commit before any Raft step.
     let probes: Vec<crate::probe::Pending> = opened
@@ -112,7 +123,13 @@ pub async fn run(
         stop_rx.clone(),
     ));
     drop(prober);
-    tracing::info!(node = options.node_id, listen = %options.listen, shards = shard_count, "node serving");
+    tracing::info!(
+        node = options.node_id,
+        listen = %options.listen,
+        shards = shard_count,
+        ms = starting.elapsed().as_millis() as u64,
+        "node serving"
+    );
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(

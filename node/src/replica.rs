@@ -410,7 +410,7 @@ impl Replica {
         self.serve_reads()?;
         self.serve_timestamps();
         self.propose_retention();
-        self.maybe_snapshot()?;
+        self.maybe_snapshot().await?;
         self.publish_status();
         Ok(())
     }
@@ -558,6 +558,21 @@ impl Replica {
     }
 
     /// Records what is durable now (after a flush), if it changed: see [`crate::mark`].
+    /// The current mark with no log entry claimed (term, vote and commit still checked).
+    fn write_mark_without_log(&mut self) -> Result<(), StoreError> {
+        let log = self.store.log();
+        let mark = Mark {
+            last_index: 0,
+            last_term: 0,
+            ..Mark::of(&log.hard_state(), &log)
+        };
+        self.marks
+            .write(self.shard_id, &mark)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        self.last_mark = Some(mark);
+        Ok(())
+    }
+
     fn write_mark(&mut self) -> Result<(), StoreError> {
         let log = self.store.log();
         let mark = Mark::of(&log.hard_state(), &log);
@@ -779,8 +794,12 @@ impl Replica {
         let mut must_flush = false;
         if *ready.snapshot() != Snapshot::default() {
             let snapshot = ready.snapshot().clone();
+            // The install drops the log, maybe a tail beyond the snapshot: the mark must not
+            // claim those entries, or a crash before the next mark would set the store aside.
+            self.write_mark_without_log()?;
             self.store
-                .install_snapshot(&snapshot, &mut self.state_machine)?;
+                .install_snapshot(&snapshot, &mut self.state_machine)
+                .await?;
             self.applied = snapshot.get_metadata().index;
             must_flush = true;
             tracing::info!(
@@ -1142,13 +1161,13 @@ impl Replica {
     /// and compacts the log every `compact_every` applied entries or once its entries hold more
     /// than [`LOG_BYTES_MAX`], keeping a slack of half the interval (at most a quarter of the
     /// bytes) for followers that are only a little behind. Compaction writes a checkpoint first.
-    fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+    async fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         let log = self.store.log();
         let retry_due = self
             .snapshot_failed_at
             .is_none_or(|at| at.elapsed() >= SNAPSHOT_RETRY);
         if log.snapshot_wanted() && retry_due {
-            match self.store.build_snapshot(self.applied) {
+            match self.store.build_snapshot(self.applied).await {
                 Ok(()) => self.snapshot_failed_at = None,
                 // A file that cannot be written (a full disk) costs the follower its snapshot for
                 // now, not the replica: tried again later.

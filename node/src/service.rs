@@ -103,6 +103,17 @@ impl NodeService {
     async fn admit(&self, shard_id: u64, command: &Command) -> Result<(), Status> {
         match &command.op {
             Some(Op::CreateAccount(c)) => self.check_owner(shard_id, &c.account_id)?,
+            Some(Op::CreateAccounts(batch)) => {
+                if batch.accounts.len() > wallet_proto::TRANSFER_BATCH_MAX {
+                    return Err(Reason::InvalidArgument.status(format!(
+                        "at most {} accounts in one command",
+                        wallet_proto::TRANSFER_BATCH_MAX
+                    )));
+                }
+                for c in &batch.accounts {
+                    self.check_owner(shard_id, &c.account_id)?;
+                }
+            }
             Some(Op::Deposit(d)) => self.check_owner(shard_id, &d.account_id)?,
             Some(Op::Withdraw(w)) => self.check_owner(shard_id, &w.account_id)?,
             Some(Op::Transfer(t)) => {

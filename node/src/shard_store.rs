@@ -72,8 +72,13 @@ const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 /// Unreadable records skipped while setting a store aside before the copy gives up.
 const SET_ASIDE_UNREADABLE_MAX: u64 = 64;
 
-/// Records (or removals) per sled batch while a snapshot replaces a replica's state.
-const INSTALL_BATCH_RECORDS: usize = 16_384;
+/// Records (or removals) per sled batch while a snapshot replaces a replica's state. Small on
+/// purpose: sled 0.34 keeps about 2.5 KB of memory per new key written in a large batch, for
+/// good (1 M new keys in batches of 4 096: 2.8 GB of RSS; of 256: 285 MB; see
+/// `node/examples/sled_batch_memory.rs`).
+const INSTALL_BATCH_RECORDS: usize = 256;
+/// Bytes per sled batch while a snapshot replaces a replica's state (few large records).
+const INSTALL_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Applied records buffered in memory before they are written as one checkpoint batch.
 pub const CHECKPOINT_WRITES: usize = 4096;
@@ -486,6 +491,8 @@ impl ShardStore {
             );
             let (path, descriptor) = received_file(&snapshots, shard_id, &snapshot)?;
             replace_state(&tree, &path, descriptor, snapshot.get_metadata())?;
+            // Durable before the file it came from may be removed below.
+            tree.flush()?;
         }
         // Files built for followers before the restart are stale; received ones up to what is
         // applied were installed (or were never needed).
@@ -805,7 +812,9 @@ impl ShardStore {
     /// Builds a snapshot of the state machine at `applied` for followers that fell behind the log:
     /// every `S` record, checked, written to a file in key order (never held in memory); the
     /// snapshot raft-rs sends carries the file's descriptor.
-    pub fn build_snapshot(&mut self, applied: u64) -> Result<(), StoreError> {
+    /// The scan runs on a blocking thread (the node's other replicas go on); nothing else
+    /// writes this tree meanwhile, as the replica's task waits for it.
+    pub async fn build_snapshot(&mut self, applied: u64) -> Result<(), StoreError> {
         self.checkpoint_now()?;
         let term = self
             .log
@@ -815,21 +824,21 @@ impl ShardStore {
             .snapshots
             .path(Side::Sent, self.shard_id, applied, term);
         let mut writer = self.snapshots.create(path).map_err(StoreError::Io)?;
-        let written = wallet_proto::fail_stop::catch(|| {
-            for item in self.tree.scan_prefix(STATE_PREFIX) {
-                let (key, value) = item?;
-                // Checked before it leaves the node: a corrupt record is never shipped.
-                record::unframe(&value)?;
-                writer.record(&key, &value).map_err(StoreError::Io)?;
-            }
-            Ok::<_, StoreError>(())
+        let tree = self.tree.clone();
+        let descriptor = off_loop(move || {
+            wallet_proto::fail_stop::catch(|| {
+                for item in tree.scan_prefix(STATE_PREFIX) {
+                    let (key, value) = item?;
+                    // Checked before it leaves the node: a corrupt record is never shipped.
+                    record::unframe(&value)?;
+                    writer.record(&key, &value).map_err(StoreError::Io)?;
+                }
+                // Dropped on an error, the writer removes its unfinished file.
+                writer.finish(false, None).map_err(StoreError::Io)
+            })
+            .unwrap_or_else(|panic| Err(StoreError::Corrupt(format!("sled panicked: {panic}"))))
         })
-        .unwrap_or_else(|panic| Err(StoreError::Corrupt(format!("sled panicked: {panic}"))));
-        if let Err(e) = written {
-            writer.abandon();
-            return Err(e);
-        }
-        let descriptor = writer.finish(false).map_err(StoreError::Io)?;
+        .await?;
         let mut snapshot = Snapshot::default();
         snapshot.set_data(descriptor.encode().into());
         let meta = snapshot.mut_metadata();
@@ -885,29 +894,20 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Whether the file of a snapshot from the leader is here, complete (checked against its
-    /// descriptor when it arrived): raft-rs may take the message.
+    /// Whether the file of a snapshot from the leader is here and checks out whole (its CRC and
+    /// every record): only then may raft-rs take the message, so an install never meets a file
+    /// it cannot use before it starts replacing the state.
     pub fn has_received(&self, snapshot: &Snapshot) -> Result<(), String> {
-        let descriptor = Descriptor::decode(snapshot.get_data())?;
-        let meta = snapshot.get_metadata();
-        let path = self
-            .snapshots
-            .path(Side::Received, self.shard_id, meta.index, meta.term);
-        let len = std::fs::metadata(&path)
-            .map_err(|e| format!("snapshot file {path:?}: {e}"))?
-            .len();
-        if len != descriptor.bytes {
-            return Err(format!(
-                "snapshot file {path:?} holds {len} bytes, its descriptor says {}",
-                descriptor.bytes
-            ));
-        }
-        Ok(())
+        received_file(&self.snapshots, self.shard_id, snapshot)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Replaces this replica's log and state by a snapshot from the leader (read from the file
-    /// it was received into, checked whole first) and reloads the state machine from it.
-    pub fn install_snapshot(
+    /// it was received into, checked when raft-rs took the message, and again as it is read) and
+    /// reloads the state machine from it. The file is kept until a later compaction: the install
+    /// is durable only after the Ready's flush, and a crash before it finishes from the file.
+    pub async fn install_snapshot(
         &mut self,
         snapshot: &Snapshot,
         state_machine: &mut StateMachine,
@@ -917,11 +917,17 @@ impl ShardStore {
         self.wait_checkpoint()?;
         self.unwritten.clear();
         self.unwritten_applied = None;
-        let (path, descriptor) = received_file(&self.snapshots, self.shard_id, snapshot)?;
+        let descriptor = Descriptor::decode(snapshot.get_data()).map_err(StoreError::Corrupt)?;
         let meta = snapshot.get_metadata();
+        let path = self
+            .snapshots
+            .path(Side::Received, self.shard_id, meta.index, meta.term);
         // From here on a crash leaves the marker, and the next open finishes the install.
         self.tree.insert(KEY_INSTALLING, encode_pb(snapshot))?;
-        let hard_state = replace_state(&self.tree, &path, descriptor, meta)?;
+        // On a blocking thread: the node's other replicas go on while this one installs.
+        let (tree, owned_meta) = (self.tree.clone(), meta.clone());
+        let hard_state =
+            off_loop(move || replace_state(&tree, &path, descriptor, &owned_meta)).await?;
         let mut core = self.log.write();
         core.hard_state = hard_state;
         core.conf_state = meta.get_conf_state().clone();
@@ -930,10 +936,10 @@ impl ShardStore {
         core.entry_bytes = 0;
         core.snapshot = None;
         drop(core);
-        self.load_state(state_machine)?;
+        // A file this replica built while it led is of no use now.
         self.snapshots
-            .remove(Side::Received, self.shard_id, meta.index, None);
-        Ok(())
+            .remove(Side::Sent, self.shard_id, u64::MAX, None);
+        self.load_state(state_machine)
     }
 
     /// Removes received snapshot files up to `applied` (installed, or never needed).
@@ -991,6 +997,15 @@ impl ShardStore {
     }
 }
 
+/// Runs `work` on a blocking thread and waits for it without holding up the node's runtime.
+async fn off_loop<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Raft(format!("storage thread failed: {e}")))?
+}
+
 /// The received file of `snapshot`, checked whole (CRC, every record framed and in the state).
 fn received_file(
     snapshots: &SnapshotDir,
@@ -1041,15 +1056,16 @@ fn replace_state(
     remove_prefix(tree, &[LOG_PREFIX])?;
     let mut reader = snapshot_file::Reader::open(path, descriptor).map_err(StoreError::Corrupt)?;
     let mut batch = sled::Batch::default();
-    let mut count = 0;
+    let (mut count, mut bytes) = (0, 0);
     while let Some((key, value)) = reader.next_record().map_err(StoreError::Corrupt)? {
         // Checked when verified; checked again as it is read (the file could change meanwhile).
         check_state_record(&key, &value).map_err(StoreError::Corrupt)?;
-        batch.insert(key, value);
         count += 1;
-        if count == INSTALL_BATCH_RECORDS {
+        bytes += key.len() + value.len();
+        batch.insert(key, value);
+        if count == INSTALL_BATCH_RECORDS || bytes >= INSTALL_BATCH_BYTES {
             tree.apply_batch(std::mem::take(&mut batch))?;
-            count = 0;
+            (count, bytes) = (0, 0);
         }
     }
     if reader.crc() != descriptor.crc {

@@ -129,7 +129,7 @@ impl SnapshotDir {
         let part = path.with_extension(format!("{}.part", unique()));
         let file = File::create(&part)?;
         Ok(Writer {
-            file: BufWriter::with_capacity(1 << 20, file),
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
             hasher: crc32fast::Hasher::new(),
             bytes: 0,
             part,
@@ -157,9 +157,11 @@ fn parse_name(name: &str, side: Side) -> Option<(u64, u64, u64)> {
     parts.next().is_none().then_some(found)
 }
 
-/// A snapshot file being written: counts and checksums what it writes.
+/// A snapshot file being written: counts and checksums what it writes. Dropped unfinished (an
+/// error, a stream cut off), its temporary file is removed.
 pub struct Writer {
-    file: BufWriter<File>,
+    /// `None` once finished.
+    file: Option<BufWriter<File>>,
     hasher: crc32fast::Hasher,
     bytes: u64,
     part: PathBuf,
@@ -183,7 +185,11 @@ impl Writer {
 
     /// Appends bytes as they are (a chunk received from a leader).
     pub fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("snapshot file already finished"))?;
+        file.write_all(bytes)?;
         self.hasher.update(bytes);
         self.bytes += bytes.len() as u64;
         Ok(())
@@ -198,11 +204,25 @@ impl Writer {
         self.bytes == 0
     }
 
-    /// Completes the file under its name and returns its descriptor. `durable`: fsync the file and
-    /// the directory first (a received file must survive a crash during its install; a file built
-    /// for followers is built afresh after a restart).
-    pub fn finish(self, durable: bool) -> io::Result<Descriptor> {
-        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+    /// Completes the file under its name and returns its descriptor. `expected`: the descriptor
+    /// it must match, else it is removed and never takes the name (a file under a complete name
+    /// is always one that checked out). `durable`: fsync the file and the directory first (a
+    /// received file must survive a crash during its install; a file built for followers is
+    /// built afresh after a restart).
+    pub fn finish(mut self, durable: bool, expected: Option<Descriptor>) -> io::Result<Descriptor> {
+        let descriptor = Descriptor {
+            bytes: self.bytes,
+            crc: self.hasher.clone().finalize(),
+        };
+        if expected.is_some_and(|e| e != descriptor) {
+            return Err(io::Error::other(format!(
+                "snapshot file is {descriptor:?}, its descriptor says {expected:?}"
+            )));
+        }
+        let Some(file) = self.file.take() else {
+            return Err(io::Error::other("snapshot file already finished"));
+        };
+        let file = file.into_inner().map_err(|e| e.into_error())?;
         if durable {
             file.sync_all()?;
         }
@@ -211,17 +231,14 @@ impl Writer {
         if durable {
             File::open(&self.dir)?.sync_all()?;
         }
-        Ok(Descriptor {
-            bytes: self.bytes,
-            crc: self.hasher.finalize(),
-        })
+        Ok(descriptor)
     }
+}
 
-    /// Gives up: the unfinished file is removed.
-    pub fn abandon(self) {
-        let part = self.part.clone();
-        drop(self);
-        let _ = fs::remove_file(part);
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Not finished, or finishing failed before the rename: the temporary file goes.
+        let _ = fs::remove_file(&self.part);
     }
 }
 
@@ -325,7 +342,7 @@ mod tests {
         for (k, v) in records {
             writer.record(k, v).unwrap();
         }
-        (path, writer.finish(true).unwrap())
+        (path, writer.finish(true, None).unwrap())
     }
 
     #[test]
@@ -396,10 +413,18 @@ mod tests {
         let dir = SnapshotDir::open(tmp.path()).unwrap();
         for (shard, index) in [(1, 5), (1, 9), (1, 12), (2, 5)] {
             let path = dir.path(Side::Received, shard, index, 1);
-            dir.create(path).unwrap().finish(false).unwrap();
+            dir.create(path).unwrap().finish(false, None).unwrap();
         }
-        let unfinished = dir.create(dir.path(Side::Received, 1, 20, 1)).unwrap();
-        drop(unfinished);
+        // A process that died while writing leaves its temporary file (removed at the next open);
+        // a writer dropped unfinished, or finished against a descriptor it does not match, none.
+        let part = tmp.path().join("snapshots").join("recv-1-20-1.5.part");
+        fs::write(&part, b"cut off").unwrap();
+        drop(dir.create(dir.path(Side::Received, 1, 21, 1)).unwrap());
+        let mut mismatched = dir.create(dir.path(Side::Received, 1, 22, 1)).unwrap();
+        mismatched.raw(b"abc").unwrap();
+        let wrong = Descriptor { bytes: 3, crc: 0 };
+        assert!(mismatched.finish(true, Some(wrong)).is_err());
+        assert!(!dir.path(Side::Received, 1, 22, 1).exists());
         dir.remove(Side::Received, 1, 10, Some((5, 1)));
         let names = |dir: &Path| {
             let mut names: Vec<String> = fs::read_dir(dir)

@@ -20,9 +20,9 @@ use std::collections::{BTreeSet, HashMap};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
-    command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, EntryKind,
-    HistoryEntry, Intent, IntentState, Outcome, Rejection, RequestRecord, SetRetention, Transfer,
-    TransferRequest, TransferStatus, TsoWindow,
+    command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, CreateAccounts,
+    EntryKind, HistoryEntry, Intent, IntentState, Outcome, Outcomes, Rejection, RequestRecord,
+    SetRetention, Transfer, TransferRequest, TransferStatus, TsoWindow,
 };
 use wallet_proto::validate;
 
@@ -259,7 +259,10 @@ impl StateMachine {
         self.retention.advance(command);
         self.forget_due(writes);
         let outcome = match &command.op {
-            Some(Op::CreateAccount(create)) => self.create_account(create, command.at_ms, writes),
+            Some(Op::CreateAccount(create)) => self
+                .create_account(command, create, writes)
+                .unwrap_or_else(reject),
+            Some(Op::CreateAccounts(batch)) => self.create_accounts(command, batch, writes),
             Some(Op::PrepareDebit(prepare)) => self.prepare_debit(command, prepare, writes),
             Some(Op::PrepareCredit(prepare)) => self.prepare_credit(command, prepare, writes),
             Some(Op::CommitDebit(step)) => self.decide_debit(command, step, true, writes),
@@ -290,33 +293,49 @@ impl StateMachine {
         outcome
     }
 
+    /// Opens an account, funded with its opening balance (a deposit, history entry 1).
+    /// Idempotent by account id: the same content again answers the account as it is now.
     fn create_account(
         &mut self,
+        command: &Command,
         create: &CreateAccountRequest,
-        at_ms: i64,
         writes: &mut Writes,
-    ) -> Outcome {
-        let checked = validate::id("account id", &create.account_id)
-            .and_then(|_| validate::currency(&create.currency))
-            .and_then(|_| validate::credit_limit(create.credit_limit))
-            .and_then(|_| self.check_owned(&create.account_id));
-        if let Err(refusal) = checked {
-            return reject(refusal);
-        }
+    ) -> Result<Outcome, Refusal> {
+        validate::id("account id", &create.account_id)?;
+        validate::currency(&create.currency)?;
+        validate::credit_limit(create.credit_limit)?;
+        validate::opening_balance(create.opening_balance)?;
+        self.check_owned(&create.account_id)?;
         let floor = -create.credit_limit;
         if let Some(existing) = self.accounts.get(&create.account_id) {
-            if existing.currency == create.currency && existing.floor == floor {
-                return Outcome {
+            if existing.currency == create.currency
+                && existing.floor == floor
+                && existing.opening_balance == create.opening_balance
+            {
+                return Ok(Outcome {
                     result: Some(outcome::Result::Account(existing.clone())),
-                };
+                });
             }
-            return reject((
+            return Err((
                 Reason::AccountExists,
                 format!(
-                    "account {} exists with currency {} and floor {}",
-                    existing.account_id, existing.currency, existing.floor
+                    "account {} exists with currency {}, floor {} and opening balance {}",
+                    existing.account_id,
+                    existing.currency,
+                    existing.floor,
+                    existing.opening_balance
                 ),
             ));
+        }
+        if create.opening_balance > 0 {
+            // Money enters: it needs a commit timestamp, as a deposit does (audits, G3).
+            if command.ts == 0 {
+                return Err((
+                    Reason::InvalidArgument,
+                    "an opening balance needs a timestamp".into(),
+                ));
+            }
+            self.check_fresh(command)?;
         }
         let account = Account {
             account_id: create.account_id.clone(),
@@ -324,15 +343,75 @@ impl StateMachine {
             balance: 0,
             floor,
             reserved: 0,
-            created_at_ms: at_ms,
+            created_at_ms: command.at_ms,
             version: 0,
             pending_credit: 0,
+            opening_balance: create.opening_balance,
         };
         self.accounts
             .insert(account.account_id.clone(), account.clone());
-        writes.push(Write::Account(account.clone()));
+        if create.opening_balance == 0 {
+            writes.push(Write::Account(account.clone()));
+            return Ok(Outcome {
+                result: Some(outcome::Result::Account(account)),
+            });
+        }
+        let opening = create.opening_balance;
+        let seq = self.set_balance(&create.account_id, opening, writes);
+        self.push_history(
+            &create.account_id,
+            seq,
+            command,
+            EntryKind::Deposit,
+            opening,
+            opening,
+            "",
+            writes,
+        );
+        Ok(Outcome {
+            result: Some(outcome::Result::Account(
+                self.accounts
+                    .get(&create.account_id)
+                    .cloned()
+                    .unwrap_or_default(),
+            )),
+        })
+    }
+
+    /// The bulk path: each account as [`StateMachine::create_account`] would, one outcome each.
+    /// A command stamped at or below the closed timestamp is refused whole (the router stamps it
+    /// again) when any account brings money.
+    fn create_accounts(
+        &mut self,
+        command: &Command,
+        batch: &CreateAccounts,
+        writes: &mut Writes,
+    ) -> Outcome {
+        if batch.accounts.len() > wallet_proto::TRANSFER_BATCH_MAX {
+            return reject((
+                Reason::InvalidArgument,
+                format!(
+                    "{} accounts in one command; at most {}",
+                    batch.accounts.len(),
+                    wallet_proto::TRANSFER_BATCH_MAX
+                ),
+            ));
+        }
+        if batch.accounts.iter().any(|a| a.opening_balance > 0) {
+            if let Err(refusal) = self.check_fresh(command) {
+                return reject(refusal);
+            }
+        }
+        let items = batch
+            .accounts
+            .iter()
+            .map(|create| {
+                self.create_account(command, create, writes)
+                    .unwrap_or_else(reject)
+            })
+            .collect();
         Outcome {
-            result: Some(outcome::Result::Account(account)),
+            result: Some(outcome::Result::Outcomes(Outcomes { items })),
         }
     }
 

@@ -43,6 +43,13 @@ const SNAPSHOT_TIMEOUT_BASE: Duration = Duration::from_secs(30);
 const SNAPSHOT_BYTES_PER_S_MIN: u64 = 4 << 20;
 /// The receiver gives up on a snapshot stream silent for this long.
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest snapshot a node accepts (a bound on what a peer can make it write).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
+/// Snapshot streams a node receives at once; more are refused (the leader tries again).
+const SNAPSHOT_RECEIVES_MAX: usize = 2;
+
+/// Receives in progress, node-wide.
+static RECEIVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SNAPSHOT_RECEIVES_MAX);
 
 /// The replicas of this node by shard id, set once at start.
 pub type Registry = Arc<OnceLock<HashMap<u64, ReplicaHandle>>>;
@@ -257,6 +264,9 @@ pub async fn receive_snapshot(
     snapshots: &SnapshotDir,
     mut stream: tonic::Streaming<SnapshotChunk>,
 ) -> Result<u64, Status> {
+    let _receiving = RECEIVING
+        .try_acquire()
+        .map_err(|_| Status::resource_exhausted("receiving other snapshots; try again"))?;
     let first = next_chunk(&mut stream)
         .await?
         .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
@@ -271,40 +281,44 @@ pub async fn receive_snapshot(
         .ok_or_else(|| Status::not_found(format!("shard {} is not here", first.shard_id)))?;
     let descriptor =
         Descriptor::decode(message.get_snapshot().get_data()).map_err(Status::invalid_argument)?;
+    if descriptor.bytes > SNAPSHOT_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "a snapshot of {} bytes; at most {SNAPSHOT_BYTES_MAX}",
+            descriptor.bytes
+        )));
+    }
     let meta = message.get_snapshot().get_metadata();
     let path = snapshots.path(Side::Received, first.shard_id, meta.index, meta.term);
     let mut writer = snapshots
         .create(path.clone())
         .map_err(|e| Status::internal(format!("{path:?}: {e}")))?;
+    // Dropped on any error below (or with this future, if the stream is cut off), the writer
+    // removes its unfinished file.
     let mut chunk = first.data;
-    let written = loop {
-        if writer.len() + chunk.len() as u64 > descriptor.bytes {
-            break Err(Status::invalid_argument(
-                "more snapshot bytes than its descriptor says",
+    loop {
+        if chunk.len() as u64 > 2 * SNAPSHOT_CHUNK_BYTES
+            || writer.len() + chunk.len() as u64 > descriptor.bytes
+        {
+            return Err(Status::invalid_argument(
+                "a snapshot chunk too long, or more bytes than its descriptor says",
             ));
         }
-        if let Err(e) = writer.raw(&chunk) {
-            break Err(Status::internal(format!("{path:?}: {e}")));
+        writer
+            .raw(&chunk)
+            .map_err(|e| Status::internal(format!("{path:?}: {e}")))?;
+        match next_chunk(&mut stream).await? {
+            Some(next) => chunk = next.data,
+            None => break,
         }
-        match next_chunk(&mut stream).await {
-            Ok(Some(next)) => chunk = next.data,
-            Ok(None) => break Ok(()),
-            Err(status) => break Err(status),
-        }
-    };
-    if let Err(status) = written {
-        writer.abandon();
-        return Err(status);
     }
-    let received = tokio::task::spawn_blocking(move || writer.finish(true))
+    // Checked before it takes its name: a complete name is always a file that checked out.
+    let received = tokio::task::spawn_blocking(move || writer.finish(true, Some(descriptor)))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(format!("{path:?}: {e}")))?;
-    if received != descriptor {
-        let _ = std::fs::remove_file(&path);
-        return Err(Status::data_loss(format!(
-            "snapshot received as {received:?}, its descriptor says {descriptor:?}"
-        )));
+        .map_err(|e| Status::data_loss(format!("{path:?}: {e}")))?;
+    // Older files of the shard are of no use any more (one being installed stays readable).
+    if meta.index > 0 {
+        snapshots.remove(Side::Received, first.shard_id, meta.index - 1, None);
     }
     replica
         .inbox
@@ -424,7 +438,7 @@ mod tests {
                 .record(format!("Sa{i:08}").as_bytes(), &value)
                 .unwrap();
         }
-        let descriptor = writer.finish(false).unwrap();
+        let descriptor = writer.finish(false, None).unwrap();
         assert!(descriptor.bytes > 3 * SNAPSHOT_CHUNK_BYTES);
 
         let (follower_registry, mut follower_inbox) = registry(7);

@@ -194,6 +194,7 @@ impl World {
                     account_id: id.clone(),
                     currency: CURRENCIES[c].into(),
                     credit_limit: limit,
+                    opening_balance: 0,
                 });
                 let outcome = self.apply(&id, "", op);
                 let want = self.model.create(&id, CURRENCIES[c], limit);

@@ -65,6 +65,7 @@ fn create(sm: &mut StateMachine, id: &str) {
             account_id: id.into(),
             currency: "USD".into(),
             credit_limit: 0,
+            opening_balance: 0,
         }),
     );
     assert!(rejection_of(&outcome).is_none());
@@ -402,6 +403,7 @@ fn two_shards() -> (StateMachine, StateMachine, String, String) {
                 account_id: id.clone(),
                 currency: "USD".into(),
                 credit_limit: 0,
+                opening_balance: 0,
             }),
         );
         assert!(rejection_of(&outcome).is_none());

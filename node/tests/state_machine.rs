@@ -26,6 +26,7 @@ fn create(id: &str, currency: &str, credit_limit: i64) -> Op {
         account_id: id.into(),
         currency: currency.into(),
         credit_limit,
+        opening_balance: 0,
     })
 }
 
@@ -372,4 +373,168 @@ proptest! {
             }
         }
     }
+}
+
+fn open(id: &str, currency: &str, opening_balance: i64) -> CreateAccountRequest {
+    CreateAccountRequest {
+        account_id: id.into(),
+        currency: currency.into(),
+        credit_limit: 0,
+        opening_balance,
+    }
+}
+
+fn totals(sm: &StateMachine, ts: u64, currency: &str) -> (String, String) {
+    let report = sm.snapshot_at(ts).unwrap();
+    let t = report
+        .totals
+        .iter()
+        .find(|t| t.currency == currency)
+        .cloned()
+        .unwrap_or_default();
+    (t.balances, t.net_deposits)
+}
+
+/// An opening balance is a deposit (history entry 1, net deposits, snapshot reads), applied once:
+/// the same creation again answers the account as it is; other content is ACCOUNT_EXISTS.
+#[test]
+fn an_opening_balance_is_a_deposit_made_once_by_account_id() {
+    let mut sm = machine();
+    let (outcome, writes) = run(
+        &mut sm,
+        Op::CreateAccount(open("alice", "USD", i64::MAX)),
+        "",
+    );
+    assert_eq!(refused(&outcome), None);
+    let alice = sm.account("alice").unwrap();
+    assert_eq!(
+        (alice.balance, alice.version, alice.opening_balance),
+        (i64::MAX, 1, i64::MAX)
+    );
+    let history: Vec<_> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::History { entry, .. } => Some(entry.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (history[0].seq, history[0].delta, history[0].balance_after),
+        (1, i64::MAX, i64::MAX)
+    );
+    assert_eq!(history[0].kind, wallet_proto::v1::EntryKind::Deposit as i32);
+    assert_eq!(
+        totals(&sm, 77, "USD"),
+        (i64::MAX.to_string(), i64::MAX.to_string())
+    );
+    // Before its timestamp, a snapshot read does not see it.
+    assert_eq!(totals(&sm, 76, "USD"), ("0".to_string(), "0".to_string()));
+    // Full: one more cent would overflow.
+    assert_eq!(
+        refused(&run(&mut sm, deposit("alice", 1), "d1").0),
+        Some(Reason::BalanceOverflow)
+    );
+    run(&mut sm, withdraw("alice", 5), "w1");
+    // Created again with the same content: the account as it is now, no second deposit.
+    let (again, writes) = run(
+        &mut sm,
+        Op::CreateAccount(open("alice", "USD", i64::MAX)),
+        "",
+    );
+    match again.result {
+        Some(outcome::Result::Account(a)) => assert_eq!(a.balance, i64::MAX - 5),
+        other => panic!("{other:?}"),
+    }
+    assert!(writes.is_empty());
+    // Other content under the id.
+    for other in [
+        open("alice", "USD", 7),
+        open("alice", "USD", 0),
+        open("alice", "EUR", i64::MAX),
+    ] {
+        let (outcome, writes) = run(&mut sm, Op::CreateAccount(other), "");
+        assert_eq!(refused(&outcome), Some(Reason::AccountExists));
+        assert!(writes.is_empty());
+    }
+    // Bad input writes nothing; money needs a timestamp.
+    let (outcome, writes) = run(&mut sm, Op::CreateAccount(open("bob", "USD", -1)), "");
+    assert_eq!(refused(&outcome), Some(Reason::InvalidAmount));
+    assert!(writes.is_empty());
+    let (outcome, writes) =
+        common::apply_at(&mut sm, "", 0, Op::CreateAccount(open("bob", "USD", 3)));
+    assert_eq!(refused(&outcome), Some(Reason::InvalidArgument));
+    assert!(writes.is_empty() && sm.account("bob").is_none());
+    // Without money, no timestamp is needed (as before).
+    let (outcome, _) = common::apply_at(&mut sm, "", 0, Op::CreateAccount(open("bob", "USD", 0)));
+    assert_eq!(refused(&outcome), None);
+    assert_eq!(sm.account("bob").unwrap().version, 0);
+}
+
+/// The bulk command: one outcome per account, in order, each as CreateAccount would answer; a
+/// command stamped at or below the closed timestamp is refused whole when it brings money.
+#[test]
+fn create_accounts_answers_each_account_and_respects_the_closed_timestamp() {
+    let mut sm = machine();
+    let batch = |accounts: Vec<CreateAccountRequest>| {
+        Op::CreateAccounts(wallet_proto::v1::CreateAccounts { accounts })
+    };
+    let accounts = vec![
+        open("a", "USD", 10),
+        open("b", "usd", 10),
+        open("c", "USD", 0),
+        open("a", "USD", 10),
+        open("a", "USD", 11),
+        open("", "USD", 1),
+        open("d", "EUR", 5),
+    ];
+    let (outcome, _) = run(&mut sm, batch(accounts), "");
+    let items = match outcome.result {
+        Some(outcome::Result::Outcomes(o)) => o.items,
+        other => panic!("{other:?}"),
+    };
+    let reasons: Vec<Option<Reason>> = items.iter().map(refused).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            None,
+            Some(Reason::InvalidCurrency),
+            None,
+            None,
+            Some(Reason::AccountExists),
+            Some(Reason::InvalidId),
+            None
+        ]
+    );
+    assert_eq!(balance(&sm, "a"), 10);
+    assert_eq!(balance(&sm, "d"), 5);
+    assert_eq!(totals(&sm, 77, "USD"), ("10".to_string(), "10".to_string()));
+    // Too many accounts in one command.
+    let many = (0..wallet_proto::TRANSFER_BATCH_MAX + 1)
+        .map(|i| open(&format!("m{i}"), "USD", 0))
+        .collect();
+    let (outcome, writes) = run(&mut sm, batch(many), "");
+    assert_eq!(refused(&outcome), Some(Reason::InvalidArgument));
+    assert!(writes.is_empty());
+    // A snapshot read closed the shard at 100: money stamped at or below it is refused whole.
+    common::apply_at(
+        &mut sm,
+        "",
+        100,
+        Op::CloseTs(wallet_proto::v1::CloseTs { ts: 100 }),
+    );
+    let (outcome, writes) = common::apply_at(
+        &mut sm,
+        "",
+        90,
+        batch(vec![open("e", "USD", 0), open("f", "USD", 1)]),
+    );
+    assert_eq!(refused(&outcome), Some(Reason::TimestampTooOld));
+    assert!(writes.is_empty() && sm.account("e").is_none());
+    let (outcome, _) = common::apply_at(&mut sm, "", 90, batch(vec![open("e", "USD", 0)]));
+    assert!(matches!(outcome.result, Some(outcome::Result::Outcomes(_))));
+    assert!(sm.account("e").is_some());
+    let (outcome, _) = common::apply_at(&mut sm, "", 101, batch(vec![open("f", "USD", 1)]));
+    assert!(matches!(outcome.result, Some(outcome::Result::Outcomes(_))));
+    assert_eq!(balance(&sm, "f"), 1);
 }

@@ -71,6 +71,7 @@ impl Shards {
                 account_id: account.into(),
                 currency: currency.into(),
                 credit_limit: 0,
+                opening_balance: 0,
             }),
         );
         if funds > 0 {

@@ -51,6 +51,16 @@ pub fn credit_limit(value: i64) -> Result<(), (Reason, String)> {
     Ok(())
 }
 
+pub fn opening_balance(value: i64) -> Result<(), (Reason, String)> {
+    if value < 0 {
+        return Err((
+            Reason::InvalidAmount,
+            format!("opening balance must not be negative, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status};
 use wallet_proto::reason::{self, Reason};
 
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, transfer_result, Account, AuditReport,
-    AuditRequest, BalanceChange, BatchError, CloseTs, Command, CreateAccountRequest,
+    account_result, command::Op, outcome, read_result, shard_read::Query, transfer_result, Account,
+    AccountResult, AuditReport, AuditRequest, BalanceChange, BatchError, CloseTs, Command,
+    CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts,
     DepositRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
     ListTransfersResponse, Outcome, ReadResult, SnapshotAt, Stuck, Transfer, TransferBatchRequest,
     TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
@@ -35,6 +36,14 @@ pub struct WalletService {
     shards: Arc<Shards>,
     timestamps: Timestamps,
     in_flight: Arc<Semaphore>,
+}
+
+/// What the router checks of an account to create (the state machine checks it again).
+fn validate_create(create: &CreateAccountRequest) -> Result<(), (Reason, String)> {
+    validate::id("account id", &create.account_id)?;
+    validate::currency(&create.currency)?;
+    validate::credit_limit(create.credit_limit)?;
+    validate::opening_balance(create.opening_balance)
 }
 
 fn check(result: Result<(), (Reason, String)>) -> Result<(), Status> {
@@ -86,14 +95,14 @@ impl WalletService {
         op: Op,
     ) -> Result<outcome::Result, Status> {
         let shard_id = self.shards.shard_of(account_id);
-        let stamped = !matches!(op, Op::CreateAccount(_));
+        let stamped = !matches!(&op, Op::CreateAccount(c) if c.opening_balance == 0);
         let command = Command {
             request_id: request_id.to_string(),
             at_ms: 0,
             ts: 0,
             op: Some(op),
         };
-        // Account creation changes no balance: it needs no timestamp.
+        // Account creation without money changes no balance: it needs no timestamp.
         let outcome = if stamped {
             self.timestamps
                 .execute_fresh(&self.shards, shard_id, command)
@@ -234,9 +243,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<CreateAccountRequest>,
     ) -> Result<Response<Account>, Status> {
         let create = request.into_inner();
-        check(validate::id("account id", &create.account_id))?;
-        check(validate::currency(&create.currency))?;
-        check(validate::credit_limit(create.credit_limit))?;
+        check(validate_create(&create))?;
         let account_id = create.account_id.clone();
         match self
             .execute(&account_id, "", Op::CreateAccount(create))
@@ -245,6 +252,117 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
             outcome::Result::Account(account) => Ok(Response::new(account)),
             _ => Err(unexpected("not an account")),
         }
+    }
+
+    async fn create_account_batch(
+        &self,
+        request: Request<CreateAccountBatchRequest>,
+    ) -> Result<Response<CreateAccountBatchResponse>, Status> {
+        let accounts = request.into_inner().accounts;
+        if accounts.len() > wallet_proto::TRANSFER_BATCH_MAX {
+            return Err(Reason::InvalidArgument.status(format!(
+                "{} accounts in one batch; at most {}",
+                accounts.len(),
+                wallet_proto::TRANSFER_BATCH_MAX
+            )));
+        }
+        let permits = u32::try_from(accounts.len().max(1)).unwrap_or(u32::MAX);
+        let _permits = self
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| Reason::Overloaded.status("too many requests in flight; retry later"))?;
+        let error = |reason: &str, message: String| AccountResult {
+            result: Some(account_result::Result::Error(BatchError {
+                reason: reason.to_string(),
+                message,
+            })),
+        };
+        // Bad input is refused per item here and goes nowhere; the rest is one command per shard.
+        let mut results = vec![AccountResult::default(); accounts.len()];
+        let mut per_shard: std::collections::BTreeMap<
+            u64,
+            (Vec<usize>, Vec<CreateAccountRequest>),
+        > = Default::default();
+        for (position, create) in accounts.into_iter().enumerate() {
+            match validate_create(&create) {
+                Err((reason, message)) => results[position] = error(reason.as_str(), message),
+                Ok(()) => {
+                    let shard = per_shard
+                        .entry(self.shards.shard_of(&create.account_id))
+                        .or_default();
+                    shard.0.push(position);
+                    shard.1.push(create);
+                }
+            }
+        }
+        let tasks: Vec<_> = per_shard
+            .into_iter()
+            .map(|(shard_id, (positions, accounts))| {
+                let service = self.clone();
+                tokio::spawn(async move {
+                    let command = Command {
+                        request_id: String::new(),
+                        at_ms: 0,
+                        ts: 0,
+                        op: Some(Op::CreateAccounts(CreateAccounts { accounts })),
+                    };
+                    let outcome = service
+                        .timestamps
+                        .execute_fresh(&service.shards, shard_id, command)
+                        .await;
+                    (positions, outcome)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (positions, outcome) = task
+                .await
+                .map_err(|e| Reason::Internal.status(e.to_string()))?;
+            let items = match outcome {
+                Ok(Outcome {
+                    result: Some(outcome::Result::Outcomes(outcomes)),
+                }) if outcomes.items.len() == positions.len() => outcomes.items,
+                // The whole command refused, or it failed on its way: every item says so.
+                other => {
+                    let (reason, message) = match other {
+                        Ok(Outcome {
+                            result: Some(outcome::Result::Rejected(r)),
+                        }) => (r.reason, r.message),
+                        Err(status) => (
+                            reason::of_status(&status).as_str().to_string(),
+                            status.message().to_string(),
+                        ),
+                        Ok(_) => (
+                            Reason::Internal.as_str().to_string(),
+                            "unexpected outcome of a batch of accounts".to_string(),
+                        ),
+                    };
+                    vec![
+                        Outcome {
+                            result: Some(outcome::Result::Rejected(wallet_proto::v1::Rejection {
+                                reason,
+                                message,
+                            })),
+                        };
+                        positions.len()
+                    ]
+                }
+            };
+            for (position, item) in positions.into_iter().zip(items) {
+                results[position] = match item.result {
+                    Some(outcome::Result::Account(account)) => AccountResult {
+                        result: Some(account_result::Result::Account(account)),
+                    },
+                    Some(outcome::Result::Rejected(r)) => error(&r.reason, r.message),
+                    _ => error(
+                        Reason::Internal.as_str(),
+                        "unexpected outcome of an account".into(),
+                    ),
+                };
+            }
+        }
+        Ok(Response::new(CreateAccountBatchResponse { results }))
     }
 
     async fn get_account(

@@ -113,6 +113,9 @@ enum AccountCommand {
         /// Let the balance go down to minus this many minor units.
         #[arg(long, default_value_t = 0)]
         credit_limit: i64,
+        /// Money it opens with, in minor units: a deposit, applied once (its first history entry).
+        #[arg(long, default_value_t = 0)]
+        opening_balance: i64,
     },
     /// Show an account.
     Get {
@@ -197,8 +200,16 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             id,
             currency,
             credit_limit,
+            opening_balance,
         }) => {
-            let a = client.create_account(&id, &currency, credit_limit).await?;
+            let a = client
+                .create_account_request(wallet_client::CreateAccountRequest {
+                    account_id: id,
+                    currency,
+                    credit_limit,
+                    opening_balance,
+                })
+                .await?;
             (account_json(&a), account_text(&a))
         }
         Commands::Account(AccountCommand::Get { id, at }) => {

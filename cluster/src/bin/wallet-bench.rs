@@ -56,8 +56,8 @@ struct BenchArgs {
     /// Money each account starts with (pg-transfer.sh: 1 000 000).
     #[arg(long, default_value_t = 1_000_000)]
     initial_balance: i64,
-    /// Calls in flight while opening and funding the accounts.
-    #[arg(long, default_value_t = 256)]
+    /// Batches (of 8 189 accounts, each with its opening balance) in flight while opening them.
+    #[arg(long, default_value_t = 4)]
     setup_concurrency: usize,
     /// A running cluster's router instead of a playground of its own.
     #[arg(long, requires = "cluster", env = "WALLET_ENDPOINT")]
