@@ -7,6 +7,7 @@
 //! - [`group_commit`]: one fsync for every replica of the node that needs one meanwhile.
 //! - [`mark`]: what each replica last made durable, outside sled, to catch a store that came
 //!   back older (sled drops a corrupt log tail silently).
+//! - [`checkpoint`]: a checkpoint's changes reach sled atomically, in small batches.
 //! - [`shard_store`]: one replica's Raft log, Raft state and state machine records in one sled tree;
 //!   [`snapshot_file`]: snapshots as files (built, streamed and installed record by record).
 //! - [`replica`]: the Raft loop of one replica (Ready handling, proposals, ReadIndex reads).
@@ -18,6 +19,7 @@
 //! - [`tso`]: the timestamp oracle the meta group's leader serves; [`snapshot_read`]: the state
 //!   machine's side of reads at a timestamp (audits).
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
+pub mod checkpoint;
 pub mod cli;
 pub mod entry;
 pub mod group_commit;

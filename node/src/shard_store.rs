@@ -16,6 +16,7 @@
 //! - `L` + index (u64 BE)                → Raft entry (protobuf)
 //! - `Mh` / `Mc` / `Mt` / `Ma`           → HardState, ConfState, truncation (index, term), applied index
 //! - `Mi`                                → metadata of a snapshot being installed (see above)
+//! - `Mk`                                → redo record of a checkpoint being written ([`crate::checkpoint`])
 //! - `Sa` + account                      → Account
 //! - `Sr` + account + 0 + request id     → RequestRecord (first outcome of a request)
 //! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
@@ -29,9 +30,9 @@
 //!
 //! **Checkpoints.** What applied entries change is not written at once: the state machine serves it
 //! from memory, and the Raft log, made durable before anything is applied, holds the entries that
-//! made it. The changes are written as one batch, with their applied index, every
-//! [`CHECKPOINT_WRITES`] records, before a snapshot is built, before a history page is read and at
-//! shutdown. A crash loses nothing: a restart loads the last checkpoint and raft-rs re-delivers the
+//! made it. The changes are written atomically with their applied index ([`crate::checkpoint`]:
+//! one batch, or a redo record and batches of 256 keys) every [`CHECKPOINT_WRITES`] records,
+//! before a snapshot is built, before a history page is read and at shutdown. A crash loses nothing: a restart loads the last checkpoint and raft-rs re-delivers the
 //! committed entries after its applied index. The log is never compacted past a checkpoint (the
 //! snapshot that precedes compaction writes one first). One batch of many applies also lets sled
 //! keep only the last version of a hot account instead of one per transfer.
@@ -45,6 +46,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
+use crate::checkpoint;
 use crate::group_commit::GroupCommit;
 use crate::record::{self, Corrupt};
 use crate::snapshot_file::{self, Descriptor, Side, SnapshotDir};
@@ -409,41 +411,46 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-/// The sled batch of a checkpoint: the records of `writes` and the applied index.
-fn checkpoint_batch(writes: Vec<Write>, applied: u64) -> sled::Batch {
-    let mut batch = sled::Batch::default();
+/// What a checkpoint of `writes` changes, per key (the last change of a key wins).
+fn checkpoint_changes(writes: Vec<Write>) -> checkpoint::Changes {
+    let mut changes = checkpoint::Changes::new();
     for write in writes {
-        match write {
-            Write::Account(account) => {
-                batch.insert(account_key(&account.account_id), record::encode(&account))
-            }
+        let (key, value): (Vec<u8>, Option<Vec<u8>>) = match write {
+            Write::Account(account) => (
+                account_key(&account.account_id),
+                Some(record::encode(&account)),
+            ),
             Write::Request {
                 account_id,
                 request_id,
                 record: r,
-            } => batch.insert(request_key(&account_id, &request_id), record::encode(&*r)),
-            Write::History { account_id, entry } => {
-                batch.insert(history_key(&account_id, entry.seq), record::encode(&entry))
-            }
-            Write::Intent(intent) => batch.insert(intent_key(&intent), record::encode(&*intent)),
-            Write::TsoLimit(limit) => batch.insert(KEY_TSO_LIMIT, encode_u64s(&[limit])),
-            Write::ClosedTs(ts) => batch.insert(KEY_CLOSED_TS, encode_u64s(&[ts])),
-            Write::MaxTs(ts) => batch.insert(KEY_MAX_TS, encode_u64s(&[ts])),
-            // The clock is stored as its bits: it is never negative, but no value may fail here.
-            Write::Clock(ms) => batch.insert(KEY_CLOCK, encode_u64s(&[ms as u64])),
-            Write::Retention(ms) => batch.insert(KEY_RETENTION, encode_u64s(&[ms as u64])),
-            Write::ForgetRequest((account_id, request_id)) => {
-                batch.remove(request_key(&account_id, &request_id))
-            }
-            Write::ForgetIntent(key) => batch.remove(intent_key_of(&key)),
-            Write::NetDeposits(currency, total) => batch.insert(
-                [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
-                record::frame(&total.to_le_bytes()),
+            } => (
+                request_key(&account_id, &request_id),
+                Some(record::encode(&*r)),
             ),
-        }
+            Write::History { account_id, entry } => (
+                history_key(&account_id, entry.seq),
+                Some(record::encode(&entry)),
+            ),
+            Write::Intent(intent) => (intent_key(&intent), Some(record::encode(&*intent))),
+            Write::TsoLimit(limit) => (KEY_TSO_LIMIT.to_vec(), Some(encode_u64s(&[limit]))),
+            Write::ClosedTs(ts) => (KEY_CLOSED_TS.to_vec(), Some(encode_u64s(&[ts]))),
+            Write::MaxTs(ts) => (KEY_MAX_TS.to_vec(), Some(encode_u64s(&[ts]))),
+            // The clock is stored as its bits: it is never negative, but no value may fail here.
+            Write::Clock(ms) => (KEY_CLOCK.to_vec(), Some(encode_u64s(&[ms as u64]))),
+            Write::Retention(ms) => (KEY_RETENTION.to_vec(), Some(encode_u64s(&[ms as u64]))),
+            Write::ForgetRequest((account_id, request_id)) => {
+                (request_key(&account_id, &request_id), None)
+            }
+            Write::ForgetIntent(key) => (intent_key_of(&key), None),
+            Write::NetDeposits(currency, total) => (
+                [NET_DEPOSITS_PREFIX, currency.as_bytes()].concat(),
+                Some(record::frame(&total.to_le_bytes())),
+            ),
+        };
+        changes.insert(key, value);
     }
-    batch.insert(KEY_APPLIED, encode_u64s(&[applied]));
-    batch
+    changes
 }
 
 /// One replica's durable store: the sled tree and the in-memory log mirror.
@@ -482,6 +489,12 @@ impl ShardStore {
             .db()
             .open_tree(tree_name(group_commit.db(), shard_id)?)?;
         let snapshots = group_commit.snapshots().clone();
+        if checkpoint::finish_interrupted(&tree).map_err(StoreError::Corrupt)? {
+            tracing::warn!(
+                shard = shard_id,
+                "finished a checkpoint a crash interrupted"
+            );
+        }
         if let Some(bytes) = tree.get(KEY_INSTALLING)? {
             let snapshot: Snapshot = decode_pb(&bytes)?;
             tracing::warn!(
@@ -772,7 +785,12 @@ impl ShardStore {
         let writes = std::mem::take(&mut self.unwritten);
         let tree = self.tree.clone();
         self.writing = Some(std::thread::spawn(move || {
-            tree.apply_batch(checkpoint_batch(writes, applied))
+            checkpoint::write(
+                &tree,
+                &checkpoint_changes(writes),
+                KEY_APPLIED,
+                &encode_u64s(&[applied]),
+            )
         }));
         Ok(())
     }

@@ -464,3 +464,40 @@ fn the_window_the_clock_and_forgotten_requests_survive_a_restart() {
     assert_eq!(loaded.retention().clock_ms(), 11_200);
     assert_eq!(loaded.retention().tracked(), 2);
 }
+
+/// A large checkpoint cut off by a crash after its redo record: the next open finishes it, so
+/// the store holds all of it with its applied index (never part of it).
+#[test]
+fn a_checkpoint_cut_off_by_a_crash_is_finished_at_open() {
+    let (_dir, db) = database();
+    let writes: Vec<Write> = (0..1000)
+        .map(|i| {
+            Write::Account(Account {
+                account_id: format!("account-{i:04}"),
+                ..alice(i)
+            })
+        })
+        .collect();
+    {
+        let r = open(&db);
+        r.store.append(&[entry(1, 1), entry(2, 1)], None).unwrap();
+        let tree = db.db().open_tree("shard-1").unwrap();
+        let changes = checkpoint_changes(writes);
+        tree.insert(
+            checkpoint::KEY_REDO,
+            checkpoint::encode(&changes, KEY_APPLIED, &encode_u64s(&[2])),
+        )
+        .unwrap();
+        // The crash: the record is there, none of its keys and not its applied index.
+        assert!(tree.get(KEY_APPLIED).unwrap().is_none());
+    }
+    let r = open(&db);
+    assert_eq!(r.applied, 2);
+    assert_eq!(r.state_machine.account_count(), 1000);
+    assert_eq!(
+        r.state_machine.account("account-0999").map(|a| a.balance),
+        Some(999)
+    );
+    let tree = db.db().open_tree("shard-1").unwrap();
+    assert!(tree.get(checkpoint::KEY_REDO).unwrap().is_none());
+}
