@@ -44,15 +44,23 @@ pub fn write(
     finish(tree, changes, applied_key, applied_value)
 }
 
+/// Why an interrupted checkpoint could not be finished.
+#[derive(Debug)]
+pub enum RedoError {
+    /// sled failed (the disk): the store is not known to be bad, the start fails.
+    Sled(sled::Error),
+    /// The redo record fails its check: the store cannot be trusted (it is set aside).
+    Corrupt(String),
+}
+
 /// Finishes a checkpoint a crash interrupted, if there is one: its redo record is written again.
-/// Returns whether there was one; a record that fails its check is an error (the store cannot be
-/// trusted: it is set aside).
-pub fn finish_interrupted(tree: &sled::Tree) -> Result<bool, String> {
-    let Some(bytes) = tree.get(KEY_REDO).map_err(|e| e.to_string())? else {
+/// Returns whether there was one.
+pub fn finish_interrupted(tree: &sled::Tree) -> Result<bool, RedoError> {
+    let Some(bytes) = tree.get(KEY_REDO).map_err(RedoError::Sled)? else {
         return Ok(false);
     };
-    let (changes, applied_key, applied_value) = decode(&bytes)?;
-    finish(tree, &changes, &applied_key, &applied_value).map_err(|e| e.to_string())?;
+    let (changes, applied_key, applied_value) = decode(&bytes).map_err(RedoError::Corrupt)?;
+    finish(tree, &changes, &applied_key, &applied_value).map_err(RedoError::Sled)?;
     Ok(true)
 }
 
@@ -206,14 +214,17 @@ mod tests {
                     .unwrap();
             }
             assert_eq!(tree.get(b"Ma").unwrap().unwrap().as_ref(), b"1");
-            assert_eq!(finish_interrupted(&tree), Ok(true));
+            assert!(matches!(finish_interrupted(&tree), Ok(true)));
             assert_eq!(state(&tree), expected, "cut after {cut} batches");
-            assert_eq!(finish_interrupted(&tree), Ok(false));
+            assert!(matches!(finish_interrupted(&tree), Ok(false)));
         }
         let damaged = db.open_tree("damaged").unwrap();
         let mut bytes = encode(&update, b"Ma", b"2");
         bytes[7] ^= 1;
         damaged.insert(KEY_REDO, bytes).unwrap();
-        assert!(finish_interrupted(&damaged).is_err());
+        assert!(matches!(
+            finish_interrupted(&damaged),
+            Err(RedoError::Corrupt(_))
+        ));
     }
 }

@@ -119,6 +119,15 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+impl From<checkpoint::RedoError> for StoreError {
+    fn from(e: checkpoint::RedoError) -> Self {
+        match e {
+            checkpoint::RedoError::Sled(e) => StoreError::Sled(e),
+            checkpoint::RedoError::Corrupt(e) => StoreError::Corrupt(e),
+        }
+    }
+}
+
 impl From<Corrupt> for StoreError {
     fn from(e: Corrupt) -> Self {
         StoreError::Corrupt(e.0)
@@ -489,7 +498,7 @@ impl ShardStore {
             .db()
             .open_tree(tree_name(group_commit.db(), shard_id)?)?;
         let snapshots = group_commit.snapshots().clone();
-        if checkpoint::finish_interrupted(&tree).map_err(StoreError::Corrupt)? {
+        if checkpoint::finish_interrupted(&tree)? {
             tracing::warn!(
                 shard = shard_id,
                 "finished a checkpoint a crash interrupted"
@@ -912,13 +921,18 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Whether the file of a snapshot from the leader is here and checks out whole (its CRC and
-    /// every record): only then may raft-rs take the message, so an install never meets a file
-    /// it cannot use before it starts replacing the state.
+    /// Whether the file of a snapshot from the leader is here, as long as its descriptor says:
+    /// only then may raft-rs take the message. A file takes its name only once it checked out
+    /// whole on receipt (CRC and every record, [`verify_received`]), so an install never meets a
+    /// file it cannot use; this check stays cheap, on the replica's task.
     pub fn has_received(&self, snapshot: &Snapshot) -> Result<(), String> {
-        received_file(&self.snapshots, self.shard_id, snapshot)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let descriptor = Descriptor::decode(snapshot.get_data())?;
+        let meta = snapshot.get_metadata();
+        let path = self
+            .snapshots
+            .path(Side::Received, self.shard_id, meta.index, meta.term);
+        // Opening checks the length; nothing is read.
+        snapshot_file::Reader::open(&path, descriptor).map(|_| ())
     }
 
     /// Replaces this replica's log and state by a snapshot from the leader (read from the file
@@ -954,9 +968,16 @@ impl ShardStore {
         core.entry_bytes = 0;
         core.snapshot = None;
         drop(core);
-        // A file this replica built while it led is of no use now.
+        // A file this replica built while it led is of no use now, nor older received ones (the
+        // installed one stays until a compaction: a crash before the flush finishes from it).
         self.snapshots
             .remove(Side::Sent, self.shard_id, u64::MAX, None);
+        self.snapshots.remove(
+            Side::Received,
+            self.shard_id,
+            meta.index.saturating_sub(1),
+            None,
+        );
         self.load_state(state_machine)
     }
 
@@ -1035,6 +1056,12 @@ fn received_file(
     let path = snapshots.path(Side::Received, shard_id, meta.index, meta.term);
     snapshot_file::verify(&path, descriptor, check_state_record).map_err(StoreError::Corrupt)?;
     Ok((path, descriptor))
+}
+
+/// Checks a snapshot file whole against its descriptor: its CRC, and every record framed and in
+/// the state (run on receipt, on a blocking thread, before the file is handed on).
+pub fn verify_received(path: &std::path::Path, descriptor: Descriptor) -> Result<u64, String> {
+    snapshot_file::verify(path, descriptor, check_state_record)
 }
 
 /// A snapshot holds state records only, each CRC-framed.

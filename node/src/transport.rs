@@ -311,15 +311,21 @@ pub async fn receive_snapshot(
             None => break,
         }
     }
-    // Checked before it takes its name: a complete name is always a file that checked out.
-    let received = tokio::task::spawn_blocking(move || writer.finish(true, Some(descriptor)))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::data_loss(format!("{path:?}: {e}")))?;
-    // Older files of the shard are of no use any more (one being installed stays readable).
-    if meta.index > 0 {
-        snapshots.remove(Side::Received, first.shard_id, meta.index - 1, None);
-    }
+    // Checked before it takes its name (length and CRC), then record by record; a file that
+    // fails goes, so a complete name is always a file that checked out whole.
+    let checked = path.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        let received = writer
+            .finish(true, Some(descriptor))
+            .map_err(|e| e.to_string())?;
+        crate::shard_store::verify_received(&checked, received).inspect_err(|_| {
+            let _ = std::fs::remove_file(&checked);
+        })?;
+        Ok::<_, String>(received)
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(|e| Status::data_loss(format!("{path:?}: {e}")))?;
     replica
         .inbox
         .try_send(ReplicaMsg::Raft(Box::new(message)))
@@ -435,7 +441,10 @@ mod tests {
         for i in 0..3500u32 {
             let value: Vec<u8> = (0..1000u32).map(|b| (b * 31 + i) as u8).collect();
             writer
-                .record(format!("Sa{i:08}").as_bytes(), &value)
+                .record(
+                    format!("Sa{i:08}").as_bytes(),
+                    &crate::record::frame(&value),
+                )
                 .unwrap();
         }
         let descriptor = writer.finish(false, None).unwrap();

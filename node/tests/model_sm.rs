@@ -32,6 +32,10 @@ fn amount() -> impl Strategy<Value = i64> {
     ]
 }
 
+fn opening() -> impl Strategy<Value = i64> {
+    prop_oneof![3 => Just(0), 1 => amount()]
+}
+
 fn credit_limit() -> impl Strategy<Value = i64> {
     prop_oneof![
         Just(0),
@@ -43,7 +47,8 @@ fn credit_limit() -> impl Strategy<Value = i64> {
 
 #[derive(Clone, Debug)]
 enum Action {
-    Create(usize, usize, i64),
+    /// Account, currency, credit limit, opening balance.
+    Create(usize, usize, i64, i64),
     Deposit(usize, i64),
     Withdraw(usize, i64),
     /// Starts a transfer: same-shard ones apply at once, cross-shard ones are prepared on the
@@ -61,7 +66,8 @@ enum Action {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        1 => (0..ACCOUNTS, 0..2usize, credit_limit()).prop_map(|(a, c, l)| Action::Create(a, c, l)),
+        1 => (0..ACCOUNTS, 0..2usize, credit_limit(), opening())
+            .prop_map(|(a, c, l, o)| Action::Create(a, c, l, o)),
         3 => (0..ACCOUNTS, amount()).prop_map(|(a, x)| Action::Deposit(a, x)),
         2 => (0..ACCOUNTS, amount()).prop_map(|(a, x)| Action::Withdraw(a, x)),
         3 => (0..ACCOUNTS, 0..ACCOUNTS, amount()).prop_map(|(a, b, x)| Action::Transfer(a, b, x)),
@@ -148,11 +154,6 @@ impl World {
     }
 
     /// Applies on the account's shard at a fresh timestamp.
-    fn apply(&mut self, account: &str, request_id: &str, op: Op) -> Outcome {
-        let ts = self.next_ts();
-        self.apply_at(account, request_id, op, ts)
-    }
-
     fn apply_at(&mut self, account: &str, request_id: &str, op: Op, ts: u64) -> Outcome {
         let shard = self.shard(account);
         common::apply_at(&mut self.sm[shard], request_id, ts, op).0
@@ -188,16 +189,19 @@ impl World {
 
     fn run(&mut self, action: Action) -> Result<(), TestCaseError> {
         match action {
-            Action::Create(a, c, limit) => {
+            Action::Create(a, c, limit, opening) => {
                 let id = self.ids[a].clone();
                 let op = Op::CreateAccount(CreateAccountRequest {
                     account_id: id.clone(),
                     currency: CURRENCIES[c].into(),
                     credit_limit: limit,
-                    opening_balance: 0,
+                    opening_balance: opening,
                 });
-                let outcome = self.apply(&id, "", op);
-                let want = self.model.create(&id, CURRENCIES[c], limit);
+                let ts = self.next_ts();
+                let outcome = self.apply_at(&id, "", op, ts);
+                let want = self
+                    .model
+                    .create_funded(&id, CURRENCIES[c], limit, opening, ts);
                 prop_assert_eq!(got(&outcome), want, "create {}", id);
             }
             Action::Deposit(a, x) | Action::Withdraw(a, x) => {
@@ -513,7 +517,7 @@ proptest! {
     ) {
         let mut world = World::new();
         for (i, (currency, limit)) in setup.into_iter().enumerate() {
-            world.run(Action::Create(i, currency, limit))?;
+            world.run(Action::Create(i, currency, limit, 0))?;
         }
         for action in actions {
             world.run(action)?;
@@ -527,7 +531,7 @@ proptest! {
 fn a_snapshot_read_across_extreme_changes_answers_the_true_balance() {
     let mut world = World::new();
     let id = world.ids[0].clone();
-    world.run(Action::Create(0, 0, 0)).unwrap();
+    world.run(Action::Create(0, 0, 0, 0)).unwrap();
     world.run(Action::Deposit(0, i64::MAX)).unwrap();
     let after_first = world.ts;
     world.run(Action::Withdraw(0, i64::MAX)).unwrap();
@@ -545,8 +549,8 @@ fn a_snapshot_read_across_extreme_changes_answers_the_true_balance() {
 fn promised_credits_never_overflow() {
     let mut world = World::new();
     let (to, from) = (3, 0); // shard 2 ← shard 1
-    world.run(Action::Create(to, 0, i64::MAX)).unwrap();
-    world.run(Action::Create(from, 0, i64::MAX)).unwrap();
+    world.run(Action::Create(to, 0, i64::MAX, 0)).unwrap();
+    world.run(Action::Create(from, 0, i64::MAX, 0)).unwrap();
     world.run(Action::Withdraw(to, i64::MAX)).unwrap();
     world.run(Action::Deposit(from, 10)).unwrap();
     assert_eq!(
@@ -581,8 +585,8 @@ fn promised_credits_never_overflow() {
 fn credit_side_refusals_are_remembered_and_ids_are_scoped_to_the_debit_account() {
     let mut world = World::new();
     let (a, b, c) = (0, 1, 3); // a, b on shard 1; c on shard 2
-    world.run(Action::Create(a, 0, 0)).unwrap();
-    world.run(Action::Create(b, 0, 0)).unwrap();
+    world.run(Action::Create(a, 0, 0, 0)).unwrap();
+    world.run(Action::Create(b, 0, 0, 0)).unwrap();
     world.run(Action::Deposit(a, 100)).unwrap();
     world.run(Action::Deposit(b, 100)).unwrap();
     // c does not exist yet: the credit side refuses, the router aborts with that refusal.
@@ -597,7 +601,7 @@ fn credit_side_refusals_are_remembered_and_ids_are_scoped_to_the_debit_account()
     // The retry's prepare answers the first outcome.
     world.step(0, Step::PrepareDebit).unwrap();
     // Two debit accounts, one id, one credit account.
-    world.run(Action::Create(c, 0, 0)).unwrap();
+    world.run(Action::Create(c, 0, 0, 0)).unwrap();
     for from in [a, b] {
         let t = Xfer {
             id: "same-id".into(),

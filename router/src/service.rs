@@ -36,6 +36,7 @@ pub struct WalletService {
     shards: Arc<Shards>,
     timestamps: Timestamps,
     in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 /// What the router checks of an account to create (the state machine checks it again).
@@ -67,7 +68,18 @@ impl WalletService {
             timestamps: Timestamps::start(shards.clone()),
             shards,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
         }
+    }
+
+    /// Admits a batch: every item counts as a request in flight, but a batch larger than the
+    /// bound takes the whole bound (else it could never be admitted).
+    fn admit_many(&self, items: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let permits = u32::try_from(items.clamp(1, self.max_in_flight.max(1))).unwrap_or(u32::MAX);
+        self.in_flight
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| Reason::Overloaded.status("too many requests in flight; retry later"))
     }
 
     fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
@@ -266,12 +278,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                 wallet_proto::TRANSFER_BATCH_MAX
             )));
         }
-        let permits = u32::try_from(accounts.len().max(1)).unwrap_or(u32::MAX);
-        let _permits = self
-            .in_flight
-            .clone()
-            .try_acquire_many_owned(permits)
-            .map_err(|_| Reason::Overloaded.status("too many requests in flight; retry later"))?;
+        let _permits = self.admit_many(accounts.len())?;
         let error = |reason: &str, message: String| AccountResult {
             result: Some(account_result::Result::Error(BatchError {
                 reason: reason.to_string(),
@@ -454,12 +461,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
             )));
         }
         // Every item counts as a request in flight.
-        let permits = u32::try_from(items.len().max(1)).unwrap_or(u32::MAX);
-        let _permits = self
-            .in_flight
-            .clone()
-            .try_acquire_many_owned(permits)
-            .map_err(|_| Reason::Overloaded.status("too many requests in flight; retry later"))?;
+        let _permits = self.admit_many(items.len())?;
         let tasks: Vec<_> =
             items
                 .into_iter()

@@ -39,6 +39,8 @@ pub struct ModelAccount {
     pub balance: i128,
     pub reserved: i128,
     pub pending: i128,
+    /// The balance it was opened with (a deposit when it was created).
+    pub opening: i128,
 }
 
 /// A committed balance change.
@@ -90,9 +92,23 @@ pub struct Model {
 
 impl Model {
     pub fn create(&mut self, id: &str, currency: &str, credit_limit: i64) -> Expect {
+        self.create_funded(id, currency, credit_limit, 0, 0)
+    }
+
+    /// Opens an account with an opening balance, a deposit committed at `ts`, once: the same
+    /// content again is fine and changes nothing, other content is `ACCOUNT_EXISTS`.
+    pub fn create_funded(
+        &mut self,
+        id: &str,
+        currency: &str,
+        credit_limit: i64,
+        opening: i64,
+        ts: u64,
+    ) -> Expect {
         let floor = -i128::from(credit_limit);
+        let opening = i128::from(opening);
         if let Some(a) = self.accounts.get(id) {
-            return if a.currency == currency && a.floor == floor {
+            return if a.currency == currency && a.floor == floor && a.opening == opening {
                 Expect::Ok
             } else {
                 Expect::Refused(Reason::AccountExists)
@@ -106,8 +122,12 @@ impl Model {
                 balance: 0,
                 reserved: 0,
                 pending: 0,
+                opening,
             },
         );
+        if opening > 0 {
+            self.change(ts, id, opening, true);
+        }
         Expect::Ok
     }
 
