@@ -550,3 +550,33 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wallet_proto::topology::Topology;
+
+    /// A batch counts its items against the bound, but one larger than the bound takes the whole
+    /// bound instead of being refused for ever; while it runs, nothing else is admitted.
+    #[tokio::test]
+    async fn a_batch_larger_than_the_bound_takes_the_whole_bound() {
+        let shards = Arc::new(Shards::new(Topology::local(3, 3, 3, 47_000)).unwrap());
+        let service = WalletService::new(shards, 4);
+        let whole = service
+            .admit_many(wallet_proto::TRANSFER_BATCH_MAX)
+            .unwrap();
+        assert_eq!(
+            reason::of_status(&service.admit().unwrap_err()),
+            Reason::Overloaded
+        );
+        drop(whole);
+        let two = service.admit_many(2).unwrap();
+        let _also_two = service.admit_many(2).unwrap();
+        assert!(service.admit_many(1).is_err());
+        drop(two);
+        assert!(
+            service.admit_many(0).is_ok(),
+            "an empty batch counts as one"
+        );
+    }
+}
