@@ -74,11 +74,10 @@ const NET_DEPOSITS_PREFIX: &[u8] = b"Sn";
 /// Unreadable records skipped while setting a store aside before the copy gives up.
 const SET_ASIDE_UNREADABLE_MAX: u64 = 64;
 
-/// Records (or removals) per sled batch while a snapshot replaces a replica's state. Small on
-/// purpose: sled 0.34 keeps about 2.5 KB of memory per new key written in a large batch, for
-/// good (1 M new keys in batches of 4 096: 2.8 GB of RSS; of 256: 285 MB; see
-/// `node/examples/sled_batch_memory.rs`).
-const INSTALL_BATCH_RECORDS: usize = 256;
+/// Records (or removals) per sled batch while a snapshot replaces a replica's state: as few as
+/// a checkpoint's, for the same reason (sled's memory per key of a large batch, see
+/// [`crate::checkpoint`]).
+const INSTALL_BATCH_RECORDS: usize = checkpoint::BATCH_KEYS;
 /// Bytes per sled batch while a snapshot replaces a replica's state (few large records).
 const INSTALL_BATCH_BYTES: usize = 16 * 1024 * 1024;
 

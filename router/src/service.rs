@@ -47,6 +47,22 @@ fn validate_create(create: &CreateAccountRequest) -> Result<(), (Reason, String)
     validate::opening_balance(create.opening_balance)
 }
 
+/// A batch item's refusal from the status its call ended with.
+fn batch_error(status: &Status) -> BatchError {
+    BatchError {
+        reason: reason::of_status(status).as_str().to_string(),
+        message: status.message().to_string(),
+    }
+}
+
+/// A batch item whose shard answered something other than its outcome.
+fn unexpected_item(what: &str) -> BatchError {
+    BatchError {
+        reason: Reason::Internal.as_str().to_string(),
+        message: format!("unexpected outcome of {what}"),
+    }
+}
+
 fn check(result: Result<(), (Reason, String)>) -> Result<(), Status> {
     result.map_err(|(reason, message)| reason.status(message))
 }
@@ -72,9 +88,20 @@ impl WalletService {
         }
     }
 
-    /// Admits a batch: every item counts as a request in flight, but a batch larger than the
-    /// bound takes the whole bound (else it could never be admitted).
-    fn admit_many(&self, items: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    /// Admits a batch of `items` (`what` they are): more than a batch may hold is
+    /// `INVALID_ARGUMENT` for the whole call; every item counts as a request in flight, but a
+    /// batch larger than the bound takes the whole bound (else it could never be admitted).
+    fn admit_batch(
+        &self,
+        what: &str,
+        items: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        if items > wallet_proto::TRANSFER_BATCH_MAX {
+            return Err(Reason::InvalidArgument.status(format!(
+                "{items} {what} in one batch; at most {}",
+                wallet_proto::TRANSFER_BATCH_MAX
+            )));
+        }
         let permits = u32::try_from(items.clamp(1, self.max_in_flight.max(1))).unwrap_or(u32::MAX);
         self.in_flight
             .clone()
@@ -271,19 +298,9 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<CreateAccountBatchRequest>,
     ) -> Result<Response<CreateAccountBatchResponse>, Status> {
         let accounts = request.into_inner().accounts;
-        if accounts.len() > wallet_proto::TRANSFER_BATCH_MAX {
-            return Err(Reason::InvalidArgument.status(format!(
-                "{} accounts in one batch; at most {}",
-                accounts.len(),
-                wallet_proto::TRANSFER_BATCH_MAX
-            )));
-        }
-        let _permits = self.admit_many(accounts.len())?;
-        let error = |reason: &str, message: String| AccountResult {
-            result: Some(account_result::Result::Error(BatchError {
-                reason: reason.to_string(),
-                message,
-            })),
+        let _permits = self.admit_batch("accounts", accounts.len())?;
+        let error = |error: BatchError| AccountResult {
+            result: Some(account_result::Result::Error(error)),
         };
         // Bad input is refused per item here and goes nowhere; the rest is one command per shard.
         let mut results = vec![AccountResult::default(); accounts.len()];
@@ -293,7 +310,12 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         > = Default::default();
         for (position, create) in accounts.into_iter().enumerate() {
             match validate_create(&create) {
-                Err((reason, message)) => results[position] = error(reason.as_str(), message),
+                Err((reason, message)) => {
+                    results[position] = error(BatchError {
+                        reason: reason.as_str().to_string(),
+                        message,
+                    })
+                }
                 Ok(()) => {
                     let shard = per_shard
                         .entry(self.shards.shard_of(&create.account_id))
@@ -329,31 +351,24 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
             let items = match outcome {
                 Ok(Outcome {
                     result: Some(outcome::Result::Outcomes(outcomes)),
-                }) if outcomes.items.len() == positions.len() => outcomes.items,
+                }) if outcomes.items.len() == positions.len() => Ok(outcomes.items),
                 // The whole command refused, or it failed on its way: every item says so.
-                other => {
-                    let (reason, message) = match other {
-                        Ok(Outcome {
-                            result: Some(outcome::Result::Rejected(r)),
-                        }) => (r.reason, r.message),
-                        Err(status) => (
-                            reason::of_status(&status).as_str().to_string(),
-                            status.message().to_string(),
-                        ),
-                        Ok(_) => (
-                            Reason::Internal.as_str().to_string(),
-                            "unexpected outcome of a batch of accounts".to_string(),
-                        ),
-                    };
-                    vec![
-                        Outcome {
-                            result: Some(outcome::Result::Rejected(wallet_proto::v1::Rejection {
-                                reason,
-                                message,
-                            })),
-                        };
-                        positions.len()
-                    ]
+                Ok(Outcome {
+                    result: Some(outcome::Result::Rejected(r)),
+                }) => Err(BatchError {
+                    reason: r.reason,
+                    message: r.message,
+                }),
+                Err(status) => Err(batch_error(&status)),
+                Ok(_) => Err(unexpected_item("a batch of accounts")),
+            };
+            let items = match items {
+                Ok(items) => items,
+                Err(refusal) => {
+                    for position in positions {
+                        results[position] = error(refusal.clone());
+                    }
+                    continue;
                 }
             };
             for (position, item) in positions.into_iter().zip(items) {
@@ -361,11 +376,11 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                     Some(outcome::Result::Account(account)) => AccountResult {
                         result: Some(account_result::Result::Account(account)),
                     },
-                    Some(outcome::Result::Rejected(r)) => error(&r.reason, r.message),
-                    _ => error(
-                        Reason::Internal.as_str(),
-                        "unexpected outcome of an account".into(),
-                    ),
+                    Some(outcome::Result::Rejected(r)) => error(BatchError {
+                        reason: r.reason,
+                        message: r.message,
+                    }),
+                    _ => error(unexpected_item("an account")),
                 };
             }
         }
@@ -453,15 +468,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<TransferBatchRequest>,
     ) -> Result<Response<TransferBatchResponse>, Status> {
         let items = request.into_inner().transfers;
-        if items.len() > wallet_proto::TRANSFER_BATCH_MAX {
-            return Err(Reason::InvalidArgument.status(format!(
-                "{} transfers in one batch; at most {}",
-                items.len(),
-                wallet_proto::TRANSFER_BATCH_MAX
-            )));
-        }
-        // Every item counts as a request in flight.
-        let _permits = self.admit_many(items.len())?;
+        let _permits = self.admit_batch("transfers", items.len())?;
         let tasks: Vec<_> =
             items
                 .into_iter()
@@ -483,14 +490,10 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         for task in tasks {
             let result = match task.await {
                 Ok(Ok(transfer)) => transfer_result::Result::Transfer(transfer),
-                Ok(Err(status)) => transfer_result::Result::Error(BatchError {
-                    reason: reason::of_status(&status).as_str().to_string(),
-                    message: status.message().to_string(),
-                }),
-                Err(e) => transfer_result::Result::Error(BatchError {
-                    reason: Reason::Internal.as_str().to_string(),
-                    message: e.to_string(),
-                }),
+                Ok(Err(status)) => transfer_result::Result::Error(batch_error(&status)),
+                Err(e) => transfer_result::Result::Error(batch_error(
+                    &Reason::Internal.status(e.to_string()),
+                )),
             };
             results.push(TransferResult {
                 result: Some(result),
@@ -563,19 +566,19 @@ mod tests {
         let shards = Arc::new(Shards::new(Topology::local(3, 3, 3, 47_000)).unwrap());
         let service = WalletService::new(shards, 4);
         let whole = service
-            .admit_many(wallet_proto::TRANSFER_BATCH_MAX)
+            .admit_batch("items", wallet_proto::TRANSFER_BATCH_MAX)
             .unwrap();
         assert_eq!(
             reason::of_status(&service.admit().unwrap_err()),
             Reason::Overloaded
         );
         drop(whole);
-        let two = service.admit_many(2).unwrap();
-        let _also_two = service.admit_many(2).unwrap();
-        assert!(service.admit_many(1).is_err());
+        let two = service.admit_batch("items", 2).unwrap();
+        let _also_two = service.admit_batch("items", 2).unwrap();
+        assert!(service.admit_batch("items", 1).is_err());
         drop(two);
         assert!(
-            service.admit_many(0).is_ok(),
+            service.admit_batch("items", 0).is_ok(),
             "an empty batch counts as one"
         );
     }
