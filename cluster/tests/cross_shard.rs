@@ -12,7 +12,7 @@ use wallet_proto::v1::{
     command::Op, outcome, Command, PrepareCredit, PrepareDebit, TransferRequest, TransferStatus,
     TransferStep,
 };
-use wallet_router::shards::Shards;
+use wallet_shard_client::shards::Shards;
 
 fn command(id: &str, ts: u64, op: Op) -> Command {
     Command {

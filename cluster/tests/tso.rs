@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use wallet_proto::topology::META_GROUP_ID;
-use wallet_router::shards::Shards;
+use wallet_shard_client::shards::Shards;
 
 /// Takes timestamps for `duration`, checking that each is above the last; returns the last.
 async fn take(shards: &Shards, mut last: u64, duration: Duration) -> (u64, u64) {

@@ -18,7 +18,7 @@ use crate::replica::{Replica, ReplicaConfig};
 use crate::service::NodeService;
 use crate::state_machine::StateMachine;
 use crate::transport::{Registry, Transport};
-use wallet_router::shards::Shards;
+use wallet_shard_client::shards::Shards;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]

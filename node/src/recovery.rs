@@ -26,7 +26,7 @@ use wallet_proto::v1::{
     IntentRef, IntentState, IntentStatesQuery, Outcome, ReadResult, Settling, ShardCommand,
     ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
 };
-use wallet_router::shards::Shards;
+use wallet_shard_client::shards::Shards;
 
 use crate::service::NodeService;
 use crate::two_phase::FORGET_TRANSFERS_MAX;
@@ -194,7 +194,8 @@ async fn resolve_intent(
     shard_id: u64,
     intent: &Intent,
 ) -> Result<(), tonic::Status> {
-    if let Some(decided) = wallet_router::two_phase::settle_intent(shards, shard_id, intent).await?
+    if let Some(decided) =
+        wallet_shard_client::two_phase::settle_intent(shards, shard_id, intent).await?
     {
         tracing::info!(
             shard_id,

@@ -25,7 +25,7 @@ use crate::transport::{self, Registry};
 use crate::ts_bound::TsBound;
 use crate::two_phase::FORGET_TRANSFERS_MAX;
 use std::sync::Arc;
-use wallet_router::shards::Shards;
+use wallet_shard_client::shards::Shards;
 
 /// How long a command or read may wait for its replica.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);

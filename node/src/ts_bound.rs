@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tonic::Status;
 use wallet_proto::reason::Reason;
-use wallet_router::shards::Shards;
+use wallet_shard_client::shards::Shards;
 
 /// The highest committed oracle limit this node knows, and how to learn a newer one.
 pub struct TsBound {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::service::{WalletService, MAX_IN_FLIGHT_DEFAULT};
-use crate::shards::Shards;
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::wallet_server::WalletServer;
+use wallet_shard_client::shards::Shards;
 
 /// The wallet store's router: consistent-hashing ring over the shards, leader cache, retries.
 #[derive(Parser, Debug, Clone)]

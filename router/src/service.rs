@@ -21,8 +21,8 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
-use crate::shards::Shards;
-use crate::timestamps::Timestamps;
+use wallet_shard_client::shards::Shards;
+use wallet_shard_client::timestamps::Timestamps;
 
 /// How long an audit waits for transfers started before its timestamp to be decided.
 const AUDIT_WAIT_MAX: Duration = Duration::from_secs(20);
@@ -191,7 +191,8 @@ impl WalletService {
                 // timeout; undecided transfers are waited for.
                 Some(read_result::Result::Stuck(s)) => {
                     for intent in &s.pending {
-                        crate::two_phase::settle_intent(&shards, shard_id, intent).await?;
+                        wallet_shard_client::two_phase::settle_intent(&shards, shard_id, intent)
+                            .await?;
                     }
                 }
                 _ => return Err(unexpected("not a stuck list")),
@@ -238,7 +239,7 @@ impl WalletService {
         let from_shard = self.shards.shard_of(&transfer.from_account_id);
         let to_shard = self.shards.shard_of(&transfer.to_account_id);
         if from_shard != to_shard {
-            return crate::two_phase::transfer(
+            return wallet_shard_client::two_phase::transfer(
                 &self.shards,
                 &self.timestamps,
                 transfer,
