@@ -25,9 +25,8 @@ use tonic::Status;
 pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
 use wallet_proto::v1::{
-    account_result, transfer_result, AuditRequest, BatchError, BatchTransfer,
-    CreateAccountBatchRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
-    TransferBatchRequest,
+    account_result, transfer_result, AuditRequest, BatchTransfer, CreateAccountBatchRequest,
+    GetAccountRequest, GetTransferRequest, ListTransfersRequest, TransferBatchRequest,
 };
 pub use wallet_proto::v1::{
     Account, AuditReport, BalanceChange, CreateAccountRequest, CurrencyTotals, DepositRequest,
@@ -55,52 +54,13 @@ fn stamped(issued_at_ms: i64) -> i64 {
 /// Most transfers in one [`WalletClient::transfer_batch`] call.
 pub const TRANSFER_BATCH_MAX: usize = wallet_proto::TRANSFER_BATCH_MAX;
 
-/// A failed call: the stable reason code and the store's message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WalletError {
-    pub reason: Reason,
-    pub message: String,
-}
+/// A failed call: the stable reason code and the store's message (the one refusal type of the
+/// whole store, converted from the gRPC status or the batch item it arrived as).
+pub use wallet_proto::reason::Refusal as WalletError;
 
-impl std::fmt::Display for WalletError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The store's messages already start with the code.
-        if self.message.starts_with(self.reason.as_str()) {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.reason, self.message)
-        }
-    }
-}
-
-impl std::error::Error for WalletError {}
-
-impl From<Status> for WalletError {
-    fn from(status: Status) -> Self {
-        WalletError {
-            reason: wallet_proto::reason::of_status(&status),
-            message: status.message().to_string(),
-        }
-    }
-}
-
-impl From<BatchError> for WalletError {
-    /// A batch item's refusal (an unknown code reads as INTERNAL).
-    fn from(e: BatchError) -> Self {
-        WalletError {
-            reason: Reason::parse(&e.reason).unwrap_or(Reason::Internal),
-            message: e.message,
-        }
-    }
-}
-
-impl WalletError {
-    fn empty() -> WalletError {
-        WalletError {
-            reason: Reason::Internal,
-            message: "no result for this item".into(),
-        }
-    }
+/// The error of a batch item the store answered nothing for.
+fn no_result() -> WalletError {
+    Reason::Internal.refuse("no result for this item")
 }
 
 /// Client tunables.
@@ -394,7 +354,7 @@ impl WalletClient {
                 .map(|result| match result.result {
                     Some(transfer_result::Result::Transfer(t)) => Ok(t),
                     Some(transfer_result::Result::Error(e)) => Err(WalletError::from(e)),
-                    None => Err(WalletError::empty()),
+                    None => Err(no_result()),
                 })
                 .collect())
         })
@@ -428,7 +388,7 @@ impl WalletClient {
                 .map(|result| match result.result {
                     Some(account_result::Result::Account(a)) => Ok(a),
                     Some(account_result::Result::Error(e)) => Err(WalletError::from(e)),
-                    None => Err(WalletError::empty()),
+                    None => Err(no_result()),
                 })
                 .collect())
         })
@@ -477,7 +437,7 @@ impl WalletClient {
         }
         Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(WalletError::empty())))
+            .map(|r| r.unwrap_or_else(|| Err(no_result())))
             .collect())
     }
 

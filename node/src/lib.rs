@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod entry;
 pub mod group_commit;
+pub mod inbox;
 pub mod mark;
 pub mod node;
 pub mod probe;

@@ -74,7 +74,7 @@ pub async fn run(
             options.node_id,
             &shard.replicas,
             StateMachine::new(shard.id, ring.clone()),
-            transport.clone(),
+            Box::new(transport.clone()),
             ReplicaConfig {
                 retention_window_ms: topology.request_retention_ms(),
                 ..options.replica.clone()

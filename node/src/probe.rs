@@ -23,7 +23,7 @@ use wallet_proto::topology::Topology;
 use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::{NodeStatus, ReplicaPhase, StatusRequest};
 
-use crate::replica::ReplicaMsg;
+use crate::inbox::ReplicaMsg;
 
 /// How long one status call may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);

@@ -19,20 +19,20 @@ use std::time::{Duration, Instant};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::Storage;
-use raft::{RawNode, SnapshotStatus, StateRole};
+use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
-use wallet_proto::reason::{Reason, LEADER_HINT_KEY};
+use wallet_proto::reason::Reason;
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
     command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, ReadResult,
-    Rejection, ReplicaPhase, ReplicaStatus, SetRetention, TsoResponse, TsoWindow,
+    ReplicaPhase, ReplicaStatus, SetRetention, TsoResponse, TsoWindow,
 };
 
+use crate::inbox::{not_leader, BatchReply, Outbox, ReplicaHandle, ReplicaMsg};
 use crate::mark::{Mark, Marks};
 use crate::shard_store::{ShardStore, StoreError};
 use crate::state_machine::StateMachine;
-use crate::transport::Transport;
 use crate::tso::Oracle;
 
 /// One Raft tick.
@@ -48,9 +48,6 @@ pub const LOG_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Most commands one Raft entry carries (a proposal's commands are never split).
 pub const ENTRY_COMMANDS_MAX: usize = 8192;
-
-/// Where the outcomes of proposed commands go.
-pub type BatchReply = oneshot::Sender<Result<Vec<Outcome>, Status>>;
 
 /// Tunables of a replica.
 #[derive(Clone, Debug)]
@@ -76,62 +73,6 @@ impl Default for ReplicaConfig {
 const RETENTION_PROPOSAL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long after a failed snapshot build the next one is tried.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
-
-/// What a replica's inbox carries.
-pub enum ReplicaMsg {
-    Raft(Box<Message>),
-    /// Commands to propose, answered with one outcome each, in order. Every command waiting at
-    /// the end of a loop turn goes into one Raft entry (up to [`ENTRY_COMMANDS_MAX`]).
-    Propose {
-        commands: Vec<Command>,
-        reply: BatchReply,
-    },
-    Read {
-        query: Query,
-        reply: oneshot::Sender<Result<ReadResult, Status>>,
-    },
-    Unreachable(u64),
-    SnapshotReport(u64, SnapshotStatus),
-    /// Meta group only: timestamps from the oracle.
-    Tso {
-        count: u32,
-        reply: oneshot::Sender<Result<TsoResponse, Status>>,
-    },
-    /// A probing replica's peers answered (a majority of the other replicas): the highest term
-    /// and commit index they reported.
-    Probed {
-        term: u64,
-        commit: u64,
-    },
-    /// A probing replica still waits for its peers: why, for the status view.
-    ProbeWaiting(String),
-}
-
-/// A handle on a running replica: its inbox and its last published status.
-#[derive(Clone)]
-pub struct ReplicaHandle {
-    pub shard_id: u64,
-    pub inbox: mpsc::Sender<ReplicaMsg>,
-    pub status: Arc<Mutex<ReplicaStatus>>,
-}
-
-impl ReplicaHandle {
-    /// A copy of the replica's last published status.
-    pub fn status(&self) -> ReplicaStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-/// A `NOT_LEADER` status with the leader hint (0 = unknown).
-pub fn not_leader(shard_id: u64, leader_id: u64) -> Status {
-    let mut status = Reason::NotLeader.status(format!(
-        "this node does not lead shard {shard_id} (leader hint: {leader_id})"
-    ));
-    if let Ok(value) = leader_id.to_string().parse() {
-        status.metadata_mut().insert(LEADER_HINT_KEY, value);
-    }
-    status
-}
 
 /// The name of a Raft role, as `wallet-cluster status` shows it.
 pub fn role_name(role: StateRole) -> &'static str {
@@ -197,7 +138,7 @@ pub struct Replica {
     store: ShardStore,
     state_machine: StateMachine,
     applied: u64,
-    transport: Transport,
+    outbox: Box<dyn Outbox>,
     status: Arc<Mutex<ReplicaStatus>>,
     next_proposal: u64,
     /// Commands handed in this turn, proposed together at its end, and who waits for them.
@@ -248,7 +189,7 @@ impl Replica {
         node_id: u64,
         voters: &[u64],
         state_machine: StateMachine,
-        transport: Transport,
+        outbox: Box<dyn Outbox>,
         config: ReplicaConfig,
     ) -> Result<OpenedReplica, Box<dyn std::error::Error>> {
         let (recovered, set_aside) =
@@ -300,7 +241,7 @@ impl Replica {
             store: recovered.store,
             state_machine: recovered.state_machine,
             applied: recovered.applied,
-            transport,
+            outbox,
             status: status.clone(),
             next_proposal: start,
             pending: Vec::new(),
@@ -599,7 +540,7 @@ impl Replica {
                 }
             }
         }
-        self.transport.send(self.shard_id, messages);
+        self.outbox.send(self.shard_id, messages);
     }
 
     /// Whether this replica still rebuilds after a data loss.
@@ -641,7 +582,7 @@ impl Replica {
         reply.reject = true;
         reply.index = claimed;
         reply.reject_hint = self.last_index();
-        self.transport.send(self.shard_id, vec![reply]);
+        self.outbox.send(self.shard_id, vec![reply]);
     }
 
     /// Adjusts or drops inbound Raft messages around a replica that lost its data (raft-rs assumes
@@ -863,12 +804,9 @@ impl Replica {
                             .collect(),
                         // Only a node of this cluster proposes: an entry that does not decode
                         // changes nothing on any replica.
-                        Err(e) => vec![Outcome {
-                            result: Some(wallet_proto::v1::outcome::Result::Rejected(Rejection {
-                                reason: Reason::InvalidArgument.as_str().into(),
-                                message: format!("undecodable entry: {e}"),
-                            })),
-                        }],
+                        Err(e) => vec![Reason::InvalidArgument
+                            .refuse(format!("undecodable entry: {e}"))
+                            .into()],
                     };
                     if let Some(waiting) = self.take_proposal(&entry.context) {
                         replies.push((waiting, outcomes));
@@ -1071,12 +1009,7 @@ impl Replica {
     }
 
     fn answer(&mut self, query: &Query) -> Result<ReadResult, StoreError> {
-        let rejected = |reason: Reason, message: String| ReadResult {
-            result: Some(read_result::Result::Rejected(Rejection {
-                reason: reason.as_str().into(),
-                message,
-            })),
-        };
+        let rejected = |reason: Reason, message: String| ReadResult::from(reason.refuse(message));
         Ok(match query {
             Query::Account(get) => match self.state_machine.account(&get.account_id) {
                 Some(account) => {
@@ -1128,14 +1061,14 @@ impl Replica {
                     Ok(account) => ReadResult {
                         result: Some(read_result::Result::AccountAt(account)),
                     },
-                    Err((reason, message)) => rejected(reason, message),
+                    Err(refusal) => refusal.into(),
                 }
             }
             Query::SnapshotAt(at) => match self.state_machine.snapshot_at(at.ts) {
                 Ok(report) => ReadResult {
                     result: Some(read_result::Result::Snapshot(report)),
                 },
-                Err((reason, message)) => rejected(reason, message),
+                Err(refusal) => refusal.into(),
             },
             Query::Transfer(get) => {
                 match self
@@ -1241,6 +1174,15 @@ mod tests {
     use wallet_proto::topology::Ring;
     use wallet_proto::v1::Stuck;
 
+    /// The outbox of a group of one: it has no peers to send to.
+    struct NoPeers;
+
+    impl Outbox for NoPeers {
+        fn send(&self, _shard_id: u64, messages: Vec<Message>) {
+            assert!(messages.is_empty(), "a group of one sends nothing");
+        }
+    }
+
     /// The database and snapshot directory of a node in `dir`.
     fn test_group_commit(dir: &std::path::Path) -> Arc<crate::group_commit::GroupCommit> {
         let snapshots = crate::snapshot_file::SnapshotDir::open(dir).unwrap();
@@ -1252,8 +1194,6 @@ mod tests {
     /// group of one has no peers to ask).
     async fn single_replica(dir: &std::path::Path, shard_id: u64) -> Replica {
         let group_commit = test_group_commit(dir);
-        let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
-        let transport = Transport::start(1, &[], registry, group_commit.snapshots().clone());
         let machine = StateMachine::new(shard_id, Ring::new([1], 16));
         let marks = Arc::new(Marks::open(dir).unwrap());
         let (prober, _probes) = mpsc::unbounded_channel();
@@ -1265,7 +1205,7 @@ mod tests {
             1,
             &[1],
             machine,
-            transport,
+            Box::new(NoPeers),
             ReplicaConfig::default(),
         )
         .unwrap();
@@ -1307,7 +1247,6 @@ mod tests {
             recovered.store.flush().await.unwrap();
         }
         let group_commit = test_group_commit(dir.path());
-        let registry: crate::transport::Registry = Arc::new(std::sync::OnceLock::new());
         let marks = Arc::new(Marks::open(dir.path()).unwrap());
         let (prober, _probes) = mpsc::unbounded_channel();
         let opened = Replica::open(
@@ -1318,7 +1257,7 @@ mod tests {
             1,
             &[1],
             StateMachine::new(1, Ring::new([1], 16)),
-            Transport::start(1, &[], registry, group_commit.snapshots().clone()),
+            Box::new(NoPeers),
             ReplicaConfig::default(),
         )
         .unwrap();

@@ -119,14 +119,14 @@ impl Retention {
             return Ok(());
         }
         if issued_at_ms < 0 {
-            return Err((
+            return Err(Refusal::new(
                 Reason::InvalidArgument,
                 format!("issued_at_ms {issued_at_ms} is negative"),
             ));
         }
         // (A shard that saw no timestamp yet knows no time to compare with.)
         if self.clock_ms > 0 && issued_at_ms > self.clock_ms.saturating_add(ISSUED_AHEAD_MAX_MS) {
-            return Err((
+            return Err(Refusal::new(
                 Reason::InvalidArgument,
                 format!(
                     "issued_at_ms {issued_at_ms} is more than {ISSUED_AHEAD_MAX_MS} ms ahead of \
@@ -136,7 +136,7 @@ impl Retention {
             ));
         }
         if let (true, Some(window_ms)) = (self.is_past(issued_at_ms), self.window_ms) {
-            return Err((
+            return Err(Refusal::new(
                 Reason::RequestExpired,
                 format!(
                     "the request was issued at {issued_at_ms} ms, more than the retention window \
@@ -299,20 +299,31 @@ mod tests {
         r.advance(&at(10_000));
         assert!(r.check_issued(0).is_ok());
         assert!(r.check_issued(9_001).is_ok());
-        assert_eq!(r.check_issued(9_000).unwrap_err().0, Reason::RequestExpired);
-        assert_eq!(r.check_issued(1).unwrap_err().0, Reason::RequestExpired);
+        assert_eq!(
+            r.check_issued(9_000).unwrap_err().reason,
+            Reason::RequestExpired
+        );
+        assert_eq!(
+            r.check_issued(1).unwrap_err().reason,
+            Reason::RequestExpired
+        );
         assert!(r.check_issued(10_000 + ISSUED_AHEAD_MAX_MS).is_ok());
         assert_eq!(
-            r.check_issued(10_001 + ISSUED_AHEAD_MAX_MS).unwrap_err().0,
+            r.check_issued(10_001 + ISSUED_AHEAD_MAX_MS)
+                .unwrap_err()
+                .reason,
             Reason::InvalidArgument
         );
         assert_eq!(
-            r.check_issued(i64::MAX).unwrap_err().0,
+            r.check_issued(i64::MAX).unwrap_err().reason,
             Reason::InvalidArgument
         );
-        assert_eq!(r.check_issued(-1).unwrap_err().0, Reason::InvalidArgument);
         assert_eq!(
-            r.check_issued(i64::MIN).unwrap_err().0,
+            r.check_issued(-1).unwrap_err().reason,
+            Reason::InvalidArgument
+        );
+        assert_eq!(
+            r.check_issued(i64::MIN).unwrap_err().reason,
             Reason::InvalidArgument
         );
         // The longest window at the end of time: never expires anything, never overflows.
@@ -334,7 +345,10 @@ mod tests {
         assert!(r.due().is_empty());
         assert_eq!(r.tracked(), 1);
         r.set_window(10);
-        assert_eq!(r.check_issued(1).unwrap_err().0, Reason::RequestExpired);
+        assert_eq!(
+            r.check_issued(1).unwrap_err().reason,
+            Reason::RequestExpired
+        );
         assert_eq!(r.due().len(), 1);
     }
 

@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
-use wallet_proto::reason::Reason;
+use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::topology::Ring;
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
-    command::Op, outcome, shard_read::Query, BatchOutcome, Command, NodeStatus, Outcome, RaftAck,
-    RaftBatch, ReadResult, Rejection, ShardBatch, ShardCommand, ShardRead, SnapshotChunk,
-    StatusRequest, TsoRequest, TsoResponse,
+    command::Op, shard_read::Query, BatchOutcome, Command, NodeStatus, Outcome, RaftAck, RaftBatch,
+    ReadResult, ShardBatch, ShardCommand, ShardRead, SnapshotChunk, StatusRequest, TsoRequest,
+    TsoResponse,
 };
 
-use crate::replica::{ReplicaHandle, ReplicaMsg};
+use crate::inbox::{ReplicaHandle, ReplicaMsg};
 use crate::transport::{self, Registry};
 use crate::ts_bound::TsBound;
 use crate::two_phase::FORGET_TRANSFERS_MAX;
@@ -193,15 +193,6 @@ impl NodeService {
 }
 
 /// A refusal before Raft, in a batch's slot: its reason code and message.
-fn refusal(status: &Status) -> Outcome {
-    Outcome {
-        result: Some(outcome::Result::Rejected(Rejection {
-            reason: wallet_proto::reason::of_status(status).as_str().into(),
-            message: status.message().to_string(),
-        })),
-    }
-}
-
 /// Milliseconds since the epoch on this node's clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -255,7 +246,7 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
                     admitted.push(command);
                     slots.push(slot);
                 }
-                Err(status) => outcomes[slot] = Some(refusal(&status)),
+                Err(status) => outcomes[slot] = Some(Refusal::of_status(&status).into()),
             }
         }
         if !admitted.is_empty() {

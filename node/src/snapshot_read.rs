@@ -62,7 +62,7 @@ impl StateMachine {
     pub(crate) fn check_fresh(&self, command: &Command) -> Result<(), Refusal> {
         let closed = self.snapshot.closed_ts;
         if closed > 0 && command.ts <= closed {
-            return Err((
+            return Err(Refusal::new(
                 Reason::TimestampTooOld,
                 format!(
                     "timestamp {} is at or below the closed timestamp {closed}",
@@ -151,7 +151,7 @@ impl StateMachine {
     fn check_kept(&self, ts: u64) -> Result<(), Refusal> {
         let forgotten = self.snapshot.forgotten_ts;
         if ts < forgotten {
-            return Err((
+            return Err(Refusal::new(
                 Reason::SnapshotTooOld,
                 format!(
                     "shard {} keeps changes after {forgotten} only; asked for {ts}",
@@ -177,7 +177,7 @@ impl StateMachine {
             .sum();
         let balance = i128::from(account.balance) - newer;
         account.balance = i64::try_from(balance).map_err(|_| {
-            (
+            Refusal::new(
                 Reason::Internal,
                 format!("balance of {account_id} at {ts} does not fit in i64: {balance}"),
             )

@@ -21,8 +21,8 @@ use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, CreateAccounts,
-    EntryKind, HistoryEntry, Intent, IntentState, Outcome, Outcomes, Rejection, RequestRecord,
-    SetRetention, Transfer, TransferRequest, TransferStatus, TsoWindow,
+    EntryKind, HistoryEntry, Intent, IntentState, Outcome, Outcomes, RequestRecord, SetRetention,
+    Transfer, TransferRequest, TransferStatus, TsoWindow,
 };
 use wallet_proto::validate;
 
@@ -99,17 +99,7 @@ pub struct StateMachine {
     pub(crate) retention: Retention,
 }
 
-/// A refusal: a reason code and a message.
-pub type Refusal = (Reason, String);
-
-pub(crate) fn reject((reason, message): Refusal) -> Outcome {
-    Outcome {
-        result: Some(outcome::Result::Rejected(Rejection {
-            reason: reason.as_str().to_string(),
-            message,
-        })),
-    }
-}
+pub use wallet_proto::reason::Refusal;
 
 /// The refusal inside an outcome, if it is one.
 pub fn rejection_of(outcome: &Outcome) -> Option<Reason> {
@@ -261,7 +251,7 @@ impl StateMachine {
         let outcome = match &command.op {
             Some(Op::CreateAccount(create)) => self
                 .create_account(command, create, writes)
-                .unwrap_or_else(reject),
+                .unwrap_or_else(Outcome::from),
             Some(Op::CreateAccounts(batch)) => self.create_accounts(command, batch, writes),
             Some(Op::PrepareDebit(prepare)) => self.prepare_debit(command, prepare, writes),
             Some(Op::PrepareCredit(prepare)) => self.prepare_credit(command, prepare, writes),
@@ -285,8 +275,13 @@ impl StateMachine {
                     })),
                 }
             }
-            Some(op) => self.idempotent(command, op, writes).unwrap_or_else(reject),
-            None => reject((Reason::InvalidArgument, "command has no operation".into())),
+            Some(op) => self
+                .idempotent(command, op, writes)
+                .unwrap_or_else(Outcome::from),
+            None => Outcome::from(Refusal::new(
+                Reason::InvalidArgument,
+                "command has no operation",
+            )),
         };
         #[cfg(debug_assertions)]
         self.assert_touched_accounts(writes);
@@ -316,7 +311,7 @@ impl StateMachine {
                     result: Some(outcome::Result::Account(existing.clone())),
                 });
             }
-            return Err((
+            return Err(Refusal::new(
                 Reason::AccountExists,
                 format!(
                     "account {} exists with currency {}, floor {} and opening balance {}",
@@ -330,9 +325,9 @@ impl StateMachine {
         if create.opening_balance > 0 {
             // Money enters: it needs a commit timestamp, as a deposit does (audits, G3).
             if command.ts == 0 {
-                return Err((
+                return Err(Refusal::new(
                     Reason::InvalidArgument,
-                    "an opening balance needs a timestamp".into(),
+                    "an opening balance needs a timestamp",
                 ));
             }
             self.check_fresh(command)?;
@@ -388,7 +383,7 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Outcome {
         if batch.accounts.len() > wallet_proto::TRANSFER_BATCH_MAX {
-            return reject((
+            return Outcome::from(Refusal::new(
                 Reason::InvalidArgument,
                 format!(
                     "{} accounts in one command; at most {}",
@@ -399,7 +394,7 @@ impl StateMachine {
         }
         if batch.accounts.iter().any(|a| a.opening_balance > 0) {
             if let Err(refusal) = self.check_fresh(command) {
-                return reject(refusal);
+                return Outcome::from(refusal);
             }
         }
         let items = batch
@@ -407,7 +402,7 @@ impl StateMachine {
             .iter()
             .map(|create| {
                 self.create_account(command, create, writes)
-                    .unwrap_or_else(reject)
+                    .unwrap_or_else(Outcome::from)
             })
             .collect();
         Outcome {
@@ -439,7 +434,7 @@ impl StateMachine {
             if first.is_some_and(|first| same_request(first, op)) {
                 return Ok(record.outcome.clone().unwrap_or_default());
             }
-            return Err((
+            return Err(Refusal::new(
                 Reason::IdReused,
                 format!(
                     "request id {} was used on account {} for another operation",
@@ -497,16 +492,16 @@ impl StateMachine {
     /// kept from before retention existed (no issue time): they count as issued now.
     fn set_retention(&mut self, set: &SetRetention, writes: &mut Writes) -> Outcome {
         if !(1..=WINDOW_MAX_MS).contains(&set.window_ms) {
-            return reject((
+            return Outcome::from(Refusal::new(
                 Reason::InvalidArgument,
                 format!("retention window must be 1..={WINDOW_MAX_MS} ms"),
             ));
         }
         // Records kept from before retention count as issued now: there must be a now.
         if self.retention.clock_ms() == 0 {
-            return reject((
+            return Outcome::from(Refusal::new(
                 Reason::Unavailable,
-                "the shard has applied no timestamped command yet".into(),
+                "the shard has applied no timestamped command yet",
             ));
         }
         if self.retention.window_ms().is_none() {
@@ -573,7 +568,7 @@ impl StateMachine {
         if self.owns(account_id) {
             return Ok(());
         }
-        Err((
+        Err(Refusal::new(
             Reason::WrongShard,
             format!(
                 "account {account_id} belongs to shard {}, not {}",
@@ -585,7 +580,7 @@ impl StateMachine {
 
     pub(crate) fn existing(&self, account_id: &str) -> Result<&Account, Refusal> {
         self.accounts.get(account_id).ok_or_else(|| {
-            (
+            Refusal::new(
                 Reason::AccountNotFound,
                 format!("account {account_id} does not exist"),
             )
@@ -601,7 +596,7 @@ impl StateMachine {
         if delta < 0 {
             let spendable_after = after - i128::from(account.reserved) - i128::from(account.floor);
             if spendable_after < 0 {
-                return Err((
+                return Err(Refusal::new(
                     Reason::InsufficientFunds,
                     format!(
                         "account {} has {} available, needs {}",
@@ -615,7 +610,7 @@ impl StateMachine {
             }
         }
         let overflow = || {
-            (
+            Refusal::new(
                 Reason::BalanceOverflow,
                 format!("balance of {} would overflow", account.account_id),
             )
@@ -638,7 +633,9 @@ impl StateMachine {
         let account = self.existing(account_id)?;
         let balance = match Self::balance_after(account, delta) {
             Ok(balance) => balance,
-            Err(refusal @ (Reason::InsufficientFunds, _)) => return Ok(reject(refusal)),
+            Err(refusal) if refusal.reason == Reason::InsufficientFunds => {
+                return Ok(Outcome::from(refusal))
+            }
             Err(refusal) => return Err(refusal),
         };
         let kind = if delta > 0 {
@@ -666,16 +663,16 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Result<Outcome, Refusal> {
         if command.request_id != t.transfer_id {
-            return Err((
+            return Err(Refusal::new(
                 Reason::InvalidArgument,
-                "transfer id and request id differ".into(),
+                "transfer id and request id differ",
             ));
         }
         validate::id("to account id", &t.to_account_id)?;
         if t.from_account_id == t.to_account_id {
-            return Err((
+            return Err(Refusal::new(
                 Reason::SameAccount,
-                "cannot transfer from an account to itself".into(),
+                "cannot transfer from an account to itself",
             ));
         }
         self.check_owned(&t.to_account_id)?;
@@ -686,7 +683,9 @@ impl StateMachine {
         let to_balance = Self::balance_after(to, t.amount)?;
         let from_balance = match Self::balance_after(from, -t.amount) {
             Ok(balance) => balance,
-            Err(refusal @ (Reason::InsufficientFunds, _)) => return Ok(reject(refusal)),
+            Err(refusal) if refusal.reason == Reason::InsufficientFunds => {
+                return Ok(Outcome::from(refusal))
+            }
             Err(refusal) => return Err(refusal),
         };
         let from_seq = self.set_balance(&t.from_account_id, from_balance, writes);
@@ -859,7 +858,7 @@ pub(crate) fn same_currency(
     if from_currency == to.currency {
         return Ok(());
     }
-    Err((
+    Err(Refusal::new(
         Reason::CurrencyMismatch,
         format!(
             "{from_id} holds {from_currency}, {} holds {}",

@@ -27,7 +27,7 @@ use tonic::Status;
 use wallet_proto::v1::raft_client::RaftClient;
 use wallet_proto::v1::{RaftBatch, RaftEnvelope, SnapshotChunk};
 
-use crate::replica::{ReplicaHandle, ReplicaMsg};
+use crate::inbox::{Outbox, ReplicaHandle, ReplicaMsg};
 use crate::snapshot_file::{Descriptor, Side, SnapshotDir};
 
 /// Messages queued per peer before new ones are dropped.
@@ -91,9 +91,11 @@ impl Transport {
             peers: Arc::new(senders),
         }
     }
+}
 
+impl Outbox for Transport {
     /// Queues messages of one shard for their peers; never waits.
-    pub fn send(&self, shard_id: u64, messages: Vec<Message>) {
+    fn send(&self, shard_id: u64, messages: Vec<Message>) {
         for message in messages {
             match self.peers.get(&message.to) {
                 Some(peer) => {
@@ -373,7 +375,7 @@ pub fn deliver(registry: &Registry, batch: RaftBatch) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::ReplicaHandle;
+    use crate::inbox::ReplicaHandle;
     use wallet_proto::v1::raft_server::{Raft, RaftServer};
     use wallet_proto::v1::RaftAck;
 

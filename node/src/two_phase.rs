@@ -38,8 +38,8 @@ use wallet_proto::validate;
 
 use crate::retention::Fate;
 use crate::state_machine::{
-    intent_key, record_fate, reject, same_currency, same_request, same_transfer, IntentKey,
-    Refusal, StateMachine, Write, Writes,
+    intent_key, record_fate, same_currency, same_request, same_transfer, IntentKey, Refusal,
+    StateMachine, Write, Writes,
 };
 
 /// Most entries of each list a `Stuck` query returns (a bound on the answer's size, G10).
@@ -52,7 +52,7 @@ pub const FORGET_TRANSFERS_MAX: usize = 1000;
 /// A record that contradicts the money rules: refused, nothing changes, loudly logged.
 fn broken(what: String) -> Outcome {
     tracing::error!(%what, "state machine refused a step that contradicts its records");
-    reject((Reason::Internal, what))
+    Outcome::from(Refusal::new(Reason::Internal, what))
 }
 
 fn transfer_outcome(transfer: Transfer) -> Outcome {
@@ -75,15 +75,15 @@ fn check_transfer(command: &Command, t: &TransferRequest) -> Result<(), Refusal>
     validate::id("to account id", &t.to_account_id)?;
     validate::amount(t.amount)?;
     if command.request_id != t.transfer_id {
-        return Err((
+        return Err(Refusal::new(
             Reason::InvalidArgument,
-            "transfer id and request id differ".into(),
+            "transfer id and request id differ",
         ));
     }
     if t.from_account_id == t.to_account_id {
-        return Err((
+        return Err(Refusal::new(
             Reason::SameAccount,
-            "cannot transfer from an account to itself".into(),
+            "cannot transfer from an account to itself",
         ));
     }
     Ok(())
@@ -126,7 +126,7 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Outcome {
         self.try_prepare_debit(command, prepare, writes)
-            .unwrap_or_else(reject)
+            .unwrap_or_else(Outcome::from)
     }
 
     fn try_prepare_debit(
@@ -135,17 +135,15 @@ impl StateMachine {
         prepare: &PrepareDebit,
         writes: &mut Writes,
     ) -> Result<Outcome, Refusal> {
-        let t = prepare.transfer.as_ref().ok_or_else(|| {
-            (
-                Reason::InvalidArgument,
-                "prepare without transfer".to_string(),
-            )
-        })?;
+        let t = prepare
+            .transfer
+            .as_ref()
+            .ok_or_else(|| Refusal::new(Reason::InvalidArgument, "prepare without transfer"))?;
         check_transfer(command, t)?;
         self.check_owned(&t.from_account_id)?;
         let credit_shard = self.ring.shard_of(&t.to_account_id);
         if credit_shard == self.shard_id || credit_shard != prepare.credit_shard_id {
-            return Err((
+            return Err(Refusal::new(
                 Reason::InvalidArgument,
                 format!(
                     "{} lives on shard {credit_shard}: not a cross-shard transfer from shard {}",
@@ -162,7 +160,7 @@ impl StateMachine {
                     return Ok(record.outcome.clone().unwrap_or_default());
                 }
             }
-            return Err((
+            return Err(Refusal::new(
                 Reason::IdReused,
                 format!(
                     "transfer id {} was used on account {} for another operation",
@@ -175,7 +173,7 @@ impl StateMachine {
         let spendable =
             i128::from(from.balance) - i128::from(from.reserved) - i128::from(from.floor);
         let outcome = if spendable < i128::from(t.amount) {
-            reject((
+            Outcome::from(Refusal::new(
                 Reason::InsufficientFunds,
                 format!(
                     "account {} has {spendable} available, needs {}",
@@ -187,7 +185,7 @@ impl StateMachine {
             // reserved + amount <= balance - floor, which exceeds i64 with a credit limit near
             // i64::MAX: then it is refused (nothing written, like any overflow).
             account.reserved = account.reserved.checked_add(t.amount).ok_or_else(|| {
-                (
+                Refusal::new(
                     Reason::BalanceOverflow,
                     format!("reservations on {} would overflow", t.from_account_id),
                 )
@@ -231,10 +229,10 @@ impl StateMachine {
     ) -> Outcome {
         let key = match self.step_key(step) {
             Ok(key) => key,
-            Err(refusal) => return reject(refusal),
+            Err(refusal) => return Outcome::from(refusal),
         };
         let Some(record) = self.requests.get(&key) else {
-            return reject((
+            return Outcome::from(Refusal::new(
                 Reason::TransferNotFound,
                 format!("no transfer {} from {}", step.transfer_id, step.account_id),
             ));
@@ -249,7 +247,7 @@ impl StateMachine {
             // Refused at prepare (e.g. INSUFFICIENT_FUNDS): it never happens.
             (Some(outcome::Result::Rejected(_)), true) => {
                 return if commit {
-                    reject((
+                    Outcome::from(Refusal::new(
                         Reason::TransferAborted,
                         format!("transfer {} was refused", step.transfer_id),
                     ))
@@ -258,7 +256,7 @@ impl StateMachine {
                 };
             }
             _ => {
-                return reject((
+                return Outcome::from(Refusal::new(
                     Reason::InvalidArgument,
                     format!("{} is not a cross-shard transfer", step.transfer_id),
                 ))
@@ -272,7 +270,7 @@ impl StateMachine {
             Ok(TransferStatus::Prepared)
                 if commit && command.ts != 0 && command.ts <= transfer.start_ts =>
             {
-                return reject((
+                return Outcome::from(Refusal::new(
                     Reason::RequestExpired,
                     format!(
                         "commit of transfer {} is older than its prepared record",
@@ -282,7 +280,7 @@ impl StateMachine {
             }
             Ok(TransferStatus::Prepared) => {}
             Ok(TransferStatus::Aborted) if commit => {
-                return reject((
+                return Outcome::from(Refusal::new(
                     Reason::TransferAborted,
                     format!("transfer {} was aborted", step.transfer_id),
                 ))
@@ -360,7 +358,7 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Outcome {
         if forget.transfers.len() > FORGET_TRANSFERS_MAX {
-            return reject((
+            return Outcome::from(Refusal::new(
                 Reason::InvalidArgument,
                 format!("at most {FORGET_TRANSFERS_MAX} transfers to forget at once"),
             ));
@@ -427,17 +425,20 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Outcome {
         let Some(t) = prepare.transfer.as_ref() else {
-            return reject((Reason::InvalidArgument, "prepare without transfer".into()));
+            return Outcome::from(Refusal::new(
+                Reason::InvalidArgument,
+                "prepare without transfer",
+            ));
         };
         if let Err(refusal) =
             check_transfer(command, t).and_then(|_| self.check_owned(&t.to_account_id))
         {
-            return reject(refusal);
+            return Outcome::from(refusal);
         }
         if self.ring.shard_of(&t.from_account_id) != prepare.primary_shard_id
             || prepare.primary_shard_id == self.shard_id
         {
-            return reject((Reason::InvalidArgument, "wrong primary shard".into()));
+            return Outcome::from(Refusal::new(Reason::InvalidArgument, "wrong primary shard"));
         }
         let key = (
             t.to_account_id.clone(),
@@ -455,7 +456,7 @@ impl StateMachine {
             if for_another_record {
                 // The primary forgot the transfer this intent belongs to and prepared a new one
                 // under its id: a retry sent after the window (README § Retention).
-                return reject((
+                return Outcome::from(Refusal::new(
                     Reason::RequestExpired,
                     format!(
                         "transfer id {} belongs to an earlier transfer that is no longer \
@@ -465,7 +466,7 @@ impl StateMachine {
                 ));
             }
             return match IntentState::try_from(intent.state) {
-                Ok(IntentState::Aborted) => reject((
+                Ok(IntentState::Aborted) => Outcome::from(Refusal::new(
                     Reason::TransferAborted,
                     format!("transfer {} was aborted", t.transfer_id),
                 )),
@@ -474,7 +475,7 @@ impl StateMachine {
                     .as_ref()
                     .is_some_and(|first| same_transfer(first, t)) =>
                 {
-                    reject((
+                    Outcome::from(Refusal::new(
                         Reason::IdReused,
                         format!(
                             "transfer id {} was used for another transfer",
@@ -489,11 +490,11 @@ impl StateMachine {
             };
         }
         if let Err(refusal) = self.check_fresh(command) {
-            return reject(refusal);
+            return Outcome::from(refusal);
         }
         let to = match self.existing(&t.to_account_id) {
             Ok(to) => to,
-            Err(refusal) => return reject(refusal),
+            Err(refusal) => return Outcome::from(refusal),
         };
         // The credit must fit when it lands (balance + pending credits + amount), and so must the
         // sum of the credits promised.
@@ -501,7 +502,7 @@ impl StateMachine {
             .and_then(|_| Self::balance_after(to, t.amount))
             .and_then(|_| {
                 to.pending_credit.checked_add(t.amount).ok_or_else(|| {
-                    (
+                    Refusal::new(
                         Reason::BalanceOverflow,
                         format!("credits promised to {} would overflow", to.account_id),
                     )
@@ -509,7 +510,7 @@ impl StateMachine {
             });
         let pending_credit = match checked {
             Ok(pending_credit) => pending_credit,
-            Err(refusal) => return reject(refusal),
+            Err(refusal) => return Outcome::from(refusal),
         };
         let mut account = to.clone();
         account.pending_credit = pending_credit;
@@ -552,11 +553,11 @@ impl StateMachine {
             Ok((to, step.from_account_id.clone(), id))
         }) {
             Ok(key) => key,
-            Err(refusal) => return reject(refusal),
+            Err(refusal) => return Outcome::from(refusal),
         };
         let Some(intent) = self.intents.get(&key).cloned() else {
             if commit {
-                return reject((
+                return Outcome::from(Refusal::new(
                     Reason::TransferNotFound,
                     format!(
                         "no intent of transfer {} from {} on {}",
@@ -596,7 +597,7 @@ impl StateMachine {
             | (Ok(IntentState::Aborted), true)
             | (Err(_), _)
             | (Ok(IntentState::Unspecified), _) => {
-                return reject((
+                return Outcome::from(Refusal::new(
                     Reason::InvalidArgument,
                     format!("transfer {} was decided the other way", step.transfer_id),
                 ))

@@ -12,7 +12,7 @@ mod model;
 use model::{Credit, Expect, Model, Primary, Xfer};
 use proptest::prelude::*;
 use wallet_node::state_machine::StateMachine;
-use wallet_proto::reason::Reason;
+use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, CreateAccountRequest, DepositRequest, Outcome, PrepareCredit,
@@ -309,7 +309,7 @@ impl World {
                         id,
                         ts
                     ),
-                    (Err((reason, _)), false) => {
+                    (Err(Refusal { reason, .. }), false) => {
                         prop_assert_eq!(reason, Reason::AccountNotFound)
                     }
                     (result, exists) => {

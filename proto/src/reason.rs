@@ -3,8 +3,14 @@
 //! Every error leaves the store as a gRPC status whose message starts with `REASON: ` and whose
 //! `wallet-reason` metadata entry holds the code alone, so clients match on the code, never on the
 //! prose. The list is documented in README.md § Errors; codes are only ever added, never renamed.
+//!
+//! [`Refusal`] is the one shape a refusal takes in every crate: a code and a message for people.
+//! It travels as a gRPC status between processes and as a [`Rejection`] inside a shard's outcomes
+//! and read results, and converts to and from both without losing its code.
 
 use tonic::{Code, Status};
+
+use crate::v1::{outcome, read_result, BatchError, Outcome, ReadResult, Rejection};
 
 /// Metadata key carrying the reason code on every error status.
 pub const METADATA_KEY: &str = "wallet-reason";
@@ -153,6 +159,142 @@ impl Reason {
     }
 }
 
+/// A refusal: a stable reason code and a message for people (without the code in front).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The refusal a status carries (see [`of_status`]); the message loses its `CODE: ` prefix.
+    pub fn of_status(status: &Status) -> Refusal {
+        let reason = of_status(status);
+        let message = status.message();
+        let message = message
+            .strip_prefix(reason.as_str())
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(message);
+        Refusal::new(reason, message)
+    }
+
+    /// The refusal a shard's answer carries. A code this build does not know (a newer peer's) is
+    /// kept in the message and answered as `INTERNAL`, never mistaken for another.
+    pub fn of_rejection(rejection: &Rejection) -> Refusal {
+        match Reason::parse(&rejection.reason) {
+            Some(reason) => Refusal::new(reason, rejection.message.clone()),
+            None => Refusal::new(
+                Reason::Internal,
+                format!("{}: {}", rejection.reason, rejection.message),
+            ),
+        }
+    }
+
+    /// The refusal as a gRPC status.
+    pub fn status(&self) -> Status {
+        self.reason.status(&self.message)
+    }
+
+    /// The refusal as it travels inside a shard's answers.
+    pub fn rejection(&self) -> Rejection {
+        Rejection {
+            reason: self.reason.as_str().into(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl Reason {
+    /// A refusal with this reason.
+    pub fn refuse(self, message: impl Into<String>) -> Refusal {
+        Refusal::new(self, message)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Status {
+        refusal.status()
+    }
+}
+
+impl From<&Status> for Refusal {
+    fn from(status: &Status) -> Refusal {
+        Refusal::of_status(status)
+    }
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Refusal {
+        Refusal::of_status(&status)
+    }
+}
+
+impl From<Refusal> for BatchError {
+    fn from(refusal: Refusal) -> BatchError {
+        BatchError {
+            reason: refusal.reason.as_str().into(),
+            message: refusal.message,
+        }
+    }
+}
+
+impl From<BatchError> for Refusal {
+    /// A batch item's refusal (a code this build does not know reads as `INTERNAL`, as in
+    /// [`Refusal::of_rejection`]).
+    fn from(error: BatchError) -> Refusal {
+        Refusal::of_rejection(&Rejection {
+            reason: error.reason,
+            message: error.message,
+        })
+    }
+}
+
+impl From<Refusal> for Rejection {
+    fn from(refusal: Refusal) -> Rejection {
+        Rejection {
+            reason: refusal.reason.as_str().into(),
+            message: refusal.message,
+        }
+    }
+}
+
+impl From<&Rejection> for Refusal {
+    fn from(rejection: &Rejection) -> Refusal {
+        Refusal::of_rejection(rejection)
+    }
+}
+
+impl From<Refusal> for Outcome {
+    fn from(refusal: Refusal) -> Outcome {
+        Outcome {
+            result: Some(outcome::Result::Rejected(refusal.into())),
+        }
+    }
+}
+
+impl From<Refusal> for ReadResult {
+    fn from(refusal: Refusal) -> ReadResult {
+        ReadResult {
+            result: Some(read_result::Result::Rejected(refusal.into())),
+        }
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -208,6 +350,40 @@ mod tests {
             assert_eq!(status.code(), reason.code());
             assert!(status.message().starts_with(reason.as_str()));
         }
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_code_and_message_through_every_shape() {
+        for reason in Reason::ALL {
+            let refusal = reason.refuse("amount 9223372036854775807: too much");
+            let status: Status = refusal.clone().into();
+            assert_eq!(Refusal::of_status(&status), refusal);
+            let rejection: Rejection = refusal.clone().into();
+            assert_eq!(Refusal::of_rejection(&rejection), refusal);
+            let outcome: Outcome = refusal.clone().into();
+            assert_eq!(
+                outcome.result,
+                Some(outcome::Result::Rejected(refusal.rejection()))
+            );
+            assert_eq!(refusal.to_string(), status.message());
+            let batch: BatchError = refusal.clone().into();
+            assert_eq!(Refusal::from(batch), refusal);
+        }
+        // A message that only looks like it carries another code keeps it.
+        let refusal = Reason::Internal.refuse("ID_REUSED: not really");
+        assert_eq!(Refusal::of_status(&refusal.status()), refusal);
+        // A code this build does not know is never read as another one.
+        let unknown = Rejection {
+            reason: "SOMETHING_NEW".into(),
+            message: "from a newer peer".into(),
+        };
+        assert_eq!(
+            Refusal::of_rejection(&unknown),
+            Reason::Internal.refuse("SOMETHING_NEW: from a newer peer")
+        );
+        // A transport error without our metadata is UNAVAILABLE, its message kept whole.
+        let refusal = Refusal::of_status(&Status::unavailable("connection refused"));
+        assert_eq!(refusal, Reason::Unavailable.refuse("connection refused"));
     }
 
     #[test]

@@ -1,16 +1,16 @@
 //! Input rules of DESIGN §10, checked before anything is proposed, so bad input is refused with a
 //! reason code and nothing is written. The state machine checks them again (pair assertions).
 
-use crate::reason::Reason;
+use crate::reason::{Reason, Refusal};
 
 /// Longest id (account, request, transfer) in bytes.
 pub const ID_BYTES_MAX: usize = 64;
 
 /// Ids are 1–64 bytes of `[A-Za-z0-9._:-]`.
-pub fn id(what: &str, value: &str) -> Result<(), (Reason, String)> {
+pub fn id(what: &str, value: &str) -> Result<(), Refusal> {
     let ok_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
     if value.is_empty() || value.len() > ID_BYTES_MAX || !value.bytes().all(ok_char) {
-        return Err((
+        return Err(Refusal::new(
             Reason::InvalidId,
             format!("{what} must be 1-{ID_BYTES_MAX} characters of [A-Za-z0-9._:-]"),
         ));
@@ -19,9 +19,9 @@ pub fn id(what: &str, value: &str) -> Result<(), (Reason, String)> {
 }
 
 /// Amounts are 1..=i64::MAX minor units.
-pub fn amount(value: i64) -> Result<(), (Reason, String)> {
+pub fn amount(value: i64) -> Result<(), Refusal> {
     if value <= 0 {
-        return Err((
+        return Err(Refusal::new(
             Reason::InvalidAmount,
             format!("amount must be a positive number of minor units, got {value}"),
         ));
@@ -30,9 +30,9 @@ pub fn amount(value: i64) -> Result<(), (Reason, String)> {
 }
 
 /// Currencies are three upper-case ASCII letters (ISO 4217 style).
-pub fn currency(value: &str) -> Result<(), (Reason, String)> {
+pub fn currency(value: &str) -> Result<(), Refusal> {
     if value.len() != 3 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err((
+        return Err(Refusal::new(
             Reason::InvalidCurrency,
             format!("currency must be three upper-case letters, got {value:?}"),
         ));
@@ -41,9 +41,9 @@ pub fn currency(value: &str) -> Result<(), (Reason, String)> {
 }
 
 /// Credit limits are 0..=i64::MAX (the floor is its negation).
-pub fn credit_limit(value: i64) -> Result<(), (Reason, String)> {
+pub fn credit_limit(value: i64) -> Result<(), Refusal> {
     if value < 0 {
-        return Err((
+        return Err(Refusal::new(
             Reason::InvalidAmount,
             format!("credit limit must not be negative, got {value}"),
         ));
@@ -51,9 +51,9 @@ pub fn credit_limit(value: i64) -> Result<(), (Reason, String)> {
     Ok(())
 }
 
-pub fn opening_balance(value: i64) -> Result<(), (Reason, String)> {
+pub fn opening_balance(value: i64) -> Result<(), Refusal> {
     if value < 0 {
-        return Err((
+        return Err(Refusal::new(
             Reason::InvalidAmount,
             format!("opening balance must not be negative, got {value}"),
         ));
@@ -81,9 +81,9 @@ mod tests {
     fn amounts_must_be_positive() {
         assert!(amount(1).is_ok());
         assert!(amount(i64::MAX).is_ok());
-        assert_eq!(amount(0).unwrap_err().0, Reason::InvalidAmount);
-        assert_eq!(amount(-5).unwrap_err().0, Reason::InvalidAmount);
-        assert_eq!(amount(i64::MIN).unwrap_err().0, Reason::InvalidAmount);
+        assert_eq!(amount(0).unwrap_err().reason, Reason::InvalidAmount);
+        assert_eq!(amount(-5).unwrap_err().reason, Reason::InvalidAmount);
+        assert_eq!(amount(i64::MIN).unwrap_err().reason, Reason::InvalidAmount);
     }
 
     #[test]

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
-use wallet_proto::reason::{self, Reason};
+use wallet_proto::reason::{Reason, Refusal};
 
 use wallet_proto::v1::{
     account_result, command::Op, outcome, read_result, shard_read::Query, transfer_result, Account,
     AccountResult, AuditReport, AuditRequest, BalanceChange, BatchError, CloseTs, Command,
     CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts,
     DepositRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
-    ListTransfersResponse, Outcome, ReadResult, SnapshotAt, Stuck, Transfer, TransferBatchRequest,
-    TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
+    ListTransfersResponse, Outcome, ReadResult, Rejection, SnapshotAt, Stuck, Transfer,
+    TransferBatchRequest, TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
 };
 use wallet_proto::validate;
 
@@ -40,7 +40,7 @@ pub struct WalletService {
 }
 
 /// What the router checks of an account to create (the state machine checks it again).
-fn validate_create(create: &CreateAccountRequest) -> Result<(), (Reason, String)> {
+fn validate_create(create: &CreateAccountRequest) -> Result<(), Refusal> {
     validate::id("account id", &create.account_id)?;
     validate::currency(&create.currency)?;
     validate::credit_limit(create.credit_limit)?;
@@ -49,28 +49,19 @@ fn validate_create(create: &CreateAccountRequest) -> Result<(), (Reason, String)
 
 /// A batch item's refusal from the status its call ended with.
 fn batch_error(status: &Status) -> BatchError {
-    BatchError {
-        reason: reason::of_status(status).as_str().to_string(),
-        message: status.message().to_string(),
-    }
+    Refusal::of_status(status).into()
 }
 
 /// A batch item whose shard answered something other than its outcome.
 fn unexpected_item(what: &str) -> BatchError {
-    BatchError {
-        reason: Reason::Internal.as_str().to_string(),
-        message: format!("unexpected outcome of {what}"),
-    }
+    Reason::Internal
+        .refuse(format!("unexpected outcome of {what}"))
+        .into()
 }
 
-fn check(result: Result<(), (Reason, String)>) -> Result<(), Status> {
-    result.map_err(|(reason, message)| reason.status(message))
-}
-
-fn refused(reason: &str, message: &str) -> Status {
-    Reason::parse(reason)
-        .unwrap_or(Reason::Internal)
-        .status(message)
+/// The status of a shard's refusal.
+fn refused(rejection: &Rejection) -> Status {
+    Refusal::of_rejection(rejection).into()
 }
 
 fn unexpected(what: &str) -> Status {
@@ -152,7 +143,7 @@ impl WalletService {
         match outcome {
             Outcome {
                 result: Some(outcome::Result::Rejected(r)),
-            } => Err(refused(&r.reason, &r.message)),
+            } => Err(refused(&r)),
             Outcome {
                 result: Some(result),
             } => Ok(result),
@@ -209,7 +200,7 @@ impl WalletService {
             .await?
             .result
         {
-            Some(read_result::Result::Rejected(r)) => Err(refused(&r.reason, &r.message)),
+            Some(read_result::Result::Rejected(r)) => Err(refused(&r)),
             Some(result) => Ok(result),
             None => Err(unexpected("empty snapshot read")),
         }
@@ -229,10 +220,10 @@ impl WalletService {
     /// One transfer, already counted in flight: checked, then one Raft entry on its shard, or the
     /// two-phase protocol across two shards.
     async fn transfer_admitted(&self, transfer: TransferRequest) -> Result<Transfer, Status> {
-        check(validate::id("transfer id", &transfer.transfer_id))?;
-        check(validate::id("from account id", &transfer.from_account_id))?;
-        check(validate::id("to account id", &transfer.to_account_id))?;
-        check(validate::amount(transfer.amount))?;
+        validate::id("transfer id", &transfer.transfer_id)?;
+        validate::id("from account id", &transfer.from_account_id)?;
+        validate::id("to account id", &transfer.to_account_id)?;
+        validate::amount(transfer.amount)?;
         if transfer.from_account_id == transfer.to_account_id {
             return Err(Reason::SameAccount.status("cannot transfer from an account to itself"));
         }
@@ -267,7 +258,7 @@ impl WalletService {
         match self.shards.read(shard_id, query).await? {
             ReadResult {
                 result: Some(read_result::Result::Rejected(r)),
-            } => Err(refused(&r.reason, &r.message)),
+            } => Err(refused(&r)),
             ReadResult {
                 result: Some(result),
             } => Ok(result),
@@ -283,7 +274,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<CreateAccountRequest>,
     ) -> Result<Response<Account>, Status> {
         let create = request.into_inner();
-        check(validate_create(&create))?;
+        validate_create(&create)?;
         let account_id = create.account_id.clone();
         match self
             .execute(&account_id, "", Op::CreateAccount(create))
@@ -311,12 +302,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         > = Default::default();
         for (position, create) in accounts.into_iter().enumerate() {
             match validate_create(&create) {
-                Err((reason, message)) => {
-                    results[position] = error(BatchError {
-                        reason: reason.as_str().to_string(),
-                        message,
-                    })
-                }
+                Err(refusal) => results[position] = error(refusal.into()),
                 Ok(()) => {
                     let shard = per_shard
                         .entry(self.shards.shard_of(&create.account_id))
@@ -356,10 +342,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                 // The whole command refused, or it failed on its way: every item says so.
                 Ok(Outcome {
                     result: Some(outcome::Result::Rejected(r)),
-                }) => Err(BatchError {
-                    reason: r.reason,
-                    message: r.message,
-                }),
+                }) => Err(Refusal::of_rejection(&r).into()),
                 Err(status) => Err(batch_error(&status)),
                 Ok(_) => Err(unexpected_item("a batch of accounts")),
             };
@@ -377,10 +360,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                     Some(outcome::Result::Account(account)) => AccountResult {
                         result: Some(account_result::Result::Account(account)),
                     },
-                    Some(outcome::Result::Rejected(r)) => error(BatchError {
-                        reason: r.reason,
-                        message: r.message,
-                    }),
+                    Some(outcome::Result::Rejected(r)) => error(Refusal::of_rejection(&r).into()),
                     _ => error(unexpected_item("an account")),
                 };
             }
@@ -393,7 +373,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<GetAccountRequest>,
     ) -> Result<Response<Account>, Status> {
         let get = request.into_inner();
-        check(validate::id("account id", &get.account_id))?;
+        validate::id("account id", &get.account_id)?;
         if get.at_ts != 0 {
             let _permit = self.admit()?;
             let now = self.timestamps.next().await?;
@@ -423,9 +403,9 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<DepositRequest>,
     ) -> Result<Response<BalanceChange>, Status> {
         let deposit = request.into_inner();
-        check(validate::id("request id", &deposit.request_id))?;
-        check(validate::id("account id", &deposit.account_id))?;
-        check(validate::amount(deposit.amount))?;
+        validate::id("request id", &deposit.request_id)?;
+        validate::id("account id", &deposit.account_id)?;
+        validate::amount(deposit.amount)?;
         let (account_id, request_id) = (deposit.account_id.clone(), deposit.request_id.clone());
         match self
             .execute(&account_id, &request_id, Op::Deposit(deposit))
@@ -441,9 +421,9 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<WithdrawRequest>,
     ) -> Result<Response<BalanceChange>, Status> {
         let withdraw = request.into_inner();
-        check(validate::id("request id", &withdraw.request_id))?;
-        check(validate::id("account id", &withdraw.account_id))?;
-        check(validate::amount(withdraw.amount))?;
+        validate::id("request id", &withdraw.request_id)?;
+        validate::id("account id", &withdraw.account_id)?;
+        validate::amount(withdraw.amount)?;
         let (account_id, request_id) = (withdraw.account_id.clone(), withdraw.request_id.clone());
         match self
             .execute(&account_id, &request_id, Op::Withdraw(withdraw))
@@ -508,8 +488,8 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<GetTransferRequest>,
     ) -> Result<Response<Transfer>, Status> {
         let get = request.into_inner();
-        check(validate::id("transfer id", &get.transfer_id))?;
-        check(validate::id("from account id", &get.from_account_id))?;
+        validate::id("transfer id", &get.transfer_id)?;
+        validate::id("from account id", &get.from_account_id)?;
         let from = get.from_account_id.clone();
         match self.read(&from, Query::Transfer(get)).await? {
             read_result::Result::Transfer(t) => Ok(Response::new(t)),
@@ -546,7 +526,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         request: Request<ListTransfersRequest>,
     ) -> Result<Response<ListTransfersResponse>, Status> {
         let list = request.into_inner();
-        check(validate::id("account id", &list.account_id))?;
+        validate::id("account id", &list.account_id)?;
         let account_id = list.account_id.clone();
         match self.read(&account_id, Query::History(list)).await? {
             read_result::Result::History(page) => Ok(Response::new(page)),
@@ -570,7 +550,7 @@ mod tests {
             .admit_batch("items", wallet_proto::TRANSFER_BATCH_MAX)
             .unwrap();
         assert_eq!(
-            reason::of_status(&service.admit().unwrap_err()),
+            wallet_proto::reason::of_status(&service.admit().unwrap_err()),
             Reason::Overloaded
         );
         drop(whole);

@@ -17,7 +17,7 @@
 //! that dies mid-way is replaced by the nodes' recovery (`node/src/recovery.rs`).
 
 use tonic::Status;
-use wallet_proto::reason::Reason;
+use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::v1::{
     command::Op, outcome, read_result, shard_read::Query, Command, GetTransferRequest, Intent,
     Outcome, PrepareCredit, PrepareDebit, Transfer, TransferRequest, TransferStatus, TransferStep,
@@ -57,9 +57,7 @@ fn command(transfer_id: &str, ts: u64, op: Op) -> Command {
 fn transfer_of(outcome: Outcome) -> Result<Transfer, Status> {
     match outcome.result {
         Some(outcome::Result::Transfer(t)) => Ok(t),
-        Some(outcome::Result::Rejected(r)) => Err(Reason::parse(&r.reason)
-            .unwrap_or(Reason::Internal)
-            .status(r.message)),
+        Some(outcome::Result::Rejected(r)) => Err(Refusal::of_rejection(&r).into()),
         _ => Err(Reason::Internal.status("unexpected answer from shard")),
     }
 }
