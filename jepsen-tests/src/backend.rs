@@ -72,7 +72,7 @@ pub fn flip_bits(bytes: &mut [u8], seed: u64) -> String {
     if bytes.is_empty() {
         return "empty file".into();
     }
-    let mut rng = crate::nemesis::Rng(seed | 1);
+    let mut rng = crate::rng::Rng(seed | 1);
     let mut offsets = Vec::new();
     for _ in 0..CORRUPT_FLIPS {
         let at = rng.below(bytes.len() as u64) as usize;

@@ -7,11 +7,12 @@
 //!   double-applied transfers, traces of failed ones, wrong audit totals, negative balances,
 //!   non-linearizable reads. Its verdict goes to `results.edn`.
 //! - [`plots`]: `latency-raw.png` and `rate.png` with the fault windows shaded.
-//! - [`run`]: workloads; [`nemesis`]: the seeded fault schedule; [`backend`]: where the cluster
+//! - [`run`]: workloads; [`nemesis`]: the seeded fault schedule, drawn from [`rng`]; [`backend`]: where the cluster
 //!   runs (local processes or Docker containers) and how faults reach it.
 pub mod backend;
 pub mod checker;
 pub mod history;
 pub mod nemesis;
 pub mod plots;
+pub mod rng;
 pub mod run;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use wallet_cluster::playground::group_leaders;
 
 use crate::backend::Backend;
+pub use crate::rng::Rng;
 
 /// Faults the harness can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -84,27 +85,6 @@ pub fn load(dir: &std::path::Path) -> Result<Vec<Event>, String> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(|e| format!("nemesis.jsonl: {e}")))
         .collect()
-}
-
-/// xorshift64*: the harness's only source of randomness, so a seed replays a run's choices.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-
-    /// `nodes` in a random order.
-    pub fn shuffle(&mut self, nodes: &[u64]) -> Vec<u64> {
-        let mut out = nodes.to_vec();
-        for i in (1..out.len()).rev() {
-            out.swap(i, self.below(i as u64 + 1) as usize);
-        }
-        out
-    }
 }
 
 pub const FAULT_EVERY: Duration = Duration::from_secs(5);

@@ -17,7 +17,6 @@ use std::path::PathBuf;
 
 use raft::eraftpb::HardState;
 
-use crate::shard_store::LogStore;
 use raft::Storage;
 
 /// What a replica had made durable.
@@ -32,7 +31,7 @@ pub struct Mark {
 
 impl Mark {
     /// The mark of a replica's current durable state.
-    pub fn of(hard_state: &HardState, log: &LogStore) -> Mark {
+    pub fn of(hard_state: &HardState, log: &impl Storage) -> Mark {
         let last_index = log.last_index().unwrap_or(0);
         Mark {
             term: hard_state.term,
@@ -81,7 +80,7 @@ impl Mark {
     }
 
     /// Why a store whose durable state is `hard_state` + `log` is older than this mark, if it is.
-    pub fn rolled_back(&self, hard_state: &HardState, log: &LogStore) -> Option<String> {
+    pub fn rolled_back(&self, hard_state: &HardState, log: &impl Storage) -> Option<String> {
         if hard_state.term < self.term {
             return Some(format!(
                 "term went back from {} to {}",

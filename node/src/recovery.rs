@@ -29,7 +29,7 @@ use wallet_proto::v1::{
 use wallet_shard_client::shards::Shards;
 
 use crate::service::NodeService;
-use crate::two_phase::FORGET_TRANSFERS_MAX;
+use crate::state_machine::two_phase::FORGET_TRANSFERS_MAX;
 
 /// Runs recovery until `stop` fires.
 pub async fn run(

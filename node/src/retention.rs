@@ -33,7 +33,9 @@ use std::collections::BTreeSet;
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::Command;
 
-use crate::state_machine::{IntentKey, Refusal, RequestKey, Write};
+use wallet_proto::reason::Refusal;
+
+use crate::writes::{IntentKey, RequestKey, Write};
 
 /// How far ahead of the shard's clock a request's issue time may be (client clocks differ).
 pub const ISSUED_AHEAD_MAX_MS: i64 = 5 * 60 * 1000;

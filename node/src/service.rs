@@ -21,9 +21,9 @@ use wallet_proto::v1::{
 };
 
 use crate::inbox::{ReplicaHandle, ReplicaMsg};
+use crate::state_machine::two_phase::FORGET_TRANSFERS_MAX;
 use crate::transport::{self, Registry};
 use crate::ts_bound::TsBound;
-use crate::two_phase::FORGET_TRANSFERS_MAX;
 use std::sync::Arc;
 use wallet_shard_client::shards::Shards;
 

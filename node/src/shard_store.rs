@@ -50,7 +50,8 @@ use crate::checkpoint;
 use crate::group_commit::GroupCommit;
 use crate::record::{self, Corrupt};
 use crate::snapshot_file::{self, Descriptor, Side, SnapshotDir};
-use crate::state_machine::{StateMachine, Write};
+use crate::state_machine::StateMachine;
+use crate::writes::Write;
 use wallet_proto::v1::{Account, HistoryEntry, Intent, ListTransfersResponse};
 
 const LOG_PREFIX: u8 = b'L';
@@ -155,10 +156,10 @@ fn request_key(account_id: &str, request_id: &str) -> Vec<u8> {
 }
 
 fn intent_key(intent: &Intent) -> Vec<u8> {
-    intent_key_of(&crate::state_machine::intent_key(intent))
+    intent_key_of(&crate::writes::intent_key(intent))
 }
 
-fn intent_key_of((to, from, id): &crate::state_machine::IntentKey) -> Vec<u8> {
+fn intent_key_of((to, from, id): &crate::writes::IntentKey) -> Vec<u8> {
     [
         INTENT_PREFIX,
         to.as_bytes(),

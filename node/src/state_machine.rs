@@ -26,55 +26,14 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
+pub mod snapshot_read;
+pub mod two_phase;
+
+pub use crate::writes::{Write, Writes};
+
 use crate::retention::{Fate, Retention, WINDOW_MAX_MS};
-use crate::snapshot_read::SnapshotState;
-
-/// A record changed by an apply, to be written to storage.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Write {
-    Account(Account),
-    Request {
-        account_id: String,
-        request_id: String,
-        record: Box<RequestRecord>,
-    },
-    History {
-        account_id: String,
-        entry: HistoryEntry,
-    },
-    /// Keyed by its transfer's (credit account, debit account, transfer id).
-    Intent(Box<Intent>),
-    /// Meta group: the timestamp oracle's persisted limit.
-    TsoLimit(u64),
-    /// Snapshot reads: the closed timestamp, the highest commit timestamp, net deposits.
-    ClosedTs(u64),
-    MaxTs(u64),
-    NetDeposits(String, i128),
-    /// The shard's clock (request retention).
-    Clock(i64),
-    /// The replicated request retention window.
-    Retention(i64),
-    /// A request record whose retention window passed.
-    ForgetRequest(RequestKey),
-    /// A decided intent whose two retention windows passed.
-    ForgetIntent(IntentKey),
-}
-
-/// The records changed by a batch of applies.
-pub type Writes = Vec<Write>;
-
-/// (account id, request or transfer id).
-pub(crate) type RequestKey = (String, String);
-
-/// An intent's key: (credit account, debit account, transfer id). Transfer ids are scoped to the
-/// debit account (G4), so two debit accounts may use one id towards the same credit account.
-pub(crate) type IntentKey = (String, String, String);
-
-/// The key of an intent, from the transfer it carries.
-pub(crate) fn intent_key(intent: &Intent) -> IntentKey {
-    let t = intent.transfer.clone().unwrap_or_default();
-    (t.to_account_id, t.from_account_id, t.transfer_id)
-}
+use crate::writes::{intent_key, IntentKey, RequestKey};
+use snapshot_read::SnapshotState;
 
 /// State of one shard: its accounts, the outcome of every request it applied, and the credit
 /// side of cross-shard transfers (intents).
@@ -172,7 +131,7 @@ impl StateMachine {
     /// Loads a stored request record (on start or snapshot install).
     pub fn load_request(&mut self, account_id: String, request_id: String, record: RequestRecord) {
         let key = (account_id, request_id);
-        if crate::two_phase::is_prepared(&record) {
+        if two_phase::is_prepared(&record) {
             self.prepared.insert(key.clone());
         }
         self.track_record(&key, &record);

@@ -36,11 +36,11 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
-use crate::retention::Fate;
-use crate::state_machine::{
+use super::{
     intent_key, record_fate, same_currency, same_request, same_transfer, IntentKey, Refusal,
     StateMachine, Write, Writes,
 };
+use crate::retention::Fate;
 
 /// Most entries of each list a `Stuck` query returns (a bound on the answer's size, G10).
 pub const STUCK_MAX: usize = 1000;

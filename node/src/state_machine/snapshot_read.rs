@@ -24,7 +24,7 @@ use wallet_proto::v1::{
     outcome, Account, AuditReport, CloseTs, Command, CurrencyTotals, EntryKind, Outcome,
 };
 
-use crate::state_machine::{Refusal, StateMachine, Write, Writes};
+use super::{Refusal, StateMachine, Write, Writes};
 
 /// How long applied changes stay available to snapshot reads (by the leader's apply clock).
 pub const RECENT_MS: i64 = 30_000;
