@@ -192,7 +192,6 @@ impl NodeService {
     }
 }
 
-/// A refusal before Raft, in a batch's slot: its reason code and message.
 /// Milliseconds since the epoch on this node's clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -20,7 +20,7 @@ const QUEUE_CAPACITY: usize = 65_536;
 
 type Waiter = oneshot::Sender<Result<u64, Status>>;
 
-/// Hands out oracle timestamps to the router's requests. Cheap to clone.
+/// Hands out oracle timestamps to the commands of its users (the router, a node's recovery). Cheap to clone.
 #[derive(Clone)]
 pub struct Timestamps {
     queue: mpsc::Sender<Waiter>,

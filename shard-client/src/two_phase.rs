@@ -1,4 +1,5 @@
-//! The router's side of a cross-shard transfer: the coordinator of DESIGN §6.
+//! The coordinator of a cross-shard transfer (DESIGN §6), run by the router, and the settling of an
+//! intent its coordinator left behind, run by the nodes' recovery and by audits.
 //!
 //! 1. `PrepareDebit` at `start_ts` on the primary (the debit account's shard): record PREPARED +
 //!    reservation.
