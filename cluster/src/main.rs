@@ -100,6 +100,10 @@ enum Commands {
     Router(wallet_router::cli::RouterArgs),
 }
 
+/// The process's allocator: mimalloc instead of glibc's malloc (see ARCHITECTURE § The write path).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {

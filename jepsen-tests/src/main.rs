@@ -78,6 +78,10 @@ fn fail(message: String) -> ! {
     std::process::exit(2);
 }
 
+/// The process's allocator: mimalloc instead of glibc's malloc (see ARCHITECTURE § The write path).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     match Cli::parse().command {
         Commands::Node(args) => wallet_node::cli::main_with(args),

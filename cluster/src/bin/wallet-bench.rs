@@ -97,6 +97,10 @@ struct BenchArgs {
     quiet: bool,
 }
 
+/// The process's allocator: mimalloc instead of glibc's malloc (see ARCHITECTURE § The write path).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     match cli.process {
