@@ -15,6 +15,8 @@
 #      ACCOUNTS (100000), BATCH (transfers per request for extra batched rows, one per pair mode,
 #      with BATCH_CLIENTS (4) clients; 0 = none; their ratio is to PostgreSQL's figure at that
 #      client count when it was measured, else "-"),
+#      IN_PROCESS (1: each single-call row again with the router embedded in wallet-bench,
+#      `--in-process`, label "... emb": no router hop, the bench's CPU counted; 0 = none),
 #      BASE (/tmp/wallet-compare), PG_PORT (55433).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,7 @@ PAIRS=${PAIRS:-"same-shard random merchant"}
 ACCOUNTS=${ACCOUNTS:-100000}
 BATCH=${BATCH:-0}
 BATCH_CLIENTS=${BATCH_CLIENTS:-4}
+IN_PROCESS=${IN_PROCESS:-1}
 BASE=${BASE:-/tmp/wallet-compare}
 PG_PORT=${PG_PORT:-55433}
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -120,6 +123,9 @@ run_store() { # label pairs clients [extra args]
 }
 for pairs in $PAIRS; do
   for c in $CLIENTS_LIST; do run_store "$pairs" "$pairs" "$c"; done
+  if [ "$IN_PROCESS" != 0 ]; then
+    for c in $CLIENTS_LIST; do run_store "$pairs emb" "$pairs" "$c" --in-process; done
+  fi
 done
 if [ "$BATCH" != 0 ]; then
   for pairs in $PAIRS; do run_store "$pairs x$BATCH" "$pairs" "$BATCH_CLIENTS" --batch "$BATCH"; done
@@ -138,4 +144,4 @@ for row in "${ROWS[@]}"; do
   ratio=$(awk -v a="$tps" -v b="$pg" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')
   printf '%-18s %7s %12s %9s %8s %9s %8s %10s %8s %8s\n' "$label" "$clients" "$tps" "$p99" "$pg" "${PG_P99[$clients]:--}" "$ratio" "$cpu" "$rss" "$refused"
 done
-echo "(one playground for all runs, in this order: memory grows from run to run; xN rows: batches of N transfers per call, ratio to PostgreSQL's best TPS)"
+echo "(one playground for all runs, in this order: memory grows from run to run; xN rows: batches of N transfers per call, ratio to PostgreSQL's best TPS; emb rows: the router embedded in the client process, whose CPU is counted)"

@@ -4,7 +4,8 @@
 //! [`Reason`] code). Retryable failures (`NOT_LEADER`, `UNAVAILABLE`, `OVERLOADED`, a broken
 //! connection) are retried automatically **with the same request id**, on the next router endpoint,
 //! with backoff, for up to [`ClientOptions::retry_budget`]: the store applies each id once (G4), so a
-//! retry can never pay twice.
+//! retry can never pay twice. [`WalletClient::in_process`] calls a router embedded in the
+//! application's own process instead (no router hop).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wallet_client::WalletError> {
@@ -24,9 +25,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
+pub use wallet_proto::v1::wallet_server::Wallet;
 use wallet_proto::v1::{
     account_result, transfer_result, AuditRequest, BatchTransfer, CreateAccountBatchRequest,
-    GetAccountRequest, GetTransferRequest, ListTransfersRequest, TransferBatchRequest,
+    CreateAccountBatchResponse, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
+    TransferBatchRequest, TransferBatchResponse,
 };
 pub use wallet_proto::v1::{
     Account, AuditReport, BalanceChange, CreateAccountRequest, CurrencyTotals, DepositRequest,
@@ -81,10 +84,51 @@ impl Default for ClientOptions {
     }
 }
 
-/// A client of one or more routers. Cheap to clone; share one per process.
+/// Where a call goes: a router over gRPC, or a `Wallet` service in this process (the router's
+/// logic embedded: the ring and the leader cache here, no router hop).
+#[derive(Clone)]
+enum Target {
+    Router(GrpcClient<Channel>),
+    InProcess(Arc<dyn Wallet>, Duration),
+}
+
+/// One method per RPC, the same on both targets. An in-process attempt gets the same deadline as
+/// a router call (`DEADLINE_EXCEEDED`, retried like a lost connection).
+macro_rules! rpcs {
+    ($($name:ident($request:ty) -> $response:ty;)*) => {
+        impl Target {
+            $(async fn $name(self, request: $request) -> Result<tonic::Response<$response>, Status> {
+                match self {
+                    Target::Router(mut client) => client.$name(request).await,
+                    Target::InProcess(service, timeout) => {
+                        tokio::time::timeout(timeout, service.$name(tonic::Request::new(request)))
+                            .await
+                            .unwrap_or_else(|_| Err(Status::deadline_exceeded("attempt timed out")))
+                    }
+                }
+            })*
+        }
+    };
+}
+
+rpcs! {
+    create_account(CreateAccountRequest) -> Account;
+    create_account_batch(CreateAccountBatchRequest) -> CreateAccountBatchResponse;
+    get_account(GetAccountRequest) -> Account;
+    deposit(DepositRequest) -> BalanceChange;
+    withdraw(WithdrawRequest) -> BalanceChange;
+    transfer(TransferRequest) -> Transfer;
+    transfer_batch(TransferBatchRequest) -> TransferBatchResponse;
+    get_transfer(GetTransferRequest) -> Transfer;
+    list_transfers(ListTransfersRequest) -> ListTransfersResponse;
+    audit(AuditRequest) -> AuditReport;
+}
+
+/// A client of one or more routers, or of a router embedded in this process
+/// ([`WalletClient::in_process`]). Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct WalletClient {
-    routers: Arc<Vec<GrpcClient<Channel>>>,
+    targets: Arc<Vec<Target>>,
     next: Arc<AtomicUsize>,
     options: ClientOptions,
 }
@@ -121,27 +165,38 @@ impl WalletClient {
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(options.attempt_timeout)
                 .tcp_nodelay(true);
-            routers.push(GrpcClient::new(endpoint.connect_lazy()));
+            routers.push(Target::Router(GrpcClient::new(endpoint.connect_lazy())));
         }
         Ok(WalletClient {
-            routers: Arc::new(routers),
+            targets: Arc::new(routers),
             next: Arc::new(AtomicUsize::new(0)),
             options,
         })
     }
 
+    /// A client that calls `service` in this process: for an application that embeds the router
+    /// (`wallet_router::service::WalletService`), so each call skips the hop to a router process.
+    /// Retries, deadlines and errors are those of a remote client.
+    pub fn in_process(service: Arc<dyn Wallet>, options: ClientOptions) -> WalletClient {
+        WalletClient {
+            targets: Arc::new(vec![Target::InProcess(service, options.attempt_timeout)]),
+            next: Arc::new(AtomicUsize::new(0)),
+            options,
+        }
+    }
+
     /// Runs `call` on a router, retrying retryable failures on the next router with backoff.
     async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, WalletError>
     where
-        F: Fn(GrpcClient<Channel>) -> Fut,
+        F: Fn(Target) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
-            let index = self.next.load(Ordering::Relaxed) % self.routers.len();
-            let router = self.routers[index].clone();
-            match call(router).await {
+            let index = self.next.load(Ordering::Relaxed) % self.targets.len();
+            let target = self.targets[index].clone();
+            match call(target).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
                     let error = WalletError::from(status);
@@ -180,7 +235,7 @@ impl WalletClient {
         &self,
         request: CreateAccountRequest,
     ) -> Result<Account, WalletError> {
-        self.retrying(|mut c| {
+        self.retrying(|c| {
             let r = request.clone();
             async move { c.create_account(r).await }
         })
@@ -203,7 +258,7 @@ impl WalletClient {
             account_id: account_id.into(),
             at_ts,
         };
-        self.retrying(|mut c| {
+        self.retrying(|c| {
             let r = request.clone();
             async move { c.get_account(r).await }
         })
@@ -236,7 +291,7 @@ impl WalletClient {
         mut request: DepositRequest,
     ) -> Result<BalanceChange, WalletError> {
         request.issued_at_ms = stamped(request.issued_at_ms);
-        self.retrying(|mut c| {
+        self.retrying(|c| {
             let r = request.clone();
             async move { c.deposit(r).await }
         })
@@ -266,7 +321,7 @@ impl WalletClient {
         mut request: WithdrawRequest,
     ) -> Result<BalanceChange, WalletError> {
         request.issued_at_ms = stamped(request.issued_at_ms);
-        self.retrying(|mut c| {
+        self.retrying(|c| {
             let r = request.clone();
             async move { c.withdraw(r).await }
         })
@@ -298,7 +353,7 @@ impl WalletClient {
         mut request: TransferRequest,
     ) -> Result<Transfer, WalletError> {
         request.issued_at_ms = stamped(request.issued_at_ms);
-        self.retrying(|mut c| {
+        self.retrying(|c| {
             let r = request.clone();
             async move { c.transfer(r).await }
         })
@@ -343,7 +398,7 @@ impl WalletClient {
                     .collect(),
             };
             let response = self
-                .retrying(|mut c| {
+                .retrying(|c| {
                     let r = request.clone();
                     async move { c.transfer_batch(r).await }
                 })
@@ -377,7 +432,7 @@ impl WalletClient {
         self.batch_with_retries(accounts, |todo| async move {
             let request = CreateAccountBatchRequest { accounts: todo };
             let response = self
-                .retrying(|mut c| {
+                .retrying(|c| {
                     let r = request.clone();
                     async move { c.create_account_batch(r).await }
                 })
@@ -451,7 +506,7 @@ impl WalletClient {
             transfer_id: transfer_id.into(),
             from_account_id: from_account_id.into(),
         };
-        self.retrying(|mut c| {
+        self.retrying(|c| {
             let r = request.clone();
             async move { c.get_transfer(r).await }
         })
@@ -461,7 +516,7 @@ impl WalletClient {
     /// A snapshot read of every account at one timestamp, checked for conservation: per-currency
     /// totals, or the error `AUDIT_MISMATCH` with the figures.
     pub async fn audit(&self) -> Result<AuditReport, WalletError> {
-        self.retrying(|mut c| async move { c.audit(AuditRequest {}).await })
+        self.retrying(|c| async move { c.audit(AuditRequest {}).await })
             .await
     }
 
@@ -477,7 +532,7 @@ impl WalletClient {
             limit,
             cursor,
         };
-        self.retrying(|mut c| {
+        self.retrying(|c| {
             let r = request.clone();
             async move { c.list_transfers(r).await }
         })

@@ -44,6 +44,9 @@ pub struct BenchOptions {
     pub prefix: String,
     /// Open and fund the accounts first (off: they exist from an earlier run with this prefix).
     pub setup: bool,
+    /// The router runs inside this process (the client routes by itself): this process's CPU and
+    /// memory are then counted with the cluster's.
+    pub in_process: bool,
 }
 
 /// One second of the run, as the sampler saw it.
@@ -388,12 +391,19 @@ pub async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let probe = Probe {
+    let mut probe = Probe {
         processes: cluster_file
             .as_deref()
             .map(procstat::discover)
             .unwrap_or_default(),
     };
+    if options.in_process && !probe.processes.is_empty() {
+        probe.processes.push(ClusterProcess {
+            pid: std::process::id(),
+            name: "bench+router".into(),
+            data_dir: None,
+        });
+    }
     if probe.processes.is_empty() {
         println!("no cluster process found: CPU, memory and disk are not measured");
     }

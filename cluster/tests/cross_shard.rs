@@ -310,3 +310,92 @@ async fn concurrent_cross_shard_transfers_conserve_money_through_a_leader_kill_a
         "money is conserved: {balances:?}"
     );
 }
+
+/// The router embedded in the caller's process (`WalletClient::in_process`): same answers as a
+/// router process, same exactly-once by id across both, same reason codes, and an attempt that
+/// overruns its deadline is retried and then reported as UNAVAILABLE like a lost connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_router_gives_the_answers_of_a_router_process() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let remote = cluster.client();
+    let shards = Shards::new(cluster.playground.topology.clone()).unwrap();
+    let service = wallet_router::service::WalletService::new(
+        std::sync::Arc::new(shards),
+        wallet_router::service::MAX_IN_FLIGHT_DEFAULT,
+    );
+    let service: std::sync::Arc<dyn wallet_client::Wallet> = std::sync::Arc::new(service);
+    let embedded = WalletClient::in_process(
+        service.clone(),
+        wallet_client::ClientOptions {
+            retry_budget: Duration::from_secs(20),
+            attempt_timeout: Duration::from_secs(10),
+        },
+    );
+    let [on1, on2] = accounts(&cluster, &embedded, 2, i64::MAX / 2).await;
+    let (a, a2, b) = (&on1[0], &on1[1], &on2[0]);
+    // Same shard and across shards, through the embedded router.
+    let same = embedded.transfer("emb-1", a, a2, 5).await.unwrap();
+    let cross = embedded.transfer("emb-2", a, b, 7).await.unwrap();
+    assert_eq!(same.status, TransferStatus::Committed as i32);
+    assert_eq!(cross.status, TransferStatus::Committed as i32);
+    // Retried through the router process: the first outcomes, nothing paid twice; and back.
+    assert_eq!(remote.transfer("emb-1", a, a2, 5).await.unwrap(), same);
+    assert_eq!(remote.transfer("emb-2", a, b, 7).await.unwrap(), cross);
+    let by_router = remote.transfer("emb-3", b, a, 11).await.unwrap();
+    assert_eq!(
+        embedded.transfer("emb-3", b, a, 11).await.unwrap(),
+        by_router
+    );
+    let balances = settled(&remote, &[a.clone(), a2.clone(), b.clone()]).await;
+    let start = i64::MAX / 2;
+    assert_eq!(
+        (balances[a], balances[a2], balances[b]),
+        (start - 5 - 7 + 11, start + 5, start + 7 - 11)
+    );
+    // Refusals carry the same codes: other content under an id, overflow, an unknown account.
+    let reused = embedded.transfer("emb-2", a, b, 8).await.unwrap_err();
+    assert_eq!(reused.reason, Reason::IdReused);
+    let overdraft = embedded
+        .transfer("emb-4", a, b, i64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(overdraft.reason, Reason::InsufficientFunds);
+    let unknown = embedded.get_account("nobody").await.unwrap_err();
+    assert_eq!(unknown.reason, Reason::AccountNotFound);
+    let batch = embedded
+        .transfer_batch(&[
+            TransferRequest {
+                transfer_id: "emb-5".into(),
+                from_account_id: a2.clone(),
+                to_account_id: b.clone(),
+                amount: 1,
+                issued_at_ms: 0,
+            },
+            TransferRequest {
+                transfer_id: "emb-6".into(),
+                from_account_id: a2.clone(),
+                to_account_id: b.clone(),
+                amount: 0,
+                issued_at_ms: 0,
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(batch[0].is_ok(), "{batch:?}");
+    assert_eq!(batch[1].as_ref().unwrap_err().reason, Reason::InvalidAmount);
+    // An audit through it adds up (AUDIT_MISMATCH otherwise).
+    let report = embedded.audit().await.unwrap();
+    assert!(report.ts > by_router.commit_ts, "{report:?}");
+    // An attempt that cannot finish within its deadline: retried within the budget, then
+    // UNAVAILABLE (the outcome is unknown to the caller, as after a lost connection).
+    let hasty = WalletClient::in_process(
+        service,
+        wallet_client::ClientOptions {
+            retry_budget: Duration::from_millis(100),
+            attempt_timeout: Duration::from_micros(1),
+        },
+    );
+    let timed_out = hasty.get_account(a).await.unwrap_err();
+    assert_eq!(timed_out.reason, Reason::Unavailable, "{timed_out}");
+}

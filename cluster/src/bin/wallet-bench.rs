@@ -5,6 +5,7 @@
 //! cluster CPU per 1 000 transfers, node memory and disk growth (`--json`: one object).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +14,8 @@ use wallet_cluster::bench::{self, BenchOptions};
 use wallet_cluster::playground::{Playground, PlaygroundOptions};
 use wallet_cluster::workload::Pairs;
 use wallet_proto::topology::Topology;
+use wallet_router::service::{WalletService, MAX_IN_FLIGHT_DEFAULT};
+use wallet_shard_client::shards::Shards;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -89,6 +92,11 @@ struct BenchArgs {
     /// Do not open and fund the accounts: an earlier run with the same --prefix did.
     #[arg(long, requires = "prefix")]
     no_setup: bool,
+    /// Embed the router: the client routes by itself (ring, leader cache, timestamps, the
+    /// two-phase coordinator in this process), so no call goes through a router process. This
+    /// process's CPU and memory are then counted with the cluster's.
+    #[arg(long)]
+    in_process: bool,
     /// Print one JSON object at the end (progress still goes to stdout before it).
     #[arg(long)]
     json: bool,
@@ -180,8 +188,14 @@ async fn run(args: BenchArgs) -> Result<(), String> {
         .map(|s| s.replicas.len() as u64)
         .unwrap_or(1);
     let result = async {
-        let client = WalletClient::with_options(&[endpoint.as_str()], ClientOptions::default())
-            .map_err(|e| e.to_string())?;
+        let client = if args.in_process {
+            let shards = Shards::new(topology.clone()).map_err(|e| e.to_string())?;
+            let service = WalletService::new(Arc::new(shards), MAX_IN_FLIGHT_DEFAULT);
+            WalletClient::in_process(Arc::new(service), ClientOptions::default())
+        } else {
+            WalletClient::with_options(&[endpoint.as_str()], ClientOptions::default())
+                .map_err(|e| e.to_string())?
+        };
         bench::run(
             client,
             topology.ring(),
@@ -204,6 +218,7 @@ async fn run(args: BenchArgs) -> Result<(), String> {
                     format!("b{secs}")
                 }),
                 setup: !args.no_setup,
+                in_process: args.in_process,
             },
         )
         .await
