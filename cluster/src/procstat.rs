@@ -18,7 +18,8 @@ pub struct ClusterProcess {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Processes whose command line names `cluster_file` after `--cluster`.
+/// Processes whose command line names `cluster_file` after `--cluster`, other than this one (a
+/// benchmark given `--cluster` is a client of the cluster, not part of it).
 pub fn discover(cluster_file: &Path) -> Vec<ClusterProcess> {
     let wanted = fs::canonicalize(cluster_file).unwrap_or_else(|_| cluster_file.to_path_buf());
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -40,31 +41,38 @@ pub fn discover(cluster_file: &Path) -> Vec<ClusterProcess> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let value_of = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-        };
-        let Some(cluster) = value_of("--cluster") else {
-            continue;
-        };
-        let cluster = fs::canonicalize(&cluster).unwrap_or_else(|_| PathBuf::from(&cluster));
-        if cluster != wanted {
-            continue;
-        }
-        let name = match value_of("--id") {
-            Some(id) => format!("node-{id}"),
-            None => "router".to_string(),
-        };
-        found.push(ClusterProcess {
-            pid,
-            name,
-            data_dir: value_of("--data-dir").map(PathBuf::from),
-        });
+        found.extend(member(pid, &args, &wanted));
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     found
+}
+
+/// The cluster process `pid` with command line `args` is, if it names the cluster file `wanted`
+/// and is not this process.
+fn member(pid: u32, args: &[String], wanted: &Path) -> Option<ClusterProcess> {
+    if pid == std::process::id() {
+        return None;
+    }
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let cluster = value_of("--cluster")?;
+    let cluster = fs::canonicalize(&cluster).unwrap_or_else(|_| PathBuf::from(&cluster));
+    if cluster != wanted {
+        return None;
+    }
+    let name = match value_of("--id") {
+        Some(id) => format!("node-{id}"),
+        None => "router".to_string(),
+    };
+    Some(ClusterProcess {
+        pid,
+        name,
+        data_dir: value_of("--data-dir").map(PathBuf::from),
+    })
 }
 
 /// User + system CPU time of a process so far, in milliseconds (None once it has gone).
@@ -119,6 +127,31 @@ mod tests {
         assert!(x != 1);
         assert!(cpu_ms(pid).is_some());
         assert!(rss_bytes(pid).unwrap_or(0) > 1024 * 1024);
+    }
+
+    #[test]
+    fn members_name_the_cluster_file_and_this_process_is_never_one() {
+        let file = Path::new("/nonexistent/cluster.toml");
+        let args = |extra: &[&str]| -> Vec<String> {
+            ["wallet-bench", "--cluster", "/nonexistent/cluster.toml"]
+                .iter()
+                .chain(extra)
+                .map(|a| a.to_string())
+                .collect()
+        };
+        let other = std::process::id().wrapping_add(1);
+        assert_eq!(
+            member(other, &args(&[]), file).map(|p| p.name),
+            Some("router".into())
+        );
+        let node = member(other, &args(&["--id", "2", "--data-dir", "/d"]), file).unwrap();
+        assert_eq!(
+            (node.name.as_str(), node.data_dir),
+            ("node-2", Some(PathBuf::from("/d")))
+        );
+        assert_eq!(member(std::process::id(), &args(&[]), file), None);
+        assert_eq!(member(other, &args(&[]), Path::new("/other.toml")), None);
+        assert_eq!(member(other, &["wallet-bench".to_string()], file), None);
     }
 
     #[test]

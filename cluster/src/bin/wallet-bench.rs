@@ -189,6 +189,9 @@ async fn run(args: BenchArgs) -> Result<(), String> {
         .unwrap_or(1);
     let result = async {
         let client = if args.in_process {
+            // The router's code now runs here: a panic in it must end this process, as it would
+            // end a router process (G9), not leave a task dead behind a live client.
+            wallet_proto::fail_stop::install("wallet-bench", None);
             let shards = Shards::new(topology.clone()).map_err(|e| e.to_string())?;
             let service = WalletService::new(Arc::new(shards), MAX_IN_FLIGHT_DEFAULT);
             WalletClient::in_process(Arc::new(service), ClientOptions::default())
