@@ -319,11 +319,11 @@ async fn an_embedded_router_gives_the_answers_of_a_router_process() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(2, 10_000).await;
     let remote = cluster.client();
-    let shards = Shards::new(cluster.playground.topology.clone()).unwrap();
-    let service = wallet_router::service::WalletService::new(
-        std::sync::Arc::new(shards),
+    let service = wallet_router::service::WalletService::for_topology(
+        cluster.playground.topology.clone(),
         wallet_router::service::MAX_IN_FLIGHT_DEFAULT,
-    );
+    )
+    .unwrap();
     let service: std::sync::Arc<dyn wallet_client::Wallet> = std::sync::Arc::new(service);
     let embedded = WalletClient::in_process(
         service.clone(),

@@ -63,9 +63,7 @@ pub use wallet_proto::reason::Refusal;
 /// The refusal inside an outcome, if it is one.
 pub fn rejection_of(outcome: &Outcome) -> Option<Reason> {
     match &outcome.result {
-        Some(outcome::Result::Rejected(r)) => {
-            Some(Reason::parse(&r.reason).unwrap_or(Reason::Internal))
-        }
+        Some(outcome::Result::Rejected(r)) => Some(Refusal::of_rejection(r).reason),
         _ => None,
     }
 }

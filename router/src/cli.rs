@@ -3,12 +3,10 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::service::{WalletService, MAX_IN_FLIGHT_DEFAULT};
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::wallet_server::WalletServer;
-use wallet_shard_client::shards::Shards;
 
 /// The wallet store's router: consistent-hashing ring over the shards, leader cache, retries.
 #[derive(Parser, Debug, Clone)]
@@ -48,8 +46,7 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let shards = Arc::new(Shards::new(topology)?);
-        let service = WalletService::new(shards, args.max_in_flight);
+        let service = WalletService::for_topology(topology, args.max_in_flight)?;
         tracing::info!(listen = %args.listen, "router serving");
         tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use wallet_proto::reason::{Reason, Refusal};
 
+use wallet_proto::topology::Topology;
 use wallet_proto::v1::{
     account_result, command::Op, outcome, read_result, shard_read::Query, transfer_result, Account,
     AccountResult, AuditReport, AuditRequest, BalanceChange, BatchError, CloseTs, Command,
@@ -69,6 +70,16 @@ fn unexpected(what: &str) -> Status {
 }
 
 impl WalletService {
+    /// A router's service for the cluster `topology`: its shard client and timestamp batcher.
+    /// What a router process serves, and what an application embeds (`WalletClient::in_process`).
+    /// Must run inside a tokio runtime.
+    pub fn for_topology(topology: Topology, max_in_flight: usize) -> Result<WalletService, String> {
+        Ok(WalletService::new(
+            Arc::new(Shards::new(topology)?),
+            max_in_flight,
+        ))
+    }
+
     /// Must run inside a tokio runtime (it starts the timestamp batcher).
     pub fn new(shards: Arc<Shards>, max_in_flight: usize) -> WalletService {
         WalletService {

@@ -15,7 +15,6 @@ use wallet_cluster::playground::{Playground, PlaygroundOptions};
 use wallet_cluster::workload::Pairs;
 use wallet_proto::topology::Topology;
 use wallet_router::service::{WalletService, MAX_IN_FLIGHT_DEFAULT};
-use wallet_shard_client::shards::Shards;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -192,8 +191,7 @@ async fn run(args: BenchArgs) -> Result<(), String> {
             // The router's code now runs here: a panic in it must end this process, as it would
             // end a router process (G9), not leave a task dead behind a live client.
             wallet_proto::fail_stop::install("wallet-bench", None);
-            let shards = Shards::new(topology.clone()).map_err(|e| e.to_string())?;
-            let service = WalletService::new(Arc::new(shards), MAX_IN_FLIGHT_DEFAULT);
+            let service = WalletService::for_topology(topology.clone(), MAX_IN_FLIGHT_DEFAULT)?;
             WalletClient::in_process(Arc::new(service), ClientOptions::default())
         } else {
             WalletClient::with_options(&[endpoint.as_str()], ClientOptions::default())
