@@ -59,7 +59,7 @@ pub async fn run(
 
 async fn resolve_shard(
     service: &NodeService,
-    shards: &Shards,
+    shards: &Arc<Shards>,
     shard_id: u64,
     resolve_after: Duration,
 ) -> Result<(), tonic::Status> {
@@ -80,30 +80,71 @@ async fn resolve_shard(
         } => stuck,
         _ => return Ok(()),
     };
+    // Each decision is its own proposal; sent together, they share Raft entries and fsyncs (the
+    // replica proposes whatever arrived in one loop turn as one entry), so a batch that left
+    // thousands of transfers behind is settled in a few rounds, not one round trip each.
+    let mut tasks = tokio::task::JoinSet::new();
     for transfer in stuck.prepared {
-        let outcome = propose(
-            service,
-            shard_id,
-            &transfer.transfer_id,
-            0,
-            Op::AbortDebit(TransferStep {
-                transfer_id: transfer.transfer_id.clone(),
-                account_id: transfer.from_account_id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await?;
-        tracing::info!(
-            shard_id,
-            transfer = %transfer.transfer_id,
-            decided = ?status_of(&outcome),
-            "decided a prepared transfer whose router went away"
-        );
+        bounded_spawn(&mut tasks).await?;
+        let service = service.clone();
+        tasks.spawn(async move {
+            let outcome = propose(
+                &service,
+                shard_id,
+                &transfer.transfer_id,
+                0,
+                Op::AbortDebit(TransferStep {
+                    transfer_id: transfer.transfer_id.clone(),
+                    account_id: transfer.from_account_id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+            tracing::info!(
+                shard_id,
+                transfer = %transfer.transfer_id,
+                decided = ?status_of(&outcome),
+                "decided a prepared transfer whose router went away"
+            );
+            Ok(())
+        });
     }
     for intent in stuck.pending {
-        resolve_intent(shards, shard_id, &intent).await?;
+        bounded_spawn(&mut tasks).await?;
+        let shards = shards.clone();
+        tasks.spawn(async move { resolve_intent(&shards, shard_id, &intent).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        joined(done)?;
     }
     Ok(())
+}
+
+/// Most recovery steps of one pass in flight at once.
+const RECOVERY_IN_FLIGHT: usize = 64;
+
+/// Waits, if [`RECOVERY_IN_FLIGHT`] steps are running, until one ends; its error ends the pass
+/// (dropping the set aborts the others; every step is idempotent, the next pass retries it).
+async fn bounded_spawn(
+    tasks: &mut tokio::task::JoinSet<Result<(), tonic::Status>>,
+) -> Result<(), tonic::Status> {
+    while tasks.len() >= RECOVERY_IN_FLIGHT {
+        match tasks.join_next().await {
+            Some(done) => joined(done)?,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+fn joined(
+    done: Result<Result<(), tonic::Status>, tokio::task::JoinError>,
+) -> Result<(), tonic::Status> {
+    match done {
+        Ok(result) => result,
+        // A step that panicked already ended the process (fail-stop); a cancelled one is retried.
+        Err(e) => Err(tonic::Status::internal(format!("recovery step: {e}"))),
+    }
 }
 
 /// Forgets this primary's COMMITTED transfers whose window passed once their credit shards
