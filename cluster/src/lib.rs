@@ -3,6 +3,7 @@
 //! - [`playground`]: starts, kills, restarts and wipes node and router processes on 127.0.0.1 with a
 //!   data directory each, and waits until every shard has a leader. The `up` command and the
 //!   multi-process tests both drive clusters through it.
+//! - [`endpoints`]: `DIR/endpoints.json`, where each process serves gRPC and metrics.
 //! - [`status`]: the `status` command: every group's replicas, roles, indexes, lag and phase.
 //! - [`demo`]: a concurrent payment workload with a live progress line, a summary table and a check
 //!   that the money in the accounts equals deposits minus withdrawals.
@@ -11,6 +12,7 @@
 //! - [`workload`]: the account-pair rule and generator shared by demo and benchmark.
 pub mod bench;
 pub mod demo;
+pub mod endpoints;
 pub mod playground;
 pub mod procstat;
 pub mod status;

@@ -170,7 +170,17 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
             println!("shard {shard} led by node {leader}");
         }
     }
-    println!("router at {}", playground.router_address);
+    println!(
+        "router at {} (metrics at http://{}/metrics)",
+        playground.router_address, playground.endpoints.router.metrics
+    );
+    println!(
+        "every address: {}",
+        playground
+            .dir
+            .join(wallet_cluster::endpoints::FILE)
+            .display()
+    );
     Ok(playground)
 }
 

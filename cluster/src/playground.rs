@@ -2,7 +2,7 @@
 //!
 //! Layout of the playground directory:
 //! - `cluster.toml`: the topology every process reads (kept, so a second `up` resumes the data);
-//! - `router.addr`: the router's address;
+//! - `endpoints.json`: where each process serves gRPC and metrics ([`crate::endpoints`]);
 //! - `node-N/`: node N's data (sled); `logs/node-N.log`, `logs/router.log`: their output.
 //!
 //! Processes are started from one executable with the `node` / `router` subcommands (the
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::endpoints::{Endpoints, NodeEndpoints, RouterEndpoints};
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::{NodeStatus, StatusRequest};
@@ -28,7 +29,8 @@ pub struct PlaygroundOptions {
     pub nodes: u64,
     pub shards: u64,
     pub replicas: u64,
-    /// The router's port; nodes take the following ones. 0 picks free ports.
+    /// The router's port; nodes take the following ones, then the router's metrics port and the
+    /// nodes'. 0 picks free ports.
     pub port: u16,
     /// Passed to every node (`--compact-every`).
     pub compact_every: u64,
@@ -48,6 +50,8 @@ pub struct Playground {
     pub dir: PathBuf,
     pub topology: Topology,
     pub router_address: String,
+    /// Where every process serves (also in `DIR/endpoints.json`).
+    pub endpoints: Endpoints,
     exe: PathBuf,
     compact_every: u64,
     resolve_after_ms: u64,
@@ -158,14 +162,51 @@ impl Playground {
         let io = |e: std::io::Error| e.to_string();
         fs::create_dir_all(options.dir.join("logs")).map_err(io)?;
         let cluster_file = options.dir.join("cluster.toml");
-        let addr_file = options.dir.join("router.addr");
-        let (topology, router_address) = if cluster_file.exists() && addr_file.exists() {
+        // Each probe releases its port, so the kernel may offer one twice: keep them apart.
+        let mut taken = std::collections::BTreeSet::new();
+        let mut distinct_port = || -> Result<u16, String> {
+            loop {
+                let port = free_port().map_err(io)?;
+                if taken.insert(port) {
+                    return Ok(port);
+                }
+            }
+        };
+        let resumable = options.dir.join(crate::endpoints::FILE).exists()
+            || options.dir.join("router.addr").exists();
+        let (topology, endpoints) = if cluster_file.exists() && resumable {
             let topology = Topology::load(&cluster_file)?;
-            let address = fs::read_to_string(&addr_file)
-                .map_err(io)?
-                .trim()
-                .to_string();
-            (topology, address)
+            let endpoints = match Endpoints::load(&options.dir) {
+                Ok(endpoints) => endpoints,
+                // A playground of an earlier release kept only `router.addr`: its metrics
+                // listeners get free ports now, kept from here on.
+                Err(_) => {
+                    let addr_file = options.dir.join("router.addr");
+                    let router = fs::read_to_string(&addr_file)
+                        .map_err(|e| format!("{addr_file:?}: {e}"))?
+                        .trim()
+                        .to_string();
+                    let mut metrics = || Ok::<_, String>(format!("127.0.0.1:{}", distinct_port()?));
+                    Endpoints {
+                        router: RouterEndpoints {
+                            grpc: router,
+                            metrics: metrics()?,
+                        },
+                        nodes: topology
+                            .nodes
+                            .iter()
+                            .map(|n| {
+                                Ok(NodeEndpoints {
+                                    id: n.id,
+                                    grpc: n.address.clone(),
+                                    metrics: metrics()?,
+                                })
+                            })
+                            .collect::<Result<_, String>>()?,
+                    }
+                }
+            };
+            (topology, endpoints)
         } else {
             let mut topology = Topology::local(
                 options.nodes,
@@ -173,34 +214,45 @@ impl Playground {
                 options.replicas,
                 options.port + 1,
             );
-            let router_port = if options.port == 0 {
-                // Each probe releases its port, so the kernel may offer one twice: keep them apart.
-                let mut taken = std::collections::BTreeSet::new();
-                let mut distinct_port = || -> std::io::Result<u16> {
-                    loop {
-                        let port = free_port()?;
-                        if taken.insert(port) {
-                            return Ok(port);
-                        }
-                    }
+            let count = topology.nodes.len() as u16;
+            let mut port = |fixed: u16| -> Result<String, String> {
+                let port = if options.port == 0 {
+                    distinct_port()?
+                } else {
+                    options.port + fixed
                 };
-                for node in &mut topology.nodes {
-                    node.address = format!("127.0.0.1:{}", distinct_port().map_err(io)?);
-                }
-                distinct_port().map_err(io)?
-            } else {
-                options.port
+                Ok(format!("127.0.0.1:{port}"))
             };
-            let address = format!("127.0.0.1:{router_port}");
+            for (n, node) in topology.nodes.iter_mut().enumerate() {
+                node.address = port(1 + n as u16)?;
+            }
+            let router = RouterEndpoints {
+                grpc: port(0)?,
+                metrics: port(count + 1)?,
+            };
+            let nodes = topology
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(n, node)| {
+                    Ok(NodeEndpoints {
+                        id: node.id,
+                        grpc: node.address.clone(),
+                        metrics: port(count + 2 + n as u16)?,
+                    })
+                })
+                .collect::<Result<_, String>>()?;
             topology.request_retention_secs = options.request_retention_secs;
             fs::write(&cluster_file, topology.to_toml()).map_err(io)?;
-            fs::write(&addr_file, &address).map_err(io)?;
-            (topology, address)
+            (topology, Endpoints { router, nodes })
         };
+        endpoints.save(&options.dir)?;
+        let router_address = endpoints.router.grpc.clone();
         Ok(Playground {
             dir: options.dir.clone(),
             topology,
             router_address,
+            endpoints,
             exe: options.exe.clone(),
             compact_every: options.compact_every,
             resolve_after_ms: options.resolve_after_ms,
@@ -277,7 +329,7 @@ impl Playground {
         if self.nodes.contains_key(&node_id) {
             return Ok(());
         }
-        let args = vec![
+        let mut args = vec![
             "node".to_string(),
             "--id".into(),
             node_id.to_string(),
@@ -290,6 +342,9 @@ impl Playground {
             "--resolve-after-ms".into(),
             self.resolve_after_ms.to_string(),
         ];
+        if let Some(metrics) = self.endpoints.node_metrics(node_id) {
+            args.extend(["--metrics-listen".to_string(), metrics.to_string()]);
+        }
         let child = self.spawn(&format!("node-{node_id}"), &args, env)?;
         self.nodes.insert(node_id, child);
         self.mark_started(Process::Node(node_id));
@@ -301,8 +356,12 @@ impl Playground {
         if self.router.is_some() {
             return Ok(());
         }
-        let address = self.router_address.clone();
-        self.router = Some(self.spawn_router(&address, "router", &[])?);
+        let mut args = self.router_args(&self.router_address);
+        args.extend([
+            "--metrics-listen".to_string(),
+            self.endpoints.router.metrics.clone(),
+        ]);
+        self.router = Some(self.spawn("router", &args, &[])?);
         self.mark_started(Process::Router);
         Ok(())
     }
@@ -315,14 +374,17 @@ impl Playground {
         log_name: &str,
         env: &[(&str, &str)],
     ) -> Result<Child, String> {
-        let args = vec![
+        self.spawn(log_name, &self.router_args(address), env)
+    }
+
+    fn router_args(&self, address: &str) -> Vec<String> {
+        vec![
             "router".to_string(),
             "--listen".into(),
             address.to_string(),
             "--cluster".into(),
             self.cluster_file().display().to_string(),
-        ];
-        self.spawn(log_name, &args, env)
+        ]
     }
 
     /// kill -9 of one node.

@@ -30,6 +30,9 @@ pub struct NodeArgs {
     /// Resolve a cross-shard transfer left undecided (its router died) after this many ms.
     #[arg(long, env = "WALLET_RESOLVE_AFTER_MS", default_value_t = 10_000)]
     pub resolve_after_ms: u64,
+    /// Address to serve Prometheus metrics on, at `/metrics` (not served when absent).
+    #[arg(long, env = "WALLET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Sets up logging (`RUST_LOG`, default info) on stderr.
@@ -74,6 +77,7 @@ fn start(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..ReplicaConfig::default()
         },
         resolve_after: std::time::Duration::from_millis(args.resolve_after_ms.max(1)),
+        metrics_listen: args.metrics_listen,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

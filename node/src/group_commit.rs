@@ -50,7 +50,11 @@ impl GroupCommit {
         }
         // Every ticket handed out so far belongs to writes already in sled: this flush covers them.
         let covers = self.requested.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
         self.db.flush_async().await?;
+        crate::metrics::NODE
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.durable.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! - [`state_machine`]: the pure wallet state machine of one shard (DESIGN §5); its parts
 //!   [`state_machine::two_phase`] (its side of cross-shard transfers, DESIGN §6) and
 //!   [`state_machine::snapshot_read`] (reads at a timestamp, audits).
+//! - [`metrics`]: the counters and histograms the write path, snapshots and recovery update;
+//!   [`exporter`]: the node's Prometheus registry, with per-shard gauges read at each scrape.
 //! - [`group_commit`]: one fsync for every replica of the node that needs one meanwhile.
 //! - [`mark`]: what each replica last made durable, outside sled, to catch a store that came
 //!   back older (sled drops a corrupt log tail silently).
@@ -25,9 +27,11 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod entry;
+pub mod exporter;
 pub mod group_commit;
 pub mod inbox;
 pub mod mark;
+pub mod metrics;
 pub mod node;
 pub mod probe;
 mod raft_log;

@@ -30,6 +30,35 @@ pub struct NodeOptions {
     pub replica: ReplicaConfig,
     /// Age after which recovery resolves an undecided cross-shard transfer.
     pub resolve_after: std::time::Duration,
+    /// Where to serve `/metrics` (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How far (in entries) a replica's applied index may trail its commit index and still count as
+/// caught up for the health service.
+pub const CAUGHT_UP_LAG: u64 = 1_000;
+
+/// Why this node cannot do its job right now (health NOT_SERVING), if it cannot: every replica
+/// it hosts must know a leader, take part in Raft normally, and be caught up.
+pub fn unhealthy(hosted: usize, statuses: &[wallet_proto::v1::ReplicaStatus]) -> Option<String> {
+    if statuses.len() < hosted {
+        return Some("replicas are still opening".into());
+    }
+    for s in statuses {
+        if s.phase != wallet_proto::v1::ReplicaPhase::Serving as i32 {
+            return Some(format!("shard {}: {} ({})", s.shard_id, s.role, s.note));
+        }
+        if s.leader_id == 0 {
+            return Some(format!("shard {}: no leader known", s.shard_id));
+        }
+        if s.commit_index.saturating_sub(s.applied_index) > CAUGHT_UP_LAG {
+            return Some(format!(
+                "shard {}: applied {} of {} committed",
+                s.shard_id, s.applied_index, s.commit_index
+            ));
+        }
+    }
+    None
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -130,8 +159,34 @@ pub async fn run(
         ms = starting.elapsed().as_millis() as u64,
         "node serving"
     );
+    let (metrics_registry, rpc_metrics, refresh) = crate::exporter::registry(service.clone());
+    let metrics = match options.metrics_listen {
+        Some(listen) => Some(
+            wallet_ops::metrics_http::spawn(listen, metrics_registry, refresh)
+                .await?
+                .1,
+        ),
+        None => None,
+    };
+    let (reporter, health) = wallet_ops::grpc_meta::health_reporter();
+    let checked = service.clone();
+    let health_check = wallet_ops::grpc_meta::keep_health(
+        reporter,
+        &["wallet.v1.Shard", "wallet.v1.Raft"],
+        std::time::Duration::from_millis(500),
+        move || {
+            let verdict = unhealthy(shard_count, &checked.statuses());
+            async move { verdict.map_or(Ok(()), Err) }
+        },
+    )
+    .await;
+    let (reflection_v1, reflection_v1alpha) = wallet_ops::grpc_meta::reflection()?;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(rpc_metrics)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             ShardServer::new(service.clone())
                 .max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX),
@@ -141,6 +196,10 @@ pub async fn run(
         )
         .serve_with_shutdown(options.listen, shutdown)
         .await?;
+    health_check.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     tracing::info!(node = options.node_id, "stopping replicas");
     let _ = stop_tx.send(true);
     let _ = recovery.await;

@@ -100,6 +100,7 @@ async fn resolve_shard(
                 }),
             )
             .await?;
+            count_decision("abort_debit");
             tracing::info!(
                 shard_id,
                 transfer = %transfer.transfer_id,
@@ -238,6 +239,11 @@ async fn resolve_intent(
     if let Some(decided) =
         wallet_shard_client::two_phase::settle_intent(shards, shard_id, intent).await?
     {
+        count_decision(if decided == TransferStatus::Committed {
+            "commit_credit"
+        } else {
+            "abort_credit"
+        });
         tracing::info!(
             shard_id,
             transfer = %intent.transfer.as_ref().map(|t| t.transfer_id.as_str()).unwrap_or(""),
@@ -246,6 +252,13 @@ async fn resolve_intent(
         );
     }
     Ok(())
+}
+
+fn count_decision(decision: &'static str) {
+    crate::metrics::NODE
+        .recovery_decisions
+        .get_or_create(&crate::metrics::DecisionLabel { decision })
+        .inc();
 }
 
 async fn propose(

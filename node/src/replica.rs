@@ -174,6 +174,8 @@ pub struct Replica {
     prober: mpsc::UnboundedSender<crate::probe::Pending>,
     /// The peers' answer, applied at the next turn.
     probed: Option<(u64, u64)>,
+    /// The last leader raft-rs reported (0: none), to count leader changes.
+    known_leader: u64,
     raft_config: raft::Config,
     logger: slog::Logger,
 }
@@ -262,6 +264,7 @@ impl Replica {
             inbox: inbox_tx.clone(),
             prober: prober.clone(),
             probed: None,
+            known_leader: 0,
             members: voters.to_vec(),
             raft_config,
             logger,
@@ -686,8 +689,10 @@ impl Replica {
         }
         let id = self.next_proposal;
         self.next_proposal = self.next_proposal.wrapping_add(1);
+        let count = commands.len();
         match self.propose_with_id(id, commands) {
             Ok(()) => {
+                crate::metrics::NODE.entry_commands.observe(count as f64);
                 self.proposals.insert(id, replies);
             }
             Err(e) => {
@@ -719,6 +724,15 @@ impl Replica {
             self.send(ready.take_messages());
         }
         if let Some(soft) = ready.ss() {
+            if soft.leader_id != 0 && soft.leader_id != self.known_leader {
+                crate::metrics::NODE
+                    .leader_changes
+                    .get_or_create(&crate::metrics::ShardLabel {
+                        shard: self.shard_id,
+                    })
+                    .inc();
+            }
+            self.known_leader = soft.leader_id;
             if soft.raft_state != StateRole::Leader {
                 self.step_down(soft.leader_id);
             }
@@ -1143,6 +1157,8 @@ impl Replica {
             accounts: self.state_machine.account_count() as u64,
             requests: self.state_machine.request_count() as u64,
             intents: self.state_machine.intent_count() as u64,
+            prepared: self.state_machine.undecided_count().0 as u64,
+            pending: self.state_machine.undecided_count().1 as u64,
             retention_window_ms: self.state_machine.retention().window_ms().unwrap_or(0),
             clock_ms: self.state_machine.retention().clock_ms(),
             role: role_name(raft.state).to_string(),

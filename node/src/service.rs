@@ -16,8 +16,8 @@ use wallet_proto::topology::Ring;
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
     command::Op, shard_read::Query, BatchOutcome, Command, NodeStatus, Outcome, RaftAck, RaftBatch,
-    ReadResult, ShardBatch, ShardCommand, ShardRead, SnapshotChunk, StatusRequest, TsoRequest,
-    TsoResponse,
+    ReadResult, ReplicaStatus, ShardBatch, ShardCommand, ShardRead, SnapshotChunk, StatusRequest,
+    TsoRequest, TsoResponse,
 };
 
 use crate::inbox::{ReplicaHandle, ReplicaMsg};
@@ -70,6 +70,16 @@ impl NodeService {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The published status of every replica this node hosts, by shard id (none while starting).
+    pub fn statuses(&self) -> Vec<ReplicaStatus> {
+        let mut statuses: Vec<_> = self
+            .replicas()
+            .map(|r| r.values().map(|h| h.status()).collect())
+            .unwrap_or_default();
+        statuses.sort_by_key(|s| s.shard_id);
+        statuses
     }
 
     fn replicas(&self) -> Result<&HashMap<u64, ReplicaHandle>, Status> {
@@ -314,11 +324,10 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<NodeStatus>, Status> {
-        let mut replicas: Vec<_> = self.replicas()?.values().map(|r| r.status()).collect();
-        replicas.sort_by_key(|r| r.shard_id);
+        self.replicas()?;
         Ok(Response::new(NodeStatus {
             node_id: self.node_id,
-            replicas,
+            replicas: self.statuses(),
         }))
     }
 }

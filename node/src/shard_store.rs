@@ -878,6 +878,10 @@ impl ShardStore {
         drop(core);
         self.snapshots
             .remove(Side::Sent, self.shard_id, u64::MAX, Some((applied, term)));
+        crate::metrics::NODE
+            .snapshot_bytes
+            .get_or_create(&crate::metrics::SnapshotLabel { direction: "built" })
+            .inc_by(descriptor.bytes);
         tracing::info!(
             shard = self.shard_id,
             index = applied,

@@ -165,6 +165,11 @@ impl StateMachine {
         self.intents.len()
     }
 
+    /// Cross-shard transfers undecided here: (PREPARED on this primary, PENDING intents here).
+    pub fn undecided_count(&self) -> (usize, usize) {
+        (self.prepared.len(), self.pending.len())
+    }
+
     /// Number of request records the shard remembers (retries answer from them).
     pub fn request_count(&self) -> usize {
         self.requests.len()

@@ -332,6 +332,12 @@ pub async fn receive_snapshot(
         .inbox
         .try_send(ReplicaMsg::Raft(Box::new(message)))
         .map_err(|_| Status::unavailable("the replica's inbox is full"))?;
+    crate::metrics::NODE
+        .snapshot_bytes
+        .get_or_create(&crate::metrics::SnapshotLabel {
+            direction: "received",
+        })
+        .inc_by(received.bytes);
     Ok(received.bytes)
 }
 

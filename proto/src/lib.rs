@@ -20,6 +20,9 @@ pub mod v1 {
     tonic::include_proto!("wallet.v1");
 }
 
+/// The encoded descriptors of every service and message in `proto/`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("wallet_descriptor");
+
 /// Largest encoded gRPC message any service accepts or sends (raft batches and snapshots included).
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most commands in one `ExecuteBatch` call, and most transfers in one `TransferBatch` request

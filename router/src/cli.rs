@@ -21,7 +21,13 @@ pub struct RouterArgs {
     /// Requests in flight beyond this are refused with OVERLOADED.
     #[arg(long, env = "WALLET_MAX_IN_FLIGHT", default_value_t = MAX_IN_FLIGHT_DEFAULT)]
     pub max_in_flight: usize,
+    /// Address to serve Prometheus metrics on, at `/metrics` (not served when absent).
+    #[arg(long, env = "WALLET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
+
+/// How often the health service checks that every shard answers (and how long it waits).
+const HEALTH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs a router with these arguments until SIGTERM/SIGINT; exits the process on a start-up error.
 pub fn main_with(args: RouterArgs) {
@@ -47,14 +53,49 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async move {
         let service = WalletService::for_topology(topology, args.max_in_flight)?;
+        let (registry, rpc_metrics) = crate::metrics::registry();
+        let metrics = match args.metrics_listen {
+            Some(listen) => Some(
+                wallet_ops::metrics_http::spawn(listen, registry, std::sync::Arc::new(|| {}))
+                    .await?
+                    .1,
+            ),
+            None => None,
+        };
+        let (reporter, health) = wallet_ops::grpc_meta::health_reporter();
+        let checked = service.clone();
+        let health_check = wallet_ops::grpc_meta::keep_health(
+            reporter,
+            &["wallet.v1.Wallet"],
+            HEALTH_PERIOD,
+            move || {
+                let checked = checked.clone();
+                async move {
+                    match checked.unreachable(HEALTH_PERIOD).await {
+                        None => Ok(()),
+                        Some(why) => Err(why),
+                    }
+                }
+            },
+        )
+        .await;
+        let (reflection_v1, reflection_v1alpha) = wallet_ops::grpc_meta::reflection()?;
         tracing::info!(listen = %args.listen, "router serving");
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(rpc_metrics)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 WalletServer::new(service).max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX),
             )
             .serve_with_shutdown(args.listen, wallet_proto::shutdown::signal())
             .await?;
+        health_check.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         tracing::info!("router stopped");
         Ok(())
     })

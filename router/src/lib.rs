@@ -4,6 +4,8 @@
 //!   on requests in flight (`OVERLOADED` beyond it). It reaches the shards through
 //!   `wallet-shard-client` (leader cache, retries, timestamps, the two-phase coordinator).
 //! - [`audit`]: adds up the shards' totals at one timestamp and checks conservation.
+//! - [`metrics`]: its Prometheus metrics (RPCs, audits).
 pub mod audit;
 pub mod cli;
+pub mod metrics;
 pub mod service;

@@ -80,6 +80,27 @@ impl WalletService {
         ))
     }
 
+    /// Why this router cannot do its job right now (health NOT_SERVING), if it cannot: every
+    /// shard must answer a linearizable read through its leader, and the oracle a timestamp,
+    /// each within `timeout`.
+    pub async fn unreachable(&self, timeout: Duration) -> Option<String> {
+        for shard_id in self.shards.shard_ids() {
+            // Transfers stuck since before the epoch: none, so a cheap linearizable read that
+            // names no account (an account read would be WRONG_SHARD on all shards but one).
+            let probe = Query::Stuck(Stuck::default());
+            match tokio::time::timeout(timeout, self.shards.read(shard_id, probe)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Some(format!("shard {shard_id}: {}", e.message())),
+                Err(_) => return Some(format!("shard {shard_id}: no answer within {timeout:?}")),
+            }
+        }
+        match tokio::time::timeout(timeout, self.shards.tso(1)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("timestamp oracle: {}", e.message())),
+            Err(_) => Some(format!("timestamp oracle: no answer within {timeout:?}")),
+        }
+    }
+
     /// Must run inside a tokio runtime (it starts the timestamp batcher).
     pub fn new(shards: Arc<Shards>, max_in_flight: usize) -> WalletService {
         WalletService {
@@ -527,9 +548,12 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                     .map_err(|e| Reason::Internal.status(e.to_string()))??,
             );
         }
-        let report = crate::audit::merge(ts, reports)?;
-        crate::audit::check(&report)?;
-        Ok(Response::new(report))
+        let checked = crate::audit::merge(ts, reports).and_then(|report| {
+            crate::audit::check(&report)?;
+            Ok(report)
+        });
+        crate::metrics::count_audit(checked.as_ref().map(|_| ()));
+        Ok(Response::new(checked?))
     }
 
     async fn list_transfers(

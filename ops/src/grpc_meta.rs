@@ -1,0 +1,94 @@
+//! The gRPC services about a process rather than the store: `grpc.health.v1` (for Kubernetes
+//! probes, load balancers and operators) and server reflection (so grpcurl and other generic
+//! clients can list and call the services without the protos).
+//!
+//! Health is not "the process is up": [`keep_health`] runs the process's own check every period
+//! and reports `SERVING` only while it passes (a node: each of its replicas knows a leader and is
+//! caught up; a router: it reaches every shard).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+pub use tonic_health::server::health_reporter;
+
+/// Encoded descriptors of every service a wallet process serves: the store's, health and
+/// reflection (v1 and v1alpha).
+pub const DESCRIPTORS: &[&[u8]] = &[
+    wallet_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// Reflection services (v1, and v1alpha, which many clients still ask for) over the store's
+/// descriptors and the health service's.
+#[allow(clippy::type_complexity)]
+pub fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let configure = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(wallet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((configure().build_v1()?, configure().build_v1alpha()?))
+}
+
+/// Runs `check` every `period` and sets the health of the whole server (`""`) and of each of
+/// `services` to SERVING while it returns `Ok`, NOT_SERVING (logging why, once per change) while
+/// it returns `Err`. Reports NOT_SERVING from the moment it is called (tonic-health starts at
+/// SERVING) until the first check passed. Runs until the returned task is aborted.
+pub async fn keep_health<F, Fut>(
+    reporter: HealthReporter,
+    services: &[&str],
+    period: Duration,
+    mut check: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let mut names: Vec<String> = vec![String::new()];
+    names.extend(services.iter().map(|s| s.to_string()));
+    for name in &names {
+        reporter
+            .set_service_status(name.as_str(), ServingStatus::NotServing)
+            .await;
+    }
+    tokio::spawn(async move {
+        let mut serving = None;
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let verdict = check().await;
+            let now = verdict.is_ok();
+            if serving != Some(now) {
+                match &verdict {
+                    Ok(()) => tracing::info!("health: SERVING"),
+                    Err(why) => tracing::warn!(why = %why, "health: NOT_SERVING"),
+                }
+                let status = if now {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for name in &names {
+                    reporter.set_service_status(name.as_str(), status).await;
+                }
+                serving = Some(now);
+            }
+        }
+    })
+}

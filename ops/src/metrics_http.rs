@@ -1,0 +1,56 @@
+//! `GET /metrics`: the process's registry in the OpenMetrics text format Prometheus scrapes, on a
+//! listener of its own (`--metrics-listen`), so a scrape never queues behind gRPC traffic and the
+//! port can be opened to a monitoring network only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use prometheus_client::registry::Registry;
+
+/// Called before each scrape is encoded: sets gauges read from the process's state (a replica's
+/// term, indexes, ...) so nothing on a hot path keeps them current.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds `listen` and serves `/metrics` on it until the returned task is aborted or the process
+/// ends. Returns the bound address (useful with port 0).
+pub async fn spawn(
+    listen: SocketAddr,
+    registry: Registry,
+    refresh: Refresh,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            let refresh = refresh.clone();
+            async move { scrape(&registry, &refresh) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    tracing::info!(%bound, "serving /metrics");
+    Ok((bound, task))
+}
+
+fn scrape(registry: &Registry, refresh: &Refresh) -> axum::response::Response {
+    refresh();
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => ([(CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the metrics failed: {e}"),
+        )
+            .into_response(),
+    }
+}
