@@ -129,6 +129,49 @@ impl std::fmt::Display for SupervisorEvent {
     }
 }
 
+/// The endpoints of a playground made by an earlier release, which kept only `router.addr`: its
+/// metrics listeners get free ports now (none that its processes use), kept from then on.
+fn endpoints_of_an_older_playground(
+    dir: &Path,
+    topology: &Topology,
+    distinct_port: impl Fn(&mut std::collections::BTreeSet<u16>) -> Result<u16, String>,
+    taken: &mut std::collections::BTreeSet<u16>,
+) -> Result<Endpoints, String> {
+    let addr_file = dir.join("router.addr");
+    let router = fs::read_to_string(&addr_file)
+        .map_err(|e| format!("{addr_file:?}: {e}"))?
+        .trim()
+        .to_string();
+    for address in topology
+        .nodes
+        .iter()
+        .map(|n| n.address.as_str())
+        .chain([router.as_str()])
+    {
+        if let Some(port) = address.rsplit(':').next().and_then(|p| p.parse().ok()) {
+            taken.insert(port);
+        }
+    }
+    let mut metrics = || Ok::<_, String>(format!("127.0.0.1:{}", distinct_port(taken)?));
+    Ok(Endpoints {
+        router: RouterEndpoints {
+            grpc: router,
+            metrics: metrics()?,
+        },
+        nodes: topology
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok(NodeEndpoints {
+                    id: n.id,
+                    grpc: n.address.clone(),
+                    metrics: metrics()?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}
+
 /// A port nothing listens on right now (for processes started next).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -164,47 +207,25 @@ impl Playground {
         let cluster_file = options.dir.join("cluster.toml");
         // Each probe releases its port, so the kernel may offer one twice: keep them apart.
         let mut taken = std::collections::BTreeSet::new();
-        let mut distinct_port = || -> Result<u16, String> {
-            loop {
-                let port = free_port().map_err(io)?;
-                if taken.insert(port) {
-                    return Ok(port);
-                }
+        let distinct_port = |taken: &mut std::collections::BTreeSet<u16>| loop {
+            let port = free_port().map_err(io)?;
+            if taken.insert(port) {
+                return Ok::<_, String>(port);
             }
         };
         let resumable = options.dir.join(crate::endpoints::FILE).exists()
             || options.dir.join("router.addr").exists();
         let (topology, endpoints) = if cluster_file.exists() && resumable {
             let topology = Topology::load(&cluster_file)?;
-            let endpoints = match Endpoints::load(&options.dir) {
-                Ok(endpoints) => endpoints,
-                // A playground of an earlier release kept only `router.addr`: its metrics
-                // listeners get free ports now, kept from here on.
-                Err(_) => {
-                    let addr_file = options.dir.join("router.addr");
-                    let router = fs::read_to_string(&addr_file)
-                        .map_err(|e| format!("{addr_file:?}: {e}"))?
-                        .trim()
-                        .to_string();
-                    let mut metrics = || Ok::<_, String>(format!("127.0.0.1:{}", distinct_port()?));
-                    Endpoints {
-                        router: RouterEndpoints {
-                            grpc: router,
-                            metrics: metrics()?,
-                        },
-                        nodes: topology
-                            .nodes
-                            .iter()
-                            .map(|n| {
-                                Ok(NodeEndpoints {
-                                    id: n.id,
-                                    grpc: n.address.clone(),
-                                    metrics: metrics()?,
-                                })
-                            })
-                            .collect::<Result<_, String>>()?,
-                    }
-                }
+            let endpoints = if options.dir.join(crate::endpoints::FILE).exists() {
+                Endpoints::load(&options.dir)?
+            } else {
+                endpoints_of_an_older_playground(
+                    &options.dir,
+                    &topology,
+                    |taken| distinct_port(taken),
+                    &mut taken,
+                )?
             };
             (topology, endpoints)
         } else {
@@ -212,14 +233,19 @@ impl Playground {
                 options.nodes,
                 options.shards,
                 options.replicas,
-                options.port + 1,
+                options.port.saturating_add(1),
             );
-            let count = topology.nodes.len() as u16;
+            let count = u16::try_from(topology.nodes.len()).map_err(|_| "too many nodes")?;
             let mut port = |fixed: u16| -> Result<String, String> {
                 let port = if options.port == 0 {
-                    distinct_port()?
+                    distinct_port(&mut taken)?
                 } else {
-                    options.port + fixed
+                    options.port.checked_add(fixed).ok_or_else(|| {
+                        format!(
+                            "--port {} leaves no room for every process's ports",
+                            options.port
+                        )
+                    })?
                 };
                 Ok(format!("127.0.0.1:{port}"))
             };

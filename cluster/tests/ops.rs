@@ -47,6 +47,10 @@ fn sample(scrape: &str, line_start: &str) -> Option<f64> {
 }
 
 async fn health(address: &str) -> Result<ServingStatus, String> {
+    health_of(address, "").await
+}
+
+async fn health_of(address: &str, service: &str) -> Result<ServingStatus, String> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
@@ -57,7 +61,7 @@ async fn health(address: &str) -> Result<ServingStatus, String> {
     let mut client = HealthClient::new(channel);
     let answer = client
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: service.to_string(),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -136,7 +140,14 @@ async fn every_process_serves_metrics_health_and_reflection() {
         "{scrape}"
     );
     assert!(scrape.contains("wallet_router_rpc_latency_seconds_bucket"));
-    assert!(scrape.contains("wallet_router_rpc_in_flight"));
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"wallet_router_rpc_in_flight{rpc="wallet.v1.Wallet/Transfer"} "#
+        ),
+        Some(0.0),
+        "{scrape}"
+    );
     // Every node: per-shard Raft gauges, entries, fsyncs.
     for node in &endpoints.nodes {
         let scrape = http_get(&node.metrics, "/metrics").expect("node metrics");
@@ -184,6 +195,45 @@ async fn every_process_serves_metrics_health_and_reflection() {
     prometheus.wait_for("min(wallet_node_raft_term)", 1.0, &cluster);
     drop(prometheus);
 
+    // gzip and zstd are accepted (and answered in kind) by the router and the nodes.
+    for encoding in [
+        tonic::codec::CompressionEncoding::Gzip,
+        tonic::codec::CompressionEncoding::Zstd,
+    ] {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", endpoints.router.grpc))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+        let mut raw = wallet_proto::v1::wallet_client::WalletClient::new(channel)
+            .send_compressed(encoding)
+            .accept_compressed(encoding);
+        let account = raw
+            .get_account(wallet_proto::v1::GetAccountRequest {
+                account_id: "ops-b".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{encoding:?}: {e}"))
+            .into_inner();
+        assert_eq!(account.balance, 10, "{encoding:?}");
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", endpoints.nodes[0].grpc))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+        let status = wallet_proto::v1::shard_client::ShardClient::new(channel)
+            .send_compressed(encoding)
+            .accept_compressed(encoding)
+            .status(wallet_proto::v1::StatusRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("{encoding:?}: {e}"))
+            .into_inner();
+        assert_eq!(status.node_id, endpoints.nodes[0].id);
+    }
+
     // Reflection, listed by Python's grpcio-reflection.
     let listed = reflection(&endpoints.router.grpc, &["wallet.v1.Wallet"]);
     for want in [
@@ -228,6 +278,16 @@ async fn every_process_serves_metrics_health_and_reflection() {
         &cluster,
     )
     .await;
+    // Its Shard service with it; its Raft service stays SERVING: it is what the shards need to
+    // elect leaders again.
+    assert_eq!(
+        health_of(&endpoints.nodes[0].grpc, "wallet.v1.Shard").await,
+        Ok(ServingStatus::NotServing)
+    );
+    assert_eq!(
+        health_of(&endpoints.nodes[0].grpc, "wallet.v1.Raft").await,
+        Ok(ServingStatus::Serving)
+    );
     cluster.playground.start_node(2).expect("restart node 2");
     cluster.playground.start_node(3).expect("restart node 3");
     wait_health(&endpoints.router.grpc, ServingStatus::Serving, up, &cluster).await;

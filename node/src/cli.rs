@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// Address to serve Prometheus metrics on, at `/metrics` (not served when absent).
     #[arg(long, env = "WALLET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Send Raft batches of at least this many bytes zstd-compressed (catch-up appends); 0 never
+    /// compresses them. Snapshot files always stream compressed.
+    #[arg(long, env = "WALLET_RAFT_COMPRESS_ABOVE", default_value_t = crate::transport::COMPRESS_ABOVE_DEFAULT)]
+    pub raft_compress_above: usize,
 }
 
 /// Sets up logging (`RUST_LOG`, default info) on stderr.
@@ -78,6 +82,7 @@ fn start(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         resolve_after: std::time::Duration::from_millis(args.resolve_after_ms.max(1)),
         metrics_listen: args.metrics_listen,
+        raft_compress_above: args.raft_compress_above,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

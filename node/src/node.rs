@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
+use tonic::codec::CompressionEncoding::{Gzip, Zstd};
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::raft_server::RaftServer;
 use wallet_proto::v1::shard_server::ShardServer;
@@ -32,19 +33,38 @@ pub struct NodeOptions {
     pub resolve_after: std::time::Duration,
     /// Where to serve `/metrics` (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Raft batches of at least this many bytes are sent zstd-compressed (0: never).
+    pub raft_compress_above: usize,
 }
 
 /// How far (in entries) a replica's applied index may trail its commit index and still count as
 /// caught up for the health service.
 pub const CAUGHT_UP_LAG: u64 = 1_000;
 
+/// How old (ms) the status a replica's loop last published may be: the loop publishes at least
+/// every Raft tick (100 ms), so an older one means the loop stopped turning.
+pub const STATUS_STALE_MS: i64 = 2_000;
+
 /// Why this node cannot do its job right now (health NOT_SERVING), if it cannot: every replica
-/// it hosts must know a leader, take part in Raft normally, and be caught up.
-pub fn unhealthy(hosted: usize, statuses: &[wallet_proto::v1::ReplicaStatus]) -> Option<String> {
+/// it hosts must be turning its loop, know a leader, take part in Raft normally, and have
+/// applied what it knows committed. (A follower's commit index covers only entries it holds, so
+/// one that is far behind its leader can still pass; `wallet-cluster status` shows that lag.)
+pub fn unhealthy(
+    hosted: usize,
+    statuses: &[wallet_proto::v1::ReplicaStatus],
+    now_ms: i64,
+) -> Option<String> {
     if statuses.len() < hosted {
         return Some("replicas are still opening".into());
     }
     for s in statuses {
+        if now_ms.saturating_sub(s.published_at_ms) > STATUS_STALE_MS {
+            return Some(format!(
+                "shard {}: its loop published nothing for {} ms",
+                s.shard_id,
+                now_ms.saturating_sub(s.published_at_ms)
+            ));
+        }
         if s.phase != wallet_proto::v1::ReplicaPhase::Serving as i32 {
             return Some(format!("shard {}: {} ({})", s.shard_id, s.role, s.note));
         }
@@ -71,6 +91,10 @@ pub async fn run(
         return Err(format!("node {} is not in the cluster file", options.node_id).into());
     }
     std::fs::create_dir_all(&options.data_dir)?;
+    let metrics_listener = match options.metrics_listen {
+        Some(listen) => Some(wallet_ops::metrics_http::bind(listen).await?),
+        None => None,
+    };
     let db = open_db(&options.data_dir)?;
     let marks = Arc::new(Marks::open(&options.data_dir)?);
     let snapshots = crate::snapshot_file::SnapshotDir::open(&options.data_dir)?;
@@ -81,7 +105,13 @@ pub async fn run(
         .iter()
         .map(|n| (n.id, n.address.clone()))
         .collect();
-    let transport = Transport::start(options.node_id, &peers, registry.clone(), snapshots.clone());
+    let transport = Transport::start(
+        options.node_id,
+        &peers,
+        registry.clone(),
+        snapshots.clone(),
+        options.raft_compress_above,
+    );
     let ring = topology.ring();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = HashMap::new();
@@ -160,22 +190,26 @@ pub async fn run(
         "node serving"
     );
     let (metrics_registry, rpc_metrics, refresh) = crate::exporter::registry(service.clone());
-    let metrics = match options.metrics_listen {
-        Some(listen) => Some(
-            wallet_ops::metrics_http::spawn(listen, metrics_registry, refresh)
-                .await?
-                .1,
-        ),
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            Some(wallet_ops::metrics_http::spawn(listener, metrics_registry, refresh)?.1)
+        }
         None => None,
     };
     let (reporter, health) = wallet_ops::grpc_meta::health_reporter();
+    // Raft stays SERVING while the process runs: it is what a shard without a leader needs to
+    // elect one (a readiness gate on it could keep a cluster that lost quorum from regaining it).
+    reporter
+        .set_service_status("wallet.v1.Raft", tonic_health::ServingStatus::Serving)
+        .await;
     let checked = service.clone();
     let health_check = wallet_ops::grpc_meta::keep_health(
         reporter,
-        &["wallet.v1.Shard", "wallet.v1.Raft"],
+        &["wallet.v1.Shard"],
         std::time::Duration::from_millis(500),
+        1,
         move || {
-            let verdict = unhealthy(shard_count, &checked.statuses());
+            let verdict = unhealthy(shard_count, &checked.statuses(), crate::service::now_ms());
             async move { verdict.map_or(Ok(()), Err) }
         },
     )
@@ -189,10 +223,19 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(
             ShardServer::new(service.clone())
-                .max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX),
+                .max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX)
+                .accept_compressed(Gzip)
+                .accept_compressed(Zstd)
+                .send_compressed(Gzip)
+                .send_compressed(Zstd),
         )
         .add_service(
-            RaftServer::new(service).max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX),
+            RaftServer::new(service)
+                .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX)
+                .accept_compressed(Gzip)
+                .accept_compressed(Zstd)
+                .send_compressed(Gzip)
+                .send_compressed(Zstd),
         )
         .serve_with_shutdown(options.listen, shutdown)
         .await?;

@@ -46,13 +46,21 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        for shard_id in service.led_shards() {
-            if let Err(e) = resolve_shard(&service, &shards, shard_id, resolve_after).await {
-                tracing::debug!(shard_id, error = %e, "recovery pass incomplete; next pass retries");
+        let pass = async {
+            for shard_id in service.led_shards() {
+                if let Err(e) = resolve_shard(&service, &shards, shard_id, resolve_after).await {
+                    tracing::debug!(shard_id, error = %e, "recovery pass incomplete; next pass retries");
+                }
+                if let Err(e) = forget_settled(&service, &shards, shard_id).await {
+                    tracing::debug!(shard_id, error = %e, "forgetting settled transfers failed; next pass retries");
+                }
             }
-            if let Err(e) = forget_settled(&service, &shards, shard_id).await {
-                tracing::debug!(shard_id, error = %e, "forgetting settled transfers failed; next pass retries");
-            }
+        };
+        // A pass whose steps wait on an unreachable shard does not hold up the node's shutdown
+        // (every step is idempotent: what a dropped pass left undone, the next node's pass does).
+        tokio::select! {
+            _ = pass => {}
+            _ = stop.changed() => return,
         }
     }
 }
@@ -85,7 +93,7 @@ async fn resolve_shard(
     // thousands of transfers behind is settled in a few rounds, not one round trip each.
     let mut tasks = tokio::task::JoinSet::new();
     for transfer in stuck.prepared {
-        bounded_spawn(&mut tasks).await?;
+        bounded_spawn(shard_id, &mut tasks).await;
         let service = service.clone();
         tasks.spawn(async move {
             let outcome = propose(
@@ -100,7 +108,9 @@ async fn resolve_shard(
                 }),
             )
             .await?;
-            count_decision("abort_debit");
+            if status_of(&outcome) == Some(TransferStatus::Aborted) {
+                count_decision("abort_debit");
+            }
             tracing::info!(
                 shard_id,
                 transfer = %transfer.transfer_id,
@@ -111,12 +121,12 @@ async fn resolve_shard(
         });
     }
     for intent in stuck.pending {
-        bounded_spawn(&mut tasks).await?;
+        bounded_spawn(shard_id, &mut tasks).await;
         let shards = shards.clone();
         tasks.spawn(async move { resolve_intent(&shards, shard_id, &intent).await });
     }
     while let Some(done) = tasks.join_next().await {
-        joined(done)?;
+        joined(shard_id, done);
     }
     Ok(())
 }
@@ -124,27 +134,27 @@ async fn resolve_shard(
 /// Most recovery steps of one pass in flight at once.
 const RECOVERY_IN_FLIGHT: usize = 64;
 
-/// Waits, if [`RECOVERY_IN_FLIGHT`] steps are running, until one ends; its error ends the pass
-/// (dropping the set aborts the others; every step is idempotent, the next pass retries it).
-async fn bounded_spawn(
-    tasks: &mut tokio::task::JoinSet<Result<(), tonic::Status>>,
-) -> Result<(), tonic::Status> {
+/// Waits, if [`RECOVERY_IN_FLIGHT`] steps are running, until one ends.
+async fn bounded_spawn(shard_id: u64, tasks: &mut tokio::task::JoinSet<Result<(), tonic::Status>>) {
     while tasks.len() >= RECOVERY_IN_FLIGHT {
         match tasks.join_next().await {
-            Some(done) => joined(done)?,
+            Some(done) => joined(shard_id, done),
             None => break,
         }
     }
-    Ok(())
 }
 
-fn joined(
-    done: Result<Result<(), tonic::Status>, tokio::task::JoinError>,
-) -> Result<(), tonic::Status> {
+/// A step that failed (its primary unreachable, say) is logged and left to the next pass; the
+/// pass goes on with the others, so transfers whose shards answer are never held up behind ones
+/// whose shards do not.
+fn joined(shard_id: u64, done: Result<Result<(), tonic::Status>, tokio::task::JoinError>) {
     match done {
-        Ok(result) => result,
-        // A step that panicked already ended the process (fail-stop); a cancelled one is retried.
-        Err(e) => Err(tonic::Status::internal(format!("recovery step: {e}"))),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(shard_id, error = %e.message(), "recovery step failed; the next pass retries it")
+        }
+        // A step that panicked already ended the process (fail-stop).
+        Err(e) => tracing::debug!(shard_id, error = %e, "recovery step ended"),
     }
 }
 

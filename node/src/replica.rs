@@ -174,7 +174,8 @@ pub struct Replica {
     prober: mpsc::UnboundedSender<crate::probe::Pending>,
     /// The peers' answer, applied at the next turn.
     probed: Option<(u64, u64)>,
-    /// The last leader raft-rs reported (0: none), to count leader changes.
+    /// The last leader raft-rs reported (0: none yet), to count changes to another leader (an
+    /// election that ends with the same leader is none).
     known_leader: u64,
     raft_config: raft::Config,
     logger: slog::Logger,
@@ -732,7 +733,9 @@ impl Replica {
                     })
                     .inc();
             }
-            self.known_leader = soft.leader_id;
+            if soft.leader_id != 0 {
+                self.known_leader = soft.leader_id;
+            }
             if soft.raft_state != StateRole::Leader {
                 self.step_down(soft.leader_id);
             }
@@ -1159,6 +1162,7 @@ impl Replica {
             intents: self.state_machine.intent_count() as u64,
             prepared: self.state_machine.undecided_count().0 as u64,
             pending: self.state_machine.undecided_count().1 as u64,
+            published_at_ms: crate::service::now_ms(),
             retention_window_ms: self.state_machine.retention().window_ms().unwrap_or(0),
             clock_ms: self.state_machine.retention().clock_ms(),
             role: role_name(raft.state).to_string(),

@@ -18,10 +18,12 @@ use std::io::Read;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use prost::Message as _;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{Message, MessageType};
 use raft::SnapshotStatus;
 use tokio::sync::mpsc;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 use tonic::Status;
 use wallet_proto::v1::raft_client::RaftClient;
@@ -68,6 +70,7 @@ impl Transport {
         peers: &[(u64, String)],
         registry: Registry,
         snapshots: SnapshotDir,
+        compress_above: usize,
     ) -> Transport {
         let mut senders = HashMap::new();
         for (peer_id, address) in peers {
@@ -85,6 +88,7 @@ impl Transport {
                 },
                 address.clone(),
                 rx,
+                compress_above,
             ));
         }
         Transport {
@@ -127,7 +131,16 @@ impl Peer {
     }
 }
 
-async fn peer_sender(peer: Peer, address: String, mut queue: mpsc::Receiver<(u64, Message)>) {
+/// Raft batches at least this large (encoded bytes) go zstd-compressed by default
+/// (`--raft-compress-above`); snapshot files always do.
+pub const COMPRESS_ABOVE_DEFAULT: usize = 32 * 1024;
+
+async fn peer_sender(
+    peer: Peer,
+    address: String,
+    mut queue: mpsc::Receiver<(u64, Message)>,
+    compress_above: usize,
+) {
     let peer_id = peer.peer_id;
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
         Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
@@ -139,8 +152,13 @@ async fn peer_sender(peer: Peer, address: String, mut queue: mpsc::Receiver<(u64
     let mut client = RaftClient::new(endpoint.clone().timeout(SEND_TIMEOUT).connect_lazy())
         .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(wallet_proto::MESSAGE_BYTES_MAX);
-    // Snapshots stream on a connection of their own, with a timeout by size.
-    let snapshot_client = RaftClient::new(endpoint.connect_lazy());
+    // The same connection, compressing: for batches of at least `compress_above` bytes (catch-up
+    // appends), where fewer bytes on the wire pay for the CPU; heartbeats and small appends stay
+    // plain.
+    let mut compressing = client.clone().send_compressed(CompressionEncoding::Zstd);
+    // Snapshots stream on a connection of their own, with a timeout by size, always compressed.
+    let snapshot_client =
+        RaftClient::new(endpoint.connect_lazy()).send_compressed(CompressionEncoding::Zstd);
     let mut pending = Vec::with_capacity(BATCH_MESSAGES_MAX);
     while let Some(first) = queue.recv().await {
         pending.push(first);
@@ -175,7 +193,13 @@ async fn peer_sender(peer: Peer, address: String, mut queue: mpsc::Receiver<(u64
             from_node: peer.node_id,
             messages,
         };
-        if let Err(status) = client.send(batch).await {
+        let compress = compress_above > 0 && batch.encoded_len() >= compress_above;
+        let sent = if compress {
+            compressing.send(batch).await
+        } else {
+            client.send(batch).await
+        };
+        if let Err(status) = sent {
             tracing::debug!(peer_id, error = %status.message(), "raft send failed");
             for shard_id in shards {
                 peer.report(shard_id, ReplicaMsg::Unreachable(peer_id));

@@ -46,13 +46,16 @@ pub fn reflection() -> Result<
 }
 
 /// Runs `check` every `period` and sets the health of the whole server (`""`) and of each of
-/// `services` to SERVING while it returns `Ok`, NOT_SERVING (logging why, once per change) while
-/// it returns `Err`. Reports NOT_SERVING from the moment it is called (tonic-health starts at
-/// SERVING) until the first check passed. Runs until the returned task is aborted.
+/// `services` to SERVING once it returns `Ok`, and to NOT_SERVING (logging why, once per change)
+/// once it returned `Err` `misses` times in a row (one slow answer on a loaded machine need not
+/// take a process out of its load balancer). Reports NOT_SERVING from the moment it is called
+/// (tonic-health starts at SERVING) until the first check passed. Runs until the returned task is
+/// aborted.
 pub async fn keep_health<F, Fut>(
     reporter: HealthReporter,
     services: &[&str],
     period: Duration,
+    misses: u32,
     mut check: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -68,12 +71,22 @@ where
     }
     tokio::spawn(async move {
         let mut serving = None;
+        let mut failed_in_a_row = 0u32;
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             let verdict = check().await;
-            let now = verdict.is_ok();
+            failed_in_a_row = if verdict.is_ok() {
+                0
+            } else {
+                failed_in_a_row.saturating_add(1)
+            };
+            let now = match serving {
+                // Still SERVING until enough checks in a row failed.
+                Some(true) if verdict.is_err() => failed_in_a_row < misses.max(1),
+                _ => verdict.is_ok(),
+            };
             if serving != Some(now) {
                 match &verdict {
                     Ok(()) => tracing::info!("health: SERVING"),

@@ -15,14 +15,20 @@ pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Binds `listen` and serves `/metrics` on it until the returned task is aborted or the process
-/// ends. Returns the bound address (useful with port 0).
-pub async fn spawn(
-    listen: SocketAddr,
+/// Binds `listen` (done first at start-up, so a port taken is a start-up error before anything
+/// else started).
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await
+}
+
+/// Serves `/metrics` on `listener` until the returned task is aborted or the process ends.
+/// Nothing but the one path is served; bind it to a monitoring network (it has no connection
+/// limit of its own).
+pub fn spawn(
+    listener: tokio::net::TcpListener,
     registry: Registry,
     refresh: Refresh,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
     let registry = Arc::new(registry);
     let app = axum::Router::new().route(

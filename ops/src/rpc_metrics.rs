@@ -119,15 +119,52 @@ fn method_paths(descriptor_sets: &[&[u8]]) -> HashSet<String> {
     paths
 }
 
-/// The reason code of a gRPC answer from its headers: a status there (a tonic error answer is
-/// trailers-only, so its status travels in the headers) gives its reason; none means the status
-/// follows in the trailers, which for the store's unary answers is OK.
+/// The reason code of a gRPC answer from its headers. A tonic error answer is trailers-only, so
+/// its status travels in the headers: its reason is the store's code (the `wallet-reason` entry,
+/// else the message's `CODE:` prefix), or for a status that is not one of the store's refusals
+/// (an unknown method, a health check of an unknown service) the gRPC code's name. No status in
+/// the headers means it follows in the trailers, which for the store's unary answers is OK.
+/// Reads the headers only as text: nothing a peer sends can make it fail.
 fn reason_of(headers: &http::HeaderMap) -> &'static str {
-    match tonic::Status::from_header_map(headers) {
-        Some(status) if status.code() != tonic::Code::Ok => {
-            wallet_proto::reason::of_status(&status).as_str()
-        }
-        _ => "OK",
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let code = match text("grpc-status").map(|c| c.parse::<i32>()) {
+        None | Some(Ok(0)) => return "OK",
+        Some(Ok(code)) => code,
+        Some(Err(_)) => return "UNKNOWN",
+    };
+    let store_reason = text(wallet_proto::reason::METADATA_KEY)
+        .and_then(wallet_proto::reason::Reason::parse)
+        .or_else(|| {
+            text("grpc-message")
+                .and_then(|m| m.split(':').next())
+                .and_then(wallet_proto::reason::Reason::parse)
+        });
+    match store_reason {
+        Some(reason) => reason.as_str(),
+        None => code_name(code),
+    }
+}
+
+/// The name of a gRPC status code.
+fn code_name(code: i32) -> &'static str {
+    match code {
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
     }
 }
 
@@ -149,12 +186,31 @@ pub struct Measured<S> {
     metrics: RpcMetrics,
 }
 
-/// Counts a call in flight until dropped (also when the caller goes away mid-call).
-struct InFlight(Gauge);
+/// One call being served: counted in flight until dropped, and counted as answered with the
+/// reason it was given, or as `CANCELLED` if the caller went away first (its future dropped).
+struct Call {
+    metrics: RpcMetrics,
+    rpc: Rpc,
+    started: Instant,
+    in_flight: Gauge,
+    reason: &'static str,
+}
 
-impl Drop for InFlight {
+impl Drop for Call {
     fn drop(&mut self) {
-        self.0.dec();
+        self.in_flight.dec();
+        let inner = &self.metrics.inner;
+        inner
+            .latency
+            .get_or_create(&self.rpc)
+            .observe(self.started.elapsed().as_secs_f64());
+        inner
+            .requests
+            .get_or_create(&RpcReason {
+                rpc: self.rpc.rpc.clone(),
+                reason: self.reason.to_string(),
+            })
+            .inc();
     }
 }
 
@@ -174,34 +230,25 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let rpc = self.metrics.rpc_of(request.uri().path());
-        let metrics = self.metrics.clone();
-        let gauge = metrics.inner.in_flight.get_or_create_owned(&rpc);
-        gauge.inc();
-        let in_flight = InFlight(gauge);
-        let started = Instant::now();
+        let in_flight = self.metrics.inner.in_flight.get_or_create_owned(&rpc);
+        in_flight.inc();
+        let mut call = Call {
+            metrics: self.metrics.clone(),
+            rpc,
+            started: Instant::now(),
+            in_flight,
+            reason: "CANCELLED",
+        };
         // The clone that was polled ready serves this call (tower's contract).
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         Box::pin(async move {
             let answer = inner.call(request).await;
-            drop(in_flight);
-            let reason = match &answer {
+            call.reason = match &answer {
                 Ok(response) => reason_of(response.headers()),
                 Err(_) => "UNAVAILABLE",
             };
-            metrics
-                .inner
-                .latency
-                .get_or_create(&rpc)
-                .observe(started.elapsed().as_secs_f64());
-            metrics
-                .inner
-                .requests
-                .get_or_create(&RpcReason {
-                    rpc: rpc.rpc,
-                    reason: reason.to_string(),
-                })
-                .inc();
+            drop(call);
             answer
         })
     }
@@ -248,6 +295,23 @@ mod tests {
         tonic::Status::unimplemented("what")
             .add_header(&mut headers)
             .expect("headers");
-        assert_eq!(reason_of(&headers), "INTERNAL");
+        assert_eq!(reason_of(&headers), "UNIMPLEMENTED");
+        // A refusal whose message carries the code but no metadata entry.
+        let mut headers = http::HeaderMap::new();
+        tonic::Status::failed_precondition("ID_REUSED: again")
+            .add_header(&mut headers)
+            .expect("headers");
+        assert_eq!(reason_of(&headers), "ID_REUSED");
+        // Garbage a peer might send is read as text or not at all.
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("99"));
+        headers.insert(
+            "grpc-status-details-bin",
+            http::HeaderValue::from_static("!!not base64!!"),
+        );
+        assert_eq!(reason_of(&headers), "UNKNOWN");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("x"));
+        assert_eq!(reason_of(&headers), "UNKNOWN");
     }
 }

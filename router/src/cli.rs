@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tonic::codec::CompressionEncoding::{Gzip, Zstd};
 
 use crate::service::{WalletService, MAX_IN_FLIGHT_DEFAULT};
 use wallet_proto::topology::Topology;
@@ -26,8 +27,12 @@ pub struct RouterArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// How often the health service checks that every shard answers (and how long it waits).
+/// How often the health service checks that every shard answers.
 const HEALTH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a check waits for each shard: longer than the shard client's connect timeout (1 s)
+/// plus a retry, so a probe that meets a dead cached leader lives long enough for the client to
+/// drop that leader and find the new one.
+const HEALTH_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Runs a router with these arguments until SIGTERM/SIGINT; exits the process on a start-up error.
 pub fn main_with(args: RouterArgs) {
@@ -55,11 +60,17 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         let service = WalletService::for_topology(topology, args.max_in_flight)?;
         let (registry, rpc_metrics) = crate::metrics::registry();
         let metrics = match args.metrics_listen {
-            Some(listen) => Some(
-                wallet_ops::metrics_http::spawn(listen, registry, std::sync::Arc::new(|| {}))
-                    .await?
+            Some(listen) => {
+                let listener = wallet_ops::metrics_http::bind(listen).await?;
+                Some(
+                    wallet_ops::metrics_http::spawn(
+                        listener,
+                        registry,
+                        std::sync::Arc::new(|| {}),
+                    )?
                     .1,
-            ),
+                )
+            }
             None => None,
         };
         let (reporter, health) = wallet_ops::grpc_meta::health_reporter();
@@ -68,10 +79,11 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
             reporter,
             &["wallet.v1.Wallet"],
             HEALTH_PERIOD,
+            2,
             move || {
                 let checked = checked.clone();
                 async move {
-                    match checked.unreachable(HEALTH_PERIOD).await {
+                    match checked.unreachable(HEALTH_PROBE_TIMEOUT).await {
                         None => Ok(()),
                         Some(why) => Err(why),
                     }
@@ -88,7 +100,12 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                WalletServer::new(service).max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX),
+                WalletServer::new(service)
+                    .max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX)
+                    .accept_compressed(Gzip)
+                    .accept_compressed(Zstd)
+                    .send_compressed(Gzip)
+                    .send_compressed(Zstd),
             )
             .serve_with_shutdown(args.listen, wallet_proto::shutdown::signal())
             .await?;

@@ -664,6 +664,10 @@ impl StateMachine {
     /// selects by start timestamp instead: what a snapshot read at that timestamp must wait for.
     /// At most [`STUCK_MAX`] of each list; `more` tells the rest exist.
     pub fn stuck(&self, query: &Stuck) -> StuckTransfers {
+        // Prepared before the epoch (a router's health probe asks this): nothing, unscanned.
+        if query.start_ts_before == 0 && query.before_ms <= 0 {
+            return StuckTransfers::default();
+        }
         let selected = |at_ms: i64, start_ts: u64| {
             if query.start_ts_before == 0 {
                 at_ms < query.before_ms
