@@ -170,9 +170,10 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
             println!("shard {shard} led by node {leader}");
         }
     }
+    println!("router at {}", playground.router_address);
     println!(
-        "router at {} (metrics at http://{}/metrics)",
-        playground.router_address, playground.endpoints.router.metrics
+        "router metrics at http://{}/metrics",
+        playground.endpoints.router.metrics
     );
     println!(
         "every address: {}",

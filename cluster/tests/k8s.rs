@@ -1,0 +1,60 @@
+//! The Kubernetes manifests (`cluster/k8s/`) agree with what the processes read: the ConfigMap's
+//! cluster file parses, names one node per StatefulSet pod by its stable DNS name, and every
+//! shard has a majority the PodDisruptionBudget keeps up. (Their schemas are checked in CI by
+//! `kubernetes-validate`, README § Kubernetes.)
+
+use std::path::Path;
+
+use wallet_proto::topology::Topology;
+
+fn manifest(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The block scalar under `key: |` in a YAML text, dedented.
+fn block(yaml: &str, key: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+    let header = lines.next().expect("block key");
+    let indent = header.len() - header.trim_start().len() + 2;
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first `key: VALUE` (an integer) after the line containing `after`.
+fn number_after(yaml: &str, after: &str, key: &str) -> u64 {
+    yaml.lines()
+        .skip_while(|l| !l.contains(after))
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} after {after}"))
+}
+
+#[test]
+fn the_cluster_file_in_the_config_map_matches_the_stateful_set() {
+    let topology = Topology::parse(&block(&manifest("configmap.yaml"), "cluster.toml"))
+        .expect("the ConfigMap's cluster.toml parses");
+    let nodes = manifest("nodes.yaml");
+    let pods = number_after(&nodes, "kind: StatefulSet", "replicas");
+    assert_eq!(topology.nodes.len() as u64, pods);
+    for (ordinal, node) in topology.nodes.iter().enumerate() {
+        // The pod's start command makes its id ordinal + 1.
+        assert_eq!(node.id, ordinal as u64 + 1);
+        assert_eq!(
+            node.address,
+            format!("wallet-node-{ordinal}.wallet-node:7001")
+        );
+    }
+    assert!(nodes.contains(r#"exec wallet-node --id $(( ${HOSTNAME##*-} + 1 ))"#));
+    assert!(nodes.contains("publishNotReadyAddresses: true"));
+    assert!(nodes.contains("podManagementPolicy: Parallel"));
+    // One node down by choice leaves every shard (and the meta group) a majority.
+    let unavailable = number_after(&nodes, "kind: PodDisruptionBudget", "maxUnavailable");
+    for shard in &topology.shards {
+        let replicas = shard.replicas.len() as u64;
+        assert!(replicas - unavailable > replicas / 2, "shard {}", shard.id);
+    }
+}
