@@ -108,7 +108,7 @@ cargo build --release -q -p wallet-cluster
 STORE_PID=$!
 for _ in $(seq 1 120); do grep -q '^ready' "$BASE/store.log" 2>/dev/null && break; sleep 0.5; done
 grep -q '^ready' "$BASE/store.log" || { cat "$BASE/store.log" >&2; echo "the store did not start" >&2; exit 1; }
-ENDPOINT=$(cat "$BASE/store/router.addr")
+ENDPOINT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["router"]["grpc"])' "$BASE/store/endpoints.json")
 BENCH=(./target/release/wallet-bench --endpoint "$ENDPOINT" --cluster "$BASE/store/cluster.toml"
        --accounts "$ACCOUNTS" --prefix cmp --seconds "$DURATION" --json)
 SETUP=()   # the first run opens and funds the accounts, later runs reuse them

@@ -4,8 +4,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     let descriptors =
         std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("wallet_descriptor.bin");
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(descriptors)
+    // The HTTP/JSON API (router/src/http.rs) speaks the public messages with the proto's own field
+    // names: answers serialize, requests deserialize strictly (an unknown field is refused).
+    let mut builder = tonic_prost_build::configure().file_descriptor_set_path(descriptors);
+    for answer in [
+        "Account",
+        "BalanceChange",
+        "Transfer",
+        "HistoryEntry",
+        "ListTransfersResponse",
+        "AuditReport",
+        "CurrencyTotals",
+    ] {
+        builder = builder.message_attribute(
+            format!(".wallet.v1.{answer}"),
+            "#[derive(serde::Serialize)]",
+        );
+    }
+    for request in [
+        "CreateAccountRequest",
+        "DepositRequest",
+        "WithdrawRequest",
+        "TransferRequest",
+    ] {
+        builder = builder.message_attribute(
+            format!(".wallet.v1.{request}"),
+            "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        );
+    }
+    builder
+        .field_attribute(
+            ".wallet.v1.Transfer.status",
+            "#[serde(serialize_with = \"crate::json::transfer_status\")]",
+        )
+        .field_attribute(
+            ".wallet.v1.HistoryEntry.kind",
+            "#[serde(serialize_with = \"crate::json::entry_kind\")]",
+        )
         .compile_protos(
             &[
                 "proto/wallet.proto",

@@ -2,7 +2,7 @@
 //! instead of parsing output:
 //!
 //! ```json
-//! {"router": {"grpc": "127.0.0.1:7000", "metrics": "127.0.0.1:7004"},
+//! {"router": {"grpc": "127.0.0.1:7000", "http": "127.0.0.1:7008", "metrics": "127.0.0.1:7004"},
 //!  "nodes": [{"id": 1, "grpc": "127.0.0.1:7001", "metrics": "127.0.0.1:7005"}, ...]}
 //! ```
 //!
@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub struct RouterEndpoints {
     /// The Wallet gRPC API (and health, reflection).
     pub grpc: String,
+    /// The HTTP/JSON API, at `/v1/...`.
+    pub http: String,
     /// Prometheus metrics, at `/metrics`.
     pub metrics: String,
 }
@@ -75,6 +77,7 @@ mod tests {
         let endpoints = Endpoints {
             router: RouterEndpoints {
                 grpc: "127.0.0.1:7000".into(),
+                http: "127.0.0.1:7020".into(),
                 metrics: "127.0.0.1:7010".into(),
             },
             nodes: vec![NodeEndpoints {
@@ -90,6 +93,7 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(raw["router"]["grpc"], "127.0.0.1:7000");
+        assert_eq!(raw["router"]["http"], "127.0.0.1:7020");
         assert_eq!(raw["nodes"][0]["id"], 1);
     }
 }

@@ -172,8 +172,8 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
     }
     println!("router at {}", playground.router_address);
     println!(
-        "router metrics at http://{}/metrics",
-        playground.endpoints.router.metrics
+        "router metrics at http://{}/metrics, HTTP API at http://{}/v1/",
+        playground.endpoints.router.metrics, playground.endpoints.router.http
     );
     println!(
         "every address: {}",

@@ -29,8 +29,8 @@ pub struct PlaygroundOptions {
     pub nodes: u64,
     pub shards: u64,
     pub replicas: u64,
-    /// The router's port; nodes take the following ones, then the router's metrics port and the
-    /// nodes'. 0 picks free ports.
+    /// The router's port; nodes take the following ones, then the router's metrics port, the
+    /// nodes' metrics ports, and the router's HTTP port. 0 picks free ports.
     pub port: u16,
     /// Passed to every node (`--compact-every`).
     pub compact_every: u64,
@@ -156,6 +156,7 @@ fn endpoints_of_an_older_playground(
     Ok(Endpoints {
         router: RouterEndpoints {
             grpc: router,
+            http: metrics()?,
             metrics: metrics()?,
         },
         nodes: topology
@@ -255,6 +256,7 @@ impl Playground {
             let router = RouterEndpoints {
                 grpc: port(0)?,
                 metrics: port(count + 1)?,
+                http: port(2 * count + 2)?,
             };
             let nodes = topology
                 .nodes
@@ -386,6 +388,8 @@ impl Playground {
         args.extend([
             "--metrics-listen".to_string(),
             self.endpoints.router.metrics.clone(),
+            "--http-listen".to_string(),
+            self.endpoints.router.http.clone(),
         ]);
         self.router = Some(self.spawn("router", &args, &[])?);
         self.mark_started(Process::Router);

@@ -7,8 +7,10 @@
 //! - [`topology`]: the TOML cluster file and the consistent-hashing ring (account id → shard).
 //! - [`shutdown`]: the SIGTERM/SIGINT signal every binary stops on.
 //! - [`fail_stop`]: the panic hook that ends a process on any panic (G9).
+//! - [`json`]: how the public messages' enums read in JSON (the router's HTTP API).
 
 pub mod fail_stop;
+pub mod json;
 pub mod reason;
 pub mod shutdown;
 pub mod topology;

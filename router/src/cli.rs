@@ -25,6 +25,9 @@ pub struct RouterArgs {
     /// Address to serve Prometheus metrics on, at `/metrics` (not served when absent).
     #[arg(long, env = "WALLET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve the HTTP/JSON API on, at `/v1/...` (not served when absent).
+    #[arg(long, env = "WALLET_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// How often the health service checks that every shard answers.
@@ -73,6 +76,13 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             None => None,
         };
+        let http = match args.http_listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                Some(crate::http::spawn(listener, service.clone())?.1)
+            }
+            None => None,
+        };
         let (reporter, health) = wallet_ops::grpc_meta::health_reporter();
         let checked = service.clone();
         let health_check = wallet_ops::grpc_meta::keep_health(
@@ -110,8 +120,8 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
             .serve_with_shutdown(args.listen, wallet_proto::shutdown::signal())
             .await?;
         health_check.abort();
-        if let Some(metrics) = metrics {
-            metrics.abort();
+        for task in [metrics, http].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("router stopped");
         Ok(())

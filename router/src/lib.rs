@@ -5,7 +5,9 @@
 //!   `wallet-shard-client` (leader cache, retries, timestamps, the two-phase coordinator).
 //! - [`audit`]: adds up the shards' totals at one timestamp and checks conservation.
 //! - [`metrics`]: its Prometheus metrics (RPCs, audits).
+//! - [`http`]: the HTTP/JSON API over the same service.
 pub mod audit;
 pub mod cli;
+pub mod http;
 pub mod metrics;
 pub mod service;

@@ -1,0 +1,398 @@
+//! The HTTP/JSON API (README § HTTP API): the `/v1` resources that payment apps expect, served by
+//! the router next to gRPC, on `--http-listen`. Each route calls the same `WalletService` method
+//! as its gRPC twin, so validation, idempotency, retries and refusals are the same; only the
+//! envelope differs.
+//!
+//! - Bodies and answers are the proto's messages in JSON with its snake_case field names
+//!   (`wallet_proto::json`); amounts are JSON integers. A body with an unknown field, a wrong type
+//!   or a number beyond i64 is refused as `INVALID_ARGUMENT` before anything is asked.
+//! - Idempotency: the id in the body (`request_id`, `transfer_id`), or the `Idempotency-Key`
+//!   header; both given and different is `INVALID_ARGUMENT`.
+//! - Errors are `{"reason", "message"}` with the HTTP status of the reason ([`http_status`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tonic::Request;
+use wallet_proto::reason::{Reason, Refusal};
+use wallet_proto::v1::wallet_server::Wallet;
+use wallet_proto::v1::{
+    AuditRequest, CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
+    ListTransfersRequest, TransferRequest, WithdrawRequest,
+};
+
+use crate::service::WalletService;
+
+/// The OpenAPI 3 document of these routes, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The idempotency header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The HTTP status a refusal travels with.
+pub fn http_status(reason: Reason) -> StatusCode {
+    match reason {
+        Reason::InvalidAmount
+        | Reason::InvalidId
+        | Reason::InvalidCurrency
+        | Reason::InvalidArgument
+        | Reason::SameAccount
+        | Reason::CurrencyMismatch
+        | Reason::CrossShardNotSupported => StatusCode::BAD_REQUEST,
+        Reason::AccountNotFound | Reason::TransferNotFound => StatusCode::NOT_FOUND,
+        Reason::AccountExists | Reason::IdReused => StatusCode::CONFLICT,
+        Reason::InsufficientFunds
+        | Reason::BalanceOverflow
+        | Reason::TransferAborted
+        | Reason::RequestExpired => StatusCode::UNPROCESSABLE_ENTITY,
+        Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        // Retryable (`Reason::is_retryable`): the same request again may succeed.
+        Reason::NotLeader
+        | Reason::WrongShard
+        | Reason::Unavailable
+        | Reason::TimestampTooOld
+        | Reason::SnapshotTooOld => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::AuditMismatch | Reason::CorruptRecord | Reason::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// The JSON error body.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub reason: String,
+    pub message: String,
+}
+
+/// A refusal as an HTTP answer.
+#[derive(Debug)]
+struct Refused(Refusal);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            reason: self.0.reason.as_str().to_string(),
+            message: self.0.message,
+        };
+        (http_status(self.0.reason), Json(body)).into_response()
+    }
+}
+
+impl From<tonic::Status> for Refused {
+    fn from(status: tonic::Status) -> Refused {
+        Refused(Refusal::of_status(&status))
+    }
+}
+
+fn invalid(message: impl std::fmt::Display) -> Refused {
+    Refused(Refusal::new(Reason::InvalidArgument, message.to_string()))
+}
+
+type Answer<T> = Result<Json<T>, Refused>;
+
+/// The body, or `INVALID_ARGUMENT` saying what is wrong with it.
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, Refused> {
+    parsed
+        .map(|Json(t)| t)
+        .map_err(|e| invalid(format!("bad JSON body: {}", e.body_text())))
+}
+
+/// The id in the path, or `INVALID_ARGUMENT` (e.g. bad percent-encoding).
+fn path(parsed: Result<Path<String>, PathRejection>) -> Result<String, Refused> {
+    parsed
+        .map(|Path(id)| id)
+        .map_err(|e| invalid(format!("bad path: {}", e.body_text())))
+}
+
+/// The request's id: the body's, or the `Idempotency-Key` header's (both: they must agree).
+fn idempotency(headers: &HeaderMap, in_body: &mut String) -> Result<(), Refused> {
+    let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(());
+    };
+    let key = key
+        .to_str()
+        .map_err(|_| invalid("Idempotency-Key is not printable ASCII"))?;
+    if in_body.is_empty() {
+        *in_body = key.to_string();
+        Ok(())
+    } else if in_body == key {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "Idempotency-Key {key:?} differs from the id in the body {in_body:?}"
+        )))
+    }
+}
+
+type Service = State<Arc<WalletService>>;
+
+async fn create_account(
+    State(service): Service,
+    parsed: Result<Json<CreateAccountRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Account> {
+    let create = body(parsed)?;
+    Ok(Json(
+        service
+            .create_account(Request::new(create))
+            .await?
+            .into_inner(),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct AccountQuery {
+    at_ts: u64,
+}
+
+async fn get_account(
+    State(service): Service,
+    account_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<AccountQuery>, QueryRejection>,
+) -> Answer<wallet_proto::v1::Account> {
+    let account_id = path(account_id)?;
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let get = GetAccountRequest {
+        account_id,
+        at_ts: query.at_ts,
+    };
+    Ok(Json(
+        service.get_account(Request::new(get)).await?.into_inner(),
+    ))
+}
+
+async fn deposit(
+    State(service): Service,
+    headers: HeaderMap,
+    parsed: Result<Json<DepositRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::BalanceChange> {
+    let mut deposit = body(parsed)?;
+    idempotency(&headers, &mut deposit.request_id)?;
+    Ok(Json(
+        service.deposit(Request::new(deposit)).await?.into_inner(),
+    ))
+}
+
+async fn withdraw(
+    State(service): Service,
+    headers: HeaderMap,
+    parsed: Result<Json<WithdrawRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::BalanceChange> {
+    let mut withdraw = body(parsed)?;
+    idempotency(&headers, &mut withdraw.request_id)?;
+    Ok(Json(
+        service.withdraw(Request::new(withdraw)).await?.into_inner(),
+    ))
+}
+
+async fn transfer(
+    State(service): Service,
+    headers: HeaderMap,
+    parsed: Result<Json<TransferRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Transfer> {
+    let mut transfer = body(parsed)?;
+    idempotency(&headers, &mut transfer.transfer_id)?;
+    Ok(Json(
+        service.transfer(Request::new(transfer)).await?.into_inner(),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct TransferQuery {
+    from: String,
+}
+
+async fn get_transfer(
+    State(service): Service,
+    transfer_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<TransferQuery>, QueryRejection>,
+) -> Answer<wallet_proto::v1::Transfer> {
+    let transfer_id = path(transfer_id)?;
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    if query.from.is_empty() {
+        return Err(invalid(
+            "?from=ACCOUNT is required: transfer ids are scoped to their debit account",
+        ));
+    }
+    let get = GetTransferRequest {
+        transfer_id,
+        from_account_id: query.from,
+    };
+    Ok(Json(
+        service.get_transfer(Request::new(get)).await?.into_inner(),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct HistoryQuery {
+    limit: u32,
+    cursor: u64,
+}
+
+async fn history(
+    State(service): Service,
+    account_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Answer<wallet_proto::v1::ListTransfersResponse> {
+    let account_id = path(account_id)?;
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let list = ListTransfersRequest {
+        account_id,
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    Ok(Json(
+        service
+            .list_transfers(Request::new(list))
+            .await?
+            .into_inner(),
+    ))
+}
+
+async fn audit(State(service): Service) -> Answer<wallet_proto::v1::AuditReport> {
+    Ok(Json(
+        service
+            .audit(Request::new(AuditRequest {}))
+            .await?
+            .into_inner(),
+    ))
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn wrong_method() -> Response {
+    let body = ErrorBody {
+        reason: Reason::InvalidArgument.as_str().to_string(),
+        message: "this resource does not take that method: see /v1/openapi.json".to_string(),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+async fn not_found() -> Refused {
+    Refused(Refusal::new(
+        Reason::InvalidArgument,
+        "no such resource: see /v1/openapi.json",
+    ))
+}
+
+/// The routes, over `service`.
+pub fn app(service: WalletService) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/accounts", post(create_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts/{id}/history", get(history))
+        .route("/v1/deposits", post(deposit))
+        .route("/v1/withdrawals", post(withdraw))
+        .route("/v1/transfers", post(transfer))
+        .route("/v1/transfers/{id}", get(get_transfer))
+        .route("/v1/audit", get(audit))
+        .route("/v1/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
+        // Bodies beyond this are refused before they are read whole (one transfer is < 1 KiB).
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(Arc::new(service))
+}
+
+/// Serves the API on `listener` until the returned task is aborted.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    service: WalletService,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let bound = listener.local_addr()?;
+    let app = app(service);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    });
+    tracing::info!(%bound, "serving the HTTP API");
+    Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_an_http_status_of_its_kind() {
+        for reason in Reason::ALL {
+            let status = http_status(reason);
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{reason}: {status}"
+            );
+            // Retryable reasons are the ones a client may send again as they are.
+            if reason.is_retryable() {
+                assert!(
+                    matches!(
+                        status,
+                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+                    ),
+                    "{reason}: {status}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("OpenAPI is JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+        for (path, method) in [
+            ("/v1/accounts", "post"),
+            ("/v1/accounts/{id}", "get"),
+            ("/v1/accounts/{id}/history", "get"),
+            ("/v1/deposits", "post"),
+            ("/v1/withdrawals", "post"),
+            ("/v1/transfers", "post"),
+            ("/v1/transfers/{id}", "get"),
+            ("/v1/audit", "get"),
+        ] {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing from openapi.json"
+            );
+        }
+        for reason in Reason::ALL {
+            let listed = doc["components"]["schemas"]["Error"]["properties"]["reason"]["enum"]
+                .as_array()
+                .expect("reason enum");
+            assert!(
+                listed.iter().any(|r| r.as_str() == Some(reason.as_str())),
+                "{reason} missing from the Error schema"
+            );
+        }
+    }
+
+    #[test]
+    fn an_idempotency_key_fills_or_must_match_the_body_id() {
+        let mut headers = HeaderMap::new();
+        let mut id = String::new();
+        idempotency(&headers, &mut id).expect("no header");
+        assert_eq!(id, "");
+        headers.insert(IDEMPOTENCY_KEY, "k-1".parse().expect("header"));
+        idempotency(&headers, &mut id).expect("fills");
+        assert_eq!(id, "k-1");
+        idempotency(&headers, &mut id).expect("agrees");
+        let mut other = "k-2".to_string();
+        let refused = idempotency(&headers, &mut other).expect_err("differs");
+        assert_eq!(refused.0.reason, Reason::InvalidArgument);
+    }
+}
