@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 pub struct RouterEndpoints {
     /// The Wallet gRPC API (and health, reflection).
     pub grpc: String,
-    /// The HTTP/JSON API, at `/v1/...`.
+    /// The HTTP/JSON API, at `/v1/...` (empty in a file written before it existed: `up` then
+    /// picks a port and saves it).
+    #[serde(default)]
     pub http: String,
     /// Prometheus metrics, at `/metrics`.
     pub metrics: String,

@@ -219,7 +219,11 @@ impl Playground {
         let (topology, endpoints) = if cluster_file.exists() && resumable {
             let topology = Topology::load(&cluster_file)?;
             let endpoints = if options.dir.join(crate::endpoints::FILE).exists() {
-                Endpoints::load(&options.dir)?
+                let mut endpoints = Endpoints::load(&options.dir)?;
+                if endpoints.router.http.is_empty() {
+                    endpoints.router.http = format!("127.0.0.1:{}", distinct_port(&mut taken)?);
+                }
+                endpoints
             } else {
                 endpoints_of_an_older_playground(
                     &options.dir,

@@ -10,8 +10,21 @@ use common::{Cluster, SERIAL};
 use serde_json::{json, Value};
 use wallet_cluster::endpoints::Endpoints;
 
-/// `curl` a request; the status and the JSON body.
+/// `curl` a request, sent again as it is while the answer is 503 or 429 (a leader change on a
+/// loaded machine; the same id makes that safe); the status and the JSON body.
 fn curl(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, Value) {
+    let mut answer = curl_once(method, url, headers, body);
+    for _ in 0..40 {
+        if answer.0 != 503 && answer.0 != 429 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        answer = curl_once(method, url, headers, body);
+    }
+    answer
+}
+
+fn curl_once(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, Value) {
     let mut command = Command::new("curl");
     command.args(["-s", "-S", "-X", method, "-w", "\n%{http_code}", url]);
     for header in headers {

@@ -48,12 +48,36 @@ fn the_cluster_file_in_the_config_map_matches_the_stateful_set() {
             format!("wallet-node-{ordinal}.wallet-node:7001")
         );
     }
-    assert!(nodes.contains(r#"exec wallet-node --id $(( ${HOSTNAME##*-} + 1 ))"#));
+    // The start command, run by a POSIX shell as the pods' would: pod ordinal + 1.
+    let command = nodes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("command: "))
+        .expect("the node's command");
+    let script = command
+        .split(r#"", ""#)
+        .nth(2)
+        .and_then(|s| s.strip_suffix(r#""]"#))
+        .expect("sh -c SCRIPT");
+    for (ordinal, node) in topology.nodes.iter().enumerate() {
+        let output = std::process::Command::new("sh")
+            .args(["-c", &script.replace("exec wallet-node", "echo")])
+            .env("HOSTNAME", format!("wallet-node-{ordinal}"))
+            .output()
+            .expect("sh");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            format!("--id {}", node.id)
+        );
+    }
     assert!(nodes.contains("publishNotReadyAddresses: true"));
     assert!(nodes.contains("podManagementPolicy: Parallel"));
-    // One node down by choice leaves every shard (and the meta group) a majority.
+    assert!(
+        nodes.contains("type: OnDelete"),
+        "no automatic mixed-version rollout"
+    );
+    // One node down by choice leaves every shard and the meta group a majority.
     let unavailable = number_after(&nodes, "kind: PodDisruptionBudget", "maxUnavailable");
-    for shard in &topology.shards {
+    for shard in topology.shards.iter().chain([&topology.meta_group()]) {
         let replicas = shard.replicas.len() as u64;
         assert!(replicas - unavailable > replicas / 2, "shard {}", shard.id);
     }

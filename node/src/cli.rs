@@ -33,8 +33,9 @@ pub struct NodeArgs {
     /// Address to serve Prometheus metrics on, at `/metrics` (not served when absent).
     #[arg(long, env = "WALLET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Send Raft batches of at least this many bytes zstd-compressed (catch-up appends); 0 never
-    /// compresses them. Snapshot files always stream compressed.
+    /// Send Raft batches of at least this many bytes zstd-compressed (catch-up appends), and
+    /// snapshot streams too; 0 (the default) never compresses. Turn it on (32768 is a good value)
+    /// only once every node runs a release that reads compressed messages (this one or later).
     #[arg(long, env = "WALLET_RAFT_COMPRESS_ABOVE", default_value_t = crate::transport::COMPRESS_ABOVE_DEFAULT)]
     pub raft_compress_above: usize,
 }

@@ -131,9 +131,14 @@ impl Peer {
     }
 }
 
-/// Raft batches at least this large (encoded bytes) go zstd-compressed by default
-/// (`--raft-compress-above`); snapshot files always do.
-pub const COMPRESS_ABOVE_DEFAULT: usize = 32 * 1024;
+/// The size (encoded bytes) from which to send Raft batches zstd-compressed, once every node of
+/// the cluster reads compressed messages (`--raft-compress-above`; snapshot streams too then).
+pub const COMPRESS_ABOVE_RECOMMENDED: usize = 32 * 1024;
+
+/// Off by default in the release that brought compression: a node of an earlier release cannot
+/// read a compressed message, so a cluster being upgraded node by node would stall on it. Turn it
+/// on ([`COMPRESS_ABOVE_RECOMMENDED`]) once every node runs this release or a later one.
+pub const COMPRESS_ABOVE_DEFAULT: usize = 0;
 
 async fn peer_sender(
     peer: Peer,
@@ -156,9 +161,12 @@ async fn peer_sender(
     // appends), where fewer bytes on the wire pay for the CPU; heartbeats and small appends stay
     // plain.
     let mut compressing = client.clone().send_compressed(CompressionEncoding::Zstd);
-    // Snapshots stream on a connection of their own, with a timeout by size, always compressed.
-    let snapshot_client =
-        RaftClient::new(endpoint.connect_lazy()).send_compressed(CompressionEncoding::Zstd);
+    // Snapshots stream on a connection of their own, with a timeout by size; compressed whenever
+    // compression is on (their chunks are far above any threshold).
+    let mut snapshot_client = RaftClient::new(endpoint.connect_lazy());
+    if compress_above > 0 {
+        snapshot_client = snapshot_client.send_compressed(CompressionEncoding::Zstd);
+    }
     let mut pending = Vec::with_capacity(BATCH_MESSAGES_MAX);
     while let Some(first) = queue.recv().await {
         pending.push(first);

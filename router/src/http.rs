@@ -51,14 +51,15 @@ pub fn http_status(reason: Reason) -> StatusCode {
         Reason::InsufficientFunds
         | Reason::BalanceOverflow
         | Reason::TransferAborted
-        | Reason::RequestExpired => StatusCode::UNPROCESSABLE_ENTITY,
+        | Reason::RequestExpired
+        // The caller's `at_ts` is older than the shard keeps: asking again cannot help.
+        | Reason::SnapshotTooOld => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         // Retryable (`Reason::is_retryable`): the same request again may succeed.
         Reason::NotLeader
         | Reason::WrongShard
         | Reason::Unavailable
-        | Reason::TimestampTooOld
-        | Reason::SnapshotTooOld => StatusCode::SERVICE_UNAVAILABLE,
+        | Reason::TimestampTooOld => StatusCode::SERVICE_UNAVAILABLE,
         Reason::AuditMismatch | Reason::CorruptRecord | Reason::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -338,8 +339,9 @@ mod tests {
                 status.is_client_error() || status.is_server_error(),
                 "{reason}: {status}"
             );
-            // Retryable reasons are the ones a client may send again as they are.
-            if reason.is_retryable() {
+            // Retryable reasons are the ones a client may send again as they are (a snapshot
+            // too old is retryable for the router's own fresh timestamps, not for a caller's).
+            if reason.is_retryable() && reason != Reason::SnapshotTooOld {
                 assert!(
                     matches!(
                         status,
