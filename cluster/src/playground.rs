@@ -228,7 +228,7 @@ impl Playground {
                 endpoints_of_an_older_playground(
                     &options.dir,
                     &topology,
-                    |taken| distinct_port(taken),
+                    distinct_port,
                     &mut taken,
                 )?
             };

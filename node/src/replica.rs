@@ -1149,6 +1149,7 @@ impl Replica {
 
     fn publish_status(&self) {
         let raft = &self.raw.raft;
+        let (prepared, pending) = self.state_machine.undecided_count();
         let status = ReplicaStatus {
             shard_id: self.shard_id,
             leader_id: raft.leader_id,
@@ -1160,8 +1161,8 @@ impl Replica {
             accounts: self.state_machine.account_count() as u64,
             requests: self.state_machine.request_count() as u64,
             intents: self.state_machine.intent_count() as u64,
-            prepared: self.state_machine.undecided_count().0 as u64,
-            pending: self.state_machine.undecided_count().1 as u64,
+            prepared: prepared as u64,
+            pending: pending as u64,
             published_at_ms: crate::service::now_ms(),
             retention_window_ms: self.state_machine.retention().window_ms().unwrap_or(0),
             clock_ms: self.state_machine.retention().clock_ms(),

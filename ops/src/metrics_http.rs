@@ -29,7 +29,6 @@ pub fn spawn(
     registry: Registry,
     refresh: Refresh,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let bound = listener.local_addr()?;
     let registry = Arc::new(registry);
     let app = axum::Router::new().route(
         "/metrics",
@@ -39,12 +38,23 @@ pub fn spawn(
             async move { scrape(&registry, &refresh) }
         }),
     );
+    serve(listener, app, "/metrics")
+}
+
+/// Serves `app` on `listener` (axum) until the returned task is aborted or the process ends,
+/// logging what it serves (`what`) and a listener failure. Returns the bound address.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    what: &'static str,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics listener failed");
+            tracing::error!(error = %e, what, "listener failed");
         }
     });
-    tracing::info!(%bound, "serving /metrics");
+    tracing::info!(%bound, what, "serving");
     Ok((bound, task))
 }
 

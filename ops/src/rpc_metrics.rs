@@ -132,13 +132,10 @@ fn reason_of(headers: &http::HeaderMap) -> &'static str {
         Some(Ok(code)) => code,
         Some(Err(_)) => return "UNKNOWN",
     };
-    let store_reason = text(wallet_proto::reason::METADATA_KEY)
-        .and_then(wallet_proto::reason::Reason::parse)
-        .or_else(|| {
-            text("grpc-message")
-                .and_then(|m| m.split(':').next())
-                .and_then(wallet_proto::reason::Reason::parse)
-        });
+    let store_reason = wallet_proto::reason::named(
+        text(wallet_proto::reason::METADATA_KEY),
+        text("grpc-message").unwrap_or(""),
+    );
     match store_reason {
         Some(reason) => reason.as_str(),
         None => code_name(code),

@@ -10,17 +10,20 @@ use crate::v1::{EntryKind, TransferStatus};
 /// `Transfer.status` as `COMMITTED`, `PREPARED` or `ABORTED`.
 pub fn transfer_status<S: Serializer>(status: &i32, out: S) -> Result<S::Ok, S::Error> {
     let name = TransferStatus::try_from(*status)
-        .map(|s| s.as_str_name())
-        .unwrap_or("TRANSFER_STATUS_UNSPECIFIED");
-    out.serialize_str(name.trim_start_matches("TRANSFER_STATUS_"))
+        .ok()
+        .map(|s| s.as_str_name());
+    enum_name(name, "TRANSFER_STATUS_", out)
 }
 
 /// `HistoryEntry.kind` as `DEPOSIT`, `WITHDRAW`, `TRANSFER_OUT` or `TRANSFER_IN`.
 pub fn entry_kind<S: Serializer>(kind: &i32, out: S) -> Result<S::Ok, S::Error> {
-    let name = EntryKind::try_from(*kind)
-        .map(|k| k.as_str_name())
-        .unwrap_or("ENTRY_KIND_UNSPECIFIED");
-    out.serialize_str(name.trim_start_matches("ENTRY_KIND_"))
+    let name = EntryKind::try_from(*kind).ok().map(|k| k.as_str_name());
+    enum_name(name, "ENTRY_KIND_", out)
+}
+
+/// An enum value's proto name without its type's prefix; `UNSPECIFIED` for a value without one.
+fn enum_name<S: Serializer>(name: Option<&str>, prefix: &str, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(name.map_or("UNSPECIFIED", |n| n.trim_start_matches(prefix)))
 }
 
 #[cfg(test)]

@@ -301,18 +301,22 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// The reason a status carries: its metadata entry, else the message prefix, else one derived from
-/// the gRPC code (a transport error without our metadata is `UNAVAILABLE` and can be retried).
+/// The reason a status names itself, if it names one: its metadata entry (`metadata`, the
+/// [`METADATA_KEY`] value), else its message's `CODE:` prefix.
+pub fn named(metadata: Option<&str>, message: &str) -> Option<Reason> {
+    metadata
+        .and_then(Reason::parse)
+        .or_else(|| message.split(':').next().and_then(Reason::parse))
+}
+
+/// The reason a status carries: the one it names ([`named`]), else one derived from the gRPC code
+/// (a transport error without our metadata is `UNAVAILABLE` and can be retried).
 pub fn of_status(status: &Status) -> Reason {
-    if let Some(reason) = status
+    let metadata = status
         .metadata()
         .get(METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Reason::parse)
-    {
-        return reason;
-    }
-    if let Some(reason) = status.message().split(':').next().and_then(Reason::parse) {
+        .and_then(|v| v.to_str().ok());
+    if let Some(reason) = named(metadata, status.message()) {
         return reason;
     }
     match status.code() {

@@ -316,15 +316,7 @@ pub fn spawn(
     listener: tokio::net::TcpListener,
     service: WalletService,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let bound = listener.local_addr()?;
-    let app = app(service);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    });
-    tracing::info!(%bound, "serving the HTTP API");
-    Ok((bound, task))
+    wallet_ops::metrics_http::serve(listener, app(service), "the HTTP API")
 }
 
 #[cfg(test)]
