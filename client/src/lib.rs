@@ -36,6 +36,8 @@ pub use wallet_proto::v1::{
     EntryKind, HistoryEntry, ListTransfersResponse, Transfer, TransferRequest, TransferStatus,
     WithdrawRequest,
 };
+use wallet_tls::ClientTls;
+pub use wallet_tls::{TlsArgs, TlsFiles};
 
 /// Milliseconds since the Unix epoch on this machine's clock: the issue time the client stamps on
 /// a request that has none (`issued_at_ms`, README § Retention).
@@ -73,6 +75,9 @@ pub struct ClientOptions {
     pub retry_budget: Duration,
     /// Deadline of one attempt.
     pub attempt_timeout: Duration,
+    /// TLS: the CA the routers' certificates chain to, and this client's certificate and key
+    /// when the routers ask for one (`--client-auth required`). None: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ClientOptions {
@@ -80,6 +85,7 @@ impl Default for ClientOptions {
         ClientOptions {
             retry_budget: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -150,12 +156,20 @@ impl WalletClient {
                 message: "no router endpoint given".into(),
             });
         }
+        let tls = match &options.tls {
+            Some(files) => Some(ClientTls::load(files.clone()).map_err(|e| WalletError {
+                reason: Reason::InvalidArgument,
+                message: format!("TLS: {e}"),
+            })?),
+            None => None,
+        };
         let mut routers = Vec::with_capacity(endpoints.len());
         for address in endpoints {
-            let url = if address.contains("://") {
-                address.to_string()
-            } else {
-                format!("http://{address}")
+            // With TLS on, this crate's connector does the TLS: the channel itself is `http://`.
+            let url = match address.split_once("://") {
+                Some((_, rest)) if tls.is_some() => format!("http://{rest}"),
+                Some(_) => address.to_string(),
+                None => format!("http://{address}"),
             };
             let endpoint = Endpoint::from_shared(url)
                 .map_err(|e| WalletError {
@@ -165,7 +179,15 @@ impl WalletClient {
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(options.attempt_timeout)
                 .tcp_nodelay(true);
-            routers.push(Target::Router(GrpcClient::new(endpoint.connect_lazy())));
+            // Over TLS, the router must present a certificate valid for the host dialled.
+            let channel = match &tls {
+                Some(tls) => tls.channel(&endpoint, None).map_err(|e| WalletError {
+                    reason: Reason::InvalidArgument,
+                    message: format!("TLS to {address}: {e}"),
+                })?,
+                None => endpoint.connect_lazy(),
+            };
+            routers.push(Target::Router(GrpcClient::new(channel)));
         }
         Ok(WalletClient {
             targets: Arc::new(routers),

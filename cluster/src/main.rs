@@ -40,6 +40,10 @@ struct ClusterShape {
     /// How long request ids are remembered (README § Retention), written to a new cluster file.
     #[arg(long, default_value_t = wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT)]
     request_retention_secs: u64,
+    /// Plaintext everywhere, for quick experiments. Without it every process speaks TLS with
+    /// certificates created in DIR/certs/, and nodes take internal calls from members only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +71,9 @@ enum Commands {
         /// Cluster file of that running cluster (tells which shard holds an account).
         #[arg(long)]
         cluster: Option<PathBuf>,
+        /// TLS to that running router.
+        #[command(flatten)]
+        tls: wallet_client::TlsArgs,
         /// How transfers pick their accounts.
         #[arg(long, value_enum, default_value = "random")]
         pairs: demo::Pairs,
@@ -93,6 +100,10 @@ enum Commands {
         /// Cluster file of a cluster that is not a local playground.
         #[arg(long)]
         cluster: Option<PathBuf>,
+        /// TLS to that cluster's nodes: a member's certificate (a router's); a playground's
+        /// own are found in DIR/certs.
+        #[command(flatten)]
+        tls: wallet_client::TlsArgs,
     },
     /// Run one node in the foreground (same flags as `wallet-node`).
     Node(wallet_node::cli::NodeArgs),
@@ -146,6 +157,7 @@ fn options(shape: &ClusterShape, dir: PathBuf, port: u16) -> Result<PlaygroundOp
         resolve_after_ms: shape.resolve_after_ms,
         request_retention_secs: shape.request_retention_secs,
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
+        insecure: shape.insecure,
     })
 }
 
@@ -175,6 +187,25 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
         "router metrics at http://{}/metrics, HTTP API at http://{}/v1/",
         playground.endpoints.router.metrics, playground.endpoints.router.http
     );
+    match playground.client_tls() {
+        Some(files) => {
+            println!(
+                "TLS on (certificates in {}); a client needs:",
+                playground.dir.join("certs").display()
+            );
+            for (name, path) in [
+                ("WALLET_TLS_CA", Some(&files.ca)),
+                ("WALLET_TLS_CERT", files.cert.as_ref()),
+                ("WALLET_TLS_KEY", files.key.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                    println!("  export {name}={}", path.display());
+                }
+            }
+        }
+        None => println!("TLS off (--insecure): every port speaks plaintext"),
+    }
     println!(
         "every address: {}",
         playground
@@ -220,6 +251,7 @@ async fn run(command: Commands) -> Result<i32, String> {
             shape,
             endpoint,
             cluster,
+            tls,
             dir,
             clients,
             seconds,
@@ -227,10 +259,11 @@ async fn run(command: Commands) -> Result<i32, String> {
             pairs,
         } => {
             let mut temp = None;
-            let (endpoint, ring, mut playground) = match endpoint {
+            let (endpoint, ring, tls, mut playground) = match endpoint {
                 Some(endpoint) => {
                     let path = cluster.ok_or("--endpoint needs --cluster")?;
-                    (endpoint, Topology::load(&path)?.ring(), None)
+                    let tls = tls.files().map_err(|e| e.to_string())?;
+                    (endpoint, Topology::load(&path)?.ring(), tls, None)
                 }
                 None => {
                     let dir = match dir {
@@ -244,11 +277,23 @@ async fn run(command: Commands) -> Result<i32, String> {
                     };
                     let playground = start(&options(&shape, dir, 0)?).await?;
                     let ring = playground.topology.ring();
-                    (playground.router_address.clone(), ring, Some(playground))
+                    let tls = playground.client_tls();
+                    (
+                        playground.router_address.clone(),
+                        ring,
+                        tls,
+                        Some(playground),
+                    )
                 }
             };
-            let client = WalletClient::with_options(&[endpoint.as_str()], ClientOptions::default())
-                .map_err(|e| e.to_string())?;
+            let client = WalletClient::with_options(
+                &[endpoint.as_str()],
+                ClientOptions {
+                    tls,
+                    ..ClientOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
             let result = demo::run(
                 client,
                 ring,
@@ -272,12 +317,26 @@ async fn run(command: Commands) -> Result<i32, String> {
             println!("{}", report.table());
             Ok(if report.conserved() { 0 } else { 2 })
         }
-        Commands::Status { dir, cluster } => {
-            let (topology, dir) = match cluster {
-                Some(path) => (Topology::load(&path)?, None),
-                None => (Topology::load(&dir.join("cluster.toml"))?, Some(dir)),
+        Commands::Status { dir, cluster, tls } => {
+            let (topology, dir, files) = match cluster {
+                Some(path) => (
+                    Topology::load(&path)?,
+                    None,
+                    tls.files().map_err(|e| e.to_string())?,
+                ),
+                None => {
+                    let certs = dir.join("certs");
+                    let files = wallet_tls::issue::ca_file(&certs)
+                        .exists()
+                        .then(|| wallet_tls::issue::files(&certs, wallet_tls::ROUTER_NAME));
+                    (Topology::load(&dir.join("cluster.toml"))?, Some(dir), files)
+                }
             };
-            let nodes = wallet_cluster::status::gather(&topology).await;
+            let tls = match files {
+                Some(files) => Some(wallet_tls::ClientTls::load(files).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let nodes = wallet_cluster::status::gather(&topology, tls.as_ref()).await;
             print!(
                 "{}",
                 wallet_cluster::status::render(&topology, &nodes, dir.as_deref())

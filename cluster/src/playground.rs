@@ -18,9 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::endpoints::{Endpoints, NodeEndpoints, RouterEndpoints};
+use std::sync::Arc;
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::{NodeStatus, StatusRequest};
+use wallet_tls::{ClientTls, TlsFiles};
 
 /// How a playground is laid out.
 #[derive(Clone, Debug)]
@@ -40,6 +42,10 @@ pub struct PlaygroundOptions {
     pub request_retention_secs: u64,
     /// The executable with `node` and `router` subcommands.
     pub exe: PathBuf,
+    /// Plaintext everywhere. Otherwise (the default of `wallet-cluster up`) every process serves
+    /// TLS with certificates in `DIR/certs/` (created when missing), nodes take internal calls
+    /// from members only, and the playground's own calls present the router's certificate.
+    pub insecure: bool,
 }
 
 /// Grace period for a process asked to stop before it is killed.
@@ -55,6 +61,10 @@ pub struct Playground {
     exe: PathBuf,
     compact_every: u64,
     resolve_after_ms: u64,
+    /// `DIR/certs` when the playground runs TLS.
+    certs: Option<PathBuf>,
+    /// The playground's own calls to the nodes (status, leaders), as a member.
+    admin_tls: Option<Arc<ClientTls>>,
     nodes: BTreeMap<u64, Child>,
     router: Option<Child>,
     /// Restart bookkeeping of processes that exited on their own (see [`Playground::supervise`]).
@@ -280,6 +290,16 @@ impl Playground {
         };
         endpoints.save(&options.dir)?;
         let router_address = endpoints.router.grpc.clone();
+        let (certs, admin_tls) = if options.insecure {
+            (None, None)
+        } else {
+            let certs = options.dir.join("certs");
+            let ids: Vec<u64> = topology.nodes.iter().map(|n| n.id).collect();
+            wallet_tls::issue::ensure_cluster(&certs, &ids, &[]).map_err(|e| e.to_string())?;
+            let admin = ClientTls::load(wallet_tls::issue::files(&certs, wallet_tls::ROUTER_NAME))
+                .map_err(|e| e.to_string())?;
+            (Some(certs), Some(admin))
+        };
         Ok(Playground {
             dir: options.dir.clone(),
             topology,
@@ -288,6 +308,8 @@ impl Playground {
             exe: options.exe.clone(),
             compact_every: options.compact_every,
             resolve_after_ms: options.resolve_after_ms,
+            certs,
+            admin_tls,
             nodes: BTreeMap::new(),
             router: None,
             restarts: BTreeMap::new(),
@@ -322,6 +344,32 @@ impl Playground {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))
+    }
+
+    /// The TLS files of the certificate `name` (`node-N`, `router`, `client`), when the
+    /// playground runs TLS.
+    pub fn tls_files(&self, name: &str) -> Option<TlsFiles> {
+        self.certs
+            .as_ref()
+            .map(|certs| wallet_tls::issue::files(certs, name))
+    }
+
+    /// What a client of this playground needs: the CA and the client certificate (TLS), or
+    /// nothing (plaintext).
+    pub fn client_tls(&self) -> Option<TlsFiles> {
+        self.tls_files(wallet_tls::issue::CLIENT_NAME)
+    }
+
+    /// The playground's own TLS to the nodes (a member's: the router's certificate).
+    pub fn admin_tls(&self) -> Option<&Arc<ClientTls>> {
+        self.admin_tls.as_ref()
+    }
+
+    /// Command-line flags giving a process the certificate `name`.
+    fn tls_flags(&self, name: &str) -> Vec<String> {
+        self.tls_files(name)
+            .map(|files| wallet_tls::TlsArgs::from(files).to_flags())
+            .unwrap_or_default()
     }
 
     /// Node ids of the topology.
@@ -377,6 +425,7 @@ impl Playground {
         if let Some(metrics) = self.endpoints.node_metrics(node_id) {
             args.extend(["--metrics-listen".to_string(), metrics.to_string()]);
         }
+        args.extend(self.tls_flags(&wallet_tls::node_name(node_id)));
         let child = self.spawn(&format!("node-{node_id}"), &args, env)?;
         self.nodes.insert(node_id, child);
         self.mark_started(Process::Node(node_id));
@@ -412,13 +461,15 @@ impl Playground {
     }
 
     fn router_args(&self, address: &str) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "router".to_string(),
             "--listen".into(),
             address.to_string(),
             "--cluster".into(),
             self.cluster_file().display().to_string(),
-        ]
+        ];
+        args.extend(self.tls_flags(wallet_tls::ROUTER_NAME));
+        args
     }
 
     /// kill -9 of one node.
@@ -579,13 +630,13 @@ impl Playground {
 
     /// A node's status, or None if it does not answer within a second.
     pub async fn status(&self, node_id: u64) -> Option<NodeStatus> {
-        node_status(&self.topology, node_id).await
+        node_status(&self.topology, self.admin_tls(), node_id).await
     }
 
     /// The node leading each shard (and the meta group, id 0), as the leaders themselves report
     /// it (groups without one are missing). Only nodes that answer count.
     pub async fn leaders(&self) -> BTreeMap<u64, u64> {
-        group_leaders(&self.topology).await
+        group_leaders(&self.topology, self.admin_tls()).await
     }
 
     /// Waits until every shard has a leader and the router answers; returns the leaders.
@@ -594,7 +645,7 @@ impl Playground {
             .router
             .is_some()
             .then_some(self.router_address.as_str());
-        wait_ready(&self.topology, router, timeout)
+        wait_ready(&self.topology, self.admin_tls(), router, timeout)
             .await
             .map_err(|e| format!("{e}; see {}", self.dir.join("logs").display()))
     }
@@ -641,13 +692,23 @@ impl Drop for Playground {
     }
 }
 
-/// A node's status, or None if it does not answer within a second.
-pub async fn node_status(topology: &Topology, node_id: u64) -> Option<NodeStatus> {
+/// A node's status, or None if it does not answer within a second. Over TLS (`tls`, a member's
+/// certificate: nodes take `Shard` calls from members only) when the cluster runs it.
+pub async fn node_status(
+    topology: &Topology,
+    tls: Option<&Arc<ClientTls>>,
+    node_id: u64,
+) -> Option<NodeStatus> {
     let address = topology.address_of(node_id)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}")).ok()?;
     let call = async {
-        let mut client = ShardClient::connect(format!("http://{address}"))
-            .await
-            .ok()?;
+        let channel = match tls {
+            Some(tls) => tls
+                .channel(&endpoint, Some(&wallet_tls::node_name(node_id)))
+                .ok()?,
+            None => endpoint.connect().await.ok()?,
+        };
+        let mut client = ShardClient::new(channel);
         client
             .status(StatusRequest {})
             .await
@@ -661,10 +722,13 @@ pub async fn node_status(topology: &Topology, node_id: u64) -> Option<NodeStatus
 }
 
 /// The node leading each group (shards, and the meta group as id 0), as the leaders report it.
-pub async fn group_leaders(topology: &Topology) -> BTreeMap<u64, u64> {
+pub async fn group_leaders(
+    topology: &Topology,
+    tls: Option<&Arc<ClientTls>>,
+) -> BTreeMap<u64, u64> {
     let mut leaders = BTreeMap::new();
     for node in &topology.nodes {
-        if let Some(status) = node_status(topology, node.id).await {
+        if let Some(status) = node_status(topology, tls, node.id).await {
             for replica in status.replicas.iter().filter(|r| r.is_leader) {
                 leaders.insert(replica.shard_id, node.id);
             }
@@ -676,12 +740,13 @@ pub async fn group_leaders(topology: &Topology) -> BTreeMap<u64, u64> {
 /// Waits until every group has a leader and the router (if given) accepts connections.
 pub async fn wait_ready(
     topology: &Topology,
+    tls: Option<&Arc<ClientTls>>,
     router_address: Option<&str>,
     timeout: Duration,
 ) -> Result<BTreeMap<u64, u64>, String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let leaders = group_leaders(topology).await;
+        let leaders = group_leaders(topology, tls).await;
         let router_up = router_address.is_none_or(|a| std::net::TcpStream::connect(a).is_ok());
         let every_group_led = topology
             .shards

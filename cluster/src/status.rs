@@ -15,10 +15,14 @@ use wallet_proto::v1::{NodeStatus, ReplicaPhase, ReplicaStatus};
 use crate::playground::node_status;
 
 /// The nodes' answers (None: no answer within a second).
-pub async fn gather(topology: &Topology) -> BTreeMap<u64, Option<NodeStatus>> {
+/// Over TLS (`tls`: a member's certificate) when the cluster runs it.
+pub async fn gather(
+    topology: &Topology,
+    tls: Option<&std::sync::Arc<wallet_tls::ClientTls>>,
+) -> BTreeMap<u64, Option<NodeStatus>> {
     let mut out = BTreeMap::new();
     for node in &topology.nodes {
-        out.insert(node.id, node_status(topology, node.id).await);
+        out.insert(node.id, node_status(topology, tls, node.id).await);
     }
     out
 }

@@ -322,6 +322,7 @@ async fn an_embedded_router_gives_the_answers_of_a_router_process() {
     let service = wallet_router::service::WalletService::for_topology(
         cluster.playground.topology.clone(),
         wallet_router::service::MAX_IN_FLIGHT_DEFAULT,
+        cluster.playground.admin_tls().cloned(),
     )
     .unwrap();
     let service: std::sync::Arc<dyn wallet_client::Wallet> = std::sync::Arc::new(service);
@@ -330,6 +331,7 @@ async fn an_embedded_router_gives_the_answers_of_a_router_process() {
         wallet_client::ClientOptions {
             retry_budget: Duration::from_secs(20),
             attempt_timeout: Duration::from_secs(10),
+            tls: None,
         },
     );
     let [on1, on2] = accounts(&cluster, &embedded, 2, i64::MAX / 2).await;
@@ -394,6 +396,7 @@ async fn an_embedded_router_gives_the_answers_of_a_router_process() {
         wallet_client::ClientOptions {
             retry_budget: Duration::from_millis(100),
             attempt_timeout: Duration::from_micros(1),
+            tls: None,
         },
     );
     let timed_out = hasty.get_account(a).await.unwrap_err();

@@ -29,6 +29,7 @@ fn faulty_router(cluster: &Cluster, failpoints: &str) -> (Child, WalletClient) {
         ClientOptions {
             retry_budget: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(5),
+            tls: None,
         },
     )
     .unwrap();

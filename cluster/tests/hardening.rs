@@ -304,6 +304,7 @@ async fn a_wiped_node_waits_for_a_majority_and_loses_nothing() {
         wallet_client::ClientOptions {
             retry_budget: Duration::from_millis(500),
             attempt_timeout: Duration::from_secs(2),
+            tls: None,
         },
     )
     .unwrap();

@@ -21,6 +21,14 @@ use wallet_proto::topology::{NodeSpec, Topology};
 /// What the harness needs from a cluster.
 pub trait Backend: Send {
     fn topology(&self) -> &Topology;
+    /// TLS for the harness's clients of the routers (None: plaintext).
+    fn client_tls(&self) -> Option<wallet_tls::TlsFiles> {
+        None
+    }
+    /// TLS for the harness's own calls to the nodes (a member's certificate; None: plaintext).
+    fn admin_tls(&self) -> Option<std::sync::Arc<wallet_tls::ClientTls>> {
+        None
+    }
     /// The router the workload uses (the router nemesis kills and restarts it).
     fn router_address(&self) -> String;
     fn kill_node(&mut self, node_id: u64);
@@ -101,6 +109,8 @@ impl Local {
             resolve_after_ms: 1000,
             request_retention_secs: wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT,
             exe: exe.to_path_buf(),
+            // The harness runs the cluster as an operator would: TLS, members-only nodes.
+            insecure: false,
         })?;
         playground.start_all()?;
         Ok(Local {
@@ -112,6 +122,12 @@ impl Local {
 }
 
 impl Backend for Local {
+    fn client_tls(&self) -> Option<wallet_tls::TlsFiles> {
+        self.playground.client_tls()
+    }
+    fn admin_tls(&self) -> Option<std::sync::Arc<wallet_tls::ClientTls>> {
+        self.playground.admin_tls().cloned()
+    }
     fn topology(&self) -> &Topology {
         &self.playground.topology
     }

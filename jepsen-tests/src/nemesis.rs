@@ -162,7 +162,8 @@ pub async fn run(
         match nemesis {
             Nemesis::Kill | Nemesis::Leader => {
                 let (victims, detail) = if nemesis == Nemesis::Leader {
-                    let leaders = group_leaders(cluster.topology()).await;
+                    let leaders =
+                        group_leaders(cluster.topology(), cluster.admin_tls().as_ref()).await;
                     // Group 0 is the meta group (timestamp oracle).
                     let group = rng.below(cluster.topology().shards.len() as u64 + 1);
                     let leader = leaders.get(&group).copied().unwrap_or(node);

@@ -130,10 +130,18 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
         )?),
     };
     let address = cluster.router_address();
-    wait_ready(cluster.topology(), Some(&address), Duration::from_secs(60)).await?;
+    let admin_tls = cluster.admin_tls();
+    wait_ready(
+        cluster.topology(),
+        admin_tls.as_ref(),
+        Some(&address),
+        Duration::from_secs(60),
+    )
+    .await?;
     let impatient = ClientOptions {
         retry_budget: Duration::from_secs(2),
         attempt_timeout: Duration::from_secs(3),
+        tls: cluster.client_tls(),
     };
     let client = WalletClient::with_options(&[address.as_str()], impatient.clone())
         .map_err(|e| e.to_string())?;
@@ -141,8 +149,14 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     let second_address = cluster.start_second_router()?;
     let second = WalletClient::with_options(&[second_address.as_str()], impatient)
         .map_err(|e| e.to_string())?;
-    let patient = WalletClient::with_options(&[address.as_str()], ClientOptions::default())
-        .map_err(|e| e.to_string())?;
+    let patient = WalletClient::with_options(
+        &[address.as_str()],
+        ClientOptions {
+            tls: cluster.client_tls(),
+            ..ClientOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let accounts: Vec<String> = (0..options.accounts).map(|i| format!("bank-{i}")).collect();
     let (credit_limit, funds) = if options.extremes {
         (i64::MAX, i64::MAX / 2)
@@ -399,9 +413,14 @@ async fn final_read(
     accounts: &[String],
 ) -> Option<BTreeMap<String, FinalAccount>> {
     let router = cluster.router_address();
-    wait_ready(cluster.topology(), Some(&router), Duration::from_secs(60))
-        .await
-        .ok()?;
+    wait_ready(
+        cluster.topology(),
+        cluster.admin_tls().as_ref(),
+        Some(&router),
+        Duration::from_secs(60),
+    )
+    .await
+    .ok()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut settled = true;

@@ -38,6 +38,10 @@ pub struct NodeArgs {
     /// only once every node runs a release that reads compressed messages (this one or later).
     #[arg(long, env = "WALLET_RAFT_COMPRESS_ABOVE", default_value_t = crate::transport::COMPRESS_ABOVE_DEFAULT)]
     pub raft_compress_above: usize,
+    /// TLS: serve over it, dial peers over it, and take `Shard` and `Raft` calls only from
+    /// member certificates (nodes, routers). Without --tls-ca the node speaks plaintext.
+    #[command(flatten)]
+    pub tls: wallet_tls::TlsArgs,
 }
 
 /// Sets up logging (`RUST_LOG`, default info) on stderr.
@@ -84,6 +88,7 @@ fn start(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
         resolve_after: std::time::Duration::from_millis(args.resolve_after_ms.max(1)),
         metrics_listen: args.metrics_listen,
         raft_compress_above: args.raft_compress_above,
+        tls: args.tls.files()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

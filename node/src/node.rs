@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding::{Gzip, Zstd};
+use tonic::service::interceptor::InterceptedService;
+use wallet_proto::reason::Reason;
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::raft_server::RaftServer;
 use wallet_proto::v1::shard_server::ShardServer;
@@ -35,6 +37,9 @@ pub struct NodeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Raft batches of at least this many bytes are sent zstd-compressed (0: never).
     pub raft_compress_above: usize,
+    /// TLS files (none: plaintext). The node serves with them, dials its peers with them, and
+    /// takes `Shard` and `Raft` calls only from certificates that name a member.
+    pub tls: Option<wallet_tls::TlsFiles>,
 }
 
 /// How far (in entries) a replica's applied index may trail its commit index and still count as
@@ -95,6 +100,13 @@ pub async fn run(
         Some(listen) => Some(wallet_ops::metrics_http::bind(listen).await?),
         None => None,
     };
+    let tls = match &options.tls {
+        Some(files) => Some((
+            wallet_tls::ServerTls::load(files.clone(), wallet_tls::ClientAuth::Optional)?,
+            wallet_tls::ClientTls::load(files.clone())?,
+        )),
+        None => None,
+    };
     let db = open_db(&options.data_dir)?;
     let marks = Arc::new(Marks::open(&options.data_dir)?);
     let snapshots = crate::snapshot_file::SnapshotDir::open(&options.data_dir)?;
@@ -111,6 +123,7 @@ pub async fn run(
         registry.clone(),
         snapshots.clone(),
         options.raft_compress_above,
+        tls.as_ref().map(|(_, client)| client.clone()),
     );
     let ring = topology.ring();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -167,7 +180,10 @@ pub async fn run(
     }
     let shard_count = handles.len();
     let _ = registry.set(handles);
-    let shards = Arc::new(Shards::new(topology.clone())?);
+    let shards = Arc::new(Shards::with_tls(
+        topology.clone(),
+        tls.as_ref().map(|(_, client)| client.clone()),
+    )?);
     let service = NodeService::new(options.node_id, ring, registry, shards.clone(), snapshots);
     let recovery = tokio::spawn(crate::recovery::run(
         service.clone(),
@@ -179,6 +195,7 @@ pub async fn run(
         topology.clone(),
         probes,
         more_probes,
+        tls.as_ref().map(|(_, client)| client.clone()),
         stop_rx.clone(),
     ));
     drop(prober);
@@ -215,31 +232,73 @@ pub async fn run(
     )
     .await;
     let (reflection_v1, reflection_v1alpha) = wallet_ops::grpc_meta::reflection()?;
-    tonic::transport::Server::builder()
+    let members = match &tls {
+        Some(_) => Some(wallet_tls::Members::new(
+            topology
+                .nodes
+                .iter()
+                .map(|n| wallet_tls::node_name(n.id))
+                .chain([wallet_tls::ROUTER_NAME.to_string()]),
+        )?),
+        None => None,
+    };
+    let guard = move |request: tonic::Request<()>| members_only(members.as_ref(), request);
+    let reload = match &tls {
+        Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
+            server.clone() as Arc<dyn wallet_tls::Reload>,
+            client.clone(),
+        ])?),
+        None => None,
+    };
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(rpc_metrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(InterceptedService::new(
             ShardServer::new(service.clone())
                 .max_decoding_message_size(wallet_proto::BATCH_BYTES_MAX)
                 .accept_compressed(Gzip)
                 .accept_compressed(Zstd)
                 .send_compressed(Gzip)
                 .send_compressed(Zstd),
-        )
-        .add_service(
+            guard.clone(),
+        ))
+        .add_service(InterceptedService::new(
             RaftServer::new(service)
                 .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX)
                 .accept_compressed(Gzip)
                 .accept_compressed(Zstd)
                 .send_compressed(Gzip)
                 .send_compressed(Zstd),
-        )
-        .serve_with_shutdown(options.listen, shutdown)
-        .await?;
+            guard,
+        ));
+    // Bound only now that the replicas are open: until then a caller is refused at once and
+    // goes to another replica instead of waiting on a port nobody serves yet.
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    match &tls {
+        Some((server, _)) => {
+            router
+                .serve_with_incoming_shutdown(
+                    server.listen(listener, wallet_tls::Alpn::Grpc),
+                    shutdown,
+                )
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await?
+        }
+    }
     health_check.abort();
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     if let Some(metrics) = metrics {
         metrics.abort();
     }
@@ -253,6 +312,25 @@ pub async fn run(
     db.flush_async().await?;
     tracing::info!(node = options.node_id, "node stopped cleanly");
     Ok(())
+}
+
+/// The gate of the internal services: over TLS, only a caller whose certificate names a member
+/// (a node of the cluster file or a router) gets through; without TLS (`members` none), all do.
+#[allow(clippy::result_large_err)]
+fn members_only(
+    members: Option<&wallet_tls::Members>,
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    let Some(members) = members else {
+        return Ok(request);
+    };
+    match members.check(&request) {
+        Ok(()) => Ok(request),
+        Err(wallet_tls::Refused::NoCertificate) => Err(Reason::Unauthenticated
+            .status("internal services need the client certificate of a cluster member")),
+        Err(wallet_tls::Refused::NotAMember) => Err(Reason::PermissionDenied
+            .status("this certificate names no member of the cluster (a node or a router)")),
+    }
 }
 
 /// Opens the node's sled database. One that sled itself reports corrupt — or panics on while

@@ -18,7 +18,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::shard_client::ShardClient;
 use wallet_proto::v1::{NodeStatus, ReplicaPhase, StatusRequest};
@@ -54,6 +57,7 @@ pub async fn run(
     topology: Topology,
     mut pending: Vec<Pending>,
     mut more: mpsc::UnboundedReceiver<Pending>,
+    tls: Option<Arc<wallet_tls::ClientTls>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_log = Instant::now() - LOG_EVERY;
@@ -77,7 +81,7 @@ pub async fn run(
             ids.dedup();
             ids
         };
-        let statuses = ask_all(&topology, &peers).await;
+        let statuses = ask_all(&topology, tls.as_ref(), &peers).await;
         let log_now = last_log.elapsed() >= LOG_EVERY;
         let mut still = Vec::new();
         for p in pending {
@@ -127,19 +131,33 @@ fn answers(statuses: &BTreeMap<u64, NodeStatus>, others: &[u64], shard_id: u64) 
         .collect()
 }
 
-/// The status of every peer that answers within [`ASK_TIMEOUT`], asked in parallel.
-async fn ask_all(topology: &Topology, peers: &[u64]) -> BTreeMap<u64, NodeStatus> {
+/// The status of every peer that answers within [`ASK_TIMEOUT`], asked in parallel (over TLS as
+/// a member when `tls` is given).
+async fn ask_all(
+    topology: &Topology,
+    tls: Option<&Arc<wallet_tls::ClientTls>>,
+    peers: &[u64],
+) -> BTreeMap<u64, NodeStatus> {
     let mut asks = HashMap::new();
     for &peer in peers {
         let Some(address) = topology.address_of(peer) else {
             continue;
         };
-        let address = format!("http://{address}");
+        let Ok(endpoint) = Endpoint::from_shared(format!("http://{address}")) else {
+            continue;
+        };
+        let tls = tls.cloned();
         asks.insert(
             peer,
             tokio::spawn(async move {
                 let call = async {
-                    let mut client = ShardClient::connect(address).await.ok()?;
+                    let channel = match tls {
+                        Some(tls) => tls
+                            .channel(&endpoint, Some(&wallet_tls::node_name(peer)))
+                            .ok()?,
+                        None => endpoint.connect().await.ok()?,
+                    };
+                    let mut client = ShardClient::new(channel);
                     client
                         .status(StatusRequest {})
                         .await

@@ -25,6 +25,7 @@ use raft::SnapshotStatus;
 use tokio::sync::mpsc;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
+use tonic::transport::Endpoint;
 use tonic::Status;
 use wallet_proto::v1::raft_client::RaftClient;
 use wallet_proto::v1::{RaftBatch, RaftEnvelope, SnapshotChunk};
@@ -71,6 +72,7 @@ impl Transport {
         registry: Registry,
         snapshots: SnapshotDir,
         compress_above: usize,
+        tls: Option<Arc<wallet_tls::ClientTls>>,
     ) -> Transport {
         let mut senders = HashMap::new();
         for (peer_id, address) in peers {
@@ -89,6 +91,7 @@ impl Transport {
                 address.clone(),
                 rx,
                 compress_above,
+                tls.clone(),
             ));
         }
         Transport {
@@ -145,6 +148,7 @@ async fn peer_sender(
     address: String,
     mut queue: mpsc::Receiver<(u64, Message)>,
     compress_above: usize,
+    tls: Option<Arc<wallet_tls::ClientTls>>,
 ) {
     let peer_id = peer.peer_id;
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
@@ -154,7 +158,22 @@ async fn peer_sender(
             return;
         }
     };
-    let mut client = RaftClient::new(endpoint.clone().timeout(SEND_TIMEOUT).connect_lazy())
+    // Over TLS, the peer must prove it is `node-<peer_id>`, and this node presents its own.
+    let connect = |endpoint: Endpoint| match &tls {
+        Some(tls) => tls.channel(&endpoint, Some(&wallet_tls::node_name(peer_id))),
+        None => Ok(endpoint.connect_lazy()),
+    };
+    let (messages, snapshots) = match (
+        connect(endpoint.clone().timeout(SEND_TIMEOUT)),
+        connect(endpoint),
+    ) {
+        (Ok(messages), Ok(snapshots)) => (messages, snapshots),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(peer_id, %address, error = %e, "no TLS channel to peer; not sending to it");
+            return;
+        }
+    };
+    let mut client = RaftClient::new(messages)
         .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(wallet_proto::MESSAGE_BYTES_MAX);
     // The same connection, compressing: for batches of at least `compress_above` bytes (catch-up
@@ -163,7 +182,7 @@ async fn peer_sender(
     let mut compressing = client.clone().send_compressed(CompressionEncoding::Zstd);
     // Snapshots stream on a connection of their own, with a timeout by size; compressed whenever
     // compression is on (their chunks are far above any threshold).
-    let mut snapshot_client = RaftClient::new(endpoint.connect_lazy());
+    let mut snapshot_client = RaftClient::new(snapshots);
     if compress_above > 0 {
         snapshot_client = snapshot_client.send_compressed(CompressionEncoding::Zstd);
     }

@@ -38,24 +38,52 @@ pub fn spawn(
             async move { scrape(&registry, &refresh) }
         }),
     );
-    serve(listener, app, "/metrics")
+    serve(listener, app, "/metrics", None)
 }
 
 /// Serves `app` on `listener` (axum) until the returned task is aborted or the process ends,
-/// logging what it serves (`what`) and a listener failure. Returns the bound address.
+/// logging what it serves (`what`) and a listener failure; over TLS (HTTP/1.1) when `tls` is
+/// given. Returns the bound address.
 pub fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     what: &'static str,
+    tls: Option<&Arc<wallet_tls::ServerTls>>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, what, "listener failed");
+    let task = match tls {
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, what, "listener failed");
+            }
+        }),
+        Some(tls) => {
+            let https = Https(tls.listen(listener, wallet_tls::Alpn::Http1), bound);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(https, app).await {
+                    tracing::error!(error = %e, what, "listener failed");
+                }
+            })
         }
-    });
+    };
     tracing::info!(%bound, what, "serving");
     Ok((bound, task))
+}
+
+/// TLS connections, for axum.
+struct Https(wallet_tls::TlsListener, SocketAddr);
+
+impl axum::serve::Listener for Https {
+    type Io = wallet_tls::ServerStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.0.accept().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.1)
+    }
 }
 
 fn scrape(registry: &Registry, refresh: &Refresh) -> axum::response::Response {

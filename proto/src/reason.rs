@@ -44,11 +44,13 @@ pub enum Reason {
     CorruptRecord,
     Internal,
     RequestExpired,
+    Unauthenticated,
+    PermissionDenied,
 }
 
 impl Reason {
     /// Every code, for documentation tests and parsing.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InsufficientFunds,
         Reason::AccountNotFound,
         Reason::AccountExists,
@@ -73,6 +75,8 @@ impl Reason {
         Reason::CorruptRecord,
         Reason::Internal,
         Reason::RequestExpired,
+        Reason::Unauthenticated,
+        Reason::PermissionDenied,
     ];
 
     /// The stable text of the code.
@@ -102,6 +106,8 @@ impl Reason {
             Reason::CorruptRecord => "CORRUPT_RECORD",
             Reason::Internal => "INTERNAL",
             Reason::RequestExpired => "REQUEST_EXPIRED",
+            Reason::Unauthenticated => "UNAUTHENTICATED",
+            Reason::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 
@@ -134,6 +140,8 @@ impl Reason {
             Reason::Overloaded => Code::ResourceExhausted,
             Reason::CorruptRecord | Reason::AuditMismatch => Code::DataLoss,
             Reason::Internal => Code::Internal,
+            Reason::Unauthenticated => Code::Unauthenticated,
+            Reason::PermissionDenied => Code::PermissionDenied,
         }
     }
 

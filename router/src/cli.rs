@@ -28,6 +28,14 @@ pub struct RouterArgs {
     /// Address to serve the HTTP/JSON API on, at `/v1/...` (not served when absent).
     #[arg(long, env = "WALLET_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// TLS: serve the Wallet API and the HTTP API over it, and dial the nodes over it with this
+    /// certificate (which must name `router`). Without --tls-ca the router speaks plaintext.
+    #[command(flatten)]
+    pub tls: wallet_tls::TlsArgs,
+    /// Whether clients must present a certificate of the cluster's CA: none, optional or
+    /// required (TLS only).
+    #[arg(long, env = "WALLET_CLIENT_AUTH", default_value = "none")]
+    pub client_auth: wallet_tls::ClientAuth,
 }
 
 /// How often the health service checks that every shard answers.
@@ -60,7 +68,21 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let service = WalletService::for_topology(topology, args.max_in_flight)?;
+        let tls = match args.tls.files()? {
+            Some(files) => Some((
+                wallet_tls::ServerTls::load(files.clone(), args.client_auth)?,
+                wallet_tls::ClientTls::load(files)?,
+            )),
+            None if args.client_auth != wallet_tls::ClientAuth::None => {
+                return Err("--client-auth needs TLS (--tls-ca, --tls-cert, --tls-key)".into())
+            }
+            None => None,
+        };
+        let service = WalletService::for_topology(
+            topology,
+            args.max_in_flight,
+            tls.as_ref().map(|(_, client)| client.clone()),
+        )?;
         let (registry, rpc_metrics) = crate::metrics::registry();
         let metrics = match args.metrics_listen {
             Some(listen) => {
@@ -79,7 +101,7 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         let http = match args.http_listen {
             Some(listen) => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
-                Some(crate::http::spawn(listener, service.clone())?.1)
+                Some(crate::http::spawn(listener, service.clone(), tls.as_ref().map(|(s, _)| s))?.1)
             }
             None => None,
         };
@@ -102,8 +124,16 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
         .await;
         let (reflection_v1, reflection_v1alpha) = wallet_ops::grpc_meta::reflection()?;
-        tracing::info!(listen = %args.listen, "router serving");
-        tonic::transport::Server::builder()
+        let reload = match &tls {
+            Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
+                server.clone() as std::sync::Arc<dyn wallet_tls::Reload>,
+                client.clone(),
+            ])?),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        tracing::info!(listen = %args.listen, tls = tls.is_some(), "router serving");
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .layer(rpc_metrics)
             .add_service(health)
@@ -116,11 +146,29 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
                     .accept_compressed(Zstd)
                     .send_compressed(Gzip)
                     .send_compressed(Zstd),
-            )
-            .serve_with_shutdown(args.listen, wallet_proto::shutdown::signal())
-            .await?;
+            );
+        let shutdown = wallet_proto::shutdown::signal();
+        match &tls {
+            Some((server, _)) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        server.listen(listener, wallet_tls::Alpn::Grpc),
+                        shutdown,
+                    )
+                    .await?
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        shutdown,
+                    )
+                    .await?
+            }
+        }
         health_check.abort();
-        for task in [metrics, http].into_iter().flatten() {
+        for task in [metrics, http, reload].into_iter().flatten() {
             task.abort();
         }
         tracing::info!("router stopped");

@@ -55,6 +55,8 @@ pub fn http_status(reason: Reason) -> StatusCode {
         // The caller's `at_ts` is older than the shard keeps: asking again cannot help.
         | Reason::SnapshotTooOld => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        Reason::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Reason::PermissionDenied => StatusCode::FORBIDDEN,
         // Retryable (`Reason::is_retryable`): the same request again may succeed.
         Reason::NotLeader
         | Reason::WrongShard
@@ -315,8 +317,9 @@ pub fn app(service: WalletService) -> axum::Router {
 pub fn spawn(
     listener: tokio::net::TcpListener,
     service: WalletService,
+    tls: Option<&std::sync::Arc<wallet_tls::ServerTls>>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    wallet_ops::metrics_http::serve(listener, app(service), "the HTTP API")
+    wallet_ops::metrics_http::serve(listener, app(service), "the HTTP API", tls)
 }
 
 #[cfg(test)]

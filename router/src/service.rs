@@ -72,10 +72,15 @@ fn unexpected(what: &str) -> Status {
 impl WalletService {
     /// A router's service for the cluster `topology`: its shard client and timestamp batcher.
     /// What a router process serves, and what an application embeds (`WalletClient::in_process`).
-    /// Must run inside a tokio runtime.
-    pub fn for_topology(topology: Topology, max_in_flight: usize) -> Result<WalletService, String> {
+    /// Must run inside a tokio runtime. Over TLS to the nodes when `tls` (a member's
+    /// certificate: a router's) is given.
+    pub fn for_topology(
+        topology: Topology,
+        max_in_flight: usize,
+        tls: Option<Arc<wallet_tls::ClientTls>>,
+    ) -> Result<WalletService, String> {
         Ok(WalletService::new(
-            Arc::new(Shards::new(topology)?),
+            Arc::new(Shards::with_tls(topology, tls)?),
             max_in_flight,
         ))
     }

@@ -67,8 +67,17 @@ struct Queued {
 }
 
 impl Shards {
-    /// Builds channels (connected lazily) to every node of the topology.
+    /// Builds plaintext channels (connected lazily) to every node of the topology.
     pub fn new(topology: Topology) -> Result<Shards, String> {
+        Shards::with_tls(topology, None)
+    }
+
+    /// Builds channels (connected lazily) to every node of the topology: over TLS when `tls` is
+    /// given, each node verified by its member name (`node-N`), this process presenting its own.
+    pub fn with_tls(
+        topology: Topology,
+        tls: Option<Arc<wallet_tls::ClientTls>>,
+    ) -> Result<Shards, String> {
         let mut clients = HashMap::new();
         for node in &topology.nodes {
             let endpoint = Endpoint::from_shared(format!("http://{}", node.address))
@@ -82,7 +91,13 @@ impl Shards {
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
                 .tcp_nodelay(true);
-            clients.insert(node.id, ShardClient::new(endpoint.connect_lazy()));
+            let channel = match &tls {
+                Some(tls) => tls
+                    .channel(&endpoint, Some(&wallet_tls::node_name(node.id)))
+                    .map_err(|e| e.to_string())?,
+                None => endpoint.connect_lazy(),
+            };
+            clients.insert(node.id, ShardClient::new(channel));
         }
         Ok(Shards {
             ring: topology.ring(),

@@ -9,6 +9,7 @@
 //! verify the peer's name, not its address, so a node moved to another host keeps its identity.
 //! Every configuration uses rustls with the ring provider, TLS 1.2 and 1.3.
 
+mod args;
 mod client;
 mod files;
 #[cfg(feature = "issue")]
@@ -17,11 +18,12 @@ mod member;
 mod reload;
 mod server;
 
+pub use args::TlsArgs;
 pub use client::ClientTls;
 pub use files::TlsFiles;
 pub use member::{Members, Refused};
 pub use reload::{reload_on_sighup, Reload};
-pub use server::{Alpn, ClientAuth, ServerTls, TlsListener};
+pub use server::{Alpn, ClientAuth, ServerStream, ServerTls, TlsListener};
 
 /// The name a node's certificate is valid for, and what a peer verifies when it dials node `id`.
 pub fn node_name(id: u64) -> String {

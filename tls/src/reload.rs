@@ -15,7 +15,9 @@ pub trait Reload: Send + Sync {
 }
 
 /// Reloads each of `configs` on every SIGHUP, until the process ends.
-pub fn reload_on_sighup(configs: Vec<Arc<dyn Reload>>) -> Result<tokio::task::JoinHandle<()>, TlsError> {
+pub fn reload_on_sighup(
+    configs: Vec<Arc<dyn Reload>>,
+) -> Result<tokio::task::JoinHandle<()>, TlsError> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| TlsError::new("listening for SIGHUP", e))?;
     Ok(tokio::spawn(async move {

@@ -190,6 +190,9 @@ fn build(files: &TlsFiles, auth: ClientAuth) -> Result<[Arc<ServerConfig>; 2], T
     Ok([Arc::new(grpc), Arc::new(http)])
 }
 
+/// A server's end of a TLS connection.
+pub type ServerStream = TlsStream<TcpStream>;
+
 /// TLS connections whose handshake finished, in the order they finished.
 pub struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

@@ -25,6 +25,9 @@ struct Cli {
     /// Keep retrying retryable failures (same request id) for this many seconds.
     #[arg(long, global = true, env = "WALLET_TIMEOUT", default_value_t = 15)]
     timeout: u64,
+    /// TLS to the routers (`wallet-cluster up` prints these for its cluster).
+    #[command(flatten)]
+    tls: wallet_client::TlsArgs,
     #[command(subcommand)]
     command: Commands,
 }
@@ -182,6 +185,10 @@ fn connect(cli: &Cli) -> Result<WalletClient, WalletError> {
     let endpoints: Vec<&str> = cli.endpoint.split(',').map(str::trim).collect();
     let options = ClientOptions {
         retry_budget: std::time::Duration::from_secs(cli.timeout),
+        tls: cli.tls.files().map_err(|e| WalletError {
+            reason: wallet_client::Reason::InvalidArgument,
+            message: e.to_string(),
+        })?,
         ..ClientOptions::default()
     };
     WalletClient::with_options(&endpoints, options)

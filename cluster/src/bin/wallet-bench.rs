@@ -67,6 +67,13 @@ struct BenchArgs {
     /// That cluster's file (which shard holds an account; its processes are measured).
     #[arg(long)]
     cluster: Option<PathBuf>,
+    /// TLS to that running cluster: a client certificate for its router, and with
+    /// --in-process a member's (a router's) for its nodes.
+    #[command(flatten)]
+    tls: wallet_client::TlsArgs,
+    /// Playground: plaintext everywhere (by default it speaks TLS, as `wallet-cluster up` does).
+    #[arg(long, conflicts_with = "endpoint")]
+    insecure: bool,
     /// Directory of the playground it starts (default: a temporary one, removed afterwards).
     #[arg(long, conflicts_with = "endpoint")]
     dir: Option<PathBuf>,
@@ -137,50 +144,62 @@ fn main() {
 
 async fn run(args: BenchArgs) -> Result<(), String> {
     let mut temp = None;
-    let (endpoint, topology, cluster_file, mut playground) = match &args.endpoint {
-        Some(endpoint) => {
-            let path = args.cluster.clone().ok_or("--endpoint needs --cluster")?;
-            (endpoint.clone(), Topology::load(&path)?, path, None)
-        }
-        None => {
-            let dir = match &args.dir {
-                Some(dir) => dir.clone(),
-                None => {
-                    let path =
-                        std::env::temp_dir().join(format!("wallet-bench-{}", std::process::id()));
-                    temp = Some(path.clone());
-                    path
-                }
-            };
-            let options = PlaygroundOptions {
-                dir,
-                nodes: args.nodes,
-                shards: args.shards,
-                replicas: args.replicas.min(args.nodes),
-                port: 0,
-                compact_every: args.compact_every,
-                resolve_after_ms: 10_000,
-                request_retention_secs: args.request_retention_secs,
-                exe: std::env::current_exe().map_err(|e| e.to_string())?,
-            };
-            let mut playground = Playground::create(&options)?;
-            println!(
-                "starting a playground: {} nodes, {} shards x {} replicas in {}",
-                options.nodes,
-                options.shards,
-                options.replicas,
-                options.dir.display()
-            );
-            playground.start_all()?;
-            playground.wait_ready(Duration::from_secs(60)).await?;
-            (
-                playground.router_address.clone(),
-                playground.topology.clone(),
-                playground.cluster_file(),
-                Some(playground),
-            )
-        }
-    };
+    let (endpoint, topology, cluster_file, client_tls, member_tls, mut playground) =
+        match &args.endpoint {
+            Some(endpoint) => {
+                let path = args.cluster.clone().ok_or("--endpoint needs --cluster")?;
+                let tls = args.tls.files().map_err(|e| e.to_string())?;
+                (
+                    endpoint.clone(),
+                    Topology::load(&path)?,
+                    path,
+                    tls.clone(),
+                    tls,
+                    None,
+                )
+            }
+            None => {
+                let dir = match &args.dir {
+                    Some(dir) => dir.clone(),
+                    None => {
+                        let path = std::env::temp_dir()
+                            .join(format!("wallet-bench-{}", std::process::id()));
+                        temp = Some(path.clone());
+                        path
+                    }
+                };
+                let options = PlaygroundOptions {
+                    dir,
+                    nodes: args.nodes,
+                    shards: args.shards,
+                    replicas: args.replicas.min(args.nodes),
+                    port: 0,
+                    compact_every: args.compact_every,
+                    resolve_after_ms: 10_000,
+                    request_retention_secs: args.request_retention_secs,
+                    exe: std::env::current_exe().map_err(|e| e.to_string())?,
+                    insecure: args.insecure,
+                };
+                let mut playground = Playground::create(&options)?;
+                println!(
+                    "starting a playground: {} nodes, {} shards x {} replicas in {}",
+                    options.nodes,
+                    options.shards,
+                    options.replicas,
+                    options.dir.display()
+                );
+                playground.start_all()?;
+                playground.wait_ready(Duration::from_secs(60)).await?;
+                (
+                    playground.router_address.clone(),
+                    playground.topology.clone(),
+                    playground.cluster_file(),
+                    playground.client_tls(),
+                    playground.tls_files(wallet_tls::ROUTER_NAME),
+                    Some(playground),
+                )
+            }
+        };
     let replicas = topology
         .shards
         .first()
@@ -191,11 +210,22 @@ async fn run(args: BenchArgs) -> Result<(), String> {
             // The router's code now runs here: a panic in it must end this process, as it would
             // end a router process (G9), not leave a task dead behind a live client.
             wallet_proto::fail_stop::install("wallet-bench", None);
-            let service = WalletService::for_topology(topology.clone(), MAX_IN_FLIGHT_DEFAULT)?;
+            let tls = match member_tls {
+                Some(files) => Some(wallet_tls::ClientTls::load(files).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let service =
+                WalletService::for_topology(topology.clone(), MAX_IN_FLIGHT_DEFAULT, tls)?;
             WalletClient::in_process(Arc::new(service), ClientOptions::default())
         } else {
-            WalletClient::with_options(&[endpoint.as_str()], ClientOptions::default())
-                .map_err(|e| e.to_string())?
+            WalletClient::with_options(
+                &[endpoint.as_str()],
+                ClientOptions {
+                    tls: client_tls,
+                    ..ClientOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())?
         };
         bench::run(
             client,

@@ -43,6 +43,20 @@ impl Cluster {
         compact_every: u64,
         edit: impl FnOnce(&mut wallet_proto::topology::Topology),
     ) -> Cluster {
+        Cluster::start_full(shards, compact_every, true, edit).await
+    }
+
+    /// A cluster that runs TLS, as `wallet-cluster up` does: certificates in `DIR/certs`.
+    pub async fn start_tls(shards: u64) -> Cluster {
+        Cluster::start_full(shards, 10_000, false, |_| {}).await
+    }
+
+    async fn start_full(
+        shards: u64,
+        compact_every: u64,
+        insecure: bool,
+        edit: impl FnOnce(&mut wallet_proto::topology::Topology),
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = PlaygroundOptions {
             dir: dir.path().to_path_buf(),
@@ -54,6 +68,7 @@ impl Cluster {
             resolve_after_ms: 500,
             request_retention_secs: wallet_proto::topology::REQUEST_RETENTION_SECS_DEFAULT,
             exe: exe(),
+            insecure,
         };
         let mut playground = Playground::create(&options).expect("playground");
         edit(&mut playground.topology);
@@ -99,6 +114,7 @@ impl Cluster {
             ClientOptions {
                 retry_budget: attempt_timeout * 2,
                 attempt_timeout,
+                tls: self.playground.client_tls(),
             },
         )
         .expect("client")
