@@ -109,7 +109,11 @@ STORE_PID=$!
 for _ in $(seq 1 120); do grep -q '^ready' "$BASE/store.log" 2>/dev/null && break; sleep 0.5; done
 grep -q '^ready' "$BASE/store.log" || { cat "$BASE/store.log" >&2; echo "the store did not start" >&2; exit 1; }
 ENDPOINT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["router"]["grpc"])' "$BASE/store/endpoints.json")
+# The playground speaks TLS (README § TLS); the router's certificate also serves --in-process
+# rows, whose embedded router dials the nodes as a member.
+CERTS="$BASE/store/certs"
 BENCH=(./target/release/wallet-bench --endpoint "$ENDPOINT" --cluster "$BASE/store/cluster.toml"
+       --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/router.crt" --tls-key "$CERTS/router.key"
        --accounts "$ACCOUNTS" --prefix cmp --seconds "$DURATION" --json)
 SETUP=()   # the first run opens and funds the accounts, later runs reuse them
 ROWS=()

@@ -1,12 +1,13 @@
-//! `wallet-cluster up`: starts a playground, prints its endpoints and `ready`, stops its children
-//! cleanly on SIGTERM, and resumes the same data when run again on the same directory.
+//! `wallet-cluster up`: starts a playground (TLS by default: it prints the environment a client
+//! needs), prints its endpoints and `ready`, stops its children cleanly on SIGTERM, and resumes
+//! the same data (and certificates) when run again on the same directory.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use wallet_client::WalletClient;
+use wallet_client::{ClientOptions, TlsFiles, WalletClient};
 
 /// Ends an `up` process left running by a failed assertion (it then stops its own children).
 struct Up(Option<Child>);
@@ -22,8 +23,9 @@ impl Drop for Up {
     }
 }
 
-/// Starts `up` and returns the child, the router address and the channel of further output lines.
-fn up(dir: &std::path::Path) -> (Up, String, mpsc::Receiver<String>) {
+/// Starts `up` and returns the child, the router address, the TLS files it printed and the
+/// channel of further output lines.
+fn up(dir: &std::path::Path) -> (Up, String, TlsFiles, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wallet-cluster"))
         .args(["up", "--shards", "2", "--port", "0", "--dir"])
         .arg(dir)
@@ -42,6 +44,7 @@ fn up(dir: &std::path::Path) -> (Up, String, mpsc::Receiver<String>) {
         }
     });
     let mut router = None;
+    let mut exports = std::collections::BTreeMap::new();
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
@@ -49,11 +52,37 @@ fn up(dir: &std::path::Path) -> (Up, String, mpsc::Receiver<String>) {
         if let Some(address) = line.strip_prefix("router at ") {
             router = Some(address.trim().to_string());
         }
+        if let Some((name, value)) = line
+            .trim()
+            .strip_prefix("export ")
+            .and_then(|e| e.split_once('='))
+        {
+            exports.insert(name.to_string(), std::path::PathBuf::from(value));
+        }
         if line.starts_with("ready") {
             break;
         }
     }
-    (child, router.expect("router address printed"), rx)
+    let tls = TlsFiles {
+        ca: exports
+            .remove("WALLET_TLS_CA")
+            .expect("WALLET_TLS_CA printed"),
+        cert: exports.remove("WALLET_TLS_CERT"),
+        key: exports.remove("WALLET_TLS_KEY"),
+    };
+    assert!(tls.ca.starts_with(dir) && tls.ca.exists(), "{tls:?}");
+    (child, router.expect("router address printed"), tls, rx)
+}
+
+fn tls_client(router: &str, tls: TlsFiles) -> WalletClient {
+    WalletClient::with_options(
+        &[router],
+        ClientOptions {
+            tls: Some(tls),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 fn sigterm_and_wait(mut up: Up, lines: mpsc::Receiver<String>) {
@@ -73,19 +102,21 @@ fn sigterm_and_wait(mut up: Up, lines: mpsc::Receiver<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_stops_cleanly_on_sigterm_and_resumes_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, router, lines) = up(dir.path());
+    let (child, router, tls, lines) = up(dir.path());
     assert!(dir.path().join("cluster.toml").exists());
-    let client = WalletClient::connect(&[router.as_str()]).unwrap();
+    let ca = std::fs::read(&tls.ca).unwrap();
+    let client = tls_client(&router, tls);
     client.create_account("keeper", "EUR", 0).await.unwrap();
     client.deposit("keep-1", "keeper", 4242).await.unwrap();
     sigterm_and_wait(child, lines);
 
-    let (child, router_again, lines) = up(dir.path());
+    let (child, router_again, tls, lines) = up(dir.path());
+    assert_eq!(std::fs::read(&tls.ca).unwrap(), ca, "the same certificates");
     assert_eq!(
         router_again, router,
         "same directory, same topology and addresses"
     );
-    let client = WalletClient::connect(&[router.as_str()]).unwrap();
+    let client = tls_client(&router, tls);
     let account = client.get_account("keeper").await.unwrap();
     assert_eq!((account.currency.as_str(), account.balance), ("EUR", 4242));
     // The request id is still remembered: the retry does not pay twice.
