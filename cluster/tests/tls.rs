@@ -126,6 +126,14 @@ async fn only_members_reach_a_nodes_internal_services_and_clients_go_through_the
     ));
     let status = raft_as_client.send(RaftBatch::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    // Raft is for nodes only: not even a router may send Raft messages.
+    let mut raft_as_router = RaftClient::new(channel(
+        &node_1,
+        issue::files(&certs, wallet_tls::ROUTER_NAME),
+        "node-1",
+    ));
+    let status = raft_as_router.send(RaftBatch::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
     // Plaintext never gets a handshake.
     let mut plaintext = ShardClient::new(
         Endpoint::from_shared(format!("http://{node_1}"))

@@ -107,6 +107,15 @@ pub async fn run(
         )),
         None => None,
     };
+    // Installed before the (possibly long) start-up, so a rotation's SIGHUP never meets the
+    // signal's default action (the end of the process).
+    let reload = match &tls {
+        Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
+            server.clone() as Arc<dyn wallet_tls::Reload>,
+            client.clone(),
+        ])?),
+        None => None,
+    };
     let db = open_db(&options.data_dir)?;
     let marks = Arc::new(Marks::open(&options.data_dir)?);
     let snapshots = crate::snapshot_file::SnapshotDir::open(&options.data_dir)?;
@@ -232,24 +241,29 @@ pub async fn run(
     )
     .await;
     let (reflection_v1, reflection_v1alpha) = wallet_ops::grpc_meta::reflection()?;
-    let members = match &tls {
-        Some(_) => Some(wallet_tls::Members::new(
-            topology
-                .nodes
-                .iter()
-                .map(|n| wallet_tls::node_name(n.id))
-                .chain([wallet_tls::ROUTER_NAME.to_string()]),
-        )?),
-        None => None,
+    // Shard: nodes and routers. Raft: nodes only (a router never sends Raft messages, and a
+    // Raft message is trusted with a replica's whole state).
+    let node_names: Vec<String> = topology
+        .nodes
+        .iter()
+        .map(|n| wallet_tls::node_name(n.id))
+        .collect();
+    let (shard_members, raft_members) = match &tls {
+        Some(_) => (
+            Some(wallet_tls::Members::new(
+                node_names
+                    .iter()
+                    .cloned()
+                    .chain([wallet_tls::ROUTER_NAME.to_string()]),
+            )?),
+            Some(wallet_tls::Members::new(node_names)?),
+        ),
+        None => (None, None),
     };
-    let guard = move |request: tonic::Request<()>| members_only(members.as_ref(), request);
-    let reload = match &tls {
-        Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
-            server.clone() as Arc<dyn wallet_tls::Reload>,
-            client.clone(),
-        ])?),
-        None => None,
-    };
+    let shard_guard =
+        move |request: tonic::Request<()>| members_only(shard_members.as_ref(), request);
+    let raft_guard =
+        move |request: tonic::Request<()>| members_only(raft_members.as_ref(), request);
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(rpc_metrics)
@@ -263,7 +277,7 @@ pub async fn run(
                 .accept_compressed(Zstd)
                 .send_compressed(Gzip)
                 .send_compressed(Zstd),
-            guard.clone(),
+            shard_guard,
         ))
         .add_service(InterceptedService::new(
             RaftServer::new(service)
@@ -272,7 +286,7 @@ pub async fn run(
                 .accept_compressed(Zstd)
                 .send_compressed(Gzip)
                 .send_compressed(Zstd),
-            guard,
+            raft_guard,
         ));
     // Bound only now that the replicas are open: until then a caller is refused at once and
     // goes to another replica instead of waiting on a port nobody serves yet.
@@ -329,7 +343,7 @@ fn members_only(
         Err(wallet_tls::Refused::NoCertificate) => Err(Reason::Unauthenticated
             .status("internal services need the client certificate of a cluster member")),
         Err(wallet_tls::Refused::NotAMember) => Err(Reason::PermissionDenied
-            .status("this certificate names no member of the cluster (a node or a router)")),
+            .status("this certificate names no member allowed to call this service")),
     }
 }
 

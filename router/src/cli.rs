@@ -78,6 +78,13 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             None => None,
         };
+        let reload = match &tls {
+            Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
+                server.clone() as std::sync::Arc<dyn wallet_tls::Reload>,
+                client.clone(),
+            ])?),
+            None => None,
+        };
         let service = WalletService::for_topology(
             topology,
             args.max_in_flight,
@@ -124,13 +131,6 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
         .await;
         let (reflection_v1, reflection_v1alpha) = wallet_ops::grpc_meta::reflection()?;
-        let reload = match &tls {
-            Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
-                server.clone() as std::sync::Arc<dyn wallet_tls::Reload>,
-                client.clone(),
-            ])?),
-            None => None,
-        };
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         tracing::info!(listen = %args.listen, tls = tls.is_some(), "router serving");
         let router = tonic::transport::Server::builder()

@@ -22,8 +22,8 @@ use crate::{provider, Reload, TlsError, TlsFiles};
 
 /// Handshakes in progress at once per listener; connections beyond are closed at once.
 pub const HANDSHAKES_MAX: usize = 256;
-/// A handshake not finished in this time is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A handshake not finished in this time is dropped (a silent peer holds a slot this long).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether a server asks its clients for certificates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
