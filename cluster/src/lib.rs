@@ -9,7 +9,10 @@
 //!   that the money in the accounts equals deposits minus withdrawals.
 //! - [`bench`]: the `wallet-bench` workload (pg-transfer.sh's transfers) and its figures;
 //!   [`procstat`] reads what the cluster's processes cost from `/proc`.
+//! - [`backup`]: online backup of every account at one oracle timestamp, CRC-checked files and
+//!   a manifest, and restore into a new cluster.
 //! - [`workload`]: the account-pair rule and generator shared by demo and benchmark.
+pub mod backup;
 pub mod bench;
 pub mod demo;
 pub mod endpoints;

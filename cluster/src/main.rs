@@ -105,6 +105,51 @@ enum Commands {
         #[command(flatten)]
         tls: wallet_client::TlsArgs,
     },
+    /// Back up every account of a running cluster at one oracle timestamp (both legs of every
+    /// transfer, or neither), while it serves, into TO: one CRC-checked file per shard and a
+    /// manifest.
+    Backup {
+        /// Where to write the backup (created; must not hold one already).
+        #[arg(long)]
+        to: PathBuf,
+        /// Playground directory of the cluster (its cluster.toml and certificates).
+        #[arg(long, default_value = "./wallet-data", conflicts_with = "cluster")]
+        dir: PathBuf,
+        /// Cluster file of a cluster that is not a local playground.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// TLS to that cluster's nodes: a member's certificate (a router's).
+        #[command(flatten)]
+        tls: wallet_client::TlsArgs,
+    },
+    /// Build a new playground cluster in DIR from a backup: check every file against the
+    /// manifest, start the cluster, open every account with its balance, audit it against the
+    /// backup, and stop it (`up --dir DIR` then serves it).
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new playground directory (must not hold a cluster).
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        shape: ClusterShape,
+    },
+    /// Create a CA and certificates for a cluster in DIR (ca.crt, ca.key, node-N, router and
+    /// client .crt/.key), for the compose file, Kubernetes Secrets or your own hosts. A DIR that
+    /// already holds a CA is left as it is.
+    Certs {
+        /// Where to write them.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids 1..=N get a certificate each.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// More names or addresses every node and router certificate is valid for (besides
+        /// node-N or router, localhost and 127.0.0.1), comma-separated: the names clients dial.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
     /// Run one node in the foreground (same flags as `wallet-node`).
     Node(wallet_node::cli::NodeArgs),
     /// Run one router in the foreground (same flags as `wallet-router`).
@@ -216,6 +261,43 @@ async fn start(options: &PlaygroundOptions) -> Result<Playground, String> {
     Ok(playground)
 }
 
+/// The cluster file, playground directory and member TLS of a cluster named by a playground
+/// directory (its `cluster.toml` and `certs/router.*`, when it has certificates) or by a cluster
+/// file and TLS flags.
+#[allow(clippy::type_complexity)]
+fn cluster_access(
+    dir: PathBuf,
+    cluster: Option<PathBuf>,
+    tls: &wallet_client::TlsArgs,
+) -> Result<
+    (
+        Topology,
+        Option<PathBuf>,
+        Option<std::sync::Arc<wallet_tls::ClientTls>>,
+    ),
+    String,
+> {
+    let (topology, dir, files) = match cluster {
+        Some(path) => (
+            Topology::load(&path)?,
+            None,
+            tls.files().map_err(|e| e.to_string())?,
+        ),
+        None => {
+            let certs = dir.join("certs");
+            let files = wallet_tls::issue::ca_file(&certs)
+                .exists()
+                .then(|| wallet_tls::issue::files(&certs, wallet_tls::ROUTER_NAME));
+            (Topology::load(&dir.join("cluster.toml"))?, Some(dir), files)
+        }
+    };
+    let tls = match files {
+        Some(files) => Some(wallet_tls::ClientTls::load(files).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    Ok((topology, dir, tls))
+}
+
 async fn run(command: Commands) -> Result<i32, String> {
     match command {
         Commands::Up { shape, dir, port } => {
@@ -318,28 +400,84 @@ async fn run(command: Commands) -> Result<i32, String> {
             Ok(if report.conserved() { 0 } else { 2 })
         }
         Commands::Status { dir, cluster, tls } => {
-            let (topology, dir, files) = match cluster {
-                Some(path) => (
-                    Topology::load(&path)?,
-                    None,
-                    tls.files().map_err(|e| e.to_string())?,
-                ),
-                None => {
-                    let certs = dir.join("certs");
-                    let files = wallet_tls::issue::ca_file(&certs)
-                        .exists()
-                        .then(|| wallet_tls::issue::files(&certs, wallet_tls::ROUTER_NAME));
-                    (Topology::load(&dir.join("cluster.toml"))?, Some(dir), files)
-                }
-            };
-            let tls = match files {
-                Some(files) => Some(wallet_tls::ClientTls::load(files).map_err(|e| e.to_string())?),
-                None => None,
-            };
+            let (topology, dir, tls) = cluster_access(dir, cluster, &tls)?;
             let nodes = wallet_cluster::status::gather(&topology, tls.as_ref()).await;
             print!(
                 "{}",
                 wallet_cluster::status::render(&topology, &nodes, dir.as_deref())
+            );
+            Ok(0)
+        }
+        Commands::Backup {
+            to,
+            dir,
+            cluster,
+            tls,
+        } => {
+            let (topology, _, tls) = cluster_access(dir, cluster, &tls)?;
+            let service = wallet_router::service::WalletService::for_topology(
+                topology,
+                wallet_router::service::MAX_IN_FLIGHT_DEFAULT,
+                tls,
+            )?;
+            let manifest =
+                wallet_cluster::backup::backup(&service, &to, |line| println!("{line}")).await?;
+            let accounts: u64 = manifest.files.iter().map(|f| f.accounts).sum();
+            println!(
+                "backup of {accounts} accounts at ts {} in {}",
+                manifest.ts,
+                to.display()
+            );
+            Ok(0)
+        }
+        Commands::Restore { from, dir, shape } => {
+            if dir.join("cluster.toml").exists() {
+                return Err(format!("{} already holds a cluster", dir.display()));
+            }
+            let (manifest, lines) = wallet_cluster::backup::verify(&from)?;
+            println!(
+                "backup of {} accounts at ts {} checked against its manifest",
+                lines.len(),
+                manifest.ts
+            );
+            let mut playground = start(&options(&shape, dir.clone(), 0)?).await?;
+            let client = WalletClient::with_options(
+                &[playground.router_address.as_str()],
+                ClientOptions {
+                    tls: playground.client_tls(),
+                    ..ClientOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let restored = wallet_cluster::backup::restore(&manifest, &lines, &client, |line| {
+                println!("{line}")
+            })
+            .await;
+            let killed = playground.stop_all();
+            restored?;
+            if !killed.is_empty() {
+                return Err(format!("had to kill: {}", killed.join(", ")));
+            }
+            println!(
+                "restored {} accounts into {}; the audit matches the backup. Serve it with: wallet-cluster up --dir {}",
+                lines.len(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(0)
+        }
+        Commands::Certs { dir, nodes, hosts } => {
+            let ids: Vec<u64> = (1..=nodes).collect();
+            let created =
+                wallet_tls::issue::ensure_cluster(&dir, &ids, &hosts).map_err(|e| e.to_string())?;
+            println!(
+                "{} {}",
+                if created {
+                    "certificates written to"
+                } else {
+                    "a CA is already in"
+                },
+                dir.display()
             );
             Ok(0)
         }

@@ -64,11 +64,50 @@ fn the_cluster_file_in_the_config_map_matches_the_stateful_set() {
             .env("HOSTNAME", format!("wallet-node-{ordinal}"))
             .output()
             .expect("sh");
+        let id = node.id;
         assert_eq!(
             String::from_utf8_lossy(&output.stdout).trim(),
-            format!("--id {}", node.id)
+            format!(
+                "--id {id} --tls-cert /etc/wallet-tls/node-{id}.crt --tls-key /etc/wallet-tls/node-{id}.key"
+            )
         );
     }
+    // The Secret holds what each pod reads, as `wallet-cluster certs` names it.
+    let kustomization = manifest("kustomization.yaml");
+    let files: Vec<&str> = kustomization
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- certs/"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = std::process::Command::new(env!("CARGO_BIN_EXE_wallet-cluster"))
+        .args([
+            "certs",
+            "--nodes",
+            &topology.nodes.len().to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .args(["--hosts", "wallet-router,wallet-router.default.svc"])
+        .output()
+        .expect("wallet-cluster certs");
+    assert!(certs.status.success(), "{certs:?}");
+    for node in &topology.nodes {
+        for ext in ["crt", "key"] {
+            let name = format!("node-{}.{ext}", node.id);
+            assert!(files.contains(&name.as_str()), "{name} not in the Secret");
+        }
+    }
+    for name in ["ca.crt", "router.crt", "router.key"] {
+        assert!(files.contains(&name), "{name} not in the Secret");
+    }
+    for name in &files {
+        assert!(dir.path().join(name).exists(), "`certs` wrote no {name}");
+    }
+    assert!(
+        !files.contains(&"ca.key"),
+        "the CA key stays out of the cluster"
+    );
+    assert!(manifest("router.yaml").contains("/etc/wallet-tls/router.crt"));
     assert!(nodes.contains("publishNotReadyAddresses: true"));
     assert!(nodes.contains("podManagementPolicy: Parallel"));
     assert!(

@@ -278,6 +278,13 @@ async fn every_process_serves_metrics_health_and_reflection() {
         &cluster,
     )
     .await;
+    // The HTTP probes on the metrics port (for orchestrators whose gRPC probes cannot speak TLS)
+    // say the same: 503 with why, and alive.
+    for address in [&endpoints.router.metrics, &endpoints.nodes[0].metrics] {
+        let refused = http_get(address, "/healthz").unwrap_err();
+        assert!(refused.contains("503"), "{refused}");
+        assert_eq!(http_get(address, "/livez").as_deref(), Ok("ALIVE\n"));
+    }
     // Its Shard service with it; its Raft service stays SERVING: it is what the shards need to
     // elect leaders again.
     assert_eq!(
@@ -297,6 +304,9 @@ async fn every_process_serves_metrics_health_and_reflection() {
     // The restarted nodes serve metrics on the same addresses.
     for node in &endpoints.nodes[1..] {
         http_get(&node.metrics, "/metrics").expect("metrics after restart");
+    }
+    for address in [&endpoints.router.metrics, &endpoints.nodes[0].metrics] {
+        assert_eq!(http_get(address, "/healthz").as_deref(), Ok("SERVING\n"));
     }
 }
 

@@ -216,10 +216,12 @@ pub async fn run(
         "node serving"
     );
     let (metrics_registry, rpc_metrics, refresh) = crate::exporter::registry(service.clone());
+    let verdict = wallet_ops::grpc_meta::Verdict::default();
     let metrics = match metrics_listener {
-        Some(listener) => {
-            Some(wallet_ops::metrics_http::spawn(listener, metrics_registry, refresh)?.1)
-        }
+        Some(listener) => Some(
+            wallet_ops::metrics_http::spawn(listener, metrics_registry, refresh, verdict.clone())?
+                .1,
+        ),
         None => None,
     };
     let (reporter, health) = wallet_ops::grpc_meta::health_reporter();
@@ -231,6 +233,7 @@ pub async fn run(
     let checked = service.clone();
     let health_check = wallet_ops::grpc_meta::keep_health(
         reporter,
+        verdict,
         &["wallet.v1.Shard"],
         std::time::Duration::from_millis(500),
         1,

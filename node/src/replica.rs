@@ -25,8 +25,8 @@ use tonic::Status;
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Command, ExtendTso, Outcome, ReadResult,
-    ReplicaPhase, ReplicaStatus, SetRetention, TsoResponse, TsoWindow,
+    command::Op, outcome, read_result, shard_read::Query, AccountsPage, Command, ExtendTso,
+    Outcome, ReadResult, ReplicaPhase, ReplicaStatus, SetRetention, TsoResponse, TsoWindow,
 };
 
 use crate::inbox::{not_leader, BatchReply, Outbox, ReplicaHandle, ReplicaMsg};
@@ -1077,6 +1077,20 @@ impl Replica {
                 match self.state_machine.account_at(&at.account_id, at.ts) {
                     Ok(account) => ReadResult {
                         result: Some(read_result::Result::AccountAt(account)),
+                    },
+                    Err(refusal) => refusal.into(),
+                }
+            }
+            Query::AccountsAt(at) => {
+                match self
+                    .state_machine
+                    .accounts_at(at.ts, &at.after, at.limit as usize)
+                {
+                    Ok((accounts, more)) => ReadResult {
+                        result: Some(read_result::Result::AccountsPage(AccountsPage {
+                            accounts,
+                            more,
+                        })),
                     },
                     Err(refusal) => refusal.into(),
                 }

@@ -294,6 +294,15 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
                 }
                 self.ts_bound.check("snapshot timestamp", at.ts).await?;
             }
+            Query::AccountsAt(at) => {
+                if at.limit == 0 || at.limit > wallet_proto::ACCOUNTS_PAGE_MAX {
+                    return Err(Reason::InvalidArgument.status(format!(
+                        "a page holds 1 to {} accounts",
+                        wallet_proto::ACCOUNTS_PAGE_MAX
+                    )));
+                }
+                self.ts_bound.check("snapshot timestamp", at.ts).await?;
+            }
             Query::Stuck(_) | Query::Settling(_) => {}
             Query::IntentStates(asked) => {
                 if asked.intents.len() > FORGET_TRANSFERS_MAX {

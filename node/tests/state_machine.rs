@@ -538,3 +538,67 @@ fn create_accounts_answers_each_account_and_respects_the_closed_timestamp() {
     assert!(matches!(outcome.result, Some(outcome::Result::Outcomes(_))));
     assert_eq!(balance(&sm, "f"), 1);
 }
+
+/// A backup's pages (`accounts_at`): every account exactly once, in id order, each with its
+/// balance at the timestamp (changes stamped after it undone), whatever the page size; balances
+/// and floors over the whole i64 range.
+#[test]
+fn accounts_at_pages_every_account_once_with_its_balance_at_the_timestamp() {
+    let mut sm = machine();
+    let ids: Vec<String> = (0..23).map(|n| format!("acct-{n:02}")).collect();
+    for id in &ids {
+        common::apply_at(&mut sm, "", 10, create(id, "USD", 0));
+        common::apply_at(&mut sm, &format!("d-{id}"), 20, deposit(id, 1_000));
+    }
+    common::apply_at(&mut sm, "", 10, create("max", "USD", 0));
+    common::apply_at(&mut sm, "dmax", 20, deposit("max", i64::MAX));
+    common::apply_at(&mut sm, "", 10, create("owing", "EUR", i64::MAX));
+    common::apply_at(&mut sm, "wowing", 20, withdraw("owing", i64::MAX));
+    // After the timestamp 30: a transfer and a deposit the pages must not show.
+    let (late, _) = common::apply_at(
+        &mut sm,
+        "late",
+        40,
+        transfer("late", "acct-00", "acct-01", 400),
+    );
+    assert_eq!(refused(&late), None);
+    common::apply_at(&mut sm, "late-d", 41, deposit("acct-05", 7));
+    let mut all = Vec::new();
+    for limit in [1, 2, 5, 25, 4096] {
+        let mut after = String::new();
+        let mut pages = Vec::new();
+        loop {
+            let (page, more) = sm.accounts_at(30, &after, limit).unwrap();
+            assert!(page.len() <= limit);
+            pages.extend(
+                page.iter()
+                    .map(|a| (a.account_id.clone(), a.balance, a.floor)),
+            );
+            match page.last() {
+                Some(last) if more => after = last.account_id.clone(),
+                _ => break,
+            }
+        }
+        if all.is_empty() {
+            all = pages.clone();
+        }
+        assert_eq!(pages, all, "page size {limit}");
+    }
+    let mut want: Vec<(String, i64, i64)> = ids.iter().map(|id| (id.clone(), 1_000, 0)).collect();
+    want.push(("max".into(), i64::MAX, 0));
+    want.push(("owing".into(), -i64::MAX, -i64::MAX));
+    want.sort();
+    assert_eq!(all, want);
+    // What the pages add up to is what an audit at the same timestamp says.
+    let usd: i128 = all
+        .iter()
+        .filter(|(id, _, _)| id != "owing")
+        .map(|(_, b, _)| i128::from(*b))
+        .sum();
+    assert_eq!(totals(&sm, 30, "USD").0, usd.to_string());
+    // Now, the late changes show.
+    let (now, _) = sm.accounts_at(50, "", 4096).unwrap();
+    let balance_of = |id: &str| now.iter().find(|a| a.account_id == id).unwrap().balance;
+    assert_eq!((balance_of("acct-00"), balance_of("acct-01")), (600, 1_400));
+    assert_eq!(balance_of("acct-05"), 1_007);
+}

@@ -7,6 +7,7 @@
 //! caught up; a router: it reaches every shard).
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic_health::server::HealthReporter;
@@ -45,14 +46,44 @@ pub fn reflection() -> Result<
     Ok((configure().build_v1()?, configure().build_v1alpha()?))
 }
 
+/// The health [`keep_health`] last reported, for the HTTP probes of the metrics listener
+/// (`/healthz`): Kubernetes' gRPC probes cannot speak TLS, so an orchestrator of a TLS cluster
+/// probes over plain HTTP what the gRPC health service says.
+#[derive(Clone, Debug)]
+pub struct Verdict(Arc<Mutex<Result<(), String>>>);
+
+impl Default for Verdict {
+    fn default() -> Verdict {
+        Verdict(Arc::new(Mutex::new(Err("starting".into()))))
+    }
+}
+
+impl Verdict {
+    /// `Ok` while SERVING, else why not.
+    pub fn get(&self) -> Result<(), String> {
+        match self.0.lock() {
+            Ok(verdict) => verdict.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, verdict: Result<(), String>) {
+        match self.0.lock() {
+            Ok(mut current) => *current = verdict,
+            Err(poisoned) => *poisoned.into_inner() = verdict,
+        }
+    }
+}
+
 /// Runs `check` every `period` and sets the health of the whole server (`""`) and of each of
 /// `services` to SERVING once it returns `Ok`, and to NOT_SERVING (logging why, once per change)
 /// once it returned `Err` `misses` times in a row (one slow answer on a loaded machine need not
 /// take a process out of its load balancer). Reports NOT_SERVING from the moment it is called
 /// (tonic-health starts at SERVING) until the first check passed. Runs until the returned task is
-/// aborted.
+/// aborted. `verdict` follows the same status.
 pub async fn keep_health<F, Fut>(
     reporter: HealthReporter,
+    verdict: Verdict,
     services: &[&str],
     period: Duration,
     misses: u32,
@@ -76,19 +107,24 @@ where
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let verdict = check().await;
-            failed_in_a_row = if verdict.is_ok() {
+            let checked = check().await;
+            failed_in_a_row = if checked.is_ok() {
                 0
             } else {
                 failed_in_a_row.saturating_add(1)
             };
             let now = match serving {
                 // Still SERVING until enough checks in a row failed.
-                Some(true) if verdict.is_err() => failed_in_a_row < misses.max(1),
-                _ => verdict.is_ok(),
+                Some(true) if checked.is_err() => failed_in_a_row < misses.max(1),
+                _ => checked.is_ok(),
             };
+            match (&checked, now) {
+                (_, true) => verdict.set(Ok(())),
+                (Err(why), false) => verdict.set(Err(why.clone())),
+                (Ok(()), false) => {}
+            }
             if serving != Some(now) {
-                match &verdict {
+                match &checked {
                     Ok(()) => tracing::info!("health: SERVING"),
                     Err(why) => tracing::warn!(why = %why, "health: NOT_SERVING"),
                 }

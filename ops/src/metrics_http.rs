@@ -21,23 +21,42 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
     tokio::net::TcpListener::bind(listen).await
 }
 
-/// Serves `/metrics` on `listener` until the returned task is aborted or the process ends.
-/// Nothing but the one path is served; bind it to a monitoring network (it has no connection
-/// limit of its own).
+/// Serves `/metrics` on `listener` until the returned task is aborted or the process ends, and
+/// the probes of an orchestrator: `/livez` (200 while the process serves) and `/healthz` (200
+/// `SERVING` while the gRPC health service says so, else 503 and why). Nothing else is served;
+/// bind it to a monitoring network (it has no connection limit of its own).
 pub fn spawn(
     listener: tokio::net::TcpListener,
     registry: Registry,
     refresh: Refresh,
+    verdict: crate::grpc_meta::Verdict,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            let refresh = refresh.clone();
-            async move { scrape(&registry, &refresh) }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                let refresh = refresh.clone();
+                async move { scrape(&registry, &refresh) }
+            }),
+        )
+        .route("/livez", axum::routing::get(|| async { "ALIVE\n" }))
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let verdict = verdict.get();
+                async move {
+                    match verdict {
+                        Ok(()) => (axum::http::StatusCode::OK, "SERVING\n".to_string()),
+                        Err(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("NOT_SERVING: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
     serve(listener, app, "/metrics", None)
 }
 

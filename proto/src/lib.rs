@@ -34,3 +34,6 @@ pub const BATCH_COMMANDS_MAX: usize = 8192;
 pub const TRANSFER_BATCH_MAX: usize = 8189;
 /// Largest batch request (internal `ExecuteBatch` or public `TransferBatch`).
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Accounts per page of a snapshot scan (`AccountsAt`): a page stays far below
+/// [`BATCH_BYTES_MAX`] with ids of the longest length.
+pub const ACCOUNTS_PAGE_MAX: u32 = 4096;

@@ -91,6 +91,7 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
             tls.as_ref().map(|(_, client)| client.clone()),
         )?;
         let (registry, rpc_metrics) = crate::metrics::registry();
+        let verdict = wallet_ops::grpc_meta::Verdict::default();
         let metrics = match args.metrics_listen {
             Some(listen) => {
                 let listener = wallet_ops::metrics_http::bind(listen).await?;
@@ -99,6 +100,7 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
                         listener,
                         registry,
                         std::sync::Arc::new(|| {}),
+                        verdict.clone(),
                     )?
                     .1,
                 )
@@ -116,6 +118,7 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         let checked = service.clone();
         let health_check = wallet_ops::grpc_meta::keep_health(
             reporter,
+            verdict,
             &["wallet.v1.Wallet"],
             HEALTH_PERIOD,
             2,

@@ -14,9 +14,9 @@ use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::{
     account_result, command::Op, outcome, read_result, shard_read::Query, transfer_result, Account,
-    AccountResult, AuditReport, AuditRequest, BalanceChange, BatchError, CloseTs, Command,
-    CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts,
-    DepositRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
+    AccountResult, AccountsAt, AccountsPage, AuditReport, AuditRequest, BalanceChange, BatchError,
+    CloseTs, Command, CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest,
+    CreateAccounts, DepositRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
     ListTransfersResponse, Outcome, ReadResult, Rejection, SnapshotAt, Stuck, Transfer,
     TransferBatchRequest, TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
 };
@@ -189,12 +189,12 @@ impl WalletService {
     }
 
     /// Snapshot read on one shard: close it at `ts`, wait until no transfer started before `ts`
-    /// is undecided, then read at `ts` (the shard's totals, or one account).
+    /// is undecided, then read at `ts` (the shard's totals, one account, or a page of accounts).
     async fn read_at(
         shards: Arc<Shards>,
         shard_id: u64,
         ts: u64,
-        account_id: String,
+        query: Query,
     ) -> Result<read_result::Result, Status> {
         let close = Command {
             request_id: String::new(),
@@ -232,20 +232,26 @@ impl WalletService {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        match shards
-            .read(shard_id, Query::SnapshotAt(SnapshotAt { ts, account_id }))
-            .await?
-            .result
-        {
+        match shards.read(shard_id, query).await?.result {
             Some(read_result::Result::Rejected(r)) => Err(refused(&r)),
             Some(result) => Ok(result),
             None => Err(unexpected("empty snapshot read")),
         }
     }
 
-    /// Every shard's totals at one fresh timestamp, added up and checked (conservation).
-    async fn audit_now(&self) -> Result<AuditReport, Status> {
-        let ts = self.timestamps.next().await?;
+    /// The data shards' ids.
+    pub fn shard_ids(&self) -> Vec<u64> {
+        self.shards.shard_ids()
+    }
+
+    /// A fresh timestamp of the oracle: every change committed before this call is at or below
+    /// it (a backup's, an audit's).
+    pub async fn fresh_ts(&self) -> Result<u64, Status> {
+        self.timestamps.next().await
+    }
+
+    /// Every shard's totals at `ts`, added up and checked (conservation).
+    pub async fn audit_at(&self, ts: u64) -> Result<AuditReport, Status> {
         let tasks: Vec<_> = self
             .shards
             .shard_ids()
@@ -264,12 +270,39 @@ impl WalletService {
         Ok(report)
     }
 
+    /// A page of shard `shard_id`'s accounts as of `ts` (a snapshot read: the shard is closed at
+    /// `ts` and its transfers started before it decided first): up to `limit` accounts whose id
+    /// follows `after`, in id order, and whether more follow.
+    pub async fn accounts_at(
+        &self,
+        shard_id: u64,
+        ts: u64,
+        after: String,
+        limit: u32,
+    ) -> Result<AccountsPage, Status> {
+        let query = Query::AccountsAt(AccountsAt { ts, after, limit });
+        match Self::read_at(self.shards.clone(), shard_id, ts, query).await? {
+            read_result::Result::AccountsPage(page) => Ok(page),
+            _ => Err(unexpected("not a page of accounts")),
+        }
+    }
+
+    /// Every shard's totals at one fresh timestamp, added up and checked (conservation).
+    async fn audit_now(&self) -> Result<AuditReport, Status> {
+        let ts = self.timestamps.next().await?;
+        self.audit_at(ts).await
+    }
+
     async fn audit_shard(
         shards: Arc<Shards>,
         shard_id: u64,
         ts: u64,
     ) -> Result<AuditReport, Status> {
-        match Self::read_at(shards, shard_id, ts, String::new()).await? {
+        let totals = Query::SnapshotAt(SnapshotAt {
+            ts,
+            account_id: String::new(),
+        });
+        match Self::read_at(shards, shard_id, ts, totals).await? {
             read_result::Result::Snapshot(report) => Ok(report),
             _ => Err(unexpected("not a snapshot")),
         }
@@ -442,9 +475,11 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                 )));
             }
             let shard_id = self.shards.shard_of(&get.account_id);
-            return match Self::read_at(self.shards.clone(), shard_id, get.at_ts, get.account_id)
-                .await?
-            {
+            let query = Query::SnapshotAt(SnapshotAt {
+                ts: get.at_ts,
+                account_id: get.account_id,
+            });
+            return match Self::read_at(self.shards.clone(), shard_id, get.at_ts, query).await? {
                 read_result::Result::AccountAt(account) => Ok(Response::new(account)),
                 _ => Err(unexpected("not an account")),
             };

@@ -185,6 +185,47 @@ impl StateMachine {
         Ok(account)
     }
 
+    /// Rule 3 for every account, a page at a time: up to `limit` accounts whose id follows
+    /// `after`, in id order, each with its balance as of `ts` (the caller applied rules 1 and 2
+    /// first, so nothing is reserved or pending at `ts`). An account opened after `ts` shows
+    /// with what it held at `ts`, 0.
+    pub fn accounts_at(
+        &self,
+        ts: u64,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<Account>, bool), Refusal> {
+        self.check_kept(ts)?;
+        let limit = limit.max(1);
+        // The `limit` smallest ids after `after`, without sorting the whole shard.
+        let mut page: std::collections::BinaryHeap<&str> = std::collections::BinaryHeap::new();
+        let mut more = false;
+        for id in self.accounts.keys().map(String::as_str) {
+            if id <= after {
+                continue;
+            }
+            if page.len() < limit {
+                page.push(id);
+            } else if page.peek().is_some_and(|largest| id < *largest) {
+                page.pop();
+                page.push(id);
+                more = true;
+            } else {
+                more = true;
+            }
+        }
+        let mut ids = page.into_vec();
+        ids.sort_unstable();
+        let mut accounts = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut account = self.account_at(id, ts)?;
+            account.reserved = 0;
+            account.pending_credit = 0;
+            accounts.push(account);
+        }
+        Ok((accounts, more))
+    }
+
     /// Rule 3: per-currency totals as of `ts` (the caller applied rules 1 and 2 first).
     pub fn snapshot_at(&self, ts: u64) -> Result<AuditReport, Refusal> {
         self.check_kept(ts)?;

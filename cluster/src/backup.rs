@@ -1,0 +1,327 @@
+//! Online backup and restore of a cluster's accounts.
+//!
+//! A backup reads every shard at **one oracle timestamp**, as an audit does (DESIGN §7): each
+//! shard is closed at the timestamp and its transfers started before it are decided first, so a
+//! transfer committed at or below the timestamp has both legs in the backup, and one committed
+//! after it has neither. The cluster serves writes throughout; they are stamped above the
+//! timestamp. The backup is refused unless an audit at the same timestamp balances, and unless
+//! the balances it wrote add up to that audit's figures.
+//!
+//! Layout of a backup directory: one `shard-N.jsonl` per shard (one account per line: id,
+//! currency, balance at the timestamp, floor), then `manifest.json` (written last, so a
+//! directory without one is no backup) with the timestamp, each file's size, account count and
+//! CRC32, and the per-currency totals. Restoring checks every file against the manifest before it
+//! opens a single account.
+//!
+//! A restore opens the accounts in a new cluster through the bulk path (opening balance = the
+//! balance at the timestamp; a negative balance is opened at 0 and withdrawn down to it, within
+//! its floor), then audits the new cluster against the manifest's totals. History, request ids
+//! and transfer records are not in a backup: the restored cluster starts its history with each
+//! account's opening entry.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wallet_client::{CreateAccountRequest, WalletClient};
+use wallet_router::service::WalletService;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+/// This release's backup format.
+pub const FORMAT: u32 = 1;
+/// Accounts per page read from a shard.
+const PAGE: u32 = wallet_proto::ACCOUNTS_PAGE_MAX;
+/// Accounts per bulk call of a restore.
+const RESTORE_BATCH: usize = 4096;
+
+/// What a backup holds, written last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The oracle timestamp every shard was read at.
+    pub ts: u64,
+    /// Wall clock (ms) when the backup started, for people.
+    pub taken_at_ms: i64,
+    pub files: Vec<ShardFile>,
+    /// Per currency: accounts and the sum of their balances (= net deposits at `ts`).
+    pub totals: Vec<Total>,
+}
+
+/// One shard's file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardFile {
+    pub shard_id: u64,
+    pub file: String,
+    pub accounts: u64,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// One currency's figures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Total {
+    pub currency: String,
+    pub accounts: u64,
+    /// Decimal (an i128: the sum may leave i64).
+    pub balances: String,
+}
+
+/// One account, one line of a shard file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub id: String,
+    pub currency: String,
+    /// Balance at the backup's timestamp.
+    pub balance: i64,
+    /// Lowest balance allowed (0, or minus the credit limit).
+    pub floor: i64,
+}
+
+fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// Writes `bytes` to `path` whole: through a temporary name, synced, renamed.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial).map_err(io(partial.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io(partial.display()))?;
+    std::fs::rename(&partial, path).map_err(io(path.display()))
+}
+
+/// Backs up every account of the cluster `service` reaches into `to` (created; one that holds
+/// a manifest already is refused). `progress` gets a line per shard.
+pub async fn backup(
+    service: &WalletService,
+    to: &Path,
+    progress: impl Fn(String),
+) -> Result<Manifest, String> {
+    if to.join(MANIFEST).exists() {
+        return Err(format!("{} already holds a backup", to.display()));
+    }
+    std::fs::create_dir_all(to).map_err(io(to.display()))?;
+    let taken_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let ts = service
+        .fresh_ts()
+        .await
+        .map_err(|e| e.message().to_string())?;
+    // Closes every shard at `ts`, decides what started before it, and checks conservation there.
+    let audit = service
+        .audit_at(ts)
+        .await
+        .map_err(|e| format!("audit at {ts}: {}", e.message()))?;
+    let mut files = Vec::new();
+    let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+    for shard_id in service.shard_ids() {
+        let mut text = Vec::new();
+        let mut after = String::new();
+        let mut count = 0u64;
+        loop {
+            let page = service
+                .accounts_at(shard_id, ts, after.clone(), PAGE)
+                .await
+                .map_err(|e| format!("shard {shard_id} at {ts}: {}", e.message()))?;
+            for account in &page.accounts {
+                let line = Line {
+                    id: account.account_id.clone(),
+                    currency: account.currency.clone(),
+                    balance: account.balance,
+                    floor: account.floor,
+                };
+                serde_json::to_writer(&mut text, &line).map_err(|e| e.to_string())?;
+                text.push(b'\n');
+                let sum = sums.entry(line.currency).or_default();
+                sum.0 += 1;
+                sum.1 += i128::from(line.balance);
+                count += 1;
+            }
+            match page.accounts.last() {
+                Some(last) if page.more => after = last.account_id.clone(),
+                _ => break,
+            }
+        }
+        let file = format!("shard-{shard_id}.jsonl");
+        write_whole(&to.join(&file), &text)?;
+        progress(format!("shard {shard_id}: {count} accounts at ts {ts}"));
+        files.push(ShardFile {
+            shard_id,
+            file,
+            accounts: count,
+            bytes: text.len() as u64,
+            crc32: crc32fast::hash(&text),
+        });
+    }
+    // The pages must add up to the audit at the same timestamp.
+    for t in &audit.totals {
+        let (accounts, balances) = sums.get(&t.currency).copied().unwrap_or_default();
+        if balances.to_string() != t.balances || accounts != t.accounts {
+            return Err(format!(
+                "{}: the pages hold {accounts} accounts and {balances}, the audit at {ts} {} and {}",
+                t.currency, t.accounts, t.balances
+            ));
+        }
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        ts,
+        taken_at_ms,
+        files,
+        totals: sums
+            .into_iter()
+            .map(|(currency, (accounts, balances))| Total {
+                currency,
+                accounts,
+                balances: balances.to_string(),
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    write_whole(&to.join(MANIFEST), &text)?;
+    if let Ok(dir) = std::fs::File::open(to) {
+        let _ = dir.sync_all();
+    }
+    Ok(manifest)
+}
+
+/// Reads a backup and checks it whole: the manifest, every file's size and CRC32, every line,
+/// and the totals. Returns the manifest and every account.
+pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
+    let path = from.join(MANIFEST);
+    let text = std::fs::read(&path).map_err(io(path.display()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if manifest.format != FORMAT {
+        return Err(format!(
+            "backup format {} (this release reads {FORMAT})",
+            manifest.format
+        ));
+    }
+    let mut lines = Vec::new();
+    let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+    for file in &manifest.files {
+        if file.file.contains('/') || file.file.contains("..") {
+            return Err(format!(
+                "manifest names a file outside the backup: {:?}",
+                file.file
+            ));
+        }
+        let path: PathBuf = from.join(&file.file);
+        let bytes = std::fs::read(&path).map_err(io(path.display()))?;
+        if bytes.len() as u64 != file.bytes || crc32fast::hash(&bytes) != file.crc32 {
+            return Err(format!(
+                "{}: {} bytes, CRC32 {:08x}; the manifest says {} bytes, {:08x}",
+                path.display(),
+                bytes.len(),
+                crc32fast::hash(&bytes),
+                file.bytes,
+                file.crc32
+            ));
+        }
+        let mut count = 0;
+        for (n, text) in bytes.split(|b| *b == b'\n').enumerate() {
+            if text.is_empty() {
+                continue;
+            }
+            let line: Line = serde_json::from_slice(text)
+                .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+            if line.balance < line.floor {
+                return Err(format!(
+                    "{}: {} is below its floor",
+                    path.display(),
+                    line.id
+                ));
+            }
+            let sum = sums.entry(line.currency.clone()).or_default();
+            sum.0 += 1;
+            sum.1 += i128::from(line.balance);
+            lines.push(line);
+            count += 1;
+        }
+        if count != file.accounts {
+            return Err(format!(
+                "{}: {count} accounts, the manifest says {}",
+                path.display(),
+                file.accounts
+            ));
+        }
+    }
+    let want: BTreeMap<String, (u64, String)> = manifest
+        .totals
+        .iter()
+        .map(|t| (t.currency.clone(), (t.accounts, t.balances.clone())))
+        .collect();
+    let got: BTreeMap<String, (u64, String)> = sums
+        .into_iter()
+        .map(|(c, (n, b))| (c, (n, b.to_string())))
+        .collect();
+    if want != got {
+        return Err(format!(
+            "the files add up to {got:?}, the manifest says {want:?}"
+        ));
+    }
+    Ok((manifest, lines))
+}
+
+/// Opens the accounts of a verified backup through `client` (a new, empty cluster's router),
+/// then audits the cluster against the manifest. Idempotent: run again after a failure, it
+/// opens only what is missing (the bulk path answers an account opened with the same content
+/// as it is; the withdrawals carry fixed request ids).
+pub async fn restore(
+    manifest: &Manifest,
+    lines: &[Line],
+    client: &WalletClient,
+    progress: impl Fn(String),
+) -> Result<(), String> {
+    let mut opened = 0usize;
+    for chunk in lines.chunks(RESTORE_BATCH) {
+        let requests: Vec<CreateAccountRequest> = chunk
+            .iter()
+            .map(|line| CreateAccountRequest {
+                account_id: line.id.clone(),
+                currency: line.currency.clone(),
+                credit_limit: line.floor.checked_neg().unwrap_or(i64::MAX),
+                opening_balance: line.balance.max(0),
+            })
+            .collect();
+        let results = client
+            .create_account_batch(&requests)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (line, result) in chunk.iter().zip(results) {
+            result.map_err(|e| format!("account {}: {e}", line.id))?;
+            // (A floor is at least -i64::MAX, so the negation fits.) Request ids are per account.
+            if let Some(owed) = line.balance.checked_neg().filter(|owed| *owed > 0) {
+                client
+                    .withdraw("restore-negative-balance", &line.id, owed)
+                    .await
+                    .map_err(|e| format!("account {} (negative balance): {e}", line.id))?;
+            }
+        }
+        opened += chunk.len();
+        progress(format!("{opened} of {} accounts opened", lines.len()));
+    }
+    let audit = client.audit().await.map_err(|e| e.to_string())?;
+    let got: BTreeMap<String, (u64, String)> = audit
+        .totals
+        .iter()
+        .map(|t| (t.currency.clone(), (t.accounts, t.balances.clone())))
+        .collect();
+    let want: BTreeMap<String, (u64, String)> = manifest
+        .totals
+        .iter()
+        .map(|t| (t.currency.clone(), (t.accounts, t.balances.clone())))
+        .collect();
+    if got != want {
+        return Err(format!(
+            "the restored cluster holds {got:?}; the backup {want:?}"
+        ));
+    }
+    Ok(())
+}
