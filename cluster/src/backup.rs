@@ -35,6 +35,8 @@ pub const FORMAT: u32 = 1;
 const PAGE: u32 = wallet_proto::ACCOUNTS_PAGE_MAX;
 /// Accounts per bulk call of a restore.
 const RESTORE_BATCH: usize = 4096;
+/// Fresh timestamps a backup tries before it gives up (see [`backup`]).
+const ATTEMPTS: u32 = 5;
 
 /// What a backup holds, written last.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,8 +95,19 @@ fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::rename(&partial, path).map_err(io(path.display()))
 }
 
+/// Why one attempt at a timestamp failed.
+enum Attempt {
+    /// Worth another timestamp: the reads outlived the shards' memory of changes
+    /// (`SNAPSHOT_TOO_OLD`), or a balance read below its floor (commands stamped out of order:
+    /// a debit stamped before the timestamp applied after a credit stamped after it).
+    Again(String),
+    Failed(String),
+}
+
 /// Backs up every account of the cluster `service` reaches into `to` (created; one that holds
-/// a manifest already is refused). `progress` gets a line per shard.
+/// a manifest already is refused). `progress` gets a line per shard. An attempt that meets
+/// `SNAPSHOT_TOO_OLD` or a balance below its floor at its timestamp starts again at a fresh one
+/// (up to 5 times).
 pub async fn backup(
     service: &WalletService,
     to: &Path,
@@ -104,6 +117,36 @@ pub async fn backup(
         return Err(format!("{} already holds a backup", to.display()));
     }
     std::fs::create_dir_all(to).map_err(io(to.display()))?;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match backup_once(service, to, &progress).await {
+            Ok(manifest) => return Ok(manifest),
+            Err(Attempt::Failed(why)) => return Err(why),
+            Err(Attempt::Again(why)) => {
+                progress(format!(
+                    "attempt {attempt}: {why}; again at a fresh timestamp"
+                ));
+                last = why;
+            }
+        }
+    }
+    Err(format!("{ATTEMPTS} attempts failed; the last: {last}"))
+}
+
+async fn backup_once(
+    service: &WalletService,
+    to: &Path,
+    progress: &impl Fn(String),
+) -> Result<Manifest, Attempt> {
+    let failed = Attempt::Failed;
+    let status = |what: String, e: tonic::Status| {
+        let why = format!("{what}: {}", e.message());
+        if wallet_proto::reason::of_status(&e) == wallet_proto::reason::Reason::SnapshotTooOld {
+            Attempt::Again(why)
+        } else {
+            Attempt::Failed(why)
+        }
+    };
     let taken_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -111,12 +154,12 @@ pub async fn backup(
     let ts = service
         .fresh_ts()
         .await
-        .map_err(|e| e.message().to_string())?;
+        .map_err(|e| status("a timestamp".into(), e))?;
     // Closes every shard at `ts`, decides what started before it, and checks conservation there.
     let audit = service
         .audit_at(ts)
         .await
-        .map_err(|e| format!("audit at {ts}: {}", e.message()))?;
+        .map_err(|e| status(format!("audit at {ts}"), e))?;
     let mut files = Vec::new();
     let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
     for shard_id in service.shard_ids() {
@@ -127,15 +170,30 @@ pub async fn backup(
             let page = service
                 .accounts_at(shard_id, ts, after.clone(), PAGE)
                 .await
-                .map_err(|e| format!("shard {shard_id} at {ts}: {}", e.message()))?;
+                .map_err(|e| status(format!("shard {shard_id} at {ts}"), e))?;
+            if page
+                .accounts
+                .first()
+                .is_some_and(|first| first.account_id <= after)
+            {
+                return Err(failed(format!(
+                    "shard {shard_id} answered a page that does not follow {after:?}"
+                )));
+            }
             for account in &page.accounts {
+                if account.balance < account.floor {
+                    return Err(Attempt::Again(format!(
+                        "{} read {} at {ts}, below its floor {}",
+                        account.account_id, account.balance, account.floor
+                    )));
+                }
                 let line = Line {
                     id: account.account_id.clone(),
                     currency: account.currency.clone(),
                     balance: account.balance,
                     floor: account.floor,
                 };
-                serde_json::to_writer(&mut text, &line).map_err(|e| e.to_string())?;
+                serde_json::to_writer(&mut text, &line).map_err(|e| failed(e.to_string()))?;
                 text.push(b'\n');
                 let sum = sums.entry(line.currency).or_default();
                 sum.0 += 1;
@@ -148,7 +206,7 @@ pub async fn backup(
             }
         }
         let file = format!("shard-{shard_id}.jsonl");
-        write_whole(&to.join(&file), &text)?;
+        write_whole(&to.join(&file), &text).map_err(failed)?;
         progress(format!("shard {shard_id}: {count} accounts at ts {ts}"));
         files.push(ShardFile {
             shard_id,
@@ -158,14 +216,15 @@ pub async fn backup(
             crc32: crc32fast::hash(&text),
         });
     }
-    // The pages must add up to the audit at the same timestamp.
+    // The pages must add up to the audit at the same timestamp. (They may hold more accounts:
+    // those opened since the audit, at 0 as of `ts`.)
     for t in &audit.totals {
         let (accounts, balances) = sums.get(&t.currency).copied().unwrap_or_default();
-        if balances.to_string() != t.balances || accounts != t.accounts {
-            return Err(format!(
+        if balances.to_string() != t.balances || accounts < t.accounts {
+            return Err(failed(format!(
                 "{}: the pages hold {accounts} accounts and {balances}, the audit at {ts} {} and {}",
                 t.currency, t.accounts, t.balances
-            ));
+            )));
         }
     }
     let manifest = Manifest {
@@ -182,8 +241,8 @@ pub async fn backup(
             })
             .collect(),
     };
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-    write_whole(&to.join(MANIFEST), &text)?;
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
+    write_whole(&to.join(MANIFEST), &text).map_err(failed)?;
     if let Ok(dir) = std::fs::File::open(to) {
         let _ = dir.sync_all();
     }
@@ -204,8 +263,13 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
         ));
     }
     let mut lines = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    let mut shards = std::collections::HashSet::new();
     let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
     for file in &manifest.files {
+        if !shards.insert(file.file.clone()) {
+            return Err(format!("the manifest names {} twice", file.file));
+        }
         if file.file.contains('/') || file.file.contains("..") {
             return Err(format!(
                 "manifest names a file outside the backup: {:?}",
@@ -213,6 +277,14 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
             ));
         }
         let path: PathBuf = from.join(&file.file);
+        let size = std::fs::metadata(&path).map_err(io(path.display()))?.len();
+        if size != file.bytes {
+            return Err(format!(
+                "{}: {size} bytes; the manifest says {}",
+                path.display(),
+                file.bytes
+            ));
+        }
         let bytes = std::fs::read(&path).map_err(io(path.display()))?;
         if bytes.len() as u64 != file.bytes || crc32fast::hash(&bytes) != file.crc32 {
             return Err(format!(
@@ -231,12 +303,17 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
             }
             let line: Line = serde_json::from_slice(text)
                 .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+            let bad = |why: String| format!("{} line {}: {why}", path.display(), n + 1);
+            wallet_proto::validate::id("account id", &line.id).map_err(|e| bad(e.message))?;
+            wallet_proto::validate::currency(&line.currency).map_err(|e| bad(e.message))?;
+            if line.floor > 0 || line.floor < -i64::MAX {
+                return Err(bad(format!("floor {} out of range", line.floor)));
+            }
             if line.balance < line.floor {
-                return Err(format!(
-                    "{}: {} is below its floor",
-                    path.display(),
-                    line.id
-                ));
+                return Err(bad(format!("{} is below its floor", line.id)));
+            }
+            if !ids.insert(line.id.clone()) {
+                return Err(bad(format!("{} appears twice", line.id)));
             }
             let sum = sums.entry(line.currency.clone()).or_default();
             sum.0 += 1;
@@ -270,9 +347,9 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
 }
 
 /// Opens the accounts of a verified backup through `client` (a new, empty cluster's router),
-/// then audits the cluster against the manifest. Idempotent: run again after a failure, it
-/// opens only what is missing (the bulk path answers an account opened with the same content
-/// as it is; the withdrawals carry fixed request ids).
+/// then audits the cluster against the manifest. Safe to call again on the same cluster within
+/// its request-retention window (the bulk path answers an account opened with the same content
+/// as it is; the withdrawals carry a fixed request id per account).
 pub async fn restore(
     manifest: &Manifest,
     lines: &[Line],
@@ -286,7 +363,8 @@ pub async fn restore(
             .map(|line| CreateAccountRequest {
                 account_id: line.id.clone(),
                 currency: line.currency.clone(),
-                credit_limit: line.floor.checked_neg().unwrap_or(i64::MAX),
+                // `verify` checked -i64::MAX <= floor <= 0.
+                credit_limit: line.floor.saturating_neg(),
                 opening_balance: line.balance.max(0),
             })
             .collect();
@@ -324,4 +402,87 @@ pub async fn restore(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup directory written by hand: `lines` as shard 1's file, with a manifest that
+    /// matches it (so only the lines themselves can be wrong).
+    fn written(lines: &str, file: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("shard-1.jsonl"), lines).unwrap();
+        let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+        for text in lines.lines() {
+            if let Ok(line) = serde_json::from_str::<Line>(text) {
+                let sum = sums.entry(line.currency).or_default();
+                sum.0 += 1;
+                sum.1 += i128::from(line.balance);
+            }
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            ts: 7,
+            taken_at_ms: 0,
+            files: vec![ShardFile {
+                shard_id: 1,
+                file: file.into(),
+                accounts: lines.lines().count() as u64,
+                bytes: lines.len() as u64,
+                crc32: crc32fast::hash(lines.as_bytes()),
+            }],
+            totals: sums
+                .into_iter()
+                .map(|(currency, (accounts, balances))| Total {
+                    currency,
+                    accounts,
+                    balances: balances.to_string(),
+                })
+                .collect(),
+        };
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+
+    fn line(id: &str, balance: i64, floor: i64) -> String {
+        format!(r#"{{"id":"{id}","currency":"USD","balance":{balance},"floor":{floor}}}"#) + "\n"
+    }
+
+    #[test]
+    fn verify_takes_a_sound_backup_over_the_whole_range() {
+        let text = line("a", i64::MAX, 0) + &line("b", -i64::MAX, -i64::MAX) + &line("c", 0, 0);
+        let dir = written(&text, "shard-1.jsonl");
+        let (manifest, lines) = verify(dir.path()).expect("sound");
+        assert_eq!(lines.len(), 3);
+        assert_eq!(manifest.totals[0].balances, "0");
+    }
+
+    #[test]
+    fn verify_refuses_what_restore_could_not_open_before_anything_starts() {
+        for (text, why) in [
+            (line("a", 5, 0) + &line("a", 6, 0), "twice"),
+            (line("a", 5, i64::MIN), "out of range"),
+            (line("a", 5, 3), "out of range"),
+            (line("a", -2, -1), "below its floor"),
+            (line("bad id", 5, 0), "account id"),
+            ("not json\n".to_string(), "line 1"),
+        ] {
+            let dir = written(&text, "shard-1.jsonl");
+            let e = verify(dir.path()).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        // A file outside the backup, and bytes that do not match the manifest.
+        let dir = written(&line("a", 5, 0), "../shard-1.jsonl");
+        assert!(verify(dir.path()).unwrap_err().contains("outside"));
+        let dir = written(&line("a", 5, 0), "shard-1.jsonl");
+        std::fs::write(dir.path().join("shard-1.jsonl"), line("a", 6, 0)).unwrap();
+        assert!(verify(dir.path()).unwrap_err().contains("CRC32"));
+        std::fs::write(dir.path().join("shard-1.jsonl"), line("a", 50, 0)).unwrap();
+        assert!(verify(dir.path()).unwrap_err().contains("bytes"));
+    }
 }

@@ -33,7 +33,8 @@ async fn a_backup_under_load_restores_every_account_as_of_its_timestamp() {
     client.withdraw("owing-w", "owing", i64::MAX).await.unwrap();
     let ids: Vec<String> = s1.iter().chain(&s2).cloned().collect();
 
-    // Load: transfers between random pairs (about half across shards) until told to stop.
+    // Load: transfers between random pairs (about half across shards), and now and then a new
+    // account, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (client, ids, stop) = (cluster.client(), ids.clone(), stop.clone());
@@ -44,6 +45,9 @@ async fn a_backup_under_load_restores_every_account_as_of_its_timestamp() {
             for n in 0..20_000 {
                 if stop.load(Ordering::Relaxed) || Instant::now() > until {
                     break;
+                }
+                if n % 25 == 0 {
+                    let _ = client.create_account(&format!("new-{n}"), "USD", 0).await;
                 }
                 let from = rng.below(ids.len());
                 let to = (from + 1 + rng.below(ids.len() - 1)) % ids.len();
@@ -78,7 +82,13 @@ async fn a_backup_under_load_restores_every_account_as_of_its_timestamp() {
     let (manifest, lines) = backup::verify(&backup_dir).expect("the backup checks");
     // Within the 30 s the shards keep changes for: every account as of the backup's timestamp.
     let mut at_ts = BTreeMap::new();
+    let mut every: std::collections::BTreeSet<String> =
+        lines.iter().map(|l| l.id.clone()).collect();
     for id in ids.iter().chain([&"max".to_string(), &"owing".to_string()]) {
+        assert!(every.contains(id), "{id} missing from the backup");
+    }
+    every.extend(ids.iter().cloned());
+    for id in &every {
         let account = client.get_account_at(id, manifest.ts).await.unwrap();
         at_ts.insert(id.clone(), (account.balance, account.floor));
     }

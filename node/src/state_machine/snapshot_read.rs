@@ -216,9 +216,25 @@ impl StateMachine {
         }
         let mut ids = page.into_vec();
         ids.sort_unstable();
+        // One pass over the kept changes for the whole page (not one per account).
+        let mut newer: std::collections::HashMap<&str, i128> =
+            ids.iter().map(|id| (*id, 0)).collect();
+        for change in self.snapshot.recent.iter().filter(|c| c.commit_ts > ts) {
+            if let Some(sum) = newer.get_mut(change.account_id.as_str()) {
+                *sum += i128::from(change.delta);
+            }
+        }
         let mut accounts = Vec::with_capacity(ids.len());
         for id in ids {
-            let mut account = self.account_at(id, ts)?;
+            let mut account = self.existing(id)?.clone();
+            let undone = newer.get(id).copied().unwrap_or(0);
+            let balance = i128::from(account.balance) - undone;
+            account.balance = i64::try_from(balance).map_err(|_| {
+                Refusal::new(
+                    Reason::Internal,
+                    format!("balance of {id} at {ts} does not fit in i64: {balance}"),
+                )
+            })?;
             account.reserved = 0;
             account.pending_credit = 0;
             accounts.push(account);
