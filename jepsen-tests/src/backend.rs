@@ -197,14 +197,20 @@ impl Backend for Local {
     }
 }
 
-/// Containers on a private Docker network.
+/// Containers on a private Docker network, speaking TLS with certificates in the run's
+/// `cluster/certs` (mounted read-only at `/etc/wallet/certs`).
 pub struct Docker {
     prefix: String,
     network: String,
     topology: Topology,
     dir: PathBuf,
     image: String,
+    /// The harness's own calls to the nodes, as a member (the router's certificate).
+    admin_tls: std::sync::Arc<wallet_tls::ClientTls>,
 }
+
+/// Where the containers find the certificates.
+const CERTS_IN_CONTAINER: &str = "/etc/wallet/certs";
 
 const DOCKER_SUBNET: &str = "198.18.21.0/24";
 const DOCKER_ROUTER_IP: &str = "198.18.21.10";
@@ -268,12 +274,25 @@ impl Docker {
         std::fs::write(dir.join("cluster.toml"), topology.to_toml()).map_err(|e| e.to_string())?;
         // Bind mounts need an absolute path.
         let dir = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
+        // The routers' certificates are valid for the addresses the clients dial.
+        let ids: Vec<u64> = topology.nodes.iter().map(|n| n.id).collect();
+        let certs = dir.join("certs");
+        wallet_tls::issue::ensure_cluster(
+            &certs,
+            &ids,
+            &[DOCKER_ROUTER_IP.into(), DOCKER_SECOND_ROUTER_IP.into()],
+        )
+        .map_err(|e| e.to_string())?;
+        let admin_tls =
+            wallet_tls::ClientTls::load(wallet_tls::issue::files(&certs, wallet_tls::ROUTER_NAME))
+                .map_err(|e| e.to_string())?;
         let mut backend = Docker {
             prefix,
             network,
             topology,
             dir,
             image: image.to_string(),
+            admin_tls,
         };
         let started = backend
             .node_ids()
@@ -308,11 +327,15 @@ impl Docker {
         command: &[&str],
     ) -> Result<(), String> {
         let mount = self.cluster_mount();
+        let certs = format!(
+            "{}:{CERTS_IN_CONTAINER}:ro",
+            self.dir.join("certs").display()
+        );
         let mut args: Vec<&str> = vec!["run", "-d", "--name", name, "--network", &self.network];
         // Fail-stop (G9): a process that exits by itself (a panic) is started again by Docker;
         // the nemesis's `docker kill` is a manual stop, which Docker leaves alone.
         args.extend(["--restart", "on-failure"]);
-        args.extend(["--ip", ip, "-v", &mount]);
+        args.extend(["--ip", ip, "-v", &mount, "-v", &certs]);
         args.extend(options.iter().map(String::as_str));
         args.push(&self.image);
         args.extend(command);
@@ -357,6 +380,11 @@ impl Docker {
             "--resolve-after-ms",
             "1000",
         ];
+        let tls = tls_flags(&wallet_tls::node_name(node_id));
+        let command: Vec<&str> = command
+            .into_iter()
+            .chain(tls.iter().map(String::as_str))
+            .collect();
         self.run_container(
             &self.node_name(node_id),
             &node_ip(node_id),
@@ -373,6 +401,11 @@ impl Docker {
             "--listen",
             "0.0.0.0:7000",
         ];
+        let tls = tls_flags(wallet_tls::ROUTER_NAME);
+        let command: Vec<&str> = command
+            .into_iter()
+            .chain(tls.iter().map(String::as_str))
+            .collect();
         self.run_container(&format!("{}-{role}", self.prefix), ip, &[], &command)
     }
 
@@ -388,7 +421,25 @@ impl Docker {
     }
 }
 
+/// Flags giving a container's process the certificate `name`.
+fn tls_flags(name: &str) -> Vec<String> {
+    wallet_tls::TlsArgs::from(wallet_tls::issue::files(
+        Path::new(CERTS_IN_CONTAINER),
+        name,
+    ))
+    .to_flags()
+}
+
 impl Backend for Docker {
+    fn client_tls(&self) -> Option<wallet_tls::TlsFiles> {
+        Some(wallet_tls::issue::files(
+            &self.dir.join("certs"),
+            wallet_tls::issue::CLIENT_NAME,
+        ))
+    }
+    fn admin_tls(&self) -> Option<std::sync::Arc<wallet_tls::ClientTls>> {
+        Some(self.admin_tls.clone())
+    }
     fn topology(&self) -> &Topology {
         &self.topology
     }
