@@ -341,8 +341,19 @@ fn members_only(
     let Some(members) = members else {
         return Ok(request);
     };
-    match members.check(&request) {
-        Ok(()) => Ok(request),
+    match members.identify(&request) {
+        Ok(name) => {
+            let mut request = request;
+            if let Some(id) = name
+                .strip_prefix("node-")
+                .and_then(|id| id.parse::<u64>().ok())
+            {
+                request
+                    .extensions_mut()
+                    .insert(crate::transport::CallerNode(id));
+            }
+            Ok(request)
+        }
         Err(wallet_tls::Refused::NoCertificate) => Err(Reason::Unauthenticated
             .status("internal services need the client certificate of a cluster member")),
         Err(wallet_tls::Refused::NotAMember) => Err(Reason::PermissionDenied

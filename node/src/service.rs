@@ -344,7 +344,8 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
 #[tonic::async_trait]
 impl wallet_proto::v1::raft_server::Raft for NodeService {
     async fn send(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        let dropped = transport::deliver(&self.registry, request.into_inner());
+        let caller = request.extensions().get::<transport::CallerNode>().copied();
+        let dropped = transport::deliver(&self.registry, request.into_inner(), caller);
         if dropped > 0 {
             tracing::debug!(dropped, "dropped inbound raft messages");
         }
@@ -355,10 +356,15 @@ impl wallet_proto::v1::raft_server::Raft for NodeService {
         &self,
         request: Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftAck>, Status> {
-        let bytes =
-            transport::receive_snapshot(&self.registry, &self.snapshots, request.into_inner())
-                .await
-                .inspect_err(|e| tracing::warn!(error = %e.message(), "snapshot not received"))?;
+        let caller = request.extensions().get::<transport::CallerNode>().copied();
+        let bytes = transport::receive_snapshot(
+            &self.registry,
+            &self.snapshots,
+            request.into_inner(),
+            caller,
+        )
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e.message(), "snapshot not received"))?;
         tracing::info!(bytes, "snapshot received");
         Ok(Response::new(RaftAck {}))
     }

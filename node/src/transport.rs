@@ -310,12 +310,18 @@ async fn stream_snapshot(
     }
 }
 
+/// The node a Raft call came from, by the certificate it presented (over TLS): each message it
+/// carries must name that node as its sender, so one node cannot speak for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallerNode(pub u64);
+
 /// Receives a streamed snapshot: writes it to this node's received file, checks it against the
 /// descriptor in its message, and hands the message to the shard's replica.
 pub async fn receive_snapshot(
     registry: &Registry,
     snapshots: &SnapshotDir,
     mut stream: tonic::Streaming<SnapshotChunk>,
+    caller: Option<CallerNode>,
 ) -> Result<u64, Status> {
     let _receiving = RECEIVING
         .try_acquire()
@@ -327,6 +333,14 @@ pub async fn receive_snapshot(
         .map_err(|_| Status::invalid_argument("a snapshot stream without a raft message"))?;
     if message.get_msg_type() != MessageType::MsgSnapshot {
         return Err(Status::invalid_argument("not a MsgSnapshot"));
+    }
+    if caller.is_some_and(|c| c.0 != message.get_from()) {
+        return Err(
+            wallet_proto::reason::Reason::PermissionDenied.status(format!(
+                "a snapshot from node {} sent by another node",
+                message.get_from()
+            )),
+        );
     }
     let replica = registry
         .get()
@@ -403,7 +417,7 @@ async fn next_chunk(
 
 /// Decodes an inbound batch and hands each message to its replica. Messages for shards this node
 /// does not host, or that do not decode, are dropped and counted.
-pub fn deliver(registry: &Registry, batch: RaftBatch) -> usize {
+pub fn deliver(registry: &Registry, batch: RaftBatch, caller: Option<CallerNode>) -> usize {
     let Some(replicas) = registry.get() else {
         return 0;
     };
@@ -414,6 +428,15 @@ pub fn deliver(registry: &Registry, batch: RaftBatch) -> usize {
             continue;
         };
         match Message::parse_from_bytes(&envelope.message) {
+            Ok(message) if caller.is_some_and(|c| c.0 != message.get_from()) => {
+                tracing::warn!(
+                    shard = envelope.shard_id,
+                    from = message.get_from(),
+                    caller = caller.map(|c| c.0),
+                    "dropped a Raft message whose sender is not the node that sent it"
+                );
+                dropped += 1;
+            }
             Ok(message) => {
                 if replica
                     .inbox
@@ -448,7 +471,7 @@ mod tests {
             &self,
             request: tonic::Request<RaftBatch>,
         ) -> Result<tonic::Response<RaftAck>, Status> {
-            deliver(&self.registry, request.into_inner());
+            deliver(&self.registry, request.into_inner(), None);
             Ok(tonic::Response::new(RaftAck {}))
         }
 
@@ -456,9 +479,39 @@ mod tests {
             &self,
             request: tonic::Request<tonic::Streaming<SnapshotChunk>>,
         ) -> Result<tonic::Response<RaftAck>, Status> {
-            receive_snapshot(&self.registry, &self.snapshots, request.into_inner()).await?;
+            receive_snapshot(&self.registry, &self.snapshots, request.into_inner(), None).await?;
             Ok(tonic::Response::new(RaftAck {}))
         }
+    }
+
+    /// Over TLS the caller's certificate names a node: a message that says it comes from
+    /// another node is dropped (one node cannot vote or append for another), the rest arrive.
+    #[test]
+    #[allow(clippy::field_reassign_with_default)] // protobuf-2 messages, as raft-rs does
+    fn a_raft_message_is_delivered_only_from_the_node_that_sent_it() {
+        let (registry, mut inbox) = registry(7);
+        let envelope = |from: u64| {
+            let mut message = Message::default();
+            message.set_msg_type(MessageType::MsgHeartbeat);
+            message.set_from(from);
+            message.set_to(1);
+            RaftEnvelope {
+                shard_id: 7,
+                message: message.write_to_bytes().unwrap(),
+            }
+        };
+        let batch = RaftBatch {
+            from_node: 2,
+            messages: vec![envelope(2), envelope(3)],
+        };
+        assert_eq!(deliver(&registry, batch.clone(), Some(CallerNode(2))), 1);
+        match inbox.try_recv() {
+            Ok(ReplicaMsg::Raft(message)) => assert_eq!(message.get_from(), 2),
+            _ => panic!("node 2's message was not delivered"),
+        }
+        assert!(inbox.try_recv().is_err(), "node 3's message was delivered");
+        // Without TLS nothing names the caller: both arrive.
+        assert_eq!(deliver(&registry, batch, None), 0);
     }
 
     /// A registry whose only replica is an inbox the test reads.

@@ -40,26 +40,28 @@ impl Members {
 
     /// Whether the caller of `request` is a member.
     pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<(), Refused> {
+        self.identify(request).map(|_| ())
+    }
+
+    /// The member the caller of `request` is: the first of the names its certificate is valid
+    /// for (a certificate names one member).
+    pub fn identify<T>(&self, request: &tonic::Request<T>) -> Result<String, Refused> {
         let certs = request.peer_certs();
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
             return Err(Refused::NoCertificate);
         };
-        self.check_certificate(leaf)
+        self.identify_certificate(leaf)
     }
 
-    /// Whether a (CA-verified) leaf certificate names a member.
-    pub fn check_certificate(&self, leaf: &CertificateDer<'_>) -> Result<(), Refused> {
+    /// The member a (CA-verified) leaf certificate names.
+    pub fn identify_certificate(&self, leaf: &CertificateDer<'_>) -> Result<String, Refused> {
         let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
             return Err(Refused::NotAMember);
         };
-        if self
-            .names
+        self.names
             .iter()
-            .any(|name| cert.verify_is_valid_for_subject_name(name).is_ok())
-        {
-            Ok(())
-        } else {
-            Err(Refused::NotAMember)
-        }
+            .find(|name| cert.verify_is_valid_for_subject_name(name).is_ok())
+            .map(|name| name.to_str().into_owned())
+            .ok_or(Refused::NotAMember)
     }
 }
