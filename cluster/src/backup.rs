@@ -81,6 +81,49 @@ pub struct Line {
     pub floor: i64,
 }
 
+/// Per currency: accounts and the sum of their balances (in i128: the sum may leave i64).
+#[derive(Default)]
+struct Sums(BTreeMap<String, (u64, i128)>);
+
+impl Sums {
+    fn add(&mut self, currency: &str, balance: i64) {
+        let sum = self.0.entry(currency.to_string()).or_default();
+        sum.0 += 1;
+        sum.1 += i128::from(balance);
+    }
+
+    fn totals(self) -> Vec<Total> {
+        self.0
+            .into_iter()
+            .map(|(currency, (accounts, balances))| Total {
+                currency,
+                accounts,
+                balances: balances.to_string(),
+            })
+            .collect()
+    }
+}
+
+/// Totals keyed by currency, to compare two sets whatever their order.
+fn keyed<'a>(
+    totals: impl IntoIterator<Item = (&'a str, u64, &'a str)>,
+) -> BTreeMap<String, (u64, String)> {
+    totals
+        .into_iter()
+        .map(|(currency, accounts, balances)| {
+            (currency.to_string(), (accounts, balances.to_string()))
+        })
+        .collect()
+}
+
+fn keyed_manifest(totals: &[Total]) -> BTreeMap<String, (u64, String)> {
+    keyed(
+        totals
+            .iter()
+            .map(|t| (t.currency.as_str(), t.accounts, t.balances.as_str())),
+    )
+}
+
 fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> String {
     move |e| format!("{what}: {e}")
 }
@@ -161,7 +204,7 @@ async fn backup_once(
         .await
         .map_err(|e| status(format!("audit at {ts}"), e))?;
     let mut files = Vec::new();
-    let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+    let mut sums = Sums::default();
     for shard_id in service.shard_ids() {
         let mut text = Vec::new();
         let mut after = String::new();
@@ -195,9 +238,7 @@ async fn backup_once(
                 };
                 serde_json::to_writer(&mut text, &line).map_err(|e| failed(e.to_string()))?;
                 text.push(b'\n');
-                let sum = sums.entry(line.currency).or_default();
-                sum.0 += 1;
-                sum.1 += i128::from(line.balance);
+                sums.add(&line.currency, line.balance);
                 count += 1;
             }
             match page.accounts.last() {
@@ -219,7 +260,7 @@ async fn backup_once(
     // The pages must add up to the audit at the same timestamp. (They may hold more accounts:
     // those opened since the audit, at 0 as of `ts`.)
     for t in &audit.totals {
-        let (accounts, balances) = sums.get(&t.currency).copied().unwrap_or_default();
+        let (accounts, balances) = sums.0.get(&t.currency).copied().unwrap_or_default();
         if balances.to_string() != t.balances || accounts < t.accounts {
             return Err(failed(format!(
                 "{}: the pages hold {accounts} accounts and {balances}, the audit at {ts} {} and {}",
@@ -232,14 +273,7 @@ async fn backup_once(
         ts,
         taken_at_ms,
         files,
-        totals: sums
-            .into_iter()
-            .map(|(currency, (accounts, balances))| Total {
-                currency,
-                accounts,
-                balances: balances.to_string(),
-            })
-            .collect(),
+        totals: sums.totals(),
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
     write_whole(&to.join(MANIFEST), &text).map_err(failed)?;
@@ -265,7 +299,7 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
     let mut lines = Vec::new();
     let mut ids = std::collections::HashSet::new();
     let mut shards = std::collections::HashSet::new();
-    let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+    let mut sums = Sums::default();
     for file in &manifest.files {
         if !shards.insert(file.file.clone()) {
             return Err(format!("the manifest names {} twice", file.file));
@@ -315,9 +349,7 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
             if !ids.insert(line.id.clone()) {
                 return Err(bad(format!("{} appears twice", line.id)));
             }
-            let sum = sums.entry(line.currency.clone()).or_default();
-            sum.0 += 1;
-            sum.1 += i128::from(line.balance);
+            sums.add(&line.currency, line.balance);
             lines.push(line);
             count += 1;
         }
@@ -329,15 +361,8 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
             ));
         }
     }
-    let want: BTreeMap<String, (u64, String)> = manifest
-        .totals
-        .iter()
-        .map(|t| (t.currency.clone(), (t.accounts, t.balances.clone())))
-        .collect();
-    let got: BTreeMap<String, (u64, String)> = sums
-        .into_iter()
-        .map(|(c, (n, b))| (c, (n, b.to_string())))
-        .collect();
+    let want = keyed_manifest(&manifest.totals);
+    let got = keyed_manifest(&sums.totals());
     if want != got {
         return Err(format!(
             "the files add up to {got:?}, the manifest says {want:?}"
@@ -386,16 +411,13 @@ pub async fn restore(
         progress(format!("{opened} of {} accounts opened", lines.len()));
     }
     let audit = client.audit().await.map_err(|e| e.to_string())?;
-    let got: BTreeMap<String, (u64, String)> = audit
-        .totals
-        .iter()
-        .map(|t| (t.currency.clone(), (t.accounts, t.balances.clone())))
-        .collect();
-    let want: BTreeMap<String, (u64, String)> = manifest
-        .totals
-        .iter()
-        .map(|t| (t.currency.clone(), (t.accounts, t.balances.clone())))
-        .collect();
+    let got = keyed(
+        audit
+            .totals
+            .iter()
+            .map(|t| (t.currency.as_str(), t.accounts, t.balances.as_str())),
+    );
+    let want = keyed_manifest(&manifest.totals);
     if got != want {
         return Err(format!(
             "the restored cluster holds {got:?}; the backup {want:?}"
@@ -413,12 +435,10 @@ mod tests {
     fn written(lines: &str, file: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("shard-1.jsonl"), lines).unwrap();
-        let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+        let mut sums = Sums::default();
         for text in lines.lines() {
             if let Ok(line) = serde_json::from_str::<Line>(text) {
-                let sum = sums.entry(line.currency).or_default();
-                sum.0 += 1;
-                sum.1 += i128::from(line.balance);
+                sums.add(&line.currency, line.balance);
             }
         }
         let manifest = Manifest {
@@ -432,14 +452,7 @@ mod tests {
                 bytes: lines.len() as u64,
                 crc32: crc32fast::hash(lines.as_bytes()),
             }],
-            totals: sums
-                .into_iter()
-                .map(|(currency, (accounts, balances))| Total {
-                    currency,
-                    accounts,
-                    balances: balances.to_string(),
-                })
-                .collect(),
+            totals: sums.totals(),
         };
         std::fs::write(
             dir.path().join(MANIFEST),

@@ -101,19 +101,16 @@ pub async fn run(
         None => None,
     };
     let tls = match &options.tls {
-        Some(files) => Some((
-            wallet_tls::ServerTls::load(files.clone(), wallet_tls::ClientAuth::Optional)?,
-            wallet_tls::ClientTls::load(files.clone())?,
-        )),
+        Some(files) => Some(wallet_tls::MemberTls::load(
+            files.clone(),
+            wallet_tls::ClientAuth::Optional,
+        )?),
         None => None,
     };
     // Installed before the (possibly long) start-up, so a rotation's SIGHUP never meets the
     // signal's default action (the end of the process).
     let reload = match &tls {
-        Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
-            server.clone() as Arc<dyn wallet_tls::Reload>,
-            client.clone(),
-        ])?),
+        Some(tls) => Some(tls.reload_on_sighup()?),
         None => None,
     };
     let db = open_db(&options.data_dir)?;
@@ -132,7 +129,7 @@ pub async fn run(
         registry.clone(),
         snapshots.clone(),
         options.raft_compress_above,
-        tls.as_ref().map(|(_, client)| client.clone()),
+        tls.as_ref().map(|tls| tls.client.clone()),
     );
     let ring = topology.ring();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -191,7 +188,7 @@ pub async fn run(
     let _ = registry.set(handles);
     let shards = Arc::new(Shards::with_tls(
         topology.clone(),
-        tls.as_ref().map(|(_, client)| client.clone()),
+        tls.as_ref().map(|tls| tls.client.clone()),
     )?);
     let service = NodeService::new(options.node_id, ring, registry, shards.clone(), snapshots);
     let recovery = tokio::spawn(crate::recovery::run(
@@ -204,7 +201,7 @@ pub async fn run(
         topology.clone(),
         probes,
         more_probes,
-        tls.as_ref().map(|(_, client)| client.clone()),
+        tls.as_ref().map(|tls| tls.client.clone()),
         stop_rx.clone(),
     ));
     drop(prober);
@@ -294,24 +291,13 @@ pub async fn run(
     // Bound only now that the replicas are open: until then a caller is refused at once and
     // goes to another replica instead of waiting on a port nobody serves yet.
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
-    match &tls {
-        Some((server, _)) => {
-            router
-                .serve_with_incoming_shutdown(
-                    server.listen(listener, wallet_tls::Alpn::Grpc),
-                    shutdown,
-                )
-                .await?
-        }
-        None => {
-            router
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    shutdown,
-                )
-                .await?
-        }
-    }
+    wallet_ops::rpc_metrics::serve(
+        router,
+        listener,
+        tls.as_ref().map(|tls| &tls.server),
+        shutdown,
+    )
+    .await?;
     health_check.abort();
     if let Some(reload) = reload {
         reload.abort();

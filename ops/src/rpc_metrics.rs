@@ -251,6 +251,39 @@ where
     }
 }
 
+/// A gRPC server measured by [`RpcMetrics`], as nodes and routers build it.
+pub type MeasuredRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<RpcMetrics, tower::layer::util::Identity>,
+>;
+
+/// Serves `router` on `listener` until `shutdown` resolves: over TLS (HTTP/2) when `tls` is
+/// given, else plaintext with Nagle off.
+pub async fn serve(
+    router: MeasuredRouter,
+    listener: tokio::net::TcpListener,
+    tls: Option<&std::sync::Arc<wallet_tls::ServerTls>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tls.listen(listener, wallet_tls::Alpn::Grpc),
+                    shutdown,
+                )
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,26 +69,20 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async move {
         let tls = match args.tls.files()? {
-            Some(files) => Some((
-                wallet_tls::ServerTls::load(files.clone(), args.client_auth)?,
-                wallet_tls::ClientTls::load(files)?,
-            )),
+            Some(files) => Some(wallet_tls::MemberTls::load(files, args.client_auth)?),
             None if args.client_auth != wallet_tls::ClientAuth::None => {
                 return Err("--client-auth needs TLS (--tls-ca, --tls-cert, --tls-key)".into())
             }
             None => None,
         };
         let reload = match &tls {
-            Some((server, client)) => Some(wallet_tls::reload_on_sighup(vec![
-                server.clone() as std::sync::Arc<dyn wallet_tls::Reload>,
-                client.clone(),
-            ])?),
+            Some(tls) => Some(tls.reload_on_sighup()?),
             None => None,
         };
         let service = WalletService::for_topology(
             topology,
             args.max_in_flight,
-            tls.as_ref().map(|(_, client)| client.clone()),
+            tls.as_ref().map(|tls| tls.client.clone()),
         )?;
         let (registry, rpc_metrics) = crate::metrics::registry();
         let verdict = wallet_ops::grpc_meta::Verdict::default();
@@ -110,7 +104,14 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
         let http = match args.http_listen {
             Some(listen) => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
-                Some(crate::http::spawn(listener, service.clone(), tls.as_ref().map(|(s, _)| s))?.1)
+                Some(
+                    crate::http::spawn(
+                        listener,
+                        service.clone(),
+                        tls.as_ref().map(|tls| &tls.server),
+                    )?
+                    .1,
+                )
             }
             None => None,
         };
@@ -151,25 +152,13 @@ fn start(args: RouterArgs) -> Result<(), Box<dyn std::error::Error>> {
                     .send_compressed(Zstd),
             );
         let shutdown = wallet_proto::shutdown::signal();
-        match &tls {
-            Some((server, _)) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        server.listen(listener, wallet_tls::Alpn::Grpc),
-                        shutdown,
-                    )
-                    .await?
-            }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
-                        shutdown,
-                    )
-                    .await?
-            }
-        }
+        wallet_ops::rpc_metrics::serve(
+            router,
+            listener,
+            tls.as_ref().map(|tls| &tls.server),
+            shutdown,
+        )
+        .await?;
         health_check.abort();
         for task in [metrics, http, reload].into_iter().flatten() {
             task.abort();

@@ -22,7 +22,7 @@ pub use args::TlsArgs;
 pub use client::ClientTls;
 pub use files::TlsFiles;
 pub use member::{Members, Refused};
-pub use reload::{reload_on_sighup, Reload};
+pub use reload::{reload_on_sighup, MemberTls, Reload};
 pub use server::{Alpn, ClientAuth, ServerStream, ServerTls, TlsListener};
 
 /// The name a node's certificate is valid for, and what a peer verifies when it dials node `id`.

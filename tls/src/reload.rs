@@ -35,3 +35,27 @@ pub fn reload_on_sighup(
         }
     }))
 }
+
+/// A member's TLS (a node's, a router's): it serves with its certificate and dials with it.
+pub struct MemberTls {
+    pub server: Arc<crate::ServerTls>,
+    pub client: Arc<crate::ClientTls>,
+}
+
+impl MemberTls {
+    /// Reads `files` for both sides; the server asks clients for certificates as `auth` says.
+    pub fn load(files: crate::TlsFiles, auth: crate::ClientAuth) -> Result<MemberTls, TlsError> {
+        Ok(MemberTls {
+            server: crate::ServerTls::load(files.clone(), auth)?,
+            client: crate::ClientTls::load(files)?,
+        })
+    }
+
+    /// Reloads both sides on every SIGHUP (see [`reload_on_sighup`]).
+    pub fn reload_on_sighup(&self) -> Result<tokio::task::JoinHandle<()>, TlsError> {
+        reload_on_sighup(vec![
+            self.server.clone() as Arc<dyn Reload>,
+            self.client.clone(),
+        ])
+    }
+}
