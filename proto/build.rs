@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "DepositRequest",
         "WithdrawRequest",
         "TransferRequest",
+        "AccountStateRequest",
     ] {
         builder = builder.message_attribute(
             format!(".wallet.v1.{request}"),
@@ -36,6 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute(
             ".wallet.v1.Transfer.status",
             "#[serde(serialize_with = \"crate::json::transfer_status\")]",
+        )
+        .field_attribute(
+            ".wallet.v1.Account.state",
+            "#[serde(serialize_with = \"crate::json::account_state\")]",
         )
         .field_attribute(
             ".wallet.v1.HistoryEntry.kind",

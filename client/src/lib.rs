@@ -32,12 +32,28 @@ use wallet_proto::v1::{
     TransferBatchRequest, TransferBatchResponse,
 };
 pub use wallet_proto::v1::{
-    Account, AuditReport, BalanceChange, CreateAccountRequest, CurrencyTotals, DepositRequest,
-    EntryKind, HistoryEntry, ListTransfersResponse, Transfer, TransferRequest, TransferStatus,
-    WithdrawRequest,
+    Account, AccountState, AccountStateRequest, AuditReport, BalanceChange, CreateAccountRequest,
+    CurrencyTotals, DepositRequest, EntryKind, HistoryEntry, ListTransfersResponse, Transfer,
+    TransferRequest, TransferStatus, WithdrawRequest,
 };
 use wallet_tls::ClientTls;
 pub use wallet_tls::{TlsArgs, TlsFiles};
+
+/// A change of an account's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Freeze,
+    Unfreeze,
+    Close,
+}
+
+fn lifecycle(request_id: &str, account_id: &str) -> AccountStateRequest {
+    AccountStateRequest {
+        request_id: request_id.into(),
+        account_id: account_id.into(),
+        issued_at_ms: now_ms(),
+    }
+}
 
 /// Milliseconds since the Unix epoch on this machine's clock: the issue time the client stamps on
 /// a request that has none (`issued_at_ms`, README § Retention).
@@ -128,6 +144,9 @@ rpcs! {
     get_transfer(GetTransferRequest) -> Transfer;
     list_transfers(ListTransfersRequest) -> ListTransfersResponse;
     audit(AuditRequest) -> AuditReport;
+    close_account(AccountStateRequest) -> Account;
+    freeze_account(AccountStateRequest) -> Account;
+    unfreeze_account(AccountStateRequest) -> Account;
 }
 
 /// A client of one or more routers, or of a router embedded in this process
@@ -365,6 +384,58 @@ impl WalletClient {
             to_account_id: to_account_id.into(),
             amount,
             issued_at_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Freezes an account: its deposits, withdrawals and transfers are refused with
+    /// `ACCOUNT_FROZEN` until it is unfrozen. Exactly-once by `request_id`, like a deposit.
+    pub async fn freeze_account(
+        &self,
+        request_id: &str,
+        account_id: &str,
+    ) -> Result<Account, WalletError> {
+        self.change_account_state(Lifecycle::Freeze, lifecycle(request_id, account_id))
+            .await
+    }
+
+    /// Lets a frozen account move money again.
+    pub async fn unfreeze_account(
+        &self,
+        request_id: &str,
+        account_id: &str,
+    ) -> Result<Account, WalletError> {
+        self.change_account_state(Lifecycle::Unfreeze, lifecycle(request_id, account_id))
+            .await
+    }
+
+    /// Closes an account for good (balance 0, nothing reserved or pending, not frozen; else
+    /// `ACCOUNT_NOT_EMPTY` or `ACCOUNT_FROZEN`). Later changes are refused with `ACCOUNT_CLOSED`.
+    pub async fn close_account(
+        &self,
+        request_id: &str,
+        account_id: &str,
+    ) -> Result<Account, WalletError> {
+        self.change_account_state(Lifecycle::Close, lifecycle(request_id, account_id))
+            .await
+    }
+
+    /// A lifecycle change as built by the caller (see [`WalletClient::deposit_request`]).
+    pub async fn change_account_state(
+        &self,
+        change: Lifecycle,
+        mut request: AccountStateRequest,
+    ) -> Result<Account, WalletError> {
+        request.issued_at_ms = stamped(request.issued_at_ms);
+        self.retrying(|c| {
+            let r = request.clone();
+            async move {
+                match change {
+                    Lifecycle::Freeze => c.freeze_account(r).await,
+                    Lifecycle::Unfreeze => c.unfreeze_account(r).await,
+                    Lifecycle::Close => c.close_account(r).await,
+                }
+            }
         })
         .await
     }

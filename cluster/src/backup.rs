@@ -24,7 +24,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wallet_client::{CreateAccountRequest, WalletClient};
+use wallet_client::{
+    AccountState, AccountStateRequest, CreateAccountRequest, Lifecycle, WalletClient,
+};
 use wallet_router::service::WalletService;
 
 /// The manifest's file name.
@@ -79,6 +81,12 @@ pub struct Line {
     pub balance: i64,
     /// Lowest balance allowed (0, or minus the credit limit).
     pub floor: i64,
+    /// `FROZEN` or `CLOSED` as the account was when its page was read (after the timestamp);
+    /// absent for an open account. A restore freezes or closes the account again, except an
+    /// account closed after the timestamp whose balance then was not 0: it is restored open, as
+    /// it was at the timestamp.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
 }
 
 /// Per currency: accounts and the sum of their balances (in i128: the sum may leave i64).
@@ -235,6 +243,11 @@ async fn backup_once(
                     currency: account.currency.clone(),
                     balance: account.balance,
                     floor: account.floor,
+                    state: match AccountState::try_from(account.state) {
+                        Ok(AccountState::Frozen) => "FROZEN".into(),
+                        Ok(AccountState::Closed) => "CLOSED".into(),
+                        _ => String::new(),
+                    },
                 };
                 serde_json::to_writer(&mut text, &line).map_err(|e| failed(e.to_string()))?;
                 text.push(b'\n');
@@ -343,6 +356,12 @@ pub fn verify(from: &Path) -> Result<(Manifest, Vec<Line>), String> {
             if line.floor > 0 || line.floor < -i64::MAX {
                 return Err(bad(format!("floor {} out of range", line.floor)));
             }
+            if !matches!(line.state.as_str(), "" | "FROZEN" | "CLOSED") {
+                return Err(bad(format!(
+                    "{} has unknown state {:?}",
+                    line.id, line.state
+                )));
+            }
             if line.balance < line.floor {
                 return Err(bad(format!("{} is below its floor", line.id)));
             }
@@ -406,6 +425,24 @@ pub async fn restore(
                     .await
                     .map_err(|e| format!("account {} (negative balance): {e}", line.id))?;
             }
+            let change = match line.state.as_str() {
+                "FROZEN" => Some(Lifecycle::Freeze),
+                "CLOSED" if line.balance == 0 => Some(Lifecycle::Close),
+                _ => None,
+            };
+            if let Some(change) = change {
+                client
+                    .change_account_state(
+                        change,
+                        AccountStateRequest {
+                            request_id: "restore-state".into(),
+                            account_id: line.id.clone(),
+                            issued_at_ms: 0,
+                        },
+                    )
+                    .await
+                    .map_err(|e| format!("account {} ({}): {e}", line.id, line.state))?;
+            }
         }
         opened += chunk.len();
         progress(format!("{opened} of {} accounts opened", lines.len()));
@@ -468,10 +505,13 @@ mod tests {
 
     #[test]
     fn verify_takes_a_sound_backup_over_the_whole_range() {
-        let text = line("a", i64::MAX, 0) + &line("b", -i64::MAX, -i64::MAX) + &line("c", 0, 0);
+        let text = line("a", i64::MAX, 0)
+            + &line("b", -i64::MAX, -i64::MAX)
+            + &line("c", 0, 0).replace('}', r#","state":"CLOSED"}"#);
         let dir = written(&text, "shard-1.jsonl");
         let (manifest, lines) = verify(dir.path()).expect("sound");
         assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2].state, "CLOSED");
         assert_eq!(manifest.totals[0].balances, "0");
     }
 
@@ -483,6 +523,10 @@ mod tests {
             (line("a", 5, 3), "out of range"),
             (line("a", -2, -1), "below its floor"),
             (line("bad id", 5, 0), "account id"),
+            (
+                line("a", 5, 0).replace('}', r#","state":"GONE"}"#),
+                "unknown state",
+            ),
             ("not json\n".to_string(), "line 1"),
         ] {
             let dir = written(&text, "shard-1.jsonl");

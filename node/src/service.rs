@@ -126,6 +126,9 @@ impl NodeService {
             }
             Some(Op::Deposit(d)) => self.check_owner(shard_id, &d.account_id)?,
             Some(Op::Withdraw(w)) => self.check_owner(shard_id, &w.account_id)?,
+            Some(Op::CloseAccount(r) | Op::FreezeAccount(r) | Op::UnfreezeAccount(r)) => {
+                self.check_owner(shard_id, &r.account_id)?
+            }
             Some(Op::Transfer(t)) => {
                 self.check_owner(shard_id, &t.from_account_id)?;
                 self.check_owner(shard_id, &t.to_account_id)?;

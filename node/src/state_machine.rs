@@ -20,9 +20,9 @@ use std::collections::{BTreeSet, HashMap};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
-    command::Op, outcome, Account, BalanceChange, Command, CreateAccountRequest, CreateAccounts,
-    EntryKind, HistoryEntry, Intent, IntentState, Outcome, Outcomes, RequestRecord, SetRetention,
-    Transfer, TransferRequest, TransferStatus, TsoWindow,
+    command::Op, outcome, Account, AccountState, BalanceChange, Command, CreateAccountRequest,
+    CreateAccounts, EntryKind, HistoryEntry, Intent, IntentState, Outcome, Outcomes, RequestRecord,
+    SetRetention, Transfer, TransferRequest, TransferStatus, TsoWindow,
 };
 use wallet_proto::validate;
 
@@ -304,6 +304,7 @@ impl StateMachine {
             version: 0,
             pending_credit: 0,
             opening_balance: create.opening_balance,
+            state: AccountState::Open as i32,
         };
         self.accounts
             .insert(account.account_id.clone(), account.clone());
@@ -372,7 +373,7 @@ impl StateMachine {
         }
     }
 
-    /// Deposit, withdraw and transfer: deduplicated by (account, request id).
+    /// Deposit, withdraw, transfer and the lifecycle: deduplicated by (account, request id).
     fn idempotent(
         &mut self,
         command: &Command,
@@ -381,13 +382,18 @@ impl StateMachine {
     ) -> Result<Outcome, Refusal> {
         validate::id("request id", &command.request_id)?;
         let (account_id, amount, issued_at_ms) = match op {
-            Op::Deposit(d) => (&d.account_id, d.amount, d.issued_at_ms),
-            Op::Withdraw(w) => (&w.account_id, w.amount, w.issued_at_ms),
-            Op::Transfer(t) => (&t.from_account_id, t.amount, t.issued_at_ms),
-            _ => unreachable!("apply routes only deposit, withdraw and transfer here"),
+            Op::Deposit(d) => (&d.account_id, Some(d.amount), d.issued_at_ms),
+            Op::Withdraw(w) => (&w.account_id, Some(w.amount), w.issued_at_ms),
+            Op::Transfer(t) => (&t.from_account_id, Some(t.amount), t.issued_at_ms),
+            Op::CloseAccount(r) | Op::FreezeAccount(r) | Op::UnfreezeAccount(r) => {
+                (&r.account_id, None, r.issued_at_ms)
+            }
+            _ => return Err(Refusal::new(Reason::Internal, "not a deduplicated command")),
         };
         validate::id("account id", account_id)?;
-        validate::amount(amount)?;
+        if let Some(amount) = amount {
+            validate::amount(amount)?;
+        }
         self.check_owned(account_id)?;
         self.retention.check_issued(issued_at_ms)?;
         let key = (account_id.clone(), command.request_id.clone());
@@ -410,7 +416,10 @@ impl StateMachine {
             // amount >= 1 was checked above, so the negation cannot overflow.
             Op::Withdraw(w) => self.change_balance(command, &w.account_id, -w.amount, writes),
             Op::Transfer(t) => self.transfer_within_shard(command, t, writes),
-            _ => unreachable!("apply routes only deposit, withdraw and transfer here"),
+            Op::CloseAccount(r) => self.set_state(&r.account_id, AccountState::Closed, writes),
+            Op::FreezeAccount(r) => self.set_state(&r.account_id, AccountState::Frozen, writes),
+            Op::UnfreezeAccount(r) => self.set_state(&r.account_id, AccountState::Open, writes),
+            _ => Err(Refusal::new(Reason::Internal, "not a deduplicated command")),
         }?;
         self.remember(key, command, outcome.clone(), issued_at_ms, writes);
         Ok(outcome)
@@ -593,6 +602,9 @@ impl StateMachine {
     ) -> Result<Outcome, Refusal> {
         debug_assert!(delta != 0);
         let account = self.existing(account_id)?;
+        if let Err(refusal) = movable(account) {
+            return Ok(Outcome::from(refusal));
+        }
         let balance = match Self::balance_after(account, delta) {
             Ok(balance) => balance,
             Err(refusal) if refusal.reason == Reason::InsufficientFunds => {
@@ -642,6 +654,9 @@ impl StateMachine {
         let to = self.existing(&t.to_account_id)?;
         let currency = from.currency.clone();
         same_currency(&from.account_id, &from.currency, to)?;
+        if let Err(refusal) = movable(from).and_then(|_| movable(to)) {
+            return Ok(Outcome::from(refusal));
+        }
         let to_balance = Self::balance_after(to, t.amount)?;
         let from_balance = match Self::balance_after(from, -t.amount) {
             Ok(balance) => balance,
@@ -685,6 +700,53 @@ impl StateMachine {
                 start_ts: command.ts,
                 commit_ts: command.ts,
             })),
+        })
+    }
+
+    /// Freezes, unfreezes or closes an account; answers it after the change. A refusal
+    /// (`ACCOUNT_CLOSED`, `ACCOUNT_FROZEN`, `ACCOUNT_NOT_EMPTY`) is an outcome, remembered as the
+    /// request's first like `INSUFFICIENT_FUNDS`.
+    fn set_state(
+        &mut self,
+        account_id: &str,
+        state: AccountState,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Refusal> {
+        let account = self.existing(account_id)?;
+        let now = AccountState::try_from(account.state).unwrap_or(AccountState::Open);
+        let refusal = match (now, state) {
+            (AccountState::Closed, AccountState::Closed) => None,
+            (AccountState::Closed, _) => Some(closed(account)),
+            (AccountState::Frozen, AccountState::Closed) => Some(Refusal::new(
+                Reason::AccountFrozen,
+                format!("account {account_id} is frozen: unfreeze it before closing it"),
+            )),
+            (_, AccountState::Closed)
+                if account.balance != 0 || account.reserved != 0 || account.pending_credit != 0 =>
+            {
+                Some(Refusal::new(
+                    Reason::AccountNotEmpty,
+                    format!(
+                        "account {account_id} holds {} with {} reserved and {} pending credit: \
+                         only an account at 0 with nothing in flight can close",
+                        account.balance, account.reserved, account.pending_credit
+                    ),
+                ))
+            }
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Outcome::from(refusal));
+        }
+        let mut account = account.clone();
+        if now != state {
+            account.state = state as i32;
+            writes.push(Write::Account(account.clone()));
+            self.accounts
+                .insert(account.account_id.clone(), account.clone());
+        }
+        Ok(Outcome {
+            result: Some(outcome::Result::Account(account)),
         })
     }
 
@@ -776,6 +838,7 @@ fn without_issue_time(op: &Op) -> Op {
         Op::Deposit(d) => d.issued_at_ms = 0,
         Op::Withdraw(w) => w.issued_at_ms = 0,
         Op::Transfer(t) => t.issued_at_ms = 0,
+        Op::CloseAccount(r) | Op::FreezeAccount(r) | Op::UnfreezeAccount(r) => r.issued_at_ms = 0,
         Op::PrepareDebit(p) => {
             if let Some(t) = p.transfer.as_mut() {
                 t.issued_at_ms = 0;
@@ -794,7 +857,14 @@ fn without_issue_time(op: &Op) -> Op {
 /// What becomes of a record once its retention window passed (`retention.rs`).
 pub(crate) fn record_fate(record: &RequestRecord) -> Fate {
     match record.command.as_ref().and_then(|c| c.op.as_ref()) {
-        Some(Op::Deposit(_) | Op::Withdraw(_) | Op::Transfer(_)) => Fate::Forget,
+        Some(
+            Op::Deposit(_)
+            | Op::Withdraw(_)
+            | Op::Transfer(_)
+            | Op::CloseAccount(_)
+            | Op::FreezeAccount(_)
+            | Op::UnfreezeAccount(_),
+        ) => Fate::Forget,
         Some(Op::PrepareDebit(_)) => {
             match record.outcome.as_ref().and_then(|o| o.result.as_ref()) {
                 Some(outcome::Result::Transfer(t)) => match TransferStatus::try_from(t.status) {
@@ -810,6 +880,33 @@ pub(crate) fn record_fate(record: &RequestRecord) -> Fate {
         }
         _ => Fate::Keep,
     }
+}
+
+/// Whether money may move into or out of the account now: `ACCOUNT_FROZEN` or `ACCOUNT_CLOSED`
+/// if not. Decisions on transfers already prepared do not ask: their money was checked then.
+pub(crate) fn movable(account: &Account) -> Result<(), Refusal> {
+    match AccountState::try_from(account.state) {
+        Ok(AccountState::Open) => Ok(()),
+        Ok(AccountState::Frozen) => Err(Refusal::new(
+            Reason::AccountFrozen,
+            format!("account {} is frozen", account.account_id),
+        )),
+        Ok(AccountState::Closed) => Err(closed(account)),
+        Err(_) => Err(Refusal::new(
+            Reason::CorruptRecord,
+            format!(
+                "account {} has unknown state {}",
+                account.account_id, account.state
+            ),
+        )),
+    }
+}
+
+fn closed(account: &Account) -> Refusal {
+    Refusal::new(
+        Reason::AccountClosed,
+        format!("account {} is closed", account.account_id),
+    )
 }
 
 pub(crate) fn same_currency(

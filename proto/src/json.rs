@@ -5,7 +5,7 @@
 
 use serde::Serializer;
 
-use crate::v1::{EntryKind, TransferStatus};
+use crate::v1::{AccountState, EntryKind, TransferStatus};
 
 /// `Transfer.status` as `COMMITTED`, `PREPARED` or `ABORTED`.
 pub fn transfer_status<S: Serializer>(status: &i32, out: S) -> Result<S::Ok, S::Error> {
@@ -19,6 +19,12 @@ pub fn transfer_status<S: Serializer>(status: &i32, out: S) -> Result<S::Ok, S::
 pub fn entry_kind<S: Serializer>(kind: &i32, out: S) -> Result<S::Ok, S::Error> {
     let name = EntryKind::try_from(*kind).ok().map(|k| k.as_str_name());
     enum_name(name, "ENTRY_KIND_", out)
+}
+
+/// `Account.state` as `OPEN`, `FROZEN` or `CLOSED`.
+pub fn account_state<S: Serializer>(state: &i32, out: S) -> Result<S::Ok, S::Error> {
+    let name = AccountState::try_from(*state).ok().map(|k| k.as_str_name());
+    enum_name(name, "ACCOUNT_STATE_", out)
 }
 
 /// An enum value's proto name without its type's prefix; `UNSPECIFIED` for a value without one.

@@ -46,11 +46,14 @@ pub enum Reason {
     RequestExpired,
     Unauthenticated,
     PermissionDenied,
+    AccountFrozen,
+    AccountClosed,
+    AccountNotEmpty,
 }
 
 impl Reason {
     /// Every code, for documentation tests and parsing.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 29] = [
         Reason::InsufficientFunds,
         Reason::AccountNotFound,
         Reason::AccountExists,
@@ -77,6 +80,9 @@ impl Reason {
         Reason::RequestExpired,
         Reason::Unauthenticated,
         Reason::PermissionDenied,
+        Reason::AccountFrozen,
+        Reason::AccountClosed,
+        Reason::AccountNotEmpty,
     ];
 
     /// The stable text of the code.
@@ -108,6 +114,9 @@ impl Reason {
             Reason::RequestExpired => "REQUEST_EXPIRED",
             Reason::Unauthenticated => "UNAUTHENTICATED",
             Reason::PermissionDenied => "PERMISSION_DENIED",
+            Reason::AccountFrozen => "ACCOUNT_FROZEN",
+            Reason::AccountClosed => "ACCOUNT_CLOSED",
+            Reason::AccountNotEmpty => "ACCOUNT_NOT_EMPTY",
         }
     }
 
@@ -125,6 +134,9 @@ impl Reason {
             | Reason::TransferAborted
             | Reason::WrongShard
             | Reason::RequestExpired
+            | Reason::AccountFrozen
+            | Reason::AccountClosed
+            | Reason::AccountNotEmpty
             | Reason::CrossShardNotSupported => Code::FailedPrecondition,
             Reason::AccountNotFound | Reason::TransferNotFound => Code::NotFound,
             Reason::AccountExists | Reason::IdReused => Code::AlreadyExists,

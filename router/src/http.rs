@@ -24,8 +24,8 @@ use tonic::Request;
 use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::v1::wallet_server::Wallet;
 use wallet_proto::v1::{
-    AuditRequest, CreateAccountRequest, DepositRequest, GetAccountRequest, GetTransferRequest,
-    ListTransfersRequest, TransferRequest, WithdrawRequest,
+    AccountStateRequest, AuditRequest, CreateAccountRequest, DepositRequest, GetAccountRequest,
+    GetTransferRequest, ListTransfersRequest, TransferRequest, WithdrawRequest,
 };
 
 use crate::service::WalletService;
@@ -52,6 +52,9 @@ pub fn http_status(reason: Reason) -> StatusCode {
         | Reason::BalanceOverflow
         | Reason::TransferAborted
         | Reason::RequestExpired
+        | Reason::AccountFrozen
+        | Reason::AccountClosed
+        | Reason::AccountNotEmpty
         // The caller's `at_ts` is older than the shard keeps: asking again cannot help.
         | Reason::SnapshotTooOld => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -208,6 +211,68 @@ async fn transfer(
     ))
 }
 
+/// Closes, freezes or unfreezes the account in the path; the body (`{}` at least) carries the
+/// request id (or the `Idempotency-Key` header) and may repeat the account id.
+async fn lifecycle(
+    service: &WalletService,
+    headers: &HeaderMap,
+    account_id: Result<Path<String>, PathRejection>,
+    parsed: Result<Json<AccountStateRequest>, JsonRejection>,
+    change: Lifecycle,
+) -> Answer<wallet_proto::v1::Account> {
+    let account_id = path(account_id)?;
+    let mut request = body(parsed)?;
+    if !request.account_id.is_empty() && request.account_id != account_id {
+        return Err(invalid(format!(
+            "the body names account {:?}, the path {account_id:?}",
+            request.account_id
+        )));
+    }
+    request.account_id = account_id;
+    idempotency(headers, &mut request.request_id)?;
+    let request = Request::new(request);
+    let answer = match change {
+        Lifecycle::Close => service.close_account(request).await,
+        Lifecycle::Freeze => service.freeze_account(request).await,
+        Lifecycle::Unfreeze => service.unfreeze_account(request).await,
+    };
+    Ok(Json(answer?.into_inner()))
+}
+
+#[derive(Clone, Copy)]
+enum Lifecycle {
+    Close,
+    Freeze,
+    Unfreeze,
+}
+
+async fn close_account(
+    State(service): Service,
+    headers: HeaderMap,
+    account_id: Result<Path<String>, PathRejection>,
+    parsed: Result<Json<AccountStateRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Account> {
+    lifecycle(&service, &headers, account_id, parsed, Lifecycle::Close).await
+}
+
+async fn freeze_account(
+    State(service): Service,
+    headers: HeaderMap,
+    account_id: Result<Path<String>, PathRejection>,
+    parsed: Result<Json<AccountStateRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Account> {
+    lifecycle(&service, &headers, account_id, parsed, Lifecycle::Freeze).await
+}
+
+async fn unfreeze_account(
+    State(service): Service,
+    headers: HeaderMap,
+    account_id: Result<Path<String>, PathRejection>,
+    parsed: Result<Json<AccountStateRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Account> {
+    lifecycle(&service, &headers, account_id, parsed, Lifecycle::Unfreeze).await
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct TransferQuery {
@@ -300,6 +365,9 @@ pub fn app(service: WalletService) -> axum::Router {
         .route("/v1/accounts", post(create_account))
         .route("/v1/accounts/{id}", get(get_account))
         .route("/v1/accounts/{id}/history", get(history))
+        .route("/v1/accounts/{id}/close", post(close_account))
+        .route("/v1/accounts/{id}/freeze", post(freeze_account))
+        .route("/v1/accounts/{id}/unfreeze", post(unfreeze_account))
         .route("/v1/deposits", post(deposit))
         .route("/v1/withdrawals", post(withdraw))
         .route("/v1/transfers", post(transfer))
@@ -356,6 +424,9 @@ mod tests {
             ("/v1/accounts", "post"),
             ("/v1/accounts/{id}", "get"),
             ("/v1/accounts/{id}/history", "get"),
+            ("/v1/accounts/{id}/close", "post"),
+            ("/v1/accounts/{id}/freeze", "post"),
+            ("/v1/accounts/{id}/unfreeze", "post"),
             ("/v1/deposits", "post"),
             ("/v1/withdrawals", "post"),
             ("/v1/transfers", "post"),

@@ -14,11 +14,12 @@ use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::topology::Topology;
 use wallet_proto::v1::{
     account_result, command::Op, outcome, read_result, shard_read::Query, transfer_result, Account,
-    AccountResult, AccountsAt, AccountsPage, AuditReport, AuditRequest, BalanceChange, BatchError,
-    CloseTs, Command, CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest,
-    CreateAccounts, DepositRequest, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
-    ListTransfersResponse, Outcome, ReadResult, Rejection, SnapshotAt, Stuck, Transfer,
-    TransferBatchRequest, TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
+    AccountResult, AccountStateRequest, AccountsAt, AccountsPage, AuditReport, AuditRequest,
+    BalanceChange, BatchError, CloseTs, Command, CreateAccountBatchRequest,
+    CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts, DepositRequest,
+    GetAccountRequest, GetTransferRequest, ListTransfersRequest, ListTransfersResponse, Outcome,
+    ReadResult, Rejection, SnapshotAt, Stuck, Transfer, TransferBatchRequest,
+    TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
 };
 use wallet_proto::validate;
 
@@ -343,6 +344,21 @@ impl WalletService {
         }
     }
 
+    /// Freezes, unfreezes or closes an account (`op` builds the command from the request).
+    async fn lifecycle(
+        &self,
+        request: AccountStateRequest,
+        op: fn(AccountStateRequest) -> Op,
+    ) -> Result<Response<Account>, Status> {
+        validate::id("request id", &request.request_id)?;
+        validate::id("account id", &request.account_id)?;
+        let (account_id, request_id) = (request.account_id.clone(), request.request_id.clone());
+        match self.execute(&account_id, &request_id, op(request)).await? {
+            outcome::Result::Account(account) => Ok(Response::new(account)),
+            _ => Err(unexpected("not an account")),
+        }
+    }
+
     async fn read(&self, account_id: &str, query: Query) -> Result<read_result::Result, Status> {
         let _permit = self.admit()?;
         let shard_id = self.shards.shard_of(account_id);
@@ -598,6 +614,29 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
         let checked = self.audit_now().await;
         crate::metrics::count_audit(checked.as_ref().map(|_| ()));
         Ok(Response::new(checked?))
+    }
+
+    async fn close_account(
+        &self,
+        request: Request<AccountStateRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.lifecycle(request.into_inner(), Op::CloseAccount).await
+    }
+
+    async fn freeze_account(
+        &self,
+        request: Request<AccountStateRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.lifecycle(request.into_inner(), Op::FreezeAccount)
+            .await
+    }
+
+    async fn unfreeze_account(
+        &self,
+        request: Request<AccountStateRequest>,
+    ) -> Result<Response<Account>, Status> {
+        self.lifecycle(request.into_inner(), Op::UnfreezeAccount)
+            .await
     }
 
     async fn list_transfers(

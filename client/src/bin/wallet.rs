@@ -4,8 +4,9 @@
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
-    fresh_id, Account, BalanceChange, ClientOptions, DepositRequest, EntryKind, Transfer,
-    TransferRequest, TransferStatus, WalletClient, WalletError, WithdrawRequest,
+    fresh_id, Account, AccountState, AccountStateRequest, BalanceChange, ClientOptions,
+    DepositRequest, EntryKind, Lifecycle, Transfer, TransferRequest, TransferStatus, WalletClient,
+    WalletError, WithdrawRequest,
 };
 
 #[derive(Parser, Debug)]
@@ -120,6 +121,29 @@ enum AccountCommand {
         #[arg(long, default_value_t = 0)]
         opening_balance: i64,
     },
+    /// Freeze an account: its deposits, withdrawals and transfers are refused with
+    /// ACCOUNT_FROZEN until it is unfrozen; reads still work.
+    Freeze {
+        id: String,
+        /// Request id for exactly-once retries (generated if omitted).
+        #[arg(long = "request-id")]
+        request_id: Option<String>,
+    },
+    /// Let a frozen account move money again.
+    Unfreeze {
+        id: String,
+        /// Request id for exactly-once retries (generated if omitted).
+        #[arg(long = "request-id")]
+        request_id: Option<String>,
+    },
+    /// Close an account for good: only at balance 0 with nothing reserved or pending, and not
+    /// while frozen. Later changes are refused with ACCOUNT_CLOSED.
+    Close {
+        id: String,
+        /// Request id for exactly-once retries (generated if omitted).
+        #[arg(long = "request-id")]
+        request_id: Option<String>,
+    },
     /// Show an account.
     Get {
         id: String,
@@ -129,16 +153,32 @@ enum AccountCommand {
     },
 }
 
+fn state_name(state: i32) -> &'static str {
+    match AccountState::try_from(state) {
+        Ok(AccountState::Open) => "OPEN",
+        Ok(AccountState::Frozen) => "FROZEN",
+        Ok(AccountState::Closed) => "CLOSED",
+        Err(_) => "UNKNOWN",
+    }
+}
+
 fn account_json(a: &Account) -> serde_json::Value {
     json!({"account_id": a.account_id, "currency": a.currency, "balance": a.balance,
            "floor": a.floor, "reserved": a.reserved, "created_at_ms": a.created_at_ms,
-           "version": a.version})
+           "version": a.version, "pending_credit": a.pending_credit,
+           "state": state_name(a.state)})
 }
 
 fn account_text(a: &Account) -> String {
     format!(
-        "account {}  currency {}  balance {}  floor {}  reserved {}  version {}",
-        a.account_id, a.currency, a.balance, a.floor, a.reserved, a.version
+        "account {}  currency {}  balance {}  floor {}  reserved {}  version {}  {}",
+        a.account_id,
+        a.currency,
+        a.balance,
+        a.floor,
+        a.reserved,
+        a.version,
+        state_name(a.state)
     )
 }
 
@@ -194,6 +234,22 @@ fn connect(cli: &Cli) -> Result<WalletClient, WalletError> {
     WalletClient::with_options(&endpoints, options)
 }
 
+/// Freezes, unfreezes or closes an account; prints it after the change.
+async fn change_state(
+    client: &WalletClient,
+    change: Lifecycle,
+    account_id: String,
+    request_id: Option<String>,
+) -> Result<(serde_json::Value, String), WalletError> {
+    let request = AccountStateRequest {
+        request_id: request_id.unwrap_or_else(|| fresh_id("state")),
+        account_id,
+        issued_at_ms: 0,
+    };
+    let a = client.change_account_state(change, request).await?;
+    Ok((account_json(&a), account_text(&a)))
+}
+
 async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
     let client = connect(&cli)?;
     Ok(match cli.command {
@@ -218,6 +274,15 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
                 })
                 .await?;
             (account_json(&a), account_text(&a))
+        }
+        Commands::Account(AccountCommand::Freeze { id, request_id }) => {
+            change_state(&client, Lifecycle::Freeze, id, request_id).await?
+        }
+        Commands::Account(AccountCommand::Unfreeze { id, request_id }) => {
+            change_state(&client, Lifecycle::Unfreeze, id, request_id).await?
+        }
+        Commands::Account(AccountCommand::Close { id, request_id }) => {
+            change_state(&client, Lifecycle::Close, id, request_id).await?
         }
         Commands::Account(AccountCommand::Get { id, at }) => {
             let a = client.get_account_at(&id, at).await?;

@@ -37,8 +37,8 @@ use wallet_proto::v1::{
 use wallet_proto::validate;
 
 use super::{
-    intent_key, record_fate, same_currency, same_request, same_transfer, IntentKey, Refusal,
-    StateMachine, Write, Writes,
+    intent_key, movable, record_fate, same_currency, same_request, same_transfer, IntentKey,
+    Refusal, StateMachine, Write, Writes,
 };
 use crate::retention::Fate;
 
@@ -172,7 +172,9 @@ impl StateMachine {
         let from = self.existing(&t.from_account_id)?;
         let spendable =
             i128::from(from.balance) - i128::from(from.reserved) - i128::from(from.floor);
-        let outcome = if spendable < i128::from(t.amount) {
+        let outcome = if let Err(refusal) = movable(from) {
+            Outcome::from(refusal)
+        } else if spendable < i128::from(t.amount) {
             Outcome::from(Refusal::new(
                 Reason::InsufficientFunds,
                 format!(
@@ -499,6 +501,7 @@ impl StateMachine {
         // The credit must fit when it lands (balance + pending credits + amount), and so must the
         // sum of the credits promised.
         let checked = same_currency(&t.from_account_id, &prepare.currency, to)
+            .and_then(|_| movable(to))
             .and_then(|_| Self::balance_after(to, t.amount))
             .and_then(|_| {
                 to.pending_credit.checked_add(t.amount).ok_or_else(|| {

@@ -1,0 +1,453 @@
+//! Account lifecycle in the pure state machine: freeze, unfreeze and close on one shard and on
+//! both sides of a cross-shard transfer, each refusal remembered as its request's first outcome
+//! (G4), across the whole value range; then random sequences mixing lifecycle and money commands.
+
+mod common;
+
+use proptest::prelude::*;
+use wallet_node::state_machine::{rejection_of, StateMachine, Write, Writes};
+use wallet_proto::reason::Reason;
+use wallet_proto::topology::Ring;
+use wallet_proto::v1::{
+    command::Op, outcome, Account, AccountState, AccountStateRequest, CreateAccountRequest,
+    DepositRequest, Outcome, PrepareCredit, PrepareDebit, TransferRequest, TransferStatus,
+    TransferStep, WithdrawRequest,
+};
+
+fn run(sm: &mut StateMachine, request_id: &str, op: Op) -> (Outcome, Writes) {
+    common::apply_at(sm, request_id, 77, op)
+}
+
+fn create(id: &str, credit_limit: i64) -> Op {
+    Op::CreateAccount(CreateAccountRequest {
+        account_id: id.into(),
+        currency: "USD".into(),
+        credit_limit,
+        opening_balance: 0,
+    })
+}
+
+fn deposit(id: &str, amount: i64) -> Op {
+    Op::Deposit(DepositRequest {
+        request_id: String::new(),
+        account_id: id.into(),
+        amount,
+        issued_at_ms: 0,
+    })
+}
+
+fn withdraw(id: &str, amount: i64) -> Op {
+    Op::Withdraw(WithdrawRequest {
+        request_id: String::new(),
+        account_id: id.into(),
+        amount,
+        issued_at_ms: 0,
+    })
+}
+
+fn transfer_request(id: &str, from: &str, to: &str, amount: i64) -> TransferRequest {
+    TransferRequest {
+        transfer_id: id.into(),
+        from_account_id: from.into(),
+        to_account_id: to.into(),
+        amount,
+        issued_at_ms: 0,
+    }
+}
+
+fn transfer(id: &str, from: &str, to: &str, amount: i64) -> Op {
+    Op::Transfer(transfer_request(id, from, to, amount))
+}
+
+fn state_request(id: &str) -> AccountStateRequest {
+    AccountStateRequest {
+        request_id: String::new(),
+        account_id: id.into(),
+        issued_at_ms: 0,
+    }
+}
+
+fn freeze(id: &str) -> Op {
+    Op::FreezeAccount(state_request(id))
+}
+
+fn unfreeze(id: &str) -> Op {
+    Op::UnfreezeAccount(state_request(id))
+}
+
+fn close(id: &str) -> Op {
+    Op::CloseAccount(state_request(id))
+}
+
+fn account_of(outcome: &Outcome) -> Account {
+    match &outcome.result {
+        Some(outcome::Result::Account(a)) => a.clone(),
+        other => panic!("not an account: {other:?}"),
+    }
+}
+
+fn state(sm: &StateMachine, id: &str) -> AccountState {
+    AccountState::try_from(sm.account(id).expect("account").state).expect("known state")
+}
+
+fn balance(sm: &StateMachine, id: &str) -> i64 {
+    sm.account(id).expect("account").balance
+}
+
+fn one_shard() -> StateMachine {
+    StateMachine::new(1, Ring::new([1], 8))
+}
+
+#[test]
+fn a_frozen_account_refuses_every_movement_and_reads_still_work() {
+    let mut sm = one_shard();
+    run(&mut sm, "", create("alice", 0));
+    run(&mut sm, "", create("bob", 0));
+    run(&mut sm, "d1", deposit("alice", i64::MAX));
+    let (o, writes) = run(&mut sm, "f1", freeze("alice"));
+    assert_eq!(account_of(&o).state, AccountState::Frozen as i32);
+    assert_eq!(account_of(&o).balance, i64::MAX);
+    assert_eq!(writes.len(), 2, "the account and the request record");
+    // Every movement in or out is refused and remembered; nothing moves.
+    for (id, op) in [
+        ("d2", deposit("alice", 1)),
+        ("w1", withdraw("alice", i64::MAX)),
+        ("t1", transfer("t1", "alice", "bob", 1)),
+        ("t2", transfer("t2", "bob", "alice", 1)),
+    ] {
+        let (o, writes) = run(&mut sm, id, op.clone());
+        assert_eq!(rejection_of(&o), Some(Reason::AccountFrozen), "{id}");
+        assert_eq!(writes.len(), 1, "{id}: only the request record");
+        assert_eq!(balance(&sm, "alice"), i64::MAX);
+        assert_eq!(balance(&sm, "bob"), 0);
+        // Remembered: after the unfreeze below, a retry still answers the refusal.
+        let (again, writes) = run(&mut sm, id, op);
+        assert_eq!(again, o);
+        assert!(writes.is_empty());
+    }
+    // Freezing a frozen account answers it (a new id, so a new record), and changes nothing else.
+    let (o, writes) = run(&mut sm, "f2", freeze("alice"));
+    assert_eq!(account_of(&o).state, AccountState::Frozen as i32);
+    assert_eq!(writes.len(), 1);
+    let (o, _) = run(&mut sm, "u1", unfreeze("alice"));
+    assert_eq!(account_of(&o).state, AccountState::Open as i32);
+    assert_eq!(
+        rejection_of(&run(&mut sm, "w1", withdraw("alice", i64::MAX)).0),
+        Some(Reason::AccountFrozen),
+        "a retry answers its first outcome"
+    );
+    let (o, _) = run(&mut sm, "t3", transfer("t3", "alice", "bob", i64::MAX));
+    assert!(rejection_of(&o).is_none(), "{o:?}");
+    assert_eq!(balance(&sm, "bob"), i64::MAX);
+    // The same id for another lifecycle change is ID_REUSED.
+    assert_eq!(
+        rejection_of(&run(&mut sm, "u1", freeze("alice")).0),
+        Some(Reason::IdReused)
+    );
+    assert_eq!(state(&sm, "alice"), AccountState::Open);
+    assert_eq!(
+        rejection_of(&run(&mut sm, "x", freeze("nobody")).0),
+        Some(Reason::AccountNotFound)
+    );
+}
+
+#[test]
+fn only_an_empty_open_account_closes_and_a_closed_one_refuses_every_change() {
+    let mut sm = one_shard();
+    run(&mut sm, "", create("alice", i64::MAX));
+    run(&mut sm, "", create("bob", 0));
+    // Overdrawn to -i64::MAX through its credit limit: not empty.
+    run(&mut sm, "t0", transfer("t0", "alice", "bob", i64::MAX));
+    assert_eq!(balance(&sm, "alice"), -i64::MAX);
+    let (o, writes) = run(&mut sm, "c1", close("alice"));
+    assert_eq!(rejection_of(&o), Some(Reason::AccountNotEmpty));
+    assert_eq!(writes.len(), 1, "remembered");
+    run(&mut sm, "t1", transfer("t1", "bob", "alice", i64::MAX));
+    assert_eq!(balance(&sm, "alice"), 0);
+    // A refused close stays refused under its id; a new id closes it.
+    assert_eq!(run(&mut sm, "c1", close("alice")).0, o);
+    // Not while frozen.
+    run(&mut sm, "f1", freeze("alice"));
+    assert_eq!(
+        rejection_of(&run(&mut sm, "c2", close("alice")).0),
+        Some(Reason::AccountFrozen)
+    );
+    run(&mut sm, "u1", unfreeze("alice"));
+    let (o, _) = run(&mut sm, "c3", close("alice"));
+    let closed = account_of(&o);
+    assert_eq!(closed.state, AccountState::Closed as i32);
+    assert_eq!(closed.balance, 0);
+    // Closing again answers the closed account; every other change is ACCOUNT_CLOSED.
+    assert_eq!(account_of(&run(&mut sm, "c4", close("alice")).0), closed);
+    for (id, op) in [
+        ("d1", deposit("alice", 1)),
+        ("w1", withdraw("alice", 1)),
+        ("t2", transfer("t2", "alice", "bob", 1)),
+        ("t3", transfer("t3", "bob", "alice", 1)),
+        ("f2", freeze("alice")),
+        ("u2", unfreeze("alice")),
+    ] {
+        assert_eq!(
+            rejection_of(&run(&mut sm, id, op).0),
+            Some(Reason::AccountClosed),
+            "{id}"
+        );
+    }
+    assert_eq!(balance(&sm, "bob"), 0, "bob's transfers moved nothing");
+    // Creating it again with the same content answers the closed account: it never reopens.
+    let again = account_of(&run(&mut sm, "", create("alice", i64::MAX)).0);
+    assert_eq!(again.state, AccountState::Closed as i32);
+    // Reads: the account is still there, with its history's version.
+    assert_eq!(sm.account("alice").expect("kept").version, 2);
+    // A restart (the account loaded from its stored record) keeps the state.
+    let mut restarted = one_shard();
+    restarted.load_account(sm.account("alice").cloned().expect("alice"));
+    assert_eq!(state(&restarted, "alice"), AccountState::Closed);
+}
+
+/// Two shards: the debit side (`a`) and the credit side (`b`) of cross-shard transfers.
+struct Pair {
+    ring: Ring,
+    sm: [StateMachine; 2],
+    a: String,
+    b: String,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let ring = Ring::new([1, 2], 16);
+        let on = |shard: u64| {
+            (0..1000)
+                .map(|i| format!("acct-{i}"))
+                .find(|id| ring.shard_of(id) == shard)
+                .expect("an id on the shard")
+        };
+        let (a, b) = (on(1), on(2));
+        let mut pair = Pair {
+            sm: [
+                StateMachine::new(1, ring.clone()),
+                StateMachine::new(2, ring.clone()),
+            ],
+            ring,
+            a,
+            b,
+        };
+        let (a, b) = (pair.a.clone(), pair.b.clone());
+        run(pair.of(&a), "", create(&a, 0));
+        run(pair.of(&b), "", create(&b, 0));
+        run(pair.of(&a), "fund", deposit(&a, i64::MAX));
+        pair
+    }
+
+    fn of(&mut self, account: &str) -> &mut StateMachine {
+        let shard = self.ring.shard_of(account);
+        &mut self.sm[(shard - 1) as usize]
+    }
+
+    fn prepare_debit(&mut self, t: &TransferRequest) -> Outcome {
+        let credit_shard_id = self.ring.shard_of(&t.to_account_id);
+        let from = t.from_account_id.clone();
+        let prepare = Op::PrepareDebit(PrepareDebit {
+            transfer: Some(t.clone()),
+            credit_shard_id,
+        });
+        run(self.of(&from), &t.transfer_id, prepare).0
+    }
+
+    fn prepare_credit(&mut self, t: &TransferRequest) -> Outcome {
+        let primary_shard_id = self.ring.shard_of(&t.from_account_id);
+        let to = t.to_account_id.clone();
+        let prepare = Op::PrepareCredit(PrepareCredit {
+            transfer: Some(t.clone()),
+            primary_shard_id,
+            currency: "USD".into(),
+            primary_start_ts: 0,
+        });
+        run(self.of(&to), &t.transfer_id, prepare).0
+    }
+
+    fn commit(&mut self, t: &TransferRequest) {
+        let debit = TransferStep {
+            transfer_id: t.transfer_id.clone(),
+            account_id: t.from_account_id.clone(),
+            from_account_id: String::new(),
+            refusal: None,
+        };
+        let credit = TransferStep {
+            account_id: t.to_account_id.clone(),
+            from_account_id: t.from_account_id.clone(),
+            ..debit.clone()
+        };
+        let from = t.from_account_id.clone();
+        let to = t.to_account_id.clone();
+        let o = common::apply_at(self.of(&from), &t.transfer_id, 78, Op::CommitDebit(debit)).0;
+        assert!(rejection_of(&o).is_none(), "{o:?}");
+        let o = common::apply_at(self.of(&to), &t.transfer_id, 78, Op::CommitCredit(credit)).0;
+        assert!(rejection_of(&o).is_none(), "{o:?}");
+    }
+}
+
+fn status(outcome: &Outcome) -> Option<TransferStatus> {
+    match &outcome.result {
+        Some(outcome::Result::Transfer(t)) => TransferStatus::try_from(t.status).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_freeze_refuses_new_cross_shard_legs_but_a_prepared_transfer_finishes() {
+    let mut p = Pair::new();
+    let (a, b) = (p.a.clone(), p.b.clone());
+    // Prepared on both sides, then both accounts frozen: the decision still lands (its money was
+    // reserved and promised when it was checked), and neither account can close meanwhile.
+    let t = transfer_request("x1", &a, &b, i64::MAX);
+    assert_eq!(status(&p.prepare_debit(&t)), Some(TransferStatus::Prepared));
+    assert_eq!(
+        status(&p.prepare_credit(&t)),
+        Some(TransferStatus::Prepared)
+    );
+    run(p.of(&a), "f", freeze(&a));
+    run(p.of(&b), "f", freeze(&b));
+    run(p.of(&a), "u", unfreeze(&a));
+    run(p.of(&b), "u", unfreeze(&b));
+    for (account, reserved, pending) in [(&a, i64::MAX, 0), (&b, 0, i64::MAX)] {
+        let o = run(p.of(account), "c", close(account)).0;
+        assert_eq!(rejection_of(&o), Some(Reason::AccountNotEmpty), "{o:?}");
+        let held = p.of(account).account(account).cloned().expect("account");
+        assert_eq!((held.reserved, held.pending_credit), (reserved, pending));
+    }
+    run(p.of(&a), "f2", freeze(&a));
+    run(p.of(&b), "f2", freeze(&b));
+    p.commit(&t);
+    assert_eq!(balance(p.of(&a), &a), 0);
+    assert_eq!(balance(p.of(&b), &b), i64::MAX);
+    // New legs are refused on a frozen side: the debit's refusal is its remembered outcome, the
+    // credit's makes the router abort (the debit then remembers it).
+    let back = transfer_request("x2", &b, &a, 5);
+    assert_eq!(
+        rejection_of(&p.prepare_debit(&back)),
+        Some(Reason::AccountFrozen)
+    );
+    assert_eq!(p.prepare_debit(&back), p.prepare_debit(&back), "remembered");
+    run(p.of(&b), "u2", unfreeze(&b));
+    let back = transfer_request("x3", &b, &a, 5);
+    assert_eq!(
+        status(&p.prepare_debit(&back)),
+        Some(TransferStatus::Prepared)
+    );
+    assert_eq!(
+        rejection_of(&p.prepare_credit(&back)),
+        Some(Reason::AccountFrozen)
+    );
+    assert_eq!(p.of(&a).account(&a).expect("a").pending_credit, 0);
+    // a is empty again; once unfrozen it closes, and a credit to it is then ACCOUNT_CLOSED.
+    run(p.of(&a), "u3", unfreeze(&a));
+    let o = run(p.of(&a), "c2", close(&a)).0;
+    assert_eq!(account_of(&o).state, AccountState::Closed as i32);
+    let late = transfer_request("x4", &b, &a, 5);
+    assert_eq!(
+        rejection_of(&p.prepare_credit(&late)),
+        Some(Reason::AccountClosed)
+    );
+}
+
+// ---------- property test ----------
+
+const ACCOUNTS: [&str; 3] = ["a", "b", "c"];
+
+#[derive(Clone, Debug)]
+enum Step {
+    Deposit(usize, i64, u8),
+    Withdraw(usize, i64, u8),
+    Transfer(usize, usize, i64, u8),
+    Freeze(usize, u8),
+    Unfreeze(usize, u8),
+    Close(usize, u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let amount = prop_oneof![1i64..200, Just(i64::MAX)];
+    prop_oneof![
+        (0..3usize, amount.clone(), 0..10u8).prop_map(|(a, x, id)| Step::Deposit(a, x, id)),
+        (0..3usize, amount.clone(), 0..10u8).prop_map(|(a, x, id)| Step::Withdraw(a, x, id)),
+        (0..3usize, 0..3usize, amount, 0..10u8)
+            .prop_map(|(a, b, x, id)| Step::Transfer(a, b, x, id)),
+        (0..3usize, 0..10u8).prop_map(|(a, id)| Step::Freeze(a, id)),
+        (0..3usize, 0..10u8).prop_map(|(a, id)| Step::Unfreeze(a, id)),
+        (0..3usize, 0..10u8).prop_map(|(a, id)| Step::Close(a, id)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// After every step: money is conserved (G1); an account that was frozen or closed before
+    /// the step has the same balance after it; a closed account stays closed at balance 0; and
+    /// a retry of any id answers its first outcome and writes nothing (G4).
+    #[test]
+    fn lifecycle_changes_never_move_money_and_closed_is_final(
+        steps in prop::collection::vec(step(), 1..80)
+    ) {
+        let mut sm = one_shard();
+        for (i, id) in ACCOUNTS.iter().enumerate() {
+            run(&mut sm, "", create(id, if i == 2 { i64::MAX } else { 0 }));
+        }
+        let mut net: i128 = 0;
+        let mut seen: std::collections::HashMap<(String, String), (Op, Outcome)> =
+            Default::default();
+        for step in steps {
+            let (op, id, key_account) = match step {
+                Step::Deposit(a, x, id) => (deposit(ACCOUNTS[a], x), format!("r{id}"), a),
+                Step::Withdraw(a, x, id) => (withdraw(ACCOUNTS[a], x), format!("r{id}"), a),
+                Step::Transfer(a, b, x, id) => {
+                    let tid = format!("r{id}");
+                    (transfer(&tid, ACCOUNTS[a], ACCOUNTS[b], x), tid, a)
+                }
+                Step::Freeze(a, id) => (freeze(ACCOUNTS[a]), format!("r{id}"), a),
+                Step::Unfreeze(a, id) => (unfreeze(ACCOUNTS[a]), format!("r{id}"), a),
+                Step::Close(a, id) => (close(ACCOUNTS[a]), format!("r{id}"), a),
+            };
+            let before: Vec<Account> =
+                ACCOUNTS.iter().map(|id| sm.account(id).cloned().expect("account")).collect();
+            let (outcome, writes) = run(&mut sm, &id, op.clone());
+            let key = (ACCOUNTS[key_account].to_string(), id.clone());
+            if let Some((first_op, first)) = seen.get(&key) {
+                if *first_op == op {
+                    prop_assert_eq!(&outcome, first);
+                } else {
+                    prop_assert_eq!(rejection_of(&outcome), Some(Reason::IdReused));
+                }
+                prop_assert!(writes.is_empty());
+                continue;
+            }
+            if writes.iter().any(|w| matches!(w, Write::Request { .. })) {
+                seen.insert(key, (op.clone(), outcome.clone()));
+            } else {
+                // Bad input (an overflow): refused, not remembered, nothing written.
+                prop_assert!(rejection_of(&outcome).is_some());
+                prop_assert!(writes.is_empty());
+            }
+            if rejection_of(&outcome).is_none() {
+                match &op {
+                    Op::Deposit(d) => net += i128::from(d.amount),
+                    Op::Withdraw(w) => net -= i128::from(w.amount),
+                    _ => {}
+                }
+            }
+            let total: i128 = sm.accounts().map(|a| i128::from(a.balance)).sum();
+            prop_assert_eq!(total, net);
+            for (was, id) in before.iter().zip(ACCOUNTS) {
+                let now = sm.account(id).expect("account");
+                if was.state != AccountState::Open as i32 {
+                    prop_assert_eq!(was.balance, now.balance, "{} moved while {}", id, was.state);
+                }
+                if was.state == AccountState::Closed as i32 {
+                    prop_assert_eq!(now.state, AccountState::Closed as i32);
+                }
+                if now.state == AccountState::Closed as i32 {
+                    prop_assert_eq!((now.balance, now.reserved, now.pending_credit), (0, 0, 0));
+                }
+            }
+        }
+    }
+}
