@@ -28,13 +28,13 @@ use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
 pub use wallet_proto::v1::wallet_server::Wallet;
 use wallet_proto::v1::{
     account_result, transfer_result, AuditRequest, BatchTransfer, CreateAccountBatchRequest,
-    CreateAccountBatchResponse, GetAccountRequest, GetTransferRequest, ListTransfersRequest,
-    TransferBatchRequest, TransferBatchResponse,
+    CreateAccountBatchResponse, GetAccountRequest, GetTransferRequest, TransferBatchRequest,
+    TransferBatchResponse,
 };
 pub use wallet_proto::v1::{
     Account, AccountState, AccountStateRequest, AuditReport, BalanceChange, CreateAccountRequest,
-    CurrencyTotals, DepositRequest, EntryKind, HistoryEntry, ListTransfersResponse, Transfer,
-    TransferRequest, TransferStatus, WithdrawRequest,
+    CurrencyTotals, DepositRequest, EntryKind, HistoryEntry, ListTransfersRequest,
+    ListTransfersResponse, Transfer, TransferRequest, TransferStatus, WithdrawRequest,
 };
 use wallet_tls::ClientTls;
 pub use wallet_tls::{TlsArgs, TlsFiles};
@@ -620,11 +620,22 @@ impl WalletClient {
         limit: u32,
         cursor: u64,
     ) -> Result<ListTransfersResponse, WalletError> {
-        let request = ListTransfersRequest {
+        self.list_transfers_request(ListTransfersRequest {
             account_id: account_id.into(),
             limit,
             cursor,
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A history page with filters (kinds, commit-timestamp and time ranges): see
+    /// `ListTransfersRequest` and README § History. A filtered page may hold fewer than `limit`
+    /// entries and still have a `next_cursor`.
+    pub async fn list_transfers_request(
+        &self,
+        request: ListTransfersRequest,
+    ) -> Result<ListTransfersResponse, WalletError> {
         self.retrying(|c| {
             let r = request.clone();
             async move { c.list_transfers(r).await }

@@ -31,6 +31,10 @@ async fn a_backup_under_load_restores_every_account_as_of_its_timestamp() {
         .await
         .unwrap();
     client.withdraw("owing-w", "owing", i64::MAX).await.unwrap();
+    // Lifecycle states come back: a frozen account owing all its credit, a closed empty one.
+    client.freeze_account("frz", "owing").await.unwrap();
+    client.create_account("gone", "EUR", 0).await.unwrap();
+    client.close_account("close", "gone").await.unwrap();
     let ids: Vec<String> = s1.iter().chain(&s2).cloned().collect();
 
     // Load: transfers between random pairs (about half across shards), and now and then a new
@@ -202,6 +206,11 @@ async fn a_backup_under_load_restores_every_account_as_of_its_timestamp() {
         let account = new_client.get_account(id).await.unwrap();
         assert_eq!((account.balance, account.floor), (*balance, *floor), "{id}");
     }
+    let state = |a: &wallet_client::Account| wallet_client::AccountState::try_from(a.state);
+    let owing = new_client.get_account("owing").await.unwrap();
+    assert_eq!(state(&owing), Ok(wallet_client::AccountState::Frozen));
+    let gone = new_client.get_account("gone").await.unwrap();
+    assert_eq!(state(&gone), Ok(wallet_client::AccountState::Closed));
     let audit = new_client
         .audit()
         .await

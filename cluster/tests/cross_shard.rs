@@ -402,3 +402,50 @@ async fn an_embedded_router_gives_the_answers_of_a_router_process() {
     let timed_out = hasty.get_account(a).await.unwrap_err();
     assert_eq!(timed_out.reason, Reason::Unavailable, "{timed_out}");
 }
+
+/// Account lifecycle across shards with a router that died mid-transfer: money never leaves an
+/// account frozen before the commit point (the retry's commit becomes an abort, or recovery
+/// aborted first), and a credit promised before its account was frozen lands (recovery commits
+/// it): the payer's money has left and must arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_stops_an_uncommitted_transfer_and_lets_a_promised_credit_land() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 2, 1000).await;
+    // Debit side frozen before the commit point.
+    let t = transfer("frz-1", &on1[0], &on2[0], 400);
+    router_dies_after(&cluster, &t, false).await;
+    client.freeze_account("frz", &on1[0]).await.unwrap();
+    let retry = client
+        .transfer("frz-1", &on1[0], &on2[0], 400)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            retry.reason,
+            Reason::AccountFrozen | Reason::TransferAborted
+        ),
+        "{retry}"
+    );
+    let balances = settled(&client, &[on1[0].clone(), on2[0].clone()]).await;
+    assert_eq!((balances[&on1[0]], balances[&on2[0]]), (1000, 1000));
+    // Credit side frozen after the commit point: recovery lands the credit.
+    let t = transfer("frz-2", &on1[1], &on2[1], 1000);
+    router_dies_after(&cluster, &t, true).await;
+    client.freeze_account("frz", &on2[1]).await.unwrap();
+    let balances = settled(&client, &[on1[1].clone(), on2[1].clone()]).await;
+    assert_eq!((balances[&on1[1]], balances[&on2[1]]), (0, 2000));
+    assert_eq!(
+        client.get_transfer("frz-2", &on1[1]).await.unwrap().status,
+        TransferStatus::Committed as i32
+    );
+    // The frozen account refuses anything new; the audit balances.
+    client.deposit("frz-d", &on1[1], 5).await.unwrap();
+    let refused = client
+        .transfer("frz-3", &on1[1], &on2[1], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.reason, Reason::AccountFrozen);
+    client.audit().await.unwrap();
+}

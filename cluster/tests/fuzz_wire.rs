@@ -170,6 +170,11 @@ fn shard_reads() -> Vec<ShardRead> {
             account_id: "fz-a".into(),
             limit: u32::MAX,
             cursor: u64::MAX,
+            kinds: vec![1, 4, i32::MAX],
+            from_ts: 1,
+            to_ts: u64::MAX,
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
         }),
         Query::Transfer(GetTransferRequest {
             transfer_id: "fz-t".into(),
@@ -389,10 +394,26 @@ async fn mutated_requests_to_a_running_cluster_get_errors_never_panics() {
         account_id: "fz-a".into(),
         limit: u32::MAX,
         cursor: u64::MAX,
+        kinds: vec![1, 4],
+        from_ts: 1,
+        to_ts: u64::MAX,
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
     };
     for m in decoded(&list, per_seed, &mut rng) {
         sent += 1;
         let _ = wallet.list_transfers(m).await;
+    }
+    let change = wallet_client::AccountStateRequest {
+        request_id: "fz-s".into(),
+        account_id: "fz-a".into(),
+        issued_at_ms: i64::MAX,
+    };
+    for m in decoded(&change, per_seed, &mut rng) {
+        sent += 1;
+        let _ = wallet.freeze_account(m.clone()).await;
+        let _ = wallet.unfreeze_account(m.clone()).await;
+        let _ = wallet.close_account(m).await;
     }
     sent += 1;
     let _ = wallet.audit(AuditRequest {}).await;

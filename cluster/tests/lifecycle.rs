@@ -54,6 +54,19 @@ fn curl(method: &str, url: &str, headers: &[&str], body: &str) -> (u16, Value) {
     panic!("{url}: unavailable for 10 s");
 }
 
+fn curl_get(url: &str) -> (u16, Value) {
+    let output = Command::new("curl")
+        .args(["-s", "-S", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (json_text, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().expect("status"),
+        serde_json::from_str(json_text).expect("JSON body"),
+    )
+}
+
 async fn refused<T: std::fmt::Debug>(
     call: impl std::future::Future<Output = Result<T, wallet_client::WalletError>>,
 ) -> Reason {
@@ -165,6 +178,33 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
     assert!(!ok, "{value}");
     assert!(err.contains("ACCOUNT_NOT_EMPTY"), "{err}");
 
+    // History filters, through the CLI: a's deposits, and its transfer out by kind and by its
+    // commit timestamp.
+    let (ok, value, err) = cli(&endpoint, &["history", &a, "--kinds", "deposit"]);
+    assert!(ok, "{err}");
+    let kinds: Vec<&str> = value["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["DEPOSIT", "DEPOSIT"], "{value}");
+    let t4 = client.get_transfer("t4", &a).await.expect("t4");
+    let ts = t4.commit_ts.to_string();
+    let (ok, value, err) = cli(
+        &endpoint,
+        &["history", &a, "--from-ts", &ts, "--to-ts", &ts],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(value["entries"][0]["kind"], "TRANSFER_OUT", "{value}");
+    assert_eq!(
+        value["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{value}"
+    );
+    let (ok, _, err) = cli(&endpoint, &["history", &a, "--kinds", "refund"]);
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+
     // The HTTP API: path account, id by header, refusals with their statuses.
     let endpoints = Endpoints::load(&cluster.playground.dir).expect("endpoints.json");
     let url = |path: String| format!("http://{}{path}", endpoints.router.http);
@@ -202,6 +242,18 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
         "{body}"
     );
     assert_eq!(state(&client, &a2).await, AccountState::Frozen);
+    let (status, body) = curl_get(&url(format!(
+        "/v1/accounts/{a}/history?kinds=TRANSFER_OUT,WITHDRAW&to_ms={}",
+        i64::MAX
+    )));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["entries"].as_array().map(Vec::len), Some(1), "{body}");
+    let (status, body) = curl_get(&url(format!("/v1/accounts/{a}/history?from_ts=9&to_ts=8")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{body}"
+    );
 
     // Every node restarts: the states come back from disk.
     for id in cluster.playground.node_ids() {

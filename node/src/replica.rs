@@ -1046,15 +1046,15 @@ impl Replica {
                 ),
             },
             Query::History(list) => {
-                if self.state_machine.account(&list.account_id).is_none() {
+                if let Err(refusal) = wallet_proto::validate::history_filter(list) {
+                    ReadResult::from(refusal)
+                } else if self.state_machine.account(&list.account_id).is_none() {
                     rejected(
                         Reason::AccountNotFound,
                         format!("account {} does not exist", list.account_id),
                     )
                 } else {
-                    let page = self
-                        .store
-                        .history(&list.account_id, list.limit, list.cursor)?;
+                    let page = self.store.history(list)?;
                     ReadResult {
                         result: Some(read_result::Result::History(page)),
                     }
@@ -1221,7 +1221,19 @@ mod tests {
     /// The database and snapshot directory of a node in `dir`.
     fn test_group_commit(dir: &std::path::Path) -> Arc<crate::group_commit::GroupCommit> {
         let snapshots = crate::snapshot_file::SnapshotDir::open(dir).unwrap();
-        let db = sled::open(dir.join("sled")).unwrap();
+        // A database just dropped by the same test may still hold its file lock for a moment
+        // (sled's flusher thread lets go of it asynchronously).
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir.join("sled")) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if tries < 100 && e.to_string().contains("lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("sled: {e}"),
+            }
+        };
         Arc::new(crate::group_commit::GroupCommit::new(db, snapshots))
     }
 

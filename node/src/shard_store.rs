@@ -52,7 +52,10 @@ use crate::record::{self, Corrupt};
 use crate::snapshot_file::{self, Descriptor, Side, SnapshotDir};
 use crate::state_machine::StateMachine;
 use crate::writes::Write;
-use wallet_proto::v1::{Account, HistoryEntry, Intent, ListTransfersResponse};
+use wallet_proto::v1::{
+    Account, HistoryEntry, Intent, ListTransfersRequest, ListTransfersResponse,
+};
+use wallet_proto::validate;
 
 const LOG_PREFIX: u8 = b'L';
 const KEY_HARD_STATE: &[u8] = b"Mh";
@@ -88,6 +91,8 @@ pub const CHECKPOINT_WRITES: usize = 4096;
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
 const HISTORY_PAGE_DEFAULT: u32 = 50;
+/// Entries a filtered history page examines at most (one read's bounded work).
+pub const HISTORY_SCAN_MAX: usize = 10_000;
 
 /// Errors of the durable store: sled failed, or a record is corrupt.
 #[derive(Debug)]
@@ -993,35 +998,43 @@ impl ShardStore {
 
     /// One page of an account's history, newest first (a checkpoint first, so the page is
     /// read from sled with everything applied).
+    /// With filters (`validate::history_filter`), only matching entries, examining at most
+    /// [`HISTORY_SCAN_MAX`] entries: a page that stopped there says where to go on from.
     pub fn history(
         &mut self,
-        account_id: &str,
-        limit: u32,
-        cursor: u64,
+        list: &ListTransfersRequest,
     ) -> Result<ListTransfersResponse, StoreError> {
         self.checkpoint_now()?;
-        let limit = match limit {
+        let account_id = list.account_id.as_str();
+        let limit = match list.limit {
             0 => HISTORY_PAGE_DEFAULT,
             n => n.min(HISTORY_PAGE_MAX),
         } as usize;
         let start = history_prefix(account_id);
-        let end = if cursor == 0 {
+        let end = if list.cursor == 0 {
             history_key(account_id, u64::MAX)
         } else {
-            history_key(account_id, cursor)
+            history_key(account_id, list.cursor)
         };
         // sled 0.34 panics on some damaged pages: a corrupt record, not a crashed node.
         wallet_proto::fail_stop::catch(|| {
             let mut entries = Vec::with_capacity(limit);
             let mut next_cursor = 0;
-            for item in self.tree.range(start..end).rev() {
+            for (examined, item) in self.tree.range(start..end).rev().enumerate() {
                 let (_, value) = item?;
                 let entry: HistoryEntry = record::decode(&value)?;
                 if entries.len() == limit {
                     next_cursor = entries.last().map(|e: &HistoryEntry| e.seq).unwrap_or(0);
                     break;
                 }
-                entries.push(entry);
+                if examined == HISTORY_SCAN_MAX {
+                    // The previous entry was the last one examined: go on below it.
+                    next_cursor = entry.seq.saturating_add(1);
+                    break;
+                }
+                if validate::history_matches(list, &entry) {
+                    entries.push(entry);
+                }
             }
             Ok(ListTransfersResponse {
                 entries,

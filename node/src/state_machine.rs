@@ -603,7 +603,7 @@ impl StateMachine {
         debug_assert!(delta != 0);
         let account = self.existing(account_id)?;
         if let Err(refusal) = movable(account) {
-            return Ok(Outcome::from(refusal));
+            return remembered(refusal);
         }
         let balance = match Self::balance_after(account, delta) {
             Ok(balance) => balance,
@@ -655,7 +655,7 @@ impl StateMachine {
         let currency = from.currency.clone();
         same_currency(&from.account_id, &from.currency, to)?;
         if let Err(refusal) = movable(from).and_then(|_| movable(to)) {
-            return Ok(Outcome::from(refusal));
+            return remembered(refusal);
         }
         let to_balance = Self::balance_after(to, t.amount)?;
         let from_balance = match Self::balance_after(from, -t.amount) {
@@ -713,7 +713,7 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Result<Outcome, Refusal> {
         let account = self.existing(account_id)?;
-        let now = AccountState::try_from(account.state).unwrap_or(AccountState::Open);
+        let now = AccountState::try_from(account.state).map_err(|_| unknown_state(account))?;
         let refusal = match (now, state) {
             (AccountState::Closed, AccountState::Closed) => None,
             (AccountState::Closed, _) => Some(closed(account)),
@@ -892,14 +892,27 @@ pub(crate) fn movable(account: &Account) -> Result<(), Refusal> {
             format!("account {} is frozen", account.account_id),
         )),
         Ok(AccountState::Closed) => Err(closed(account)),
-        Err(_) => Err(Refusal::new(
-            Reason::CorruptRecord,
-            format!(
-                "account {} has unknown state {}",
-                account.account_id, account.state
-            ),
-        )),
+        Err(_) => Err(unknown_state(account)),
     }
+}
+
+fn unknown_state(account: &Account) -> Refusal {
+    Refusal::new(
+        Reason::CorruptRecord,
+        format!(
+            "account {} has unknown state {}",
+            account.account_id, account.state
+        ),
+    )
+}
+
+/// A refusal of [`movable`] as the request's outcome, remembered as its first (a business
+/// refusal), except a corrupt record, which is refused and not remembered.
+pub(crate) fn remembered(refusal: Refusal) -> Result<Outcome, Refusal> {
+    if refusal.reason == Reason::CorruptRecord {
+        return Err(refusal);
+    }
+    Ok(Outcome::from(refusal))
 }
 
 fn closed(account: &Account) -> Refusal {

@@ -266,24 +266,37 @@ impl Pair {
         run(self.of(&to), &t.transfer_id, prepare).0
     }
 
-    fn commit(&mut self, t: &TransferRequest) {
-        let debit = TransferStep {
+    fn step(t: &TransferRequest, debit: bool) -> TransferStep {
+        TransferStep {
             transfer_id: t.transfer_id.clone(),
-            account_id: t.from_account_id.clone(),
-            from_account_id: String::new(),
+            account_id: if debit {
+                t.from_account_id.clone()
+            } else {
+                t.to_account_id.clone()
+            },
+            from_account_id: if debit {
+                String::new()
+            } else {
+                t.from_account_id.clone()
+            },
             refusal: None,
+        }
+    }
+
+    /// A decision step, stamped after the prepares (78 > 77) as a router's commit timestamp is.
+    fn decide(
+        &mut self,
+        t: &TransferRequest,
+        which: fn(TransferStep) -> Op,
+        debit: bool,
+    ) -> Outcome {
+        let account = if debit {
+            t.from_account_id.clone()
+        } else {
+            t.to_account_id.clone()
         };
-        let credit = TransferStep {
-            account_id: t.to_account_id.clone(),
-            from_account_id: t.from_account_id.clone(),
-            ..debit.clone()
-        };
-        let from = t.from_account_id.clone();
-        let to = t.to_account_id.clone();
-        let o = common::apply_at(self.of(&from), &t.transfer_id, 78, Op::CommitDebit(debit)).0;
-        assert!(rejection_of(&o).is_none(), "{o:?}");
-        let o = common::apply_at(self.of(&to), &t.transfer_id, 78, Op::CommitCredit(credit)).0;
-        assert!(rejection_of(&o).is_none(), "{o:?}");
+        let step = which(Pair::step(t, debit));
+        common::apply_at(self.of(&account), &t.transfer_id, 78, step).0
     }
 }
 
@@ -295,56 +308,93 @@ fn status(outcome: &Outcome) -> Option<TransferStatus> {
 }
 
 #[test]
-fn a_freeze_refuses_new_cross_shard_legs_but_a_prepared_transfer_finishes() {
+fn a_freeze_stops_money_at_the_commit_point_but_a_promised_credit_lands() {
     let mut p = Pair::new();
     let (a, b) = (p.a.clone(), p.b.clone());
-    // Prepared on both sides, then both accounts frozen: the decision still lands (its money was
-    // reserved and promised when it was checked), and neither account can close meanwhile.
+    let held = |p: &mut Pair, id: &str| {
+        let acc = p.of(id).account(id).cloned().expect("account");
+        (acc.balance, acc.reserved, acc.pending_credit)
+    };
+    // Prepared on both sides: neither account can close while it is in flight.
     let t = transfer_request("x1", &a, &b, i64::MAX);
     assert_eq!(status(&p.prepare_debit(&t)), Some(TransferStatus::Prepared));
     assert_eq!(
         status(&p.prepare_credit(&t)),
         Some(TransferStatus::Prepared)
     );
-    run(p.of(&a), "f", freeze(&a));
-    run(p.of(&b), "f", freeze(&b));
-    run(p.of(&a), "u", unfreeze(&a));
-    run(p.of(&b), "u", unfreeze(&b));
-    for (account, reserved, pending) in [(&a, i64::MAX, 0), (&b, 0, i64::MAX)] {
+    for account in [&a, &b] {
         let o = run(p.of(account), "c", close(account)).0;
         assert_eq!(rejection_of(&o), Some(Reason::AccountNotEmpty), "{o:?}");
-        let held = p.of(account).account(account).cloned().expect("account");
-        assert_eq!((held.reserved, held.pending_credit), (reserved, pending));
     }
-    run(p.of(&a), "f2", freeze(&a));
-    run(p.of(&b), "f2", freeze(&b));
-    p.commit(&t);
-    assert_eq!(balance(p.of(&a), &a), 0);
-    assert_eq!(balance(p.of(&b), &b), i64::MAX);
-    // New legs are refused on a frozen side: the debit's refusal is its remembered outcome, the
-    // credit's makes the router abort (the debit then remembers it).
-    let back = transfer_request("x2", &b, &a, 5);
+    // The debit account is frozen before the commit point: the commit becomes an abort that
+    // remembers why, every later step answers it, and the credit side is released.
+    run(p.of(&a), "f", freeze(&a));
+    let decided = p.decide(&t, Op::CommitDebit, true);
+    assert_eq!(rejection_of(&decided), Some(Reason::AccountFrozen));
+    assert_eq!(held(&mut p, &a), (i64::MAX, 0, 0));
+    assert_eq!(p.decide(&t, Op::CommitDebit, true), decided, "G4");
+    assert_eq!(p.decide(&t, Op::AbortDebit, true), decided, "G4");
     assert_eq!(
-        rejection_of(&p.prepare_debit(&back)),
-        Some(Reason::AccountFrozen)
+        p.prepare_debit(&t),
+        decided,
+        "a retry answers the first outcome"
     );
-    assert_eq!(p.prepare_debit(&back), p.prepare_debit(&back), "remembered");
-    run(p.of(&b), "u2", unfreeze(&b));
+    let released = p.decide(&t, Op::AbortCredit, false);
+    assert!(rejection_of(&released).is_none(), "{released:?}");
+    assert_eq!(held(&mut p, &b), (0, 0, 0));
+    // Unfrozen; prepared again under a new id; now the credit side is frozen after its promise:
+    // the commit goes through and the credit lands (its debit has left: it must).
+    run(p.of(&a), "u", unfreeze(&a));
+    let t = transfer_request("x2", &a, &b, i64::MAX);
+    assert_eq!(status(&p.prepare_debit(&t)), Some(TransferStatus::Prepared));
+    assert_eq!(
+        status(&p.prepare_credit(&t)),
+        Some(TransferStatus::Prepared)
+    );
+    run(p.of(&b), "f", freeze(&b));
+    assert_eq!(
+        status(&p.decide(&t, Op::CommitDebit, true)),
+        Some(TransferStatus::Committed)
+    );
+    assert_eq!(
+        status(&p.decide(&t, Op::CommitCredit, false)),
+        Some(TransferStatus::Committed)
+    );
+    assert_eq!(held(&mut p, &a), (0, 0, 0));
+    assert_eq!(held(&mut p, &b), (i64::MAX, 0, 0));
+    // New legs are refused on a frozen side: a debit's refusal is its remembered outcome; a
+    // credit's makes the router abort with it, and the debit remembers it (a later commit of
+    // the same id answers it too, even after the unfreeze).
     let back = transfer_request("x3", &b, &a, 5);
+    let refused = p.prepare_debit(&back);
+    assert_eq!(rejection_of(&refused), Some(Reason::AccountFrozen));
+    run(p.of(&b), "u2", unfreeze(&b));
+    assert_eq!(p.prepare_debit(&back), refused, "remembered");
+    run(p.of(&a), "f2", freeze(&a));
+    let back = transfer_request("x4", &b, &a, 5);
     assert_eq!(
         status(&p.prepare_debit(&back)),
         Some(TransferStatus::Prepared)
     );
-    assert_eq!(
-        rejection_of(&p.prepare_credit(&back)),
-        Some(Reason::AccountFrozen)
-    );
-    assert_eq!(p.of(&a).account(&a).expect("a").pending_credit, 0);
-    // a is empty again; once unfrozen it closes, and a credit to it is then ACCOUNT_CLOSED.
+    let credit_refusal = p.prepare_credit(&back);
+    assert_eq!(rejection_of(&credit_refusal), Some(Reason::AccountFrozen));
+    let Some(outcome::Result::Rejected(why)) = credit_refusal.result else {
+        panic!("{credit_refusal:?}");
+    };
+    let abort = Op::AbortDebit(TransferStep {
+        refusal: Some(why),
+        ..Pair::step(&back, true)
+    });
+    let aborted = common::apply_at(p.of(&b), "x4", 78, abort).0;
+    assert_eq!(rejection_of(&aborted), Some(Reason::AccountFrozen));
     run(p.of(&a), "u3", unfreeze(&a));
+    assert_eq!(p.decide(&back, Op::CommitDebit, true), aborted, "G4");
+    assert_eq!(held(&mut p, &b), (i64::MAX, 0, 0));
+    assert_eq!(held(&mut p, &a), (0, 0, 0));
+    // a is empty: it closes, and a credit to it is then ACCOUNT_CLOSED.
     let o = run(p.of(&a), "c2", close(&a)).0;
     assert_eq!(account_of(&o).state, AccountState::Closed as i32);
-    let late = transfer_request("x4", &b, &a, 5);
+    let late = transfer_request("x5", &b, &a, 5);
     assert_eq!(
         rejection_of(&p.prepare_credit(&late)),
         Some(Reason::AccountClosed)

@@ -2,6 +2,7 @@
 //! reason code and nothing is written. The state machine checks them again (pair assertions).
 
 use crate::reason::{Reason, Refusal};
+use crate::v1::{EntryKind, HistoryEntry, ListTransfersRequest};
 
 /// Longest id (account, request, transfer) in bytes.
 pub const ID_BYTES_MAX: usize = 64;
@@ -93,5 +94,141 @@ mod tests {
         assert!(currency("US").is_err());
         assert!(currency("USDT").is_err());
         assert!(currency("U$D").is_err());
+    }
+}
+
+/// A history query's filters: known kinds, each range's bounds in order.
+pub fn history_filter(list: &ListTransfersRequest) -> Result<(), Refusal> {
+    let bad = |message: String| Err(Refusal::new(Reason::InvalidArgument, message));
+    if list.kinds.len() > 8 {
+        return bad(format!("{} kinds given; at most 8", list.kinds.len()));
+    }
+    if let Some(kind) = list.kinds.iter().find(|k| {
+        matches!(
+            EntryKind::try_from(**k),
+            Err(_) | Ok(EntryKind::Unspecified)
+        )
+    }) {
+        return bad(format!("unknown history entry kind {kind}"));
+    }
+    if list.from_ts != 0 && list.to_ts != 0 && list.from_ts > list.to_ts {
+        return bad(format!(
+            "from_ts {} is after to_ts {}",
+            list.from_ts, list.to_ts
+        ));
+    }
+    if list.from_ms != 0 && list.to_ms != 0 && list.from_ms > list.to_ms {
+        return bad(format!(
+            "from_ms {} is after to_ms {}",
+            list.from_ms, list.to_ms
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a history entry passes a query's filters (0 bounds and no kinds: every entry).
+pub fn history_matches(list: &ListTransfersRequest, entry: &HistoryEntry) -> bool {
+    (list.kinds.is_empty() || list.kinds.contains(&entry.kind))
+        && (list.from_ts == 0 || entry.commit_ts >= list.from_ts)
+        && (list.to_ts == 0 || entry.commit_ts <= list.to_ts)
+        && (list.from_ms == 0 || entry.at_ms >= list.from_ms)
+        && (list.to_ms == 0 || entry.at_ms <= list.to_ms)
+}
+
+/// Whether a history query filters at all.
+pub fn history_filtered(list: &ListTransfersRequest) -> bool {
+    !list.kinds.is_empty()
+        || list.from_ts != 0
+        || list.to_ts != 0
+        || list.from_ms != 0
+        || list.to_ms != 0
+}
+
+/// Entry kinds named in a comma-separated list (`DEPOSIT,transfer_in`; case-insensitive, with or
+/// without the `ENTRY_KIND_` prefix), as the CLI and the HTTP API take them.
+pub fn entry_kinds(text: &str) -> Result<Vec<i32>, Refusal> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            let upper = name.to_ascii_uppercase();
+            let full = if upper.starts_with("ENTRY_KIND_") {
+                upper
+            } else {
+                format!("ENTRY_KIND_{upper}")
+            };
+            match EntryKind::from_str_name(&full) {
+                Some(kind) if kind != EntryKind::Unspecified => Ok(kind as i32),
+                _ => Err(Refusal::new(
+                    Reason::InvalidArgument,
+                    format!(
+                        "unknown history entry kind {name:?} (DEPOSIT, WITHDRAW, TRANSFER_OUT, \
+                         TRANSFER_IN)"
+                    ),
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn history_filters_are_checked_and_kinds_parsed() {
+        assert_eq!(
+            entry_kinds("deposit, TRANSFER_IN,entry_kind_withdraw,").unwrap(),
+            vec![
+                EntryKind::Deposit as i32,
+                EntryKind::TransferIn as i32,
+                EntryKind::Withdraw as i32
+            ]
+        );
+        assert!(entry_kinds("").unwrap().is_empty());
+        for bad in ["unspecified", "refund", "deposit,,x"] {
+            assert_eq!(
+                entry_kinds(bad).unwrap_err().reason,
+                Reason::InvalidArgument
+            );
+        }
+        let list = |f: fn(&mut ListTransfersRequest)| {
+            let mut l = ListTransfersRequest::default();
+            f(&mut l);
+            history_filter(&l).map_err(|r| r.reason)
+        };
+        assert_eq!(list(|_| {}), Ok(()));
+        assert_eq!(list(|l| l.kinds = vec![0]), Err(Reason::InvalidArgument));
+        assert_eq!(list(|l| l.kinds = vec![99]), Err(Reason::InvalidArgument));
+        assert_eq!(list(|l| l.kinds = vec![1; 9]), Err(Reason::InvalidArgument));
+        assert_eq!(
+            list(|l| (l.from_ts, l.to_ts) = (u64::MAX, u64::MAX - 1)),
+            Err(Reason::InvalidArgument)
+        );
+        assert_eq!(list(|l| (l.from_ts, l.to_ts) = (u64::MAX, 0)), Ok(()));
+        assert_eq!(
+            list(|l| (l.from_ms, l.to_ms) = (i64::MAX, i64::MIN)),
+            Err(Reason::InvalidArgument)
+        );
+        assert_eq!(
+            list(|l| (l.from_ms, l.to_ms) = (i64::MIN, i64::MAX)),
+            Ok(())
+        );
+        let entry = HistoryEntry {
+            kind: EntryKind::TransferOut as i32,
+            commit_ts: u64::MAX,
+            at_ms: i64::MIN,
+            ..Default::default()
+        };
+        let matches = |f: fn(&mut ListTransfersRequest)| {
+            let mut l = ListTransfersRequest::default();
+            f(&mut l);
+            history_matches(&l, &entry)
+        };
+        assert!(matches(|_| {}));
+        assert!(matches(|l| l.from_ts = u64::MAX));
+        assert!(!matches(|l| l.to_ts = u64::MAX - 1));
+        assert!(matches(|l| l.to_ms = i64::MIN));
+        assert!(!matches(|l| l.kinds = vec![EntryKind::TransferIn as i32]));
     }
 }

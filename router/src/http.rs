@@ -305,6 +305,12 @@ async fn get_transfer(
 struct HistoryQuery {
     limit: u32,
     cursor: u64,
+    /// Comma-separated entry kinds (`DEPOSIT,TRANSFER_IN`).
+    kinds: String,
+    from_ts: u64,
+    to_ts: u64,
+    from_ms: i64,
+    to_ms: i64,
 }
 
 async fn history(
@@ -318,6 +324,11 @@ async fn history(
         account_id,
         limit: query.limit,
         cursor: query.cursor,
+        kinds: wallet_proto::validate::entry_kinds(&query.kinds).map_err(Refused)?,
+        from_ts: query.from_ts,
+        to_ts: query.to_ts,
+        from_ms: query.from_ms,
+        to_ms: query.to_ms,
     };
     Ok(Json(
         service

@@ -645,6 +645,7 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
     ) -> Result<Response<ListTransfersResponse>, Status> {
         let list = request.into_inner();
         validate::id("account id", &list.account_id)?;
+        validate::history_filter(&list)?;
         let account_id = list.account_id.clone();
         match self.read(&account_id, Query::History(list)).await? {
             read_result::Result::History(page) => Ok(Response::new(page)),

@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
     fresh_id, Account, AccountState, AccountStateRequest, BalanceChange, ClientOptions,
-    DepositRequest, EntryKind, Lifecycle, Transfer, TransferRequest, TransferStatus, WalletClient,
-    WalletError, WithdrawRequest,
+    DepositRequest, EntryKind, Lifecycle, ListTransfersRequest, Transfer, TransferRequest,
+    TransferStatus, WalletClient, WalletError, WithdrawRequest,
 };
 
 #[derive(Parser, Debug)]
@@ -103,6 +103,21 @@ enum Commands {
         /// Continue from a previous page's next cursor.
         #[arg(long, default_value_t = 0)]
         cursor: u64,
+        /// Only these kinds, comma-separated: deposit, withdraw, transfer_out, transfer_in.
+        #[arg(long, default_value = "")]
+        kinds: String,
+        /// Only entries committed at or after this oracle timestamp.
+        #[arg(long, default_value_t = 0)]
+        from_ts: u64,
+        /// Only entries committed at or before this oracle timestamp.
+        #[arg(long, default_value_t = 0)]
+        to_ts: u64,
+        /// Only entries at or after this time (ms since the epoch).
+        #[arg(long, default_value_t = 0)]
+        from_ms: i64,
+        /// Only entries at or before this time (ms since the epoch).
+        #[arg(long, default_value_t = 0)]
+        to_ms: i64,
     },
 }
 
@@ -128,6 +143,9 @@ enum AccountCommand {
         /// Request id for exactly-once retries (generated if omitted).
         #[arg(long = "request-id")]
         request_id: Option<String>,
+        /// When the request was first issued (see `deposit --help`).
+        #[arg(long, default_value_t = 0)]
+        issued_at_ms: i64,
     },
     /// Let a frozen account move money again.
     Unfreeze {
@@ -135,6 +153,9 @@ enum AccountCommand {
         /// Request id for exactly-once retries (generated if omitted).
         #[arg(long = "request-id")]
         request_id: Option<String>,
+        /// When the request was first issued (see `deposit --help`).
+        #[arg(long, default_value_t = 0)]
+        issued_at_ms: i64,
     },
     /// Close an account for good: only at balance 0 with nothing reserved or pending, and not
     /// while frozen. Later changes are refused with ACCOUNT_CLOSED.
@@ -143,6 +164,9 @@ enum AccountCommand {
         /// Request id for exactly-once retries (generated if omitted).
         #[arg(long = "request-id")]
         request_id: Option<String>,
+        /// When the request was first issued (see `deposit --help`).
+        #[arg(long, default_value_t = 0)]
+        issued_at_ms: i64,
     },
     /// Show an account.
     Get {
@@ -240,11 +264,12 @@ async fn change_state(
     change: Lifecycle,
     account_id: String,
     request_id: Option<String>,
+    issued_at_ms: i64,
 ) -> Result<(serde_json::Value, String), WalletError> {
     let request = AccountStateRequest {
         request_id: request_id.unwrap_or_else(|| fresh_id("state")),
         account_id,
-        issued_at_ms: 0,
+        issued_at_ms,
     };
     let a = client.change_account_state(change, request).await?;
     Ok((account_json(&a), account_text(&a)))
@@ -275,15 +300,21 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
                 .await?;
             (account_json(&a), account_text(&a))
         }
-        Commands::Account(AccountCommand::Freeze { id, request_id }) => {
-            change_state(&client, Lifecycle::Freeze, id, request_id).await?
-        }
-        Commands::Account(AccountCommand::Unfreeze { id, request_id }) => {
-            change_state(&client, Lifecycle::Unfreeze, id, request_id).await?
-        }
-        Commands::Account(AccountCommand::Close { id, request_id }) => {
-            change_state(&client, Lifecycle::Close, id, request_id).await?
-        }
+        Commands::Account(AccountCommand::Freeze {
+            id,
+            request_id,
+            issued_at_ms,
+        }) => change_state(&client, Lifecycle::Freeze, id, request_id, issued_at_ms).await?,
+        Commands::Account(AccountCommand::Unfreeze {
+            id,
+            request_id,
+            issued_at_ms,
+        }) => change_state(&client, Lifecycle::Unfreeze, id, request_id, issued_at_ms).await?,
+        Commands::Account(AccountCommand::Close {
+            id,
+            request_id,
+            issued_at_ms,
+        }) => change_state(&client, Lifecycle::Close, id, request_id, issued_at_ms).await?,
         Commands::Account(AccountCommand::Get { id, at }) => {
             let a = client.get_account_at(&id, at).await?;
             (account_json(&a), account_text(&a))
@@ -395,8 +426,28 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             account,
             limit,
             cursor,
+            kinds,
+            from_ts,
+            to_ts,
+            from_ms,
+            to_ms,
         } => {
-            let page = client.list_transfers(&account, limit, cursor).await?;
+            let kinds = wallet_proto::validate::entry_kinds(&kinds).map_err(|r| WalletError {
+                reason: r.reason,
+                message: r.message,
+            })?;
+            let page = client
+                .list_transfers_request(ListTransfersRequest {
+                    account_id: account,
+                    limit,
+                    cursor,
+                    kinds,
+                    from_ts,
+                    to_ts,
+                    from_ms,
+                    to_ms,
+                })
+                .await?;
             let mut text = format!(
                 "{:>6}  {:<13} {:>14} {:>14}  {:<24} request\n",
                 "seq", "kind", "delta", "balance", "counterparty"

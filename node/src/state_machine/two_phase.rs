@@ -37,8 +37,8 @@ use wallet_proto::v1::{
 use wallet_proto::validate;
 
 use super::{
-    intent_key, movable, record_fate, same_currency, same_request, same_transfer, IntentKey,
-    Refusal, StateMachine, Write, Writes,
+    intent_key, movable, record_fate, remembered, same_currency, same_request, same_transfer,
+    IntentKey, Refusal, StateMachine, Write, Writes,
 };
 use crate::retention::Fate;
 
@@ -173,7 +173,7 @@ impl StateMachine {
         let spendable =
             i128::from(from.balance) - i128::from(from.reserved) - i128::from(from.floor);
         let outcome = if let Err(refusal) = movable(from) {
-            Outcome::from(refusal)
+            remembered(refusal)?
         } else if spendable < i128::from(t.amount) {
             Outcome::from(Refusal::new(
                 Reason::InsufficientFunds,
@@ -246,17 +246,9 @@ impl StateMachine {
         let current = record.outcome.clone().unwrap_or_default();
         let transfer = match (&current.result, is_two_phase) {
             (Some(outcome::Result::Transfer(t)), true) => t.clone(),
-            // Refused at prepare (e.g. INSUFFICIENT_FUNDS): it never happens.
-            (Some(outcome::Result::Rejected(_)), true) => {
-                return if commit {
-                    Outcome::from(Refusal::new(
-                        Reason::TransferAborted,
-                        format!("transfer {} was refused", step.transfer_id),
-                    ))
-                } else {
-                    current
-                };
-            }
+            // Refused at prepare (e.g. INSUFFICIENT_FUNDS), or aborted with its credit side's
+            // refusal: it never happens, and every step answers that first outcome (G4).
+            (Some(outcome::Result::Rejected(_)), true) => return current,
             _ => {
                 return Outcome::from(Refusal::new(
                     Reason::InvalidArgument,
@@ -294,6 +286,21 @@ impl StateMachine {
         let Some(mut account) = self.accounts.get(&step.account_id).cloned() else {
             return broken(format!("debit account {} vanished", step.account_id));
         };
+        // The commit point is here: a debit account frozen since the prepare lets no money out,
+        // so the commit becomes an abort that remembers why (the router then aborts the credit
+        // side; recovery reads the refusal as an abort). A credit promised before a freeze
+        // still lands (`decide_credit`): its debit had left already.
+        let mut refusal = step.refusal.clone();
+        let mut commit = commit;
+        if commit {
+            if let Err(frozen) = movable(&account) {
+                if frozen.reason == Reason::CorruptRecord {
+                    return Outcome::from(frozen);
+                }
+                refusal = Some(frozen.into());
+                commit = false;
+            }
+        }
         let Some(reserved) = account.reserved.checked_sub(decided.amount) else {
             return broken(format!(
                 "transfer {} of {} is not reserved on {account:?}",
@@ -338,9 +345,9 @@ impl StateMachine {
         }
         self.prepared.remove(&key);
         // An abort the credit side caused remembers the credit side's refusal as the outcome.
-        let outcome = match (&step.refusal, commit) {
+        let outcome = match (refusal, commit) {
             (Some(refusal), false) => Outcome {
-                result: Some(outcome::Result::Rejected(refusal.clone())),
+                result: Some(outcome::Result::Rejected(refusal)),
             },
             _ => transfer_outcome(decided),
         };
