@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ListTransfersResponse",
         "AuditReport",
         "CurrencyTotals",
+        "Hold",
+        "ListHoldsResponse",
     ] {
         builder = builder.message_attribute(
             format!(".wallet.v1.{answer}"),
@@ -27,6 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "WithdrawRequest",
         "TransferRequest",
         "AccountStateRequest",
+        "AuthorizeRequest",
+        "CaptureRequest",
+        "VoidRequest",
     ] {
         builder = builder.message_attribute(
             format!(".wallet.v1.{request}"),
@@ -41,6 +46,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute(
             ".wallet.v1.Account.state",
             "#[serde(serialize_with = \"crate::json::account_state\")]",
+        )
+        .field_attribute(
+            ".wallet.v1.Hold.state",
+            "#[serde(serialize_with = \"crate::json::hold_state\")]",
         )
         .field_attribute(
             ".wallet.v1.HistoryEntry.kind",

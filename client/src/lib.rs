@@ -32,9 +32,11 @@ use wallet_proto::v1::{
     TransferBatchResponse,
 };
 pub use wallet_proto::v1::{
-    Account, AccountState, AccountStateRequest, AuditReport, BalanceChange, CreateAccountRequest,
-    CurrencyTotals, DepositRequest, EntryKind, HistoryEntry, ListTransfersRequest,
-    ListTransfersResponse, Transfer, TransferRequest, TransferStatus, WithdrawRequest,
+    Account, AccountState, AccountStateRequest, AuditReport, AuthorizeRequest, BalanceChange,
+    CaptureRequest, CreateAccountRequest, CurrencyTotals, DepositRequest, EntryKind,
+    GetHoldRequest, HistoryEntry, Hold, HoldState, ListHoldsRequest, ListHoldsResponse,
+    ListTransfersRequest, ListTransfersResponse, Transfer, TransferRequest, TransferStatus,
+    VoidRequest, WithdrawRequest,
 };
 use wallet_tls::ClientTls;
 pub use wallet_tls::{TlsArgs, TlsFiles};
@@ -147,6 +149,11 @@ rpcs! {
     close_account(AccountStateRequest) -> Account;
     freeze_account(AccountStateRequest) -> Account;
     unfreeze_account(AccountStateRequest) -> Account;
+    authorize(AuthorizeRequest) -> Hold;
+    capture(CaptureRequest) -> Hold;
+    void(VoidRequest) -> Hold;
+    get_hold(GetHoldRequest) -> Hold;
+    list_holds(ListHoldsRequest) -> ListHoldsResponse;
 }
 
 /// A client of one or more routers, or of a router embedded in this process
@@ -436,6 +443,109 @@ impl WalletClient {
                     Lifecycle::Close => c.close_account(r).await,
                 }
             }
+        })
+        .await
+    }
+
+    /// Reserves `amount` on `from` for `to` until a capture, a void or the expiry
+    /// (`expires_in_ms`, 0: 7 days). Exactly-once by `hold_id`, scoped to `from`; issued now.
+    pub async fn authorize(
+        &self,
+        hold_id: &str,
+        from_account_id: &str,
+        to_account_id: &str,
+        amount: i64,
+        expires_in_ms: i64,
+    ) -> Result<Hold, WalletError> {
+        self.authorize_request(AuthorizeRequest {
+            hold_id: hold_id.into(),
+            from_account_id: from_account_id.into(),
+            to_account_id: to_account_id.into(),
+            amount,
+            expires_in_ms,
+            issued_at_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// An authorization as built by the caller (see [`WalletClient::deposit_request`]).
+    pub async fn authorize_request(
+        &self,
+        mut request: AuthorizeRequest,
+    ) -> Result<Hold, WalletError> {
+        request.issued_at_ms = stamped(request.issued_at_ms);
+        self.retrying(|c| {
+            let r = request.clone();
+            async move { c.authorize(r).await }
+        })
+        .await
+    }
+
+    /// Moves `amount` of the hold (0: all of it) and releases the rest. At most once per hold:
+    /// the same capture again answers the hold; another is `HOLD_NOT_PENDING`.
+    pub async fn capture(
+        &self,
+        hold_id: &str,
+        from_account_id: &str,
+        amount: i64,
+    ) -> Result<Hold, WalletError> {
+        let request = CaptureRequest {
+            hold_id: hold_id.into(),
+            from_account_id: from_account_id.into(),
+            amount,
+        };
+        self.retrying(|c| {
+            let r = request.clone();
+            async move { c.capture(r).await }
+        })
+        .await
+    }
+
+    /// Releases the whole hold.
+    pub async fn void(&self, hold_id: &str, from_account_id: &str) -> Result<Hold, WalletError> {
+        let request = VoidRequest {
+            hold_id: hold_id.into(),
+            from_account_id: from_account_id.into(),
+        };
+        self.retrying(|c| {
+            let r = request.clone();
+            async move { c.void(r).await }
+        })
+        .await
+    }
+
+    /// A hold by its id and debit account.
+    pub async fn get_hold(
+        &self,
+        hold_id: &str,
+        from_account_id: &str,
+    ) -> Result<Hold, WalletError> {
+        let request = GetHoldRequest {
+            hold_id: hold_id.into(),
+            from_account_id: from_account_id.into(),
+        };
+        self.retrying(|c| {
+            let r = request.clone();
+            async move { c.get_hold(r).await }
+        })
+        .await
+    }
+
+    /// A page of an account's pending holds as payer, in hold id order, after `after`.
+    pub async fn list_holds(
+        &self,
+        account_id: &str,
+        limit: u32,
+        after: &str,
+    ) -> Result<ListHoldsResponse, WalletError> {
+        let request = ListHoldsRequest {
+            account_id: account_id.into(),
+            limit,
+            after: after.into(),
+        };
+        self.retrying(|c| {
+            let r = request.clone();
+            async move { c.list_holds(r).await }
         })
         .await
     }

@@ -10,6 +10,8 @@
 //!
 //! So a transfer is never in doubt for much longer than the timeout after its router died.
 //!
+//! The same pass releases holds whose expiry passed (`ExpireHolds`, stamped by the oracle).
+//!
 //! The same pass lets a primary forget COMMITTED transfers whose retention window passed
 //! (README § Retention): it asks their credit shards whether they still hold a PENDING intent
 //! for them, and proposes `ForgetTransfers` for those that do not. A credit side that still
@@ -22,9 +24,9 @@ use std::time::Duration;
 use tonic::Request;
 use wallet_proto::v1::shard_server::Shard;
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Command, ForgetTransfers, Intent,
-    IntentRef, IntentState, IntentStatesQuery, Outcome, ReadResult, Settling, ShardCommand,
-    ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
+    command::Op, outcome, read_result, shard_read::Query, Command, ExpireHolds, ForgetTransfers,
+    Intent, IntentRef, IntentState, IntentStatesQuery, NextHoldExpiry, Outcome, ReadResult,
+    Settling, ShardCommand, ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
 };
 use wallet_shard_client::shards::Shards;
 
@@ -53,6 +55,9 @@ pub async fn run(
                 }
                 if let Err(e) = forget_settled(&service, &shards, shard_id).await {
                     tracing::debug!(shard_id, error = %e, "forgetting settled transfers failed; next pass retries");
+                }
+                if let Err(e) = expire_holds(&service, &shards, shard_id).await {
+                    tracing::debug!(shard_id, error = %e, "expiring holds failed; next pass retries");
                 }
             }
         };
@@ -269,6 +274,48 @@ fn count_decision(decision: &'static str) {
         .recovery_decisions
         .get_or_create(&crate::metrics::DecisionLabel { decision })
         .inc();
+}
+
+/// Releases the shard's holds whose expiry passed: once the earliest expiry is behind this
+/// node's clock (a hint only), `ExpireHolds` is proposed stamped with a fresh oracle timestamp,
+/// and the state machine releases the holds due at that timestamp (the decision is the oracle's,
+/// never this clock's), a bounded number per command.
+async fn expire_holds(
+    service: &NodeService,
+    shards: &Arc<Shards>,
+    shard_id: u64,
+) -> Result<(), tonic::Status> {
+    for _ in 0..8 {
+        let next = match service
+            .read(Request::new(ShardRead {
+                shard_id,
+                query: Some(Query::NextHoldExpiry(NextHoldExpiry {})),
+            }))
+            .await?
+            .into_inner()
+            .result
+        {
+            Some(read_result::Result::NextHoldExpiryTs(ts)) => ts,
+            _ => return Ok(()),
+        };
+        let due_ms = i64::try_from(next >> 18).unwrap_or(i64::MAX);
+        if next == 0 || due_ms > crate::service::now_ms() {
+            return Ok(());
+        }
+        let ts = shards.tso(1).await?.first;
+        if ts < next {
+            return Ok(());
+        }
+        let outcome = propose(service, shard_id, "", ts, Op::ExpireHolds(ExpireHolds {})).await?;
+        match outcome.result {
+            Some(outcome::Result::Expired(n)) if n > 0 => {
+                tracing::info!(shard_id, expired = n, "released expired holds");
+                count_decision("expire_holds");
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 async fn propose(

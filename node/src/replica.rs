@@ -1101,6 +1101,23 @@ impl Replica {
                 },
                 Err(refusal) => refusal.into(),
             },
+            Query::Hold(get) => match self.state_machine.hold(get) {
+                Ok(hold) => ReadResult {
+                    result: Some(read_result::Result::Hold(hold)),
+                },
+                Err(refusal) => refusal.into(),
+            },
+            Query::Holds(list) => match self.state_machine.holds(list) {
+                Ok(page) => ReadResult {
+                    result: Some(read_result::Result::Holds(page)),
+                },
+                Err(refusal) => refusal.into(),
+            },
+            Query::NextHoldExpiry(_) => ReadResult {
+                result: Some(read_result::Result::NextHoldExpiryTs(
+                    self.state_machine.next_hold_expiry(),
+                )),
+            },
             Query::Transfer(get) => {
                 match self
                     .state_machine

@@ -129,6 +129,13 @@ impl NodeService {
             Some(Op::CloseAccount(r) | Op::FreezeAccount(r) | Op::UnfreezeAccount(r)) => {
                 self.check_owner(shard_id, &r.account_id)?
             }
+            Some(Op::Authorize(a)) => {
+                self.check_owner(shard_id, &a.from_account_id)?;
+                self.check_owner(shard_id, &a.to_account_id)?;
+            }
+            Some(Op::Capture(c)) => self.check_owner(shard_id, &c.from_account_id)?,
+            Some(Op::Void(v)) => self.check_owner(shard_id, &v.from_account_id)?,
+            Some(Op::ExpireHolds(_)) => {}
             Some(Op::Transfer(t)) => {
                 self.check_owner(shard_id, &t.from_account_id)?;
                 self.check_owner(shard_id, &t.to_account_id)?;
@@ -291,6 +298,9 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
             Query::Account(a) => self.check_owner(shard_id, &a.account_id)?,
             Query::History(h) => self.check_owner(shard_id, &h.account_id)?,
             Query::Transfer(t) => self.check_owner(shard_id, &t.from_account_id)?,
+            Query::Hold(h) => self.check_owner(shard_id, &h.from_account_id)?,
+            Query::Holds(h) => self.check_owner(shard_id, &h.account_id)?,
+            Query::NextHoldExpiry(_) => {}
             Query::SnapshotAt(at) => {
                 if !at.account_id.is_empty() {
                     self.check_owner(shard_id, &at.account_id)?;

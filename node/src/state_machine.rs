@@ -26,6 +26,7 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
+pub mod holds;
 pub mod snapshot_read;
 pub mod two_phase;
 
@@ -49,6 +50,9 @@ pub struct StateMachine {
     pub(crate) prepared: BTreeSet<RequestKey>,
     /// Intents still PENDING.
     pub(crate) pending: BTreeSet<IntentKey>,
+    /// Holds still PENDING, by (debit account, hold id), and by expiry (`holds.rs`).
+    pub(crate) pending_holds: BTreeSet<RequestKey>,
+    pub(crate) hold_expiries: BTreeSet<(u64, RequestKey)>,
     /// Meta group: no timestamp at or above this was ever handed out, and none below it will be
     /// by a later leader.
     pub(crate) tso_limit: u64,
@@ -79,6 +83,8 @@ impl StateMachine {
             intents: HashMap::new(),
             prepared: BTreeSet::new(),
             pending: BTreeSet::new(),
+            pending_holds: BTreeSet::new(),
+            hold_expiries: BTreeSet::new(),
             tso_limit: 0,
             snapshot: SnapshotState::default(),
             retention: Retention::default(),
@@ -155,6 +161,8 @@ impl StateMachine {
         self.intents.clear();
         self.prepared.clear();
         self.pending.clear();
+        self.pending_holds.clear();
+        self.hold_expiries.clear();
         self.tso_limit = 0;
         self.snapshot = SnapshotState::default();
         self.retention.clear();
@@ -224,6 +232,9 @@ impl StateMachine {
             Some(Op::CloseTs(close)) => self.close_ts(close, writes),
             Some(Op::SetRetention(set)) => self.set_retention(set, writes),
             Some(Op::ForgetTransfers(forget)) => self.forget_transfers(forget, writes),
+            Some(Op::Capture(capture)) => self.capture(command, capture, writes),
+            Some(Op::Void(void)) => self.void(command, void, writes),
+            Some(Op::ExpireHolds(_)) => self.expire_holds(command, writes),
             Some(Op::ExtendTso(extend)) => {
                 let previous_limit = self.tso_limit;
                 self.tso_limit = previous_limit.max(extend.limit);
@@ -373,7 +384,8 @@ impl StateMachine {
         }
     }
 
-    /// Deposit, withdraw, transfer and the lifecycle: deduplicated by (account, request id).
+    /// Deposit, withdraw, transfer, authorize and the lifecycle: deduplicated by (account,
+    /// request id).
     fn idempotent(
         &mut self,
         command: &Command,
@@ -385,6 +397,7 @@ impl StateMachine {
             Op::Deposit(d) => (&d.account_id, Some(d.amount), d.issued_at_ms),
             Op::Withdraw(w) => (&w.account_id, Some(w.amount), w.issued_at_ms),
             Op::Transfer(t) => (&t.from_account_id, Some(t.amount), t.issued_at_ms),
+            Op::Authorize(a) => (&a.from_account_id, Some(a.amount), a.issued_at_ms),
             Op::CloseAccount(r) | Op::FreezeAccount(r) | Op::UnfreezeAccount(r) => {
                 (&r.account_id, None, r.issued_at_ms)
             }
@@ -416,6 +429,7 @@ impl StateMachine {
             // amount >= 1 was checked above, so the negation cannot overflow.
             Op::Withdraw(w) => self.change_balance(command, &w.account_id, -w.amount, writes),
             Op::Transfer(t) => self.transfer_within_shard(command, t, writes),
+            Op::Authorize(a) => self.authorize(command, a, writes),
             Op::CloseAccount(r) => self.set_state(&r.account_id, AccountState::Closed, writes),
             Op::FreezeAccount(r) => self.set_state(&r.account_id, AccountState::Frozen, writes),
             Op::UnfreezeAccount(r) => self.set_state(&r.account_id, AccountState::Open, writes),
@@ -512,6 +526,7 @@ impl StateMachine {
 
     /// Starts the retention window of a record, as its fate says.
     pub(crate) fn track_record(&mut self, key: &RequestKey, record: &RequestRecord) {
+        self.track_hold(key, record);
         self.retention
             .track(key.clone(), record.issued_at_ms, record_fate(record));
     }
@@ -838,6 +853,7 @@ fn without_issue_time(op: &Op) -> Op {
         Op::Deposit(d) => d.issued_at_ms = 0,
         Op::Withdraw(w) => w.issued_at_ms = 0,
         Op::Transfer(t) => t.issued_at_ms = 0,
+        Op::Authorize(a) => a.issued_at_ms = 0,
         Op::CloseAccount(r) | Op::FreezeAccount(r) | Op::UnfreezeAccount(r) => r.issued_at_ms = 0,
         Op::PrepareDebit(p) => {
             if let Some(t) = p.transfer.as_mut() {
@@ -865,6 +881,9 @@ pub(crate) fn record_fate(record: &RequestRecord) -> Fate {
             | Op::FreezeAccount(_)
             | Op::UnfreezeAccount(_),
         ) => Fate::Forget,
+        // A pending hold is kept; a decided or refused one is forgotten a window after.
+        Some(Op::Authorize(_)) if holds::is_pending_hold(record) => Fate::Keep,
+        Some(Op::Authorize(_)) => Fate::Forget,
         Some(Op::PrepareDebit(_)) => {
             match record.outcome.as_ref().and_then(|o| o.result.as_ref()) {
                 Some(outcome::Result::Transfer(t)) => match TransferStatus::try_from(t.status) {

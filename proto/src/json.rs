@@ -5,7 +5,7 @@
 
 use serde::Serializer;
 
-use crate::v1::{AccountState, EntryKind, TransferStatus};
+use crate::v1::{AccountState, EntryKind, HoldState, TransferStatus};
 
 /// `Transfer.status` as `COMMITTED`, `PREPARED` or `ABORTED`.
 pub fn transfer_status<S: Serializer>(status: &i32, out: S) -> Result<S::Ok, S::Error> {
@@ -25,6 +25,12 @@ pub fn entry_kind<S: Serializer>(kind: &i32, out: S) -> Result<S::Ok, S::Error> 
 pub fn account_state<S: Serializer>(state: &i32, out: S) -> Result<S::Ok, S::Error> {
     let name = AccountState::try_from(*state).ok().map(|k| k.as_str_name());
     enum_name(name, "ACCOUNT_STATE_", out)
+}
+
+/// `Hold.state` as `PENDING`, `CAPTURED`, `VOIDED` or `EXPIRED`.
+pub fn hold_state<S: Serializer>(state: &i32, out: S) -> Result<S::Ok, S::Error> {
+    let name = HoldState::try_from(*state).ok().map(|k| k.as_str_name());
+    enum_name(name, "HOLD_STATE_", out)
 }
 
 /// An enum value's proto name without its type's prefix; `UNSPECIFIED` for a value without one.

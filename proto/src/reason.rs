@@ -49,11 +49,14 @@ pub enum Reason {
     AccountFrozen,
     AccountClosed,
     AccountNotEmpty,
+    HoldNotFound,
+    HoldExpired,
+    HoldNotPending,
 }
 
 impl Reason {
     /// Every code, for documentation tests and parsing.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 32] = [
         Reason::InsufficientFunds,
         Reason::AccountNotFound,
         Reason::AccountExists,
@@ -83,6 +86,9 @@ impl Reason {
         Reason::AccountFrozen,
         Reason::AccountClosed,
         Reason::AccountNotEmpty,
+        Reason::HoldNotFound,
+        Reason::HoldExpired,
+        Reason::HoldNotPending,
     ];
 
     /// The stable text of the code.
@@ -117,6 +123,9 @@ impl Reason {
             Reason::AccountFrozen => "ACCOUNT_FROZEN",
             Reason::AccountClosed => "ACCOUNT_CLOSED",
             Reason::AccountNotEmpty => "ACCOUNT_NOT_EMPTY",
+            Reason::HoldNotFound => "HOLD_NOT_FOUND",
+            Reason::HoldExpired => "HOLD_EXPIRED",
+            Reason::HoldNotPending => "HOLD_NOT_PENDING",
         }
     }
 
@@ -137,8 +146,12 @@ impl Reason {
             | Reason::AccountFrozen
             | Reason::AccountClosed
             | Reason::AccountNotEmpty
+            | Reason::HoldExpired
+            | Reason::HoldNotPending
             | Reason::CrossShardNotSupported => Code::FailedPrecondition,
-            Reason::AccountNotFound | Reason::TransferNotFound => Code::NotFound,
+            Reason::AccountNotFound | Reason::TransferNotFound | Reason::HoldNotFound => {
+                Code::NotFound
+            }
             Reason::AccountExists | Reason::IdReused => Code::AlreadyExists,
             Reason::SameAccount
             | Reason::InvalidAmount

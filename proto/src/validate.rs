@@ -97,6 +97,23 @@ mod tests {
     }
 }
 
+/// A hold's expiry when its authorization names none: 7 days, as card authorizations.
+pub const HOLD_EXPIRES_IN_DEFAULT_MS: i64 = 7 * 24 * 3600 * 1000;
+/// The longest a hold may stay pending: 30 days.
+pub const HOLD_EXPIRES_IN_MAX_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// A hold's `expires_in_ms`, or the default for 0; `INVALID_ARGUMENT` outside 1..=30 days.
+pub fn hold_expires_in(expires_in_ms: i64) -> Result<i64, Refusal> {
+    match expires_in_ms {
+        0 => Ok(HOLD_EXPIRES_IN_DEFAULT_MS),
+        ms if (1..=HOLD_EXPIRES_IN_MAX_MS).contains(&ms) => Ok(ms),
+        ms => Err(Refusal::new(
+            Reason::InvalidArgument,
+            format!("expires_in_ms must be 1..={HOLD_EXPIRES_IN_MAX_MS} (0: 7 days), got {ms}"),
+        )),
+    }
+}
+
 /// A history query's filters: known kinds, each range's bounds in order.
 pub fn history_filter(list: &ListTransfersRequest) -> Result<(), Refusal> {
     let bad = |message: String| Err(Refusal::new(Reason::InvalidArgument, message));

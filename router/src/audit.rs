@@ -16,7 +16,7 @@ fn parse(field: &str, value: &str) -> Result<i128, Status> {
 
 /// Sums the shards' per-currency totals at `ts`.
 pub fn merge(ts: u64, shards: Vec<AuditReport>) -> Result<AuditReport, Status> {
-    let mut sums: BTreeMap<String, [i128; 4]> = BTreeMap::new();
+    let mut sums: BTreeMap<String, [i128; 5]> = BTreeMap::new();
     let mut accounts: BTreeMap<String, u64> = BTreeMap::new();
     for report in shards {
         if report.ts != ts {
@@ -28,6 +28,10 @@ pub fn merge(ts: u64, shards: Vec<AuditReport>) -> Result<AuditReport, Status> {
             s[1] += parse("net_deposits", &t.net_deposits)?;
             s[2] += parse("reserved", &t.reserved)?;
             s[3] += parse("pending_credit", &t.pending_credit)?;
+            // (Empty from a node of an earlier release: nothing held.)
+            if !t.held.is_empty() {
+                s[4] += parse("held", &t.held)?;
+            }
             *accounts.entry(t.currency).or_default() += t.accounts;
         }
     }
@@ -36,13 +40,14 @@ pub fn merge(ts: u64, shards: Vec<AuditReport>) -> Result<AuditReport, Status> {
         totals: sums
             .into_iter()
             .map(
-                |(currency, [balances, net, reserved, pending])| CurrencyTotals {
+                |(currency, [balances, net, reserved, pending, held])| CurrencyTotals {
                     accounts: accounts.get(&currency).copied().unwrap_or(0),
                     currency,
                     balances: balances.to_string(),
                     net_deposits: net.to_string(),
                     reserved: reserved.to_string(),
                     pending_credit: pending.to_string(),
+                    held: held.to_string(),
                 },
             )
             .collect(),
@@ -73,6 +78,7 @@ mod tests {
             net_deposits: net.to_string(),
             reserved: "0".into(),
             pending_credit: "0".into(),
+            held: "0".into(),
             accounts: 1,
         }
     }

@@ -24,8 +24,9 @@ use tonic::Request;
 use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::v1::wallet_server::Wallet;
 use wallet_proto::v1::{
-    AccountStateRequest, AuditRequest, CreateAccountRequest, DepositRequest, GetAccountRequest,
-    GetTransferRequest, ListTransfersRequest, TransferRequest, WithdrawRequest,
+    AccountStateRequest, AuditRequest, AuthorizeRequest, CaptureRequest, CreateAccountRequest,
+    DepositRequest, GetAccountRequest, GetHoldRequest, GetTransferRequest, ListHoldsRequest,
+    ListTransfersRequest, TransferRequest, VoidRequest, WithdrawRequest,
 };
 
 use crate::service::WalletService;
@@ -46,7 +47,9 @@ pub fn http_status(reason: Reason) -> StatusCode {
         | Reason::SameAccount
         | Reason::CurrencyMismatch
         | Reason::CrossShardNotSupported => StatusCode::BAD_REQUEST,
-        Reason::AccountNotFound | Reason::TransferNotFound => StatusCode::NOT_FOUND,
+        Reason::AccountNotFound | Reason::TransferNotFound | Reason::HoldNotFound => {
+            StatusCode::NOT_FOUND
+        }
         Reason::AccountExists | Reason::IdReused => StatusCode::CONFLICT,
         Reason::InsufficientFunds
         | Reason::BalanceOverflow
@@ -55,6 +58,8 @@ pub fn http_status(reason: Reason) -> StatusCode {
         | Reason::AccountFrozen
         | Reason::AccountClosed
         | Reason::AccountNotEmpty
+        | Reason::HoldExpired
+        | Reason::HoldNotPending
         // The caller's `at_ts` is older than the shard keeps: asking again cannot help.
         | Reason::SnapshotTooOld => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -273,6 +278,102 @@ async fn unfreeze_account(
     lifecycle(&service, &headers, account_id, parsed, Lifecycle::Unfreeze).await
 }
 
+async fn authorize(
+    State(service): Service,
+    headers: HeaderMap,
+    parsed: Result<Json<AuthorizeRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Hold> {
+    let mut request = body(parsed)?;
+    idempotency(&headers, &mut request.hold_id)?;
+    Ok(Json(
+        service.authorize(Request::new(request)).await?.into_inner(),
+    ))
+}
+
+/// The hold id of the path into a body that may repeat it (then they must agree).
+fn hold_in_path(
+    hold_id: Result<Path<String>, PathRejection>,
+    in_body: &mut String,
+) -> Result<(), Refused> {
+    let hold_id = path(hold_id)?;
+    if !in_body.is_empty() && *in_body != hold_id {
+        return Err(invalid(format!(
+            "the body names hold {in_body:?}, the path {hold_id:?}"
+        )));
+    }
+    *in_body = hold_id;
+    Ok(())
+}
+
+async fn capture(
+    State(service): Service,
+    hold_id: Result<Path<String>, PathRejection>,
+    parsed: Result<Json<CaptureRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Hold> {
+    let mut request = body(parsed)?;
+    hold_in_path(hold_id, &mut request.hold_id)?;
+    Ok(Json(
+        service.capture(Request::new(request)).await?.into_inner(),
+    ))
+}
+
+async fn void(
+    State(service): Service,
+    hold_id: Result<Path<String>, PathRejection>,
+    parsed: Result<Json<VoidRequest>, JsonRejection>,
+) -> Answer<wallet_proto::v1::Hold> {
+    let mut request = body(parsed)?;
+    hold_in_path(hold_id, &mut request.hold_id)?;
+    Ok(Json(
+        service.void(Request::new(request)).await?.into_inner(),
+    ))
+}
+
+async fn get_hold(
+    State(service): Service,
+    hold_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<TransferQuery>, QueryRejection>,
+) -> Answer<wallet_proto::v1::Hold> {
+    let hold_id = path(hold_id)?;
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    if query.from.is_empty() {
+        return Err(invalid(
+            "?from=ACCOUNT is required: hold ids are scoped to their debit account",
+        ));
+    }
+    let get = GetHoldRequest {
+        hold_id,
+        from_account_id: query.from,
+    };
+    Ok(Json(
+        service.get_hold(Request::new(get)).await?.into_inner(),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct HoldsQuery {
+    limit: u32,
+    after: String,
+}
+
+async fn list_holds(
+    State(service): Service,
+    account_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<HoldsQuery>, QueryRejection>,
+) -> Answer<wallet_proto::v1::ListHoldsResponse> {
+    let account_id = path(account_id)?;
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let list = ListHoldsRequest {
+        account_id,
+        limit: query.limit,
+        after: query.after,
+    };
+    Ok(Json(
+        service.list_holds(Request::new(list)).await?.into_inner(),
+    ))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct TransferQuery {
@@ -379,6 +480,11 @@ pub fn app(service: WalletService) -> axum::Router {
         .route("/v1/accounts/{id}/close", post(close_account))
         .route("/v1/accounts/{id}/freeze", post(freeze_account))
         .route("/v1/accounts/{id}/unfreeze", post(unfreeze_account))
+        .route("/v1/accounts/{id}/holds", get(list_holds))
+        .route("/v1/holds", post(authorize))
+        .route("/v1/holds/{id}", get(get_hold))
+        .route("/v1/holds/{id}/capture", post(capture))
+        .route("/v1/holds/{id}/void", post(void))
         .route("/v1/deposits", post(deposit))
         .route("/v1/withdrawals", post(withdraw))
         .route("/v1/transfers", post(transfer))
@@ -438,6 +544,11 @@ mod tests {
             ("/v1/accounts/{id}/close", "post"),
             ("/v1/accounts/{id}/freeze", "post"),
             ("/v1/accounts/{id}/unfreeze", "post"),
+            ("/v1/accounts/{id}/holds", "get"),
+            ("/v1/holds", "post"),
+            ("/v1/holds/{id}", "get"),
+            ("/v1/holds/{id}/capture", "post"),
+            ("/v1/holds/{id}/void", "post"),
             ("/v1/deposits", "post"),
             ("/v1/withdrawals", "post"),
             ("/v1/transfers", "post"),

@@ -15,11 +15,12 @@ use wallet_proto::topology::Topology;
 use wallet_proto::v1::{
     account_result, command::Op, outcome, read_result, shard_read::Query, transfer_result, Account,
     AccountResult, AccountStateRequest, AccountsAt, AccountsPage, AuditReport, AuditRequest,
-    BalanceChange, BatchError, CloseTs, Command, CreateAccountBatchRequest,
-    CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts, DepositRequest,
-    GetAccountRequest, GetTransferRequest, ListTransfersRequest, ListTransfersResponse, Outcome,
-    ReadResult, Rejection, SnapshotAt, Stuck, Transfer, TransferBatchRequest,
-    TransferBatchResponse, TransferRequest, TransferResult, WithdrawRequest,
+    AuthorizeRequest, BalanceChange, BatchError, CaptureRequest, CloseTs, Command,
+    CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts,
+    DepositRequest, GetAccountRequest, GetHoldRequest, GetTransferRequest, Hold, ListHoldsRequest,
+    ListHoldsResponse, ListTransfersRequest, ListTransfersResponse, Outcome, ReadResult, Rejection,
+    SnapshotAt, Stuck, Transfer, TransferBatchRequest, TransferBatchResponse, TransferRequest,
+    TransferResult, VoidRequest, WithdrawRequest,
 };
 use wallet_proto::validate;
 
@@ -359,6 +360,14 @@ impl WalletService {
         }
     }
 
+    /// Authorize, capture or void on the debit account's shard; answers the hold.
+    async fn hold_step(&self, from: &str, hold_id: &str, op: Op) -> Result<Response<Hold>, Status> {
+        match self.execute(from, hold_id, op).await? {
+            outcome::Result::Hold(hold) => Ok(Response::new(hold)),
+            _ => Err(unexpected("not a hold")),
+        }
+    }
+
     async fn read(&self, account_id: &str, query: Query) -> Result<read_result::Result, Status> {
         let _permit = self.admit()?;
         let shard_id = self.shards.shard_of(account_id);
@@ -637,6 +646,78 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
     ) -> Result<Response<Account>, Status> {
         self.lifecycle(request.into_inner(), Op::UnfreezeAccount)
             .await
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<Hold>, Status> {
+        let a = request.into_inner();
+        validate::id("hold id", &a.hold_id)?;
+        validate::id("from account id", &a.from_account_id)?;
+        validate::id("to account id", &a.to_account_id)?;
+        validate::amount(a.amount)?;
+        validate::hold_expires_in(a.expires_in_ms)?;
+        if a.from_account_id == a.to_account_id {
+            return Err(
+                Reason::SameAccount.status("cannot hold money for the account it is held on")
+            );
+        }
+        if self.shards.shard_of(&a.from_account_id) != self.shards.shard_of(&a.to_account_id) {
+            return Err(Reason::CrossShardNotSupported.status(format!(
+                "{} and {} live on different shards: holds across shards come in a later \
+                 release (README § Holds)",
+                a.from_account_id, a.to_account_id
+            )));
+        }
+        let (from, id) = (a.from_account_id.clone(), a.hold_id.clone());
+        self.hold_step(&from, &id, Op::Authorize(a)).await
+    }
+
+    async fn capture(&self, request: Request<CaptureRequest>) -> Result<Response<Hold>, Status> {
+        let c = request.into_inner();
+        validate::id("hold id", &c.hold_id)?;
+        validate::id("from account id", &c.from_account_id)?;
+        if c.amount < 0 {
+            return Err(Reason::InvalidAmount.status(format!(
+                "capture amount must be 0 (all) or positive, got {}",
+                c.amount
+            )));
+        }
+        let (from, id) = (c.from_account_id.clone(), c.hold_id.clone());
+        self.hold_step(&from, &id, Op::Capture(c)).await
+    }
+
+    async fn void(&self, request: Request<VoidRequest>) -> Result<Response<Hold>, Status> {
+        let v = request.into_inner();
+        validate::id("hold id", &v.hold_id)?;
+        validate::id("from account id", &v.from_account_id)?;
+        let (from, id) = (v.from_account_id.clone(), v.hold_id.clone());
+        self.hold_step(&from, &id, Op::Void(v)).await
+    }
+
+    async fn get_hold(&self, request: Request<GetHoldRequest>) -> Result<Response<Hold>, Status> {
+        let get = request.into_inner();
+        validate::id("hold id", &get.hold_id)?;
+        validate::id("from account id", &get.from_account_id)?;
+        let from = get.from_account_id.clone();
+        match self.read(&from, Query::Hold(get)).await? {
+            read_result::Result::Hold(hold) => Ok(Response::new(hold)),
+            _ => Err(unexpected("not a hold")),
+        }
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<ListHoldsRequest>,
+    ) -> Result<Response<ListHoldsResponse>, Status> {
+        let list = request.into_inner();
+        validate::id("account id", &list.account_id)?;
+        let account_id = list.account_id.clone();
+        match self.read(&account_id, Query::Holds(list)).await? {
+            read_result::Result::Holds(page) => Ok(Response::new(page)),
+            _ => Err(unexpected("not a page of holds")),
+        }
     }
 
     async fn list_transfers(

@@ -4,9 +4,9 @@
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
-    fresh_id, Account, AccountState, AccountStateRequest, BalanceChange, ClientOptions,
-    DepositRequest, EntryKind, Lifecycle, ListTransfersRequest, Transfer, TransferRequest,
-    TransferStatus, WalletClient, WalletError, WithdrawRequest,
+    fresh_id, Account, AccountState, AccountStateRequest, AuthorizeRequest, BalanceChange,
+    ClientOptions, DepositRequest, EntryKind, Hold, HoldState, Lifecycle, ListTransfersRequest,
+    Transfer, TransferRequest, TransferStatus, WalletClient, WalletError, WithdrawRequest,
 };
 
 #[derive(Parser, Debug)]
@@ -38,6 +38,9 @@ enum Commands {
     /// Open or read accounts.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Holds: authorize now, capture, void or let expire later (README § Holds).
+    #[command(subcommand)]
+    Hold(HoldCommand),
     /// Put money into an account (a recharge).
     Deposit {
         account: String,
@@ -122,6 +125,57 @@ enum Commands {
 }
 
 #[derive(Subcommand, Debug)]
+enum HoldCommand {
+    /// Reserve AMOUNT on FROM for TO until a capture, a void or the expiry.
+    Authorize {
+        from: String,
+        to: String,
+        amount: i64,
+        /// Hold id (exactly-once; generated if omitted). Scoped to FROM.
+        #[arg(long)]
+        id: Option<String>,
+        /// Expire this long after the authorization (1..=30 days in ms; 0: 7 days).
+        #[arg(long, default_value_t = 0)]
+        expires_in_ms: i64,
+        /// When the authorization was first issued (see `deposit --help`).
+        #[arg(long, default_value_t = 0)]
+        issued_at_ms: i64,
+    },
+    /// Move the held money (all of it, or --amount) to its payee; release the rest.
+    Capture {
+        /// Hold id.
+        id: String,
+        /// The debit account (hold ids are scoped to it).
+        #[arg(long)]
+        from: String,
+        /// Capture this much (≤ held); all of it if omitted.
+        #[arg(long, default_value_t = 0)]
+        amount: i64,
+    },
+    /// Release the whole hold.
+    Void {
+        id: String,
+        #[arg(long)]
+        from: String,
+    },
+    /// A hold's state (PENDING, CAPTURED, VOIDED, EXPIRED) and amounts.
+    Status {
+        id: String,
+        #[arg(long)]
+        from: String,
+    },
+    /// An account's pending holds as payer.
+    List {
+        account: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after this hold id (a previous page's next_after).
+        #[arg(long, default_value = "")]
+        after: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum AccountCommand {
     /// Open an account.
     Create {
@@ -184,6 +238,42 @@ fn state_name(state: i32) -> &'static str {
         Ok(AccountState::Closed) => "CLOSED",
         Err(_) => "UNKNOWN",
     }
+}
+
+fn hold_state_name(state: i32) -> &'static str {
+    match HoldState::try_from(state) {
+        Ok(HoldState::Pending) => "PENDING",
+        Ok(HoldState::Captured) => "CAPTURED",
+        Ok(HoldState::Voided) => "VOIDED",
+        Ok(HoldState::Expired) => "EXPIRED",
+        _ => "UNKNOWN",
+    }
+}
+
+fn hold_json(h: &Hold) -> serde_json::Value {
+    json!({"hold_id": h.hold_id, "from_account_id": h.from_account_id,
+           "to_account_id": h.to_account_id, "amount": h.amount, "captured": h.captured,
+           "state": hold_state_name(h.state), "currency": h.currency,
+           "created_at_ms": h.created_at_ms, "start_ts": h.start_ts,
+           "expires_at_ts": h.expires_at_ts, "decided_ts": h.decided_ts})
+}
+
+fn hold_text(h: &Hold) -> String {
+    format!(
+        "hold {} {} -> {}  {} {}  captured {}  {}  expires at ts {}",
+        h.hold_id,
+        h.from_account_id,
+        h.to_account_id,
+        h.amount,
+        h.currency,
+        h.captured,
+        hold_state_name(h.state),
+        h.expires_at_ts
+    )
+}
+
+fn hold_answer(h: &Hold) -> (serde_json::Value, String) {
+    (hold_json(h), hold_text(h))
 }
 
 fn account_json(a: &Account) -> serde_json::Value {
@@ -315,6 +405,47 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             request_id,
             issued_at_ms,
         }) => change_state(&client, Lifecycle::Close, id, request_id, issued_at_ms).await?,
+        Commands::Hold(HoldCommand::Authorize {
+            from,
+            to,
+            amount,
+            id,
+            expires_in_ms,
+            issued_at_ms,
+        }) => hold_answer(
+            &client
+                .authorize_request(AuthorizeRequest {
+                    hold_id: id.unwrap_or_else(|| fresh_id("hold")),
+                    from_account_id: from,
+                    to_account_id: to,
+                    amount,
+                    expires_in_ms,
+                    issued_at_ms,
+                })
+                .await?,
+        ),
+        Commands::Hold(HoldCommand::Capture { id, from, amount }) => {
+            hold_answer(&client.capture(&id, &from, amount).await?)
+        }
+        Commands::Hold(HoldCommand::Void { id, from }) => {
+            hold_answer(&client.void(&id, &from).await?)
+        }
+        Commands::Hold(HoldCommand::Status { id, from }) => {
+            hold_answer(&client.get_hold(&id, &from).await?)
+        }
+        Commands::Hold(HoldCommand::List {
+            account,
+            limit,
+            after,
+        }) => {
+            let page = client.list_holds(&account, limit, &after).await?;
+            let text: Vec<String> = page.holds.iter().map(hold_text).collect();
+            let holds: Vec<serde_json::Value> = page.holds.iter().map(hold_json).collect();
+            (
+                json!({"holds": holds, "next_after": page.next_after}),
+                text.join("\n"),
+            )
+        }
         Commands::Account(AccountCommand::Get { id, at }) => {
             let a = client.get_account_at(&id, at).await?;
             (account_json(&a), account_text(&a))

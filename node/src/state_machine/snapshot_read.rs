@@ -252,6 +252,7 @@ impl StateMachine {
             net: i128,
             reserved: i128,
             pending: i128,
+            held: i128,
             accounts: u64,
         }
         let mut sums: BTreeMap<String, Sums> = BTreeMap::new();
@@ -261,6 +262,9 @@ impl StateMachine {
             s.reserved += i128::from(account.reserved);
             s.pending += i128::from(account.pending_credit);
             s.accounts += 1;
+        }
+        for (currency, held) in self.held() {
+            sums.entry(currency).or_default().held += held;
         }
         for (currency, net) in &state.net_deposits {
             sums.entry(currency.clone()).or_default().net += net;
@@ -282,6 +286,7 @@ impl StateMachine {
                     net_deposits: s.net.to_string(),
                     reserved: s.reserved.to_string(),
                     pending_credit: s.pending.to_string(),
+                    held: s.held.to_string(),
                     accounts: s.accounts,
                 })
                 .collect(),

@@ -1,0 +1,247 @@
+//! Holds on real processes (README § Holds): authorize, partial capture, retries, void, an expiry
+//! released by the shard's own recovery through its log, a pending hold across a restart of every
+//! node, audits showing held money; through the client crate, the `wallet` CLI and the HTTP API.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use wallet_client::{HoldState, Reason, WalletClient};
+use wallet_cluster::endpoints::Endpoints;
+use wallet_shard_client::shards::Shards;
+
+fn cli(endpoint: &str, args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(wallet_cli())
+        .args(["--endpoint", endpoint, "--json"])
+        .args(args)
+        .output()
+        .expect("wallet CLI");
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn curl(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, Value) {
+    for _ in 0..40 {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-S", "-X", method, "-w", "\n%{http_code}", url]);
+        for header in headers {
+            command.args(["-H", header]);
+        }
+        if let Some(body) = body {
+            command.args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body,
+            ]);
+        }
+        let output = command.output().expect("curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (json_text, code) = text.rsplit_once('\n').expect("status line");
+        let code: u16 = code.trim().parse().expect("status");
+        if code != 503 && code != 429 {
+            return (code, serde_json::from_str(json_text).expect("JSON body"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{url}: unavailable for 10 s");
+}
+
+async fn reason<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<T, wallet_client::WalletError>>,
+) -> Reason {
+    match call.await {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => e.reason,
+    }
+}
+
+async fn money(client: &WalletClient, id: &str) -> (i64, i64, i64) {
+    let a = client.get_account(id).await.expect("account");
+    (a.balance, a.reserved, a.pending_credit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_authorize_capture_void_and_expire_through_every_interface() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let shards = Shards::new(cluster.playground.topology.clone()).expect("shards");
+    let ids: Vec<String> = (0..200).map(|i| format!("card-{i}")).collect();
+    let on = |shard: u64, skip: usize| {
+        ids.iter()
+            .filter(|id| shards.shard_of(id) == shard)
+            .nth(skip)
+            .cloned()
+            .expect("an id on the shard")
+    };
+    let (payer, shop, elsewhere) = (on(1, 0), on(1, 1), on(2, 0));
+    for id in [&payer, &shop, &elsewhere] {
+        client.create_account(id, "USD", 0).await.expect("create");
+    }
+    client
+        .deposit("fund", &payer, i64::MAX)
+        .await
+        .expect("fund");
+
+    // Authorize i64::MAX - 1; partial capture; a retry of the capture answers it.
+    let hold = client
+        .authorize("h1", &payer, &shop, i64::MAX - 1, 0)
+        .await
+        .expect("authorize");
+    assert_eq!(hold.state, HoldState::Pending as i32);
+    assert_eq!(money(&client, &payer).await, (i64::MAX, i64::MAX - 1, 0));
+    assert_eq!(money(&client, &shop).await, (0, 0, i64::MAX - 1));
+    assert_eq!(
+        reason(client.withdraw("w", &payer, 2)).await,
+        Reason::InsufficientFunds
+    );
+    let audit = client.audit().await.expect("audit");
+    assert_eq!(audit.totals[0].held, (i64::MAX - 1).to_string());
+    let listed = client.list_holds(&payer, 10, "").await.expect("list");
+    assert_eq!(listed.holds, vec![hold.clone()]);
+    let captured = client.capture("h1", &payer, 1000).await.expect("capture");
+    assert_eq!(
+        (captured.state, captured.captured),
+        (HoldState::Captured as i32, 1000)
+    );
+    assert_eq!(
+        client.capture("h1", &payer, 1000).await.expect("retry"),
+        captured
+    );
+    assert_eq!(
+        reason(client.capture("h1", &payer, 5)).await,
+        Reason::HoldNotPending
+    );
+    assert_eq!(money(&client, &payer).await, (i64::MAX - 1000, 0, 0));
+    assert_eq!(money(&client, &shop).await, (1000, 0, 0));
+
+    // Cross-shard pairs are refused before anything is written.
+    assert_eq!(
+        reason(client.authorize("h2", &payer, &elsewhere, 1, 0)).await,
+        Reason::CrossShardNotSupported
+    );
+    assert_eq!(
+        reason(client.get_hold("h2", &payer)).await,
+        Reason::HoldNotFound
+    );
+
+    // An expiry of 300 ms: the shard's recovery releases it through its log.
+    client
+        .authorize("h3", &payer, &shop, 77, 300)
+        .await
+        .expect("authorize");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hold = client.get_hold("h3", &payer).await.expect("hold");
+        if hold.state == HoldState::Expired as i32 {
+            assert!(hold.decided_ts >= hold.expires_at_ts, "{hold:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never expired: {hold:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        reason(client.capture("h3", &payer, 0)).await,
+        Reason::HoldExpired
+    );
+    assert_eq!(money(&client, &payer).await, (i64::MAX - 1000, 0, 0));
+
+    // The CLI: authorize, status, list, void.
+    let endpoint = cluster.playground.router_address.clone();
+    let (ok, v, err) = cli(
+        &endpoint,
+        &["hold", "authorize", &payer, &shop, "500", "--id", "h4"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(v["state"], "PENDING", "{v}");
+    let (ok, v, err) = cli(&endpoint, &["hold", "list", &payer]);
+    assert!(ok, "{err}");
+    assert_eq!(v["holds"][0]["hold_id"], "h4", "{v}");
+    let (ok, v, err) = cli(&endpoint, &["hold", "void", "h4", "--from", &payer]);
+    assert!(ok, "{err}");
+    assert_eq!(v["state"], "VOIDED", "{v}");
+    let (ok, v, err) = cli(&endpoint, &["hold", "capture", "h4", "--from", &payer]);
+    assert!(!ok && err.contains("HOLD_NOT_PENDING"), "{v} {err}");
+    let (ok, v, err) = cli(&endpoint, &["hold", "status", "h4", "--from", &payer]);
+    assert!(ok, "{err}");
+    assert_eq!(v["state"], "VOIDED", "{v}");
+
+    // The HTTP API: authorize by Idempotency-Key, capture by path, read back.
+    let endpoints = Endpoints::load(&cluster.playground.dir).expect("endpoints.json");
+    let url = |path: String| format!("http://{}{path}", endpoints.router.http);
+    let body =
+        format!(r#"{{"from_account_id": "{payer}", "to_account_id": "{shop}", "amount": 250}}"#);
+    let (status, h) = curl(
+        "POST",
+        &url("/v1/holds".into()),
+        &["Idempotency-Key: h5"],
+        Some(&body),
+    );
+    assert_eq!((status, h["state"].as_str()), (200, Some("PENDING")), "{h}");
+    let (status, again) = curl(
+        "POST",
+        &url("/v1/holds".into()),
+        &["Idempotency-Key: h5"],
+        Some(&body),
+    );
+    assert_eq!((status, &again), (200, &h), "exactly once by key");
+
+    // A pending hold survives a restart of every node; then it captures.
+    for id in cluster.playground.node_ids() {
+        cluster.playground.kill_node(id);
+    }
+    for id in cluster.playground.node_ids() {
+        cluster.playground.start_node(id).expect("start");
+    }
+    cluster.ready().await;
+    assert_eq!(money(&client, &payer).await, (i64::MAX - 1000, 250, 0));
+    let capture = format!(r#"{{"from_account_id": "{payer}", "amount": 0}}"#);
+    let (status, h) = curl(
+        "POST",
+        &url("/v1/holds/h5/capture".into()),
+        &[],
+        Some(&capture),
+    );
+    assert_eq!(
+        (status, h["state"].as_str(), h["captured"].as_i64()),
+        (200, Some("CAPTURED"), Some(250)),
+        "{h}"
+    );
+    let (status, h) = curl("GET", &url(format!("/v1/holds/h5?from={payer}")), &[], None);
+    assert_eq!((status, h["captured"].as_i64()), (200, Some(250)), "{h}");
+    let (status, e) = curl(
+        "POST",
+        &url("/v1/holds/h5/void".into()),
+        &[],
+        Some(&format!(r#"{{"from_account_id": "{payer}"}}"#)),
+    );
+    assert_eq!(
+        (status, e["reason"].as_str()),
+        (422, Some("HOLD_NOT_PENDING")),
+        "{e}"
+    );
+    let (status, e) = curl(
+        "GET",
+        &url(format!("/v1/holds/nope?from={payer}")),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, e["reason"].as_str()),
+        (404, Some("HOLD_NOT_FOUND")),
+        "{e}"
+    );
+
+    assert_eq!(money(&client, &payer).await, (i64::MAX - 1250, 0, 0));
+    assert_eq!(money(&client, &shop).await, (1250, 0, 0));
+    let audit = client.audit().await.expect("audit balances");
+    assert_eq!(audit.totals[0].held, "0");
+    assert_eq!(audit.totals[0].balances, i64::MAX.to_string());
+}

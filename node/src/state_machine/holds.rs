@@ -1,0 +1,479 @@
+//! Holds on the debit account's shard (README § Holds): authorize now; capture, void or expire
+//! later. Both accounts live on this shard (cross-shard holds are refused by the router for now).
+//!
+//! A hold is the request record of its `Authorize`, keyed by (debit account, hold id) like a
+//! transfer, so it shares the account's id namespace, its exactly-once answers (G4), its storage
+//! and its retention: a PENDING hold is kept; a decided one is forgotten one retention window
+//! after its decision.
+//! - `Authorize`: checks what a transfer checks (same currency, both accounts open, spendable
+//!   money, no overflow of the credit), then moves the amount into the debit account's `reserved`
+//!   and promises it in the credit account's `pending_credit`. Money does not move.
+//! - `Capture(amount ≤ held; 0 = all)`: the capture is the commit point. It moves the captured
+//!   amount (two history entries, at the capture's timestamp) and releases the whole hold from
+//!   `reserved` and `pending_credit`. A debit account frozen since the authorization refuses it
+//!   (`ACCOUNT_FROZEN`, the hold stays pending). At most once: the same capture again answers the
+//!   hold, another is `HOLD_NOT_PENDING`.
+//! - `Void`: releases everything.
+//! - Expiry is decided by oracle timestamp, never by a node's clock: a hold whose `expires_at_ts`
+//!   is at or below a command's timestamp is EXPIRED when that command is `ExpireHolds` (which the
+//!   leader's recovery proposes once the earliest expiry passed), or a `Capture` or `Void` of it.
+//!   A capture then answers `HOLD_EXPIRED`.
+//!
+//! Money rules: a pending hold's amount is in its debit account's `reserved` and its credit
+//! account's `pending_credit`, exactly once each, until its decision releases both.
+
+use std::ops::Bound;
+
+use wallet_proto::reason::Reason;
+use wallet_proto::v1::{
+    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, EntryKind, GetHoldRequest,
+    Hold, HoldState, ListHoldsRequest, ListHoldsResponse, Outcome, RequestRecord, VoidRequest,
+};
+use wallet_proto::validate;
+
+use super::{movable, remembered, same_currency, Refusal, StateMachine, Write, Writes};
+use crate::writes::RequestKey;
+
+/// Holds one `ExpireHolds` releases at most (the earliest first; the next one goes on).
+pub const EXPIRE_PER_COMMAND: usize = 1000;
+/// Holds one `ListHolds` page holds at most.
+pub const HOLDS_PAGE_MAX: u32 = 1000;
+const HOLDS_PAGE_DEFAULT: u32 = 50;
+
+/// The hold a request record stands for, if it is an authorization that was not refused.
+pub(crate) fn hold_of(record: &RequestRecord) -> Option<&Hold> {
+    match record.outcome.as_ref()?.result.as_ref()? {
+        outcome::Result::Hold(hold) => Some(hold),
+        _ => None,
+    }
+}
+
+/// Whether a record is a hold still PENDING.
+pub(crate) fn is_pending_hold(record: &RequestRecord) -> bool {
+    hold_of(record).is_some_and(|h| h.state == HoldState::Pending as i32)
+}
+
+fn hold_outcome(hold: Hold) -> Outcome {
+    Outcome {
+        result: Some(outcome::Result::Hold(hold)),
+    }
+}
+
+fn not_found(hold_id: &str, from: &str, why: &str) -> Refusal {
+    Refusal::new(
+        Reason::HoldNotFound,
+        format!("no hold {hold_id} from {from}{why}"),
+    )
+}
+
+/// A hold record's decision contradicting the money rules: refused, nothing changes.
+fn broken(what: String) -> Outcome {
+    tracing::error!(%what, "state machine refused a hold step that contradicts its records");
+    Outcome::from(Refusal::new(Reason::Internal, what))
+}
+
+impl StateMachine {
+    /// Authorize, after `idempotent` checked the request id, the debit account, the amount, the
+    /// issue time, that the id is new, and the timestamp. Refusals of the request (frozen,
+    /// insufficient funds) are outcomes, remembered; bad input is an error, not remembered.
+    pub(crate) fn authorize(
+        &mut self,
+        command: &Command,
+        a: &AuthorizeRequest,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Refusal> {
+        if command.request_id != a.hold_id {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "hold id and request id differ",
+            ));
+        }
+        validate::id("to account id", &a.to_account_id)?;
+        if a.from_account_id == a.to_account_id {
+            return Err(Refusal::new(
+                Reason::SameAccount,
+                "cannot hold money for the account it is held on",
+            ));
+        }
+        self.check_owned(&a.to_account_id)?;
+        let expires_in_ms = validate::hold_expires_in(a.expires_in_ms)?;
+        if command.ts == 0 {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "an authorization needs a timestamp",
+            ));
+        }
+        // ms << 18 is the oracle's layout (physical ms, 18 logical bits); 30 days fit easily.
+        let expires_at_ts = u64::try_from(expires_in_ms)
+            .ok()
+            .and_then(|ms| ms.checked_shl(18))
+            .and_then(|span| command.ts.checked_add(span))
+            .ok_or_else(|| Refusal::new(Reason::InvalidArgument, "expiry out of range"))?;
+        let from = self.existing(&a.from_account_id)?;
+        let to = self.existing(&a.to_account_id)?;
+        same_currency(&from.account_id, &from.currency, to)?;
+        if let Err(refusal) = movable(from).and_then(|_| movable(to)) {
+            return remembered(refusal);
+        }
+        let spendable =
+            i128::from(from.balance) - i128::from(from.reserved) - i128::from(from.floor);
+        if spendable < i128::from(a.amount) {
+            return Ok(Outcome::from(Refusal::new(
+                Reason::InsufficientFunds,
+                format!(
+                    "account {} has {spendable} available, needs {}",
+                    a.from_account_id, a.amount
+                ),
+            )));
+        }
+        // The credit must fit when it lands, with every credit already promised.
+        Self::balance_after(to, a.amount)?;
+        let pending_credit = to.pending_credit.checked_add(a.amount).ok_or_else(|| {
+            Refusal::new(
+                Reason::BalanceOverflow,
+                format!("credits promised to {} would overflow", to.account_id),
+            )
+        })?;
+        let reserved = from.reserved.checked_add(a.amount).ok_or_else(|| {
+            Refusal::new(
+                Reason::BalanceOverflow,
+                format!("reservations on {} would overflow", a.from_account_id),
+            )
+        })?;
+        let currency = from.currency.clone();
+        let mut from = from.clone();
+        let mut to = to.clone();
+        from.reserved = reserved;
+        to.pending_credit = pending_credit;
+        for account in [from, to] {
+            writes.push(Write::Account(account.clone()));
+            self.accounts.insert(account.account_id.clone(), account);
+        }
+        Ok(hold_outcome(Hold {
+            hold_id: a.hold_id.clone(),
+            from_account_id: a.from_account_id.clone(),
+            to_account_id: a.to_account_id.clone(),
+            amount: a.amount,
+            captured: 0,
+            state: HoldState::Pending as i32,
+            currency,
+            created_at_ms: command.at_ms,
+            start_ts: command.ts,
+            expires_at_ts,
+            decided_ts: 0,
+        }))
+    }
+
+    /// The hold under (debit account, hold id), checked: ids, ownership, an authorization.
+    fn hold_step(&self, hold_id: &str, from: &str) -> Result<(RequestKey, Hold), Refusal> {
+        validate::id("hold id", hold_id)?;
+        validate::id("from account id", from)?;
+        self.check_owned(from)?;
+        let key = (from.to_string(), hold_id.to_string());
+        let record = self
+            .requests
+            .get(&key)
+            .ok_or_else(|| not_found(hold_id, from, ""))?;
+        let is_authorize = matches!(
+            record.command.as_ref().and_then(|c| c.op.as_ref()),
+            Some(Op::Authorize(_))
+        );
+        match hold_of(record) {
+            Some(hold) if is_authorize => Ok((key, hold.clone())),
+            _ if is_authorize => Err(not_found(hold_id, from, ": its authorization was refused")),
+            _ => Err(not_found(hold_id, from, ": the id names another request")),
+        }
+    }
+
+    pub(crate) fn capture(
+        &mut self,
+        command: &Command,
+        c: &CaptureRequest,
+        writes: &mut Writes,
+    ) -> Outcome {
+        self.try_capture(command, c, writes)
+            .unwrap_or_else(Outcome::from)
+    }
+
+    fn try_capture(
+        &mut self,
+        command: &Command,
+        c: &CaptureRequest,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Refusal> {
+        let (key, hold) = self.hold_step(&c.hold_id, &c.from_account_id)?;
+        if c.amount < 0 {
+            return Err(Refusal::new(
+                Reason::InvalidAmount,
+                format!(
+                    "capture amount must be 0 (all) or positive, got {}",
+                    c.amount
+                ),
+            ));
+        }
+        match HoldState::try_from(hold.state) {
+            Ok(HoldState::Pending) => {}
+            Ok(HoldState::Captured) if c.amount == 0 || c.amount == hold.captured => {
+                return Ok(hold_outcome(hold))
+            }
+            Ok(HoldState::Expired) => return Err(expired(&hold)),
+            _ => return Err(not_pending(&hold)),
+        }
+        if c.amount > hold.amount {
+            return Err(Refusal::new(
+                Reason::InvalidAmount,
+                format!(
+                    "capture of {} exceeds hold {} of {}",
+                    c.amount, hold.hold_id, hold.amount
+                ),
+            ));
+        }
+        self.check_fresh(command)?;
+        if command.ts >= hold.expires_at_ts {
+            self.decide_hold(key, hold, HoldState::Expired, 0, command, writes);
+            return Err(Refusal::new(
+                Reason::HoldExpired,
+                format!("hold {} expired before its capture", c.hold_id),
+            ));
+        }
+        // The commit point: money leaves the debit account only if it is open now.
+        movable(self.existing(&hold.from_account_id)?)?;
+        let captured = if c.amount == 0 { hold.amount } else { c.amount };
+        Ok(self.decide_hold(key, hold, HoldState::Captured, captured, command, writes))
+    }
+
+    pub(crate) fn void(
+        &mut self,
+        command: &Command,
+        v: &VoidRequest,
+        writes: &mut Writes,
+    ) -> Outcome {
+        let (key, hold) = match self.hold_step(&v.hold_id, &v.from_account_id) {
+            Ok(found) => found,
+            Err(refusal) => return Outcome::from(refusal),
+        };
+        match HoldState::try_from(hold.state) {
+            Ok(HoldState::Pending) => {}
+            Ok(HoldState::Voided | HoldState::Expired) => return hold_outcome(hold),
+            _ => return Outcome::from(not_pending(&hold)),
+        }
+        if let Err(refusal) = self.check_fresh(command) {
+            return Outcome::from(refusal);
+        }
+        // Past its expiry, the hold expired (whoever releases it says so truthfully).
+        let state = if command.ts >= hold.expires_at_ts {
+            HoldState::Expired
+        } else {
+            HoldState::Voided
+        };
+        self.decide_hold(key, hold, state, 0, command, writes)
+    }
+
+    /// Releases the pending holds whose expiry is at or below the command's timestamp.
+    pub(crate) fn expire_holds(&mut self, command: &Command, writes: &mut Writes) -> Outcome {
+        if let Err(refusal) = self.check_fresh(command) {
+            return Outcome::from(refusal);
+        }
+        let due: Vec<RequestKey> = self
+            .hold_expiries
+            .iter()
+            .take_while(|(at, _)| *at <= command.ts)
+            .take(EXPIRE_PER_COMMAND)
+            .map(|(_, key)| key.clone())
+            .collect();
+        let mut expired = 0u32;
+        for key in due {
+            let Some(hold) = self.requests.get(&key).and_then(hold_of).cloned() else {
+                continue;
+            };
+            self.decide_hold(key, hold, HoldState::Expired, 0, command, writes);
+            expired += 1;
+        }
+        Outcome {
+            result: Some(outcome::Result::Expired(expired)),
+        }
+    }
+
+    /// Decides a pending hold: releases its reservation and promise, moves `captured` (if
+    /// CAPTURED), and stores the decided record, kept one window from now.
+    fn decide_hold(
+        &mut self,
+        key: RequestKey,
+        mut hold: Hold,
+        state: HoldState,
+        captured: i64,
+        command: &Command,
+        writes: &mut Writes,
+    ) -> Outcome {
+        let (Some(mut from), Some(mut to)) = (
+            self.accounts.get(&hold.from_account_id).cloned(),
+            self.accounts.get(&hold.to_account_id).cloned(),
+        ) else {
+            return broken(format!("an account of hold {} vanished", hold.hold_id));
+        };
+        let released = (
+            from.reserved.checked_sub(hold.amount),
+            to.pending_credit.checked_sub(hold.amount),
+        );
+        let (Some(reserved), Some(pending_credit)) = released else {
+            return broken(format!(
+                "hold {} of {} is not reserved on {from:?} and promised on {to:?}",
+                hold.hold_id, hold.amount
+            ));
+        };
+        from.reserved = reserved;
+        to.pending_credit = pending_credit;
+        let moved = if state == HoldState::Captured {
+            match (
+                from.balance.checked_sub(captured),
+                to.balance.checked_add(captured),
+            ) {
+                (Some(from_balance), Some(to_balance)) => Some((from_balance, to_balance)),
+                _ => {
+                    return broken(format!(
+                        "capturing {captured} of hold {} does not fit {from:?} / {to:?}",
+                        hold.hold_id
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let (from_id, to_id) = (from.account_id.clone(), to.account_id.clone());
+        for account in [from, to] {
+            writes.push(Write::Account(account.clone()));
+            self.accounts.insert(account.account_id.clone(), account);
+        }
+        if let Some((from_balance, to_balance)) = moved {
+            let entry = Command {
+                request_id: hold.hold_id.clone(),
+                ..command.clone()
+            };
+            let from_seq = self.set_balance(&from_id, from_balance, writes);
+            let to_seq = self.set_balance(&to_id, to_balance, writes);
+            self.push_history(
+                &from_id,
+                from_seq,
+                &entry,
+                EntryKind::TransferOut,
+                -captured,
+                from_balance,
+                &to_id,
+                writes,
+            );
+            self.push_history(
+                &to_id,
+                to_seq,
+                &entry,
+                EntryKind::TransferIn,
+                captured,
+                to_balance,
+                &from_id,
+                writes,
+            );
+        }
+        hold.state = state as i32;
+        hold.captured = captured;
+        hold.decided_ts = command.ts;
+        let outcome = hold_outcome(hold);
+        if let Some(mut record) = self.requests.get(&key).cloned() {
+            record.outcome = Some(outcome.clone());
+            // Kept a whole window after its decision, so a retry of the capture finds it.
+            record.issued_at_ms = self.retention.issued(0);
+            self.store_request(key, record, writes);
+        }
+        outcome
+    }
+
+    /// One hold (a read).
+    pub fn hold(&self, get: &GetHoldRequest) -> Result<Hold, Refusal> {
+        self.hold_step(&get.hold_id, &get.from_account_id)
+            .map(|(_, hold)| hold)
+    }
+
+    /// An account's pending holds as payer, in hold id order, after `after`.
+    pub fn holds(&self, list: &ListHoldsRequest) -> Result<ListHoldsResponse, Refusal> {
+        validate::id("account id", &list.account_id)?;
+        self.check_owned(&list.account_id)?;
+        self.existing(&list.account_id)?;
+        let limit = match list.limit {
+            0 => HOLDS_PAGE_DEFAULT,
+            n => n.min(HOLDS_PAGE_MAX),
+        } as usize;
+        let after = (list.account_id.clone(), list.after.clone());
+        let mut holds = Vec::with_capacity(limit);
+        let mut next_after = String::new();
+        let range = self
+            .pending_holds
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .take_while(|(account, _)| *account == list.account_id);
+        for key in range {
+            if holds.len() == limit {
+                next_after = holds
+                    .last()
+                    .map(|h: &Hold| h.hold_id.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            if let Some(hold) = self.requests.get(key).and_then(hold_of) {
+                holds.push(hold.clone());
+            }
+        }
+        Ok(ListHoldsResponse { holds, next_after })
+    }
+
+    /// The earliest expiry of a pending hold (0: none).
+    pub fn next_hold_expiry(&self) -> u64 {
+        self.hold_expiries.first().map_or(0, |(at, _)| *at)
+    }
+
+    /// Sum of pending holds per currency (audits show held amounts).
+    pub fn held(&self) -> std::collections::BTreeMap<String, i128> {
+        let mut held = std::collections::BTreeMap::new();
+        for key in &self.pending_holds {
+            if let Some(hold) = self.requests.get(key).and_then(hold_of) {
+                *held.entry(hold.currency.clone()).or_insert(0) += i128::from(hold.amount);
+            }
+        }
+        held
+    }
+
+    /// Keeps the pending-hold indexes in step with a stored or loaded record.
+    pub(crate) fn track_hold(&mut self, key: &RequestKey, record: &RequestRecord) {
+        let Some(hold) = hold_of(record) else {
+            return;
+        };
+        let expiry = (hold.expires_at_ts, key.clone());
+        if hold.state == HoldState::Pending as i32 {
+            self.pending_holds.insert(key.clone());
+            self.hold_expiries.insert(expiry);
+        } else {
+            self.pending_holds.remove(key);
+            self.hold_expiries.remove(&expiry);
+        }
+    }
+}
+
+fn expired(hold: &Hold) -> Refusal {
+    Refusal::new(
+        Reason::HoldExpired,
+        format!("hold {} expired at {}", hold.hold_id, hold.decided_ts),
+    )
+}
+
+fn not_pending(hold: &Hold) -> Refusal {
+    let state = HoldState::try_from(hold.state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("HOLD_STATE_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| hold.state.to_string());
+    Refusal::new(
+        Reason::HoldNotPending,
+        format!(
+            "hold {} is {state} (captured {} of {}): a hold is decided once",
+            hold.hold_id, hold.captured, hold.amount
+        ),
+    )
+}

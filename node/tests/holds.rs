@@ -1,0 +1,548 @@
+//! Holds in the pure state machine (README § Holds): authorize, capture (whole or partial), void
+//! and expiry by oracle timestamp; exactly-once by hold id; frozen and closed accounts; the whole
+//! value range; a restart; then random sequences checking that money is conserved, that every
+//! pending hold is reserved and promised exactly once, and that a hold is decided at most once.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use wallet_node::state_machine::{rejection_of, StateMachine, Write};
+use wallet_proto::reason::Reason;
+use wallet_proto::topology::Ring;
+use wallet_proto::v1::{
+    command::Op, outcome, AccountStateRequest, AuthorizeRequest, CaptureRequest,
+    CreateAccountRequest, DepositRequest, EntryKind, ExpireHolds, GetHoldRequest, Hold, HoldState,
+    ListHoldsRequest, Outcome, VoidRequest, WithdrawRequest,
+};
+
+/// Oracle timestamps: physical ms << 18.
+const T0: u64 = 1_000_000 << 18;
+
+fn ms(n: u64) -> u64 {
+    n << 18
+}
+
+fn machine() -> StateMachine {
+    StateMachine::new(1, Ring::new([1], 8))
+}
+
+fn at(sm: &mut StateMachine, ts: u64, id: &str, op: Op) -> Outcome {
+    common::apply_at(sm, id, ts, op).0
+}
+
+fn create(sm: &mut StateMachine, id: &str, credit_limit: i64) {
+    let op = Op::CreateAccount(CreateAccountRequest {
+        account_id: id.into(),
+        currency: "USD".into(),
+        credit_limit,
+        opening_balance: 0,
+    });
+    assert!(rejection_of(&at(sm, T0, "", op)).is_none());
+}
+
+fn deposit(id: &str, amount: i64) -> Op {
+    Op::Deposit(DepositRequest {
+        request_id: String::new(),
+        account_id: id.into(),
+        amount,
+        issued_at_ms: 0,
+    })
+}
+
+fn authorize(hold: &str, from: &str, to: &str, amount: i64, expires_in_ms: i64) -> Op {
+    Op::Authorize(AuthorizeRequest {
+        hold_id: hold.into(),
+        from_account_id: from.into(),
+        to_account_id: to.into(),
+        amount,
+        expires_in_ms,
+        issued_at_ms: 0,
+    })
+}
+
+fn capture(hold: &str, from: &str, amount: i64) -> Op {
+    Op::Capture(CaptureRequest {
+        hold_id: hold.into(),
+        from_account_id: from.into(),
+        amount,
+    })
+}
+
+fn void(hold: &str, from: &str) -> Op {
+    Op::Void(VoidRequest {
+        hold_id: hold.into(),
+        from_account_id: from.into(),
+    })
+}
+
+fn hold_of(outcome: &Outcome) -> Hold {
+    match &outcome.result {
+        Some(outcome::Result::Hold(h)) => h.clone(),
+        other => panic!("not a hold: {other:?}"),
+    }
+}
+
+fn state(outcome: &Outcome) -> HoldState {
+    HoldState::try_from(hold_of(outcome).state).expect("known state")
+}
+
+/// (balance, reserved, pending_credit)
+fn money(sm: &StateMachine, id: &str) -> (i64, i64, i64) {
+    let a = sm.account(id).expect("account");
+    (a.balance, a.reserved, a.pending_credit)
+}
+
+fn funded() -> StateMachine {
+    let mut sm = machine();
+    create(&mut sm, "payer", 0);
+    create(&mut sm, "shop", 0);
+    assert!(rejection_of(&at(&mut sm, T0, "fund", deposit("payer", 100))).is_none());
+    sm
+}
+
+#[test]
+fn a_capture_moves_what_it_captures_once_and_releases_the_rest() {
+    let mut sm = funded();
+    let authorized = at(
+        &mut sm,
+        T0 + 1,
+        "h1",
+        authorize("h1", "payer", "shop", 80, 0),
+    );
+    let hold = hold_of(&authorized);
+    assert_eq!(state(&authorized), HoldState::Pending);
+    assert_eq!(hold.expires_at_ts, T0 + 1 + ms(7 * 24 * 3600 * 1000));
+    assert_eq!(money(&sm, "payer"), (100, 80, 0));
+    assert_eq!(money(&sm, "shop"), (0, 0, 80));
+    // Spendable money dropped: only 20 can leave.
+    let w = Op::Withdraw(WithdrawRequest {
+        request_id: String::new(),
+        account_id: "payer".into(),
+        amount: 21,
+        issued_at_ms: 0,
+    });
+    assert_eq!(
+        rejection_of(&at(&mut sm, T0 + 2, "w1", w)),
+        Some(Reason::InsufficientFunds)
+    );
+    // The same authorization again answers it; other content under the id is ID_REUSED.
+    assert_eq!(
+        at(
+            &mut sm,
+            T0 + 3,
+            "h1",
+            authorize("h1", "payer", "shop", 80, 0)
+        ),
+        authorized
+    );
+    assert_eq!(
+        rejection_of(&at(
+            &mut sm,
+            T0 + 3,
+            "h1",
+            authorize("h1", "payer", "shop", 81, 0)
+        )),
+        Some(Reason::IdReused)
+    );
+    // Capture 30 of 80: 30 moves, 50 comes back.
+    assert_eq!(
+        rejection_of(&at(&mut sm, T0 + 4, "h1", capture("h1", "payer", 81))),
+        Some(Reason::InvalidAmount)
+    );
+    let (captured, writes) = common::apply_at(&mut sm, "h1", T0 + 5, capture("h1", "payer", 30));
+    let h = hold_of(&captured);
+    assert_eq!(
+        (state(&captured), h.captured, h.decided_ts),
+        (HoldState::Captured, 30, T0 + 5)
+    );
+    assert_eq!(money(&sm, "payer"), (70, 0, 0));
+    assert_eq!(money(&sm, "shop"), (30, 0, 0));
+    let history: Vec<(EntryKind, i64)> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::History { entry, .. } => {
+                Some((EntryKind::try_from(entry.kind).expect("kind"), entry.delta))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [(EntryKind::TransferOut, -30), (EntryKind::TransferIn, 30)]
+    );
+    // At most once: the same capture answers it and writes nothing; any other is refused.
+    let (again, writes) = common::apply_at(&mut sm, "h1", T0 + 6, capture("h1", "payer", 30));
+    assert_eq!(again, captured);
+    assert!(writes.is_empty());
+    assert_eq!(
+        at(&mut sm, T0 + 6, "h1", capture("h1", "payer", 0)),
+        captured
+    );
+    for op in [capture("h1", "payer", 31), void("h1", "payer")] {
+        assert_eq!(
+            rejection_of(&at(&mut sm, T0 + 7, "h1", op)),
+            Some(Reason::HoldNotPending)
+        );
+    }
+    assert_eq!(money(&sm, "payer"), (70, 0, 0));
+    assert_eq!(money(&sm, "shop"), (30, 0, 0));
+    // The hold reads back; an unknown id or another request's id is HOLD_NOT_FOUND.
+    let get = |id: &str| GetHoldRequest {
+        hold_id: id.into(),
+        from_account_id: "payer".into(),
+    };
+    assert_eq!(sm.hold(&get("h1")).expect("hold"), h);
+    assert_eq!(
+        sm.hold(&get("nope")).unwrap_err().reason,
+        Reason::HoldNotFound
+    );
+    assert_eq!(
+        sm.hold(&get("fund")).unwrap_err().reason,
+        Reason::HoldNotFound
+    );
+    assert_eq!(
+        rejection_of(&at(&mut sm, T0 + 8, "fund", capture("fund", "payer", 0))),
+        Some(Reason::HoldNotFound)
+    );
+}
+
+#[test]
+fn a_void_releases_everything_and_an_expiry_is_decided_by_the_oracle_timestamp() {
+    let mut sm = funded();
+    at(&mut sm, T0 + 1, "v", authorize("v", "payer", "shop", 40, 0));
+    let voided = at(&mut sm, T0 + 2, "v", void("v", "payer"));
+    assert_eq!(state(&voided), HoldState::Voided);
+    assert_eq!(at(&mut sm, T0 + 3, "v", void("v", "payer")), voided);
+    assert_eq!(
+        rejection_of(&at(&mut sm, T0 + 3, "v", capture("v", "payer", 0))),
+        Some(Reason::HoldNotPending)
+    );
+    assert_eq!(money(&sm, "payer"), (100, 0, 0));
+    assert_eq!(money(&sm, "shop"), (0, 0, 0));
+
+    // Three holds expiring 1, 2 and 3 ms after T0 + 10.
+    for (i, id) in ["e1", "e2", "e3"].iter().enumerate() {
+        let o = at(
+            &mut sm,
+            T0 + 10,
+            id,
+            authorize(id, "payer", "shop", 10, i as i64 + 1),
+        );
+        assert_eq!(hold_of(&o).expires_at_ts, T0 + 10 + ms(i as u64 + 1));
+    }
+    assert_eq!(sm.next_hold_expiry(), T0 + 10 + ms(1));
+    let expire =
+        |sm: &mut StateMachine, ts: u64| match at(sm, ts, "", Op::ExpireHolds(ExpireHolds {}))
+            .result
+        {
+            Some(outcome::Result::Expired(n)) => n,
+            other => panic!("{other:?}"),
+        };
+    // One tick before: nothing; at the expiry: exactly the due hold.
+    assert_eq!(expire(&mut sm, T0 + 10 + ms(1) - 1), 0);
+    assert_eq!(expire(&mut sm, T0 + 10 + ms(1)), 1);
+    assert_eq!(money(&sm, "payer"), (100, 20, 0));
+    // A capture past its expiry, before any ExpireHolds: expired now, HOLD_EXPIRED, released.
+    let late = at(&mut sm, T0 + 10 + ms(2), "e2", capture("e2", "payer", 0));
+    assert_eq!(rejection_of(&late), Some(Reason::HoldExpired));
+    assert_eq!(money(&sm, "payer"), (100, 10, 0));
+    assert_eq!(
+        rejection_of(&at(
+            &mut sm,
+            T0 + 10 + ms(9),
+            "e2",
+            capture("e2", "payer", 0)
+        )),
+        Some(Reason::HoldExpired),
+        "and stays expired"
+    );
+    // A void past its expiry says EXPIRED (truthfully), and releases it.
+    let o = at(&mut sm, T0 + 10 + ms(3), "e3", void("e3", "payer"));
+    assert_eq!(state(&o), HoldState::Expired);
+    assert_eq!(money(&sm, "payer"), (100, 0, 0));
+    assert_eq!(money(&sm, "shop"), (0, 0, 0));
+    assert_eq!(sm.next_hold_expiry(), 0);
+    // Expiry bounds: 0 is 7 days, 30 days at most, negative refused.
+    for bad in [-1, 30 * 24 * 3600 * 1000 + 1, i64::MAX] {
+        assert_eq!(
+            rejection_of(&at(
+                &mut sm,
+                T0 + 99,
+                "x",
+                authorize("x", "payer", "shop", 1, bad)
+            )),
+            Some(Reason::InvalidArgument),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn holds_respect_funds_frozen_and_closed_accounts_over_the_whole_range() {
+    let mut sm = machine();
+    create(&mut sm, "payer", i64::MAX);
+    create(&mut sm, "shop", 0);
+    create(&mut sm, "full", 0);
+    at(&mut sm, T0, "f", deposit("full", i64::MAX));
+    // A hold of i64::MAX through the credit limit; a second unit is INSUFFICIENT_FUNDS
+    // (remembered), and a hold towards a full account is BALANCE_OVERFLOW (not remembered).
+    let big = at(
+        &mut sm,
+        T0 + 1,
+        "big",
+        authorize("big", "payer", "shop", i64::MAX, 0),
+    );
+    assert_eq!(state(&big), HoldState::Pending);
+    assert_eq!(money(&sm, "payer"), (0, i64::MAX, 0));
+    let (o, writes) = common::apply_at(
+        &mut sm,
+        "more",
+        T0 + 2,
+        authorize("more", "payer", "shop", 1, 0),
+    );
+    assert_eq!(rejection_of(&o), Some(Reason::InsufficientFunds));
+    assert_eq!(writes.len(), 1, "remembered");
+    let (o, writes) =
+        common::apply_at(&mut sm, "of", T0 + 2, authorize("of", "shop", "full", 1, 0));
+    assert_eq!(
+        rejection_of(&o),
+        Some(Reason::InsufficientFunds),
+        "shop has nothing yet"
+    );
+    assert_eq!(writes.len(), 1);
+    // Neither side closes while the hold is pending.
+    let close = |id: &str| {
+        Op::CloseAccount(AccountStateRequest {
+            request_id: String::new(),
+            account_id: id.into(),
+            issued_at_ms: 0,
+        })
+    };
+    let freeze = |id: &str| {
+        Op::FreezeAccount(AccountStateRequest {
+            request_id: String::new(),
+            account_id: id.into(),
+            issued_at_ms: 0,
+        })
+    };
+    let unfreeze = |id: &str| {
+        Op::UnfreezeAccount(AccountStateRequest {
+            request_id: String::new(),
+            account_id: id.into(),
+            issued_at_ms: 0,
+        })
+    };
+    for id in ["payer", "shop"] {
+        assert_eq!(
+            rejection_of(&at(&mut sm, T0 + 3, "c", close(id))),
+            Some(Reason::AccountNotEmpty)
+        );
+    }
+    // Frozen payer: no new hold, no capture (the hold stays pending); a void still releases.
+    at(&mut sm, T0 + 4, "fz", freeze("payer"));
+    assert_eq!(
+        rejection_of(&at(&mut sm, T0 + 5, "cap", capture("big", "payer", 0))),
+        Some(Reason::AccountFrozen)
+    );
+    assert_eq!(money(&sm, "payer"), (0, i64::MAX, 0));
+    at(&mut sm, T0 + 6, "uf", unfreeze("payer"));
+    // Frozen payee: a new hold towards it is refused, but one promised before captures.
+    at(&mut sm, T0 + 7, "fz", freeze("shop"));
+    let o = at(&mut sm, T0 + 8, "h2", authorize("h2", "full", "shop", 1, 0));
+    assert_eq!(rejection_of(&o), Some(Reason::AccountFrozen));
+    let o = at(&mut sm, T0 + 9, "big", capture("big", "payer", 0));
+    assert_eq!(
+        (state(&o), hold_of(&o).captured),
+        (HoldState::Captured, i64::MAX)
+    );
+    assert_eq!(money(&sm, "payer"), (-i64::MAX, 0, 0));
+    assert_eq!(money(&sm, "shop"), (i64::MAX, 0, 0));
+    // A hold towards an account that could not take it is BALANCE_OVERFLOW, nothing written.
+    at(&mut sm, T0 + 10, "uf2", unfreeze("shop"));
+    let (o, writes) = common::apply_at(
+        &mut sm,
+        "ov",
+        T0 + 11,
+        authorize("ov", "full", "shop", 1, 0),
+    );
+    assert_eq!(rejection_of(&o), Some(Reason::BalanceOverflow));
+    assert!(writes.is_empty());
+}
+
+#[test]
+fn pending_holds_survive_a_restart_and_list_in_id_order() {
+    let mut sm = funded();
+    let mut writes_all = Vec::new();
+    for (i, id) in ["h-c", "h-a", "h-b", "h-d"].iter().enumerate() {
+        let (o, writes) = common::apply_at(
+            &mut sm,
+            id,
+            T0 + 1 + i as u64,
+            authorize(id, "payer", "shop", 10, 1000 + i as i64),
+        );
+        assert_eq!(state(&o), HoldState::Pending);
+        writes_all.extend(writes);
+    }
+    let (_, writes) = common::apply_at(&mut sm, "h-d", T0 + 9, void("h-d", "payer"));
+    writes_all.extend(writes);
+    let list = |sm: &StateMachine, after: &str, limit: u32| {
+        let page = sm
+            .holds(&ListHoldsRequest {
+                account_id: "payer".into(),
+                limit,
+                after: after.into(),
+            })
+            .expect("page");
+        let ids: Vec<String> = page.holds.iter().map(|h| h.hold_id.clone()).collect();
+        (ids, page.next_after)
+    };
+    assert_eq!(
+        list(&sm, "", 2),
+        (vec!["h-a".into(), "h-b".into()], "h-b".into())
+    );
+    assert_eq!(list(&sm, "h-b", 2), (vec!["h-c".into()], String::new()));
+    // A fresh machine fed the stored records (a restart) has the same holds and expiries.
+    let mut restarted = machine();
+    let mut latest = BTreeMap::new();
+    for w in writes_all {
+        match w {
+            Write::Request {
+                account_id,
+                request_id,
+                record,
+            } => {
+                latest.insert((account_id, request_id), *record);
+            }
+            Write::Account(a) => restarted.load_account(a),
+            _ => {}
+        }
+    }
+    for ((account, id), record) in latest {
+        restarted.load_request(account, id, record);
+    }
+    assert_eq!(list(&restarted, "", 10), list(&sm, "", 10));
+    assert_eq!(restarted.next_hold_expiry(), sm.next_hold_expiry());
+    assert_eq!(restarted.next_hold_expiry(), T0 + 1 + ms(1000));
+}
+
+// ---------- property test ----------
+
+const ACCOUNTS: [&str; 3] = ["a", "b", "c"];
+
+#[derive(Clone, Debug)]
+enum Step {
+    Deposit(usize, i64),
+    Authorize(usize, usize, i64, u8, i64),
+    Capture(usize, u8, i64),
+    Void(usize, u8),
+    Expire,
+    Tick(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let amount = prop_oneof![1i64..100, Just(i64::MAX)];
+    prop_oneof![
+        (0..3usize, amount.clone()).prop_map(|(a, x)| Step::Deposit(a, x)),
+        (0..3usize, 0..3usize, amount.clone(), 0..6u8, 1i64..5)
+            .prop_map(|(a, b, x, id, e)| Step::Authorize(a, b, x, id, e)),
+        (
+            0..3usize,
+            0..6u8,
+            prop_oneof![Just(0i64), 1i64..120, Just(i64::MAX)]
+        )
+            .prop_map(|(a, id, x)| Step::Capture(a, id, x)),
+        (0..3usize, 0..6u8).prop_map(|(a, id)| Step::Void(a, id)),
+        Just(Step::Expire),
+        (0u64..3).prop_map(Step::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// After every step: money is conserved; each account's `reserved` is the sum of its pending
+    /// holds as payer and its `pending_credit` of those as payee; a hold, once decided, never
+    /// changes again, and never captures more than it held; no hold is pending past an
+    /// `ExpireHolds` at or after its expiry.
+    #[test]
+    fn holds_keep_the_money_invariants(steps in prop::collection::vec(step(), 1..80)) {
+        let mut sm = machine();
+        for (i, id) in ACCOUNTS.iter().enumerate() {
+            create(&mut sm, id, if i == 2 { i64::MAX } else { 0 });
+        }
+        let mut ts = T0;
+        let mut net: i128 = 0;
+        let mut decided: BTreeMap<(String, String), Hold> = BTreeMap::new();
+        for (n, step) in steps.into_iter().enumerate() {
+            ts += 1;
+            let outcome = match step {
+                Step::Deposit(a, x) => {
+                    let o = at(&mut sm, ts, &format!("d{n}"), deposit(ACCOUNTS[a], x));
+                    if rejection_of(&o).is_none() {
+                        net += i128::from(x);
+                    }
+                    o
+                }
+                Step::Authorize(a, b, x, id, e) => {
+                    let id = format!("h{id}");
+                    at(&mut sm, ts, &id, authorize(&id, ACCOUNTS[a], ACCOUNTS[b], x, e))
+                }
+                Step::Capture(a, id, x) => {
+                    let id = format!("h{id}");
+                    at(&mut sm, ts, &id, capture(&id, ACCOUNTS[a], x))
+                }
+                Step::Void(a, id) => {
+                    let id = format!("h{id}");
+                    at(&mut sm, ts, &id, void(&id, ACCOUNTS[a]))
+                }
+                Step::Expire => {
+                    let o = at(&mut sm, ts, "", Op::ExpireHolds(ExpireHolds {}));
+                    let next = sm.next_hold_expiry();
+                    prop_assert!(next == 0 || next > ts, "a due hold stayed pending");
+                    o
+                }
+                Step::Tick(m) => {
+                    ts += ms(m);
+                    continue;
+                }
+            };
+            if let Some(outcome::Result::Hold(h)) = &outcome.result {
+                prop_assert!(h.captured >= 0 && h.captured <= h.amount);
+                let key = (h.from_account_id.clone(), h.hold_id.clone());
+                if let Some(first) = decided.get(&key) {
+                    prop_assert_eq!(first, h, "a decided hold never changes");
+                } else if h.state != HoldState::Pending as i32 {
+                    decided.insert(key, h.clone());
+                }
+            }
+            let total: i128 = sm.accounts().map(|a| i128::from(a.balance)).sum();
+            prop_assert_eq!(total, net);
+            let mut reserved: BTreeMap<String, i128> = BTreeMap::new();
+            let mut promised: BTreeMap<String, i128> = BTreeMap::new();
+            for account in ACCOUNTS {
+                let page = sm
+                    .holds(&ListHoldsRequest {
+                        account_id: account.into(),
+                        limit: 1000,
+                        after: String::new(),
+                    })
+                    .expect("page");
+                for h in page.holds {
+                    prop_assert_eq!(h.state, HoldState::Pending as i32);
+                    *reserved.entry(h.from_account_id.clone()).or_default() += i128::from(h.amount);
+                    *promised.entry(h.to_account_id.clone()).or_default() += i128::from(h.amount);
+                }
+            }
+            for account in sm.accounts() {
+                let id = &account.account_id;
+                prop_assert_eq!(i128::from(account.reserved), reserved.get(id).copied().unwrap_or(0));
+                prop_assert_eq!(
+                    i128::from(account.pending_credit),
+                    promised.get(id).copied().unwrap_or(0)
+                );
+            }
+        }
+    }
+}
