@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every nemesis alone, then all of them together, against the bank workload on the Docker backend,
-# then all of them together once more with --extremes (credit limits and amounts near i64::MAX):
+# then all of them together once more with --extremes (credit limits and amounts near i64::MAX),
+# and once against the holds workload (captures counted where transfers are):
 # one line per run (verdict, operation counts, store directory). Exits 1 if any run is invalid.
 # Needs the image wallet:dev (README § Containers). TIME and SEED may be set in the environment.
 set -uo pipefail
@@ -11,7 +12,8 @@ BACKEND=${BACKEND:-docker}
 cargo build -q --release -p wallet-jepsen || exit 2
 failed=0
 all=kill,leader,pause,partition,clock,router,wipe,corrupt
-for run in kill leader pause partition clock router wipe corrupt "$all" "$all --extremes"; do
+for run in kill leader pause partition clock router wipe corrupt "$all" "$all --extremes" \
+  "$all --workload holds"; do
   nemesis=${run%% *}
   extra=${run#"$nemesis"}
   log=$(mktemp)
@@ -20,7 +22,7 @@ for run in kill leader pause partition clock router wipe corrupt "$all" "$all --
     --concurrency 10 --seed "$SEED" --store store $extra >"$log" 2>&1
   status=$?
   verdict=$(grep -E '^valid|^INVALID' "$log" | head -1)
-  transfers=$(awk '$1 == "transfer" {print $2 " ok / " $3 " fail / " $4 " info"}' "$log")
+  transfers=$(awk '$1 == "transfer" || $1 == "capture" {print $2 " ok / " $3 " fail / " $4 " info"}' "$log")
   faults=$(grep -c 'nemesis: .* start' "$log")
   store=$(sed -n 's/^store: //p' "$log")
   recovery=$(sed -n 's/^served again \([0-9.]*\) s.*/\1 s/p' "$log")

@@ -493,6 +493,7 @@ impl WalletClient {
             hold_id: hold_id.into(),
             from_account_id: from_account_id.into(),
             amount,
+            issued_at_ms: now_ms(),
         };
         self.retrying(|c| {
             let r = request.clone();
@@ -506,6 +507,7 @@ impl WalletClient {
         let request = VoidRequest {
             hold_id: hold_id.into(),
             from_account_id: from_account_id.into(),
+            issued_at_ms: now_ms(),
         };
         self.retrying(|c| {
             let r = request.clone();

@@ -135,7 +135,9 @@ impl BenchReport {
             self.elapsed.as_secs_f64(),
             self.options.pairs,
             self.options.clients,
-            if self.options.batch == 0 {
+            if self.options.pairs == Pairs::Card {
+                "each an authorize then a capture of the whole hold".to_string()
+            } else if self.options.batch == 0 {
                 "one transfer per call".to_string()
             } else {
                 format!("batches of {}", self.options.batch)
@@ -367,6 +369,9 @@ pub async fn run(
     let ids: Vec<String> = (0..options.accounts)
         .map(|i| format!("{}-{i}", options.prefix))
         .collect();
+    if options.pairs == Pairs::Card && options.batch > 0 {
+        return Err("--pairs card has no batch API: leave --batch out".into());
+    }
     let pairing = Arc::new(Pairing::new(&ids, &ring, options.pairs)?);
     let ids = Arc::new(ids);
     if options.setup {
@@ -426,6 +431,7 @@ pub async fn run(
             let mut n = 0u64;
             // Bounded in count as well as in time.
             let batch = options_batch;
+            let card = pairing.pairs == Pairs::Card;
             while Instant::now() < end && n < 100_000_000 {
                 let mut items = Vec::with_capacity(batch.max(1));
                 for _ in 0..batch.max(1) {
@@ -440,7 +446,29 @@ pub async fn run(
                     });
                 }
                 let t0 = Instant::now();
-                let (ok, refused) = if batch == 0 {
+                let (ok, refused) = if card {
+                    // A card payment: authorize a hold, then capture all of it (two Raft
+                    // entries on the payer's shard).
+                    let t = &items[0];
+                    let hold = client
+                        .authorize(
+                            &t.transfer_id,
+                            &t.from_account_id,
+                            &t.to_account_id,
+                            t.amount,
+                            0,
+                        )
+                        .await;
+                    match hold {
+                        Ok(_) => {
+                            match client.capture(&t.transfer_id, &t.from_account_id, 0).await {
+                                Ok(_) => (1, Vec::new()),
+                                Err(e) => (0, vec![e]),
+                            }
+                        }
+                        Err(e) => (0, vec![e]),
+                    }
+                } else if batch == 0 {
                     let t = &items[0];
                     match client
                         .transfer(

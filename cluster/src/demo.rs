@@ -4,7 +4,8 @@
 //! check conservation: the money in the accounts equals deposits minus withdrawals (G1).
 //!
 //! Transfers pick their accounts by [`Pairs`]: any two accounts (mostly on different shards, so
-//! two-phase), two accounts of one shard, or many payers into one merchant account. Cross-shard
+//! two-phase), two accounts of one shard, many payers into one merchant account, or card
+//! payments (a hold authorized, then captured whole or in part, voided, or left to expire). Cross-shard
 //! transfers finish asynchronously on the credit side, so the final check first waits until no
 //! account holds a reservation or a pending credit. Meanwhile an audit (a snapshot of every account
 //! at one timestamp) runs every second and any mismatch is reported at once and fails the run.
@@ -44,6 +45,12 @@ pub enum OpKind {
     CrossShardTransfer,
     Deposit,
     Withdraw,
+    /// Card payments (`--pairs card`): authorize a hold, then capture all of it, capture half,
+    /// void it, or let it expire (50 ms).
+    CardCapture,
+    CardPartial,
+    CardVoid,
+    CardExpire,
 }
 
 impl OpKind {
@@ -53,11 +60,15 @@ impl OpKind {
             OpKind::CrossShardTransfer => "transfer 2 shards",
             OpKind::Deposit => "deposit",
             OpKind::Withdraw => "withdraw",
+            OpKind::CardCapture => "hold+capture",
+            OpKind::CardPartial => "hold+capture 1/2",
+            OpKind::CardVoid => "hold+void",
+            OpKind::CardExpire => "hold, expires",
         }
     }
 
     fn is_transfer(self) -> bool {
-        matches!(self, OpKind::SameShardTransfer | OpKind::CrossShardTransfer)
+        !matches!(self, OpKind::Deposit | OpKind::Withdraw)
     }
 }
 
@@ -72,6 +83,17 @@ impl Picker {
         let roll = rng.below(100);
         let (from, to) = self.pairing.pair(rng);
         let merchant = self.pairing.pairs == Pairs::Merchant;
+        if self.pairing.pairs == Pairs::Card {
+            let kind = match roll {
+                0..=39 => OpKind::CardCapture,
+                40..=64 => OpKind::CardPartial,
+                65..=84 => OpKind::CardVoid,
+                85..=89 => OpKind::CardExpire,
+                90..=94 => OpKind::Deposit,
+                _ => OpKind::Withdraw,
+            };
+            return (kind, from, to);
+        }
         let kind = match roll {
             90..=94 if !merchant => OpKind::Deposit,
             95.. if !merchant => OpKind::Withdraw,
@@ -196,6 +218,22 @@ async fn call(client: &WalletClient, u: &Unknown) -> Result<(), WalletError> {
             .map(|_| ()),
         OpKind::Deposit => client.deposit(&u.id, &u.from, u.amount).await.map(|_| ()),
         OpKind::Withdraw => client.withdraw(&u.id, &u.from, u.amount).await.map(|_| ()),
+        OpKind::CardExpire => client
+            .authorize(&u.id, &u.from, &u.to, u.amount, 50)
+            .await
+            .map(|_| ()),
+        OpKind::CardCapture | OpKind::CardPartial | OpKind::CardVoid => {
+            // Sent again after an unknown outcome, each step answers its first outcome (G4).
+            client.authorize(&u.id, &u.from, &u.to, u.amount, 0).await?;
+            match u.kind {
+                OpKind::CardVoid => client.void(&u.id, &u.from).await.map(|_| ()),
+                OpKind::CardPartial => client
+                    .capture(&u.id, &u.from, (u.amount / 2).max(1))
+                    .await
+                    .map(|_| ()),
+                _ => client.capture(&u.id, &u.from, 0).await.map(|_| ()),
+            }
+        }
     }
 }
 
@@ -203,7 +241,7 @@ fn signed(kind: OpKind, amount: i64) -> i128 {
     match kind {
         OpKind::Deposit => i128::from(amount),
         OpKind::Withdraw => -i128::from(amount),
-        OpKind::SameShardTransfer | OpKind::CrossShardTransfer => 0,
+        _ => 0,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Pieces shared by the demo and the benchmark: a tiny deterministic generator and the rule that
-//! picks the two accounts of a transfer (any two, two of one shard, or many payers to one
-//! merchant).
+//! picks the two accounts of a transfer (any two, two of one shard, many payers to one merchant,
+//! or card payments: holds between two accounts of one shard).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -18,6 +18,9 @@ pub enum Pairs {
     SameShard,
     /// Every payer pays the first account (a hot merchant account).
     Merchant,
+    /// Card payments between two accounts of one shard: authorize a hold, then capture it
+    /// whole or in part, void it, or let it expire (README § Holds).
+    Card,
 }
 
 /// xorshift64*: enough to pick accounts and amounts, and the same sequence for the same seed.
@@ -74,7 +77,8 @@ impl Pairing {
             by_shard.entry(*shard).or_default().push(i);
         }
         let groups: Vec<Vec<usize>> = by_shard.into_values().filter(|g| g.len() > 1).collect();
-        if ids.len() < 2 || (pairs == Pairs::SameShard && groups.is_empty()) {
+        let one_shard = matches!(pairs, Pairs::SameShard | Pairs::Card);
+        if ids.len() < 2 || (one_shard && groups.is_empty()) {
             return Err("need at least two accounts (on one shard for same-shard pairs)".into());
         }
         Ok(Pairing {
@@ -89,7 +93,7 @@ impl Pairing {
         let n = self.shard_of.len() as u64;
         match self.pairs {
             Pairs::Merchant => (1 + rng.below(n - 1) as usize, 0),
-            Pairs::SameShard => {
+            Pairs::SameShard | Pairs::Card => {
                 let g = &self.groups[rng.below(self.groups.len() as u64) as usize];
                 let from = rng.below(g.len() as u64) as usize;
                 let to = (from + 1 + rng.below(g.len() as u64 - 1) as usize) % g.len();
@@ -118,7 +122,12 @@ mod tests {
     fn pairs_follow_their_rule() {
         let ring = Topology::local(3, 3, 3, 7001).ring();
         let ids: Vec<String> = (0..200).map(|i| format!("acct-{i}")).collect();
-        for pairs in [Pairs::Random, Pairs::SameShard, Pairs::Merchant] {
+        for pairs in [
+            Pairs::Random,
+            Pairs::SameShard,
+            Pairs::Merchant,
+            Pairs::Card,
+        ] {
             let pairing = Pairing::new(&ids, &ring, pairs).expect("enough accounts");
             let mut rng = Rng::for_worker(3);
             let mut cross = 0;
@@ -127,7 +136,7 @@ mod tests {
                 assert_ne!(from, to);
                 assert!(from < ids.len() && to < ids.len());
                 match pairs {
-                    Pairs::SameShard => assert!(pairing.same_shard(from, to)),
+                    Pairs::SameShard | Pairs::Card => assert!(pairing.same_shard(from, to)),
                     Pairs::Merchant => assert_eq!(to, 0),
                     Pairs::Random => cross += usize::from(!pairing.same_shard(from, to)),
                 }

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `lost-transfer` | an acknowledged (`ok`) transfer is on neither side of the final state |
 //! | `half-applied` | a transfer is on one side only |
-//! | `double-applied` | a transfer applied more than once on a side |
+//! | `double-applied` | a transfer (or a hold's capture) applied more than once on a side: a hold captured twice |
 //! | `failed-transfer-applied` | a transfer reported `fail` left a trace |
 //! | `wrong-audit-total` | an `ok` audit's total differs from the money put in |
 //! | `wrong-final-total` | the final balances do not add up to the money put in |
@@ -15,6 +15,10 @@
 //! | `read-went-back` | a read saw an older state than a read that ended before it began |
 //! | `reordered-writes` | an account applied a transfer before one acknowledged before it began |
 //! | `final-read-failed` | the cluster did not serve the final read after healing |
+//! | `unreleased` | after healing, an account still holds a reservation or a promised credit: an undecided transfer, or a hold neither captured, voided nor expired |
+//! | `over-captured` | a hold's capture moved more than was authorized |
+//! | `wrong-capture` | an acknowledged capture moved another amount than it asked for (all of the hold, or its `amount`) |
+//! | `voided-hold-captured` | a hold whose void was acknowledged has a capture |
 //! | `slow-recovery` | the final read came more than [`RECOVERY_BOUND_S`] after healing |
 //!
 //! Reads are checked for linearizability per account: the final read lists each account's changes
@@ -146,8 +150,23 @@ fn f_name(value: &Value) -> &'static str {
         Value::Transfer { .. } => "transfer",
         Value::Read { .. } => "read",
         Value::Audit { .. } => "audit",
+        Value::Authorize { .. } => "authorize",
+        Value::Capture { .. } => "capture",
+        Value::Void { .. } => "void",
         Value::Final { .. } => "final",
     }
+}
+
+/// What the history says of a hold (holds workload).
+#[derive(Default)]
+struct HoldOutcome {
+    /// The payer (hold ids are scoped to it).
+    from: String,
+    /// Authorized amount, once an authorization was acknowledged.
+    authorized: Option<i64>,
+    voided: bool,
+    /// Acknowledged captures: (asked, moved).
+    captures: Vec<(i64, i64)>,
 }
 
 /// Judges a bank history in which `initial_total` was put into the accounts before it began (and
@@ -168,6 +187,7 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
     }
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut transfers: BTreeMap<String, TransferOutcome> = BTreeMap::new();
+    let mut holds: BTreeMap<String, HoldOutcome> = BTreeMap::new();
     let mut finals: Option<&BTreeMap<String, FinalAccount>> = None;
     let mut final_attempted = false;
     let mut recovery_s = None;
@@ -177,6 +197,37 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
             .entry((f_name(&done.value).into(), kind))
             .or_default() += 1;
         match (&invoke.value, &done.value) {
+            (
+                Value::Authorize {
+                    id, from, amount, ..
+                },
+                _,
+            ) if done.kind == Kind::Ok => {
+                let h = holds.entry(id.clone()).or_default();
+                h.authorized = Some(*amount);
+                h.from = from.clone();
+            }
+            (Value::Void { id, from }, _) if done.kind == Kind::Ok => {
+                let h = holds.entry(id.clone()).or_default();
+                h.voided = true;
+                h.from = from.clone();
+            }
+            (
+                Value::Capture { amount, .. },
+                Value::Capture {
+                    id,
+                    captured: Some(moved),
+                    ..
+                },
+            ) if done.kind == Kind::Ok => {
+                holds
+                    .entry(id.clone())
+                    .or_default()
+                    .captures
+                    .push((*amount, *moved));
+                capture_as_transfer(&mut transfers, invoke, done);
+            }
+            (Value::Capture { .. }, _) => capture_as_transfer(&mut transfers, invoke, done),
             (Value::Transfer { id, from, to, .. }, _) => {
                 let t = transfers
                     .entry(id.clone())
@@ -236,10 +287,19 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
         report.recovery_s = recovery_s;
         return report;
     };
-    // Balances: never negative, and adding up.
+    // Balances: never negative, and adding up; nothing left held or promised.
     let mut total: i128 = 0;
     for (account, a) in finals {
         total += i128::from(a.balance);
+        if a.reserved != 0 || a.pending_credit != 0 {
+            flag(
+                "unreleased",
+                format!(
+                    "{account} still holds {} reserved and {} promised after healing",
+                    a.reserved, a.pending_credit
+                ),
+            );
+        }
         if i128::from(a.balance) < floor
             || a.changes
                 .iter()
@@ -287,6 +347,44 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
             flag(
                 "failed-transfer-applied",
                 format!("{id} was reported failed but applied"),
+            );
+        }
+    }
+    // Holds: a capture moves what it asked for and never more than was held; a voided hold (or
+    // one never authorized) is never captured.
+    for (id, h) in &holds {
+        let moved: Vec<i64> = finals
+            .get(&h.from)
+            .map(|a| {
+                a.changes
+                    .iter()
+                    .filter(|c| c.id == *id && c.delta < 0)
+                    .map(|c| -c.delta)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let (Some(held), Some(m)) = (h.authorized, moved.iter().max()) {
+            if *m > held {
+                flag("over-captured", format!("hold {id} of {held} moved {m}"));
+            }
+        }
+        for (asked, got) in &h.captures {
+            let want = if *asked == 0 {
+                h.authorized
+            } else {
+                Some(*asked)
+            };
+            if want.is_some_and(|w| w != *got) || moved.first().is_some_and(|m| m != got) {
+                flag(
+                    "wrong-capture",
+                    format!("hold {id}: asked {asked}, acknowledged {got}, moved {moved:?}"),
+                );
+            }
+        }
+        if h.voided && !moved.is_empty() {
+            flag(
+                "voided-hold-captured",
+                format!("hold {id} was voided but moved {moved:?}"),
             );
         }
     }
@@ -391,6 +489,28 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
     report.counts = counts;
     report.recovery_s = recovery_s;
     report
+}
+
+/// Counts a capture like a transfer under its hold id (ok: it must be in the final state on both
+/// sides exactly once; fail: nowhere).
+fn capture_as_transfer(transfers: &mut BTreeMap<String, TransferOutcome>, invoke: &Op, done: &Op) {
+    let Value::Capture { id, from, to, .. } = &invoke.value else {
+        return;
+    };
+    let t = transfers
+        .entry(id.clone())
+        .or_insert_with(|| TransferOutcome {
+            from: from.clone(),
+            to: to.clone(),
+            first_invoke: invoke.time,
+            ..Default::default()
+        });
+    t.first_invoke = t.first_invoke.min(invoke.time);
+    match done.kind {
+        Kind::Ok => t.ok_at = Some(t.ok_at.map_or(done.time, |at| at.min(done.time))),
+        Kind::Fail => t.failed = true,
+        _ => {}
+    }
 }
 
 /// One read of `account` over [`begin`, `end`] that returned `value`: the states (prefix lengths
@@ -563,7 +683,12 @@ mod tests {
                 }
             })
             .collect();
-        FinalAccount { balance, changes }
+        FinalAccount {
+            balance,
+            changes,
+            reserved: 0,
+            pending_credit: 0,
+        }
     }
 
     /// a and b funded with 100 each; t1 moves 30 from a to b.
@@ -593,6 +718,111 @@ mod tests {
         let report = check(&h, 200, 0);
         assert!(report.valid(), "{}", report.summary());
         assert!(report.to_edn().starts_with("{:valid? true"));
+    }
+
+    impl Builder {
+        fn authorize(&mut self, process: u64, id: &str, amount: i64, outcome: Kind) -> &mut Self {
+            let v = Value::Authorize {
+                id: id.into(),
+                from: "a".into(),
+                to: "b".into(),
+                amount,
+                expires_in_ms: 500,
+            };
+            self.op(process, Kind::Invoke, v.clone())
+                .op(process, outcome, v)
+        }
+
+        fn capture(
+            &mut self,
+            process: u64,
+            id: &str,
+            asked: i64,
+            outcome: Kind,
+            moved: Option<i64>,
+        ) -> &mut Self {
+            let v = |captured| Value::Capture {
+                id: id.into(),
+                from: "a".into(),
+                to: "b".into(),
+                amount: asked,
+                captured,
+            };
+            self.op(process, Kind::Invoke, v(None))
+                .op(process, outcome, v(moved))
+        }
+
+        fn void(&mut self, process: u64, id: &str) -> &mut Self {
+            let v = Value::Void {
+                id: id.into(),
+                from: "a".into(),
+            };
+            self.op(process, Kind::Invoke, v.clone())
+                .op(process, Kind::Ok, v)
+        }
+    }
+
+    /// h1: 50 held, 20 captured; h2: voided; h3: expired (its capture failed).
+    fn holds_history(b: &mut Builder) -> &mut Builder {
+        b.authorize(1, "h1", 50, Kind::Ok)
+            .capture(1, "h1", 20, Kind::Ok, Some(20))
+            .authorize(2, "h2", 30, Kind::Ok)
+            .void(2, "h2")
+            .authorize(3, "h3", 10, Kind::Ok)
+            .capture(3, "h3", 0, Kind::Fail, None)
+            .read(4, "b", 120)
+    }
+
+    #[test]
+    fn holds_captured_once_for_what_was_asked_are_valid_and_every_breach_is_caught() {
+        let good = || finals(&[("fund", 100), ("h1", -20)], &[("fund", 100), ("h1", 20)]);
+        let h = holds_history(&mut Builder::default()).finish(good());
+        let report = check(&h, 200, 0);
+        assert!(report.valid(), "{}", report.summary());
+        // Captured twice.
+        let h = holds_history(&mut Builder::default()).finish(finals(
+            &[("fund", 100), ("h1", -20), ("h1", -20)],
+            &[("fund", 100), ("h1", 20), ("h1", 20)],
+        ));
+        assert!(names(&h).contains(&"double-applied"), "{:?}", names(&h));
+        // Moved more than asked and more than held.
+        let h = holds_history(&mut Builder::default()).finish(finals(
+            &[("fund", 100), ("h1", -60)],
+            &[("fund", 100), ("h1", 60)],
+        ));
+        let found = names(&h);
+        assert!(
+            found.contains(&"over-captured") && found.contains(&"wrong-capture"),
+            "{found:?}"
+        );
+        // A voided hold that moved money.
+        let h = holds_history(&mut Builder::default()).finish(finals(
+            &[("fund", 100), ("h1", -20), ("h2", -5)],
+            &[("fund", 100), ("h1", 20), ("h2", 5)],
+        ));
+        assert!(
+            names(&h).contains(&"voided-hold-captured"),
+            "{:?}",
+            names(&h)
+        );
+        // An expired hold never released.
+        let mut stuck = good();
+        if let Some(a) = stuck.get_mut("a") {
+            a.reserved = 10;
+        }
+        if let Some(b) = stuck.get_mut("b") {
+            b.pending_credit = 10;
+        }
+        let h = holds_history(&mut Builder::default()).finish(stuck);
+        assert_eq!(
+            names(&h),
+            ["unreleased"],
+            "only that: the balances are right"
+        );
+        // A capture acknowledged but not applied (the read of 120 is then impossible too).
+        let h = holds_history(&mut Builder::default())
+            .finish(finals(&[("fund", 100)], &[("fund", 100)]));
+        assert!(names(&h).contains(&"lost-transfer"), "{:?}", names(&h));
     }
 
     #[test]

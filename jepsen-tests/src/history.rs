@@ -38,6 +38,12 @@ pub struct FinalAccount {
     pub balance: i64,
     /// Oldest first.
     pub changes: Vec<Change>,
+    /// Still held or promised when the final read gave up waiting for them to settle (0 in a
+    /// healthy run: every transfer decided, every hold captured, voided or expired).
+    #[serde(default)]
+    pub reserved: i64,
+    #[serde(default)]
+    pub pending_credit: i64,
 }
 
 /// What an operation was about.
@@ -61,6 +67,24 @@ pub enum Value {
         #[serde(with = "decimal")]
         total: Option<i128>,
     },
+    /// Holds workload: a hold of `amount` from `from` to `to`, expiring after `expires_in_ms`.
+    Authorize {
+        id: String,
+        from: String,
+        to: String,
+        amount: i64,
+        expires_in_ms: i64,
+    },
+    /// Its capture: `amount` of it, 0 for all; on `ok`, `captured` is what moved.
+    Capture {
+        id: String,
+        from: String,
+        to: String,
+        amount: i64,
+        captured: Option<i64>,
+    },
+    /// Its void.
+    Void { id: String, from: String },
     /// The read of every account after healing; `accounts` is set on `ok`.
     Final {
         accounts: Option<BTreeMap<String, FinalAccount>>,
@@ -146,6 +170,41 @@ impl Op {
                     "{{:ts {ts} :total {}}}",
                     total.map_or("nil".to_string(), |t| t.to_string())
                 ),
+            ),
+            Value::Authorize {
+                id,
+                from,
+                to,
+                amount,
+                expires_in_ms,
+            } => (
+                "authorize",
+                format!(
+                    "{{:id {} :from {} :to {} :amount {amount} :expires-in-ms {expires_in_ms}}}",
+                    edn_str(id),
+                    edn_str(from),
+                    edn_str(to)
+                ),
+            ),
+            Value::Capture {
+                id,
+                from,
+                to,
+                amount,
+                captured,
+            } => (
+                "capture",
+                format!(
+                    "{{:id {} :from {} :to {} :amount {amount} :captured {}}}",
+                    edn_str(id),
+                    edn_str(from),
+                    edn_str(to),
+                    captured.map_or("nil".to_string(), |c| c.to_string())
+                ),
+            ),
+            Value::Void { id, from } => (
+                "void",
+                format!("{{:id {} :from {}}}", edn_str(id), edn_str(from)),
             ),
             Value::Final { accounts } => {
                 let mut v = String::from("{");

@@ -67,6 +67,9 @@ fn completed(history: &History) -> Vec<Completed> {
             Value::Transfer { .. } => "transfer",
             Value::Read { .. } => "read",
             Value::Audit { .. } => "audit",
+            Value::Authorize { .. } => "authorize",
+            Value::Capture { .. } => "capture",
+            Value::Void { .. } => "void",
             Value::Final { .. } => continue,
         };
         out.push(Completed {
@@ -238,7 +241,7 @@ fn latency_raw(
         .build_cartesian_2d(0.0..span, (0.1f64..top).log_scale())
         .map_err(drawing_error)?;
     mesh(&mut chart, "latency (ms)", faults, 0.1, top)?;
-    for f in ["transfer", "read", "audit"] {
+    for f in ["transfer", "authorize", "capture", "void", "read", "audit"] {
         for kind in [Kind::Ok, Kind::Fail, Kind::Info] {
             let points: Vec<(f64, f64)> = ops
                 .iter()

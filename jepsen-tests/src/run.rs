@@ -7,7 +7,9 @@
 //!   every second. An operation whose outcome is unknown (timeout, unavailable) completes as `info`
 //!   and its process is replaced by a new one, as in Jepsen. *exactly-once*: the same, but an
 //!   unknown transfer is retried with the same id through a second router until its outcome is
-//!   known. *hot-account*: every transfer pays 1 into the first account.
+//!   known. *hot-account*: every transfer pays 1 into the first account. *holds*: card payments
+//!   within a shard: a hold with an expiry of 0.3–3 s, captured whole or in part, voided, or left
+//!   to expire (README § Holds); the checker also checks every hold's capture.
 //! - Faults come from [`crate::nemesis`] while the workload runs.
 //! - After the faults heal: every process restarted, transfers settled, then one final read of
 //!   every account's balance and whole history. Everything goes to
@@ -47,6 +49,9 @@ pub enum Workload {
     ExactlyOnce,
     /// Many payers into one merchant account (the first account).
     HotAccount,
+    /// Card payments: holds between two accounts of one shard, authorized with a short expiry
+    /// (0.3–3 s), then captured whole or in part, voided, or left to expire; reads; audits.
+    Holds,
 }
 
 /// A run's settings.
@@ -111,6 +116,7 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
         Workload::Bank => "bank",
         Workload::ExactlyOnce => "exactly-once",
         Workload::HotAccount => "hot-account",
+        Workload::Holds => "holds",
     };
     let dir = options.store.join(name).join(stamp.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -192,7 +198,20 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     });
     let end = Instant::now() + options.time;
     let mut workers = Vec::new();
+    let ring = cluster.topology().ring();
     for worker in 0..options.concurrency {
+        if options.workload == Workload::Holds {
+            workers.push(tokio::spawn(holds_process(
+                client.clone(),
+                same_shard_pairs(&accounts, &ring),
+                recorder.clone(),
+                worker as u64,
+                options.concurrency as u64,
+                options.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                end,
+            )));
+            continue;
+        }
         workers.push(tokio::spawn(bank_process(
             [client.clone(), second.clone()],
             options.workload,
@@ -381,6 +400,142 @@ async fn bank_process(
     }
 }
 
+/// Every (from, to) of two distinct accounts on one shard (holds stay within a shard).
+fn same_shard_pairs(
+    accounts: &[String],
+    ring: &wallet_proto::topology::Ring,
+) -> Arc<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for a in accounts {
+        for b in accounts {
+            if a != b && ring.shard_of(a) == ring.shard_of(b) {
+                pairs.push((a.clone(), b.clone()));
+            }
+        }
+    }
+    Arc::new(pairs)
+}
+
+/// A holds process: authorize a hold with a short expiry, then (after a pause that sometimes
+/// outlasts it) capture all or part of it, void it, or leave it to expire; now and then a read.
+/// An unknown outcome ends the flow and replaces the process, as in the bank workload.
+async fn holds_process(
+    client: WalletClient,
+    pairs: Arc<Vec<(String, String)>>,
+    recorder: Arc<Recorder>,
+    first_process: u64,
+    concurrency: u64,
+    seed: u64,
+    end: Instant,
+) {
+    let mut rng = Rng(seed | 1);
+    let mut process = first_process;
+    let mut n = 0u64;
+    if pairs.is_empty() {
+        return;
+    }
+    while Instant::now() < end && n < 1_000_000 {
+        n += 1;
+        let (from, to) = pairs[rng.below(pairs.len() as u64) as usize].clone();
+        if rng.below(10) < 2 {
+            recorder.record(
+                process,
+                Kind::Invoke,
+                Value::Read {
+                    account: from.clone(),
+                    balance: None,
+                },
+            );
+            let (kind, balance) = match client.get_account(&from).await {
+                Ok(a) => (Kind::Ok, Some(a.balance)),
+                Err(e) => (completion(&e), None),
+            };
+            recorder.record(
+                process,
+                kind,
+                Value::Read {
+                    account: from,
+                    balance,
+                },
+            );
+            if kind == Kind::Info {
+                process += concurrency;
+            }
+            continue;
+        }
+        let id = format!("h{process}-{n}");
+        let amount = 1 + rng.below(300) as i64;
+        let expires_in_ms = 300 + rng.below(2700) as i64;
+        let authorize = Value::Authorize {
+            id: id.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            amount,
+            expires_in_ms,
+        };
+        recorder.record(process, Kind::Invoke, authorize.clone());
+        let kind = match client
+            .authorize(&id, &from, &to, amount, expires_in_ms)
+            .await
+        {
+            Ok(_) => Kind::Ok,
+            Err(e) => completion(&e),
+        };
+        recorder.record(process, kind, authorize);
+        if kind != Kind::Ok {
+            if kind == Kind::Info {
+                process += concurrency;
+            }
+            continue;
+        }
+        // Sometimes long enough for the hold to expire first.
+        tokio::time::sleep(Duration::from_millis(rng.below(600))).await;
+        let roll = rng.below(100);
+        if roll >= 85 {
+            continue; // left to expire
+        }
+        if roll >= 65 {
+            let void = Value::Void {
+                id: id.clone(),
+                from: from.clone(),
+            };
+            recorder.record(process, Kind::Invoke, void.clone());
+            let kind = match client.void(&id, &from).await {
+                Ok(_) => Kind::Ok,
+                Err(e) => completion(&e),
+            };
+            recorder.record(process, kind, void);
+            if kind == Kind::Info {
+                process += concurrency;
+            }
+            continue;
+        }
+        let asked = if roll < 40 {
+            0
+        } else {
+            1 + rng.below(amount as u64) as i64
+        };
+        let capture = |captured| Value::Capture {
+            id: id.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            amount: asked,
+            captured,
+        };
+        recorder.record(process, Kind::Invoke, capture(None));
+        match client.capture(&id, &from, asked).await {
+            Ok(hold) => recorder.record(process, Kind::Ok, capture(Some(hold.captured))),
+            Err(e) => {
+                let kind = completion(&e);
+                recorder.record(process, kind, capture(None));
+                if kind == Kind::Info {
+                    process += concurrency;
+                }
+            }
+        }
+    }
+}
+
 async fn audit_process(client: WalletClient, recorder: Arc<Recorder>, process: u64, end: Instant) {
     while Instant::now() < end {
         recorder.record(process, Kind::Invoke, Value::Audit { ts: 0, total: None });
@@ -421,6 +576,8 @@ async fn final_read(
     )
     .await
     .ok()?;
+    // Transfers decided, holds captured, voided or expired: what is still held after a minute is
+    // read as it is, and the checker calls it `unreleased`.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut settled = true;
@@ -428,17 +585,15 @@ async fn final_read(
             let a = client.get_account(id).await.ok()?;
             settled &= a.reserved == 0 && a.pending_credit == 0;
         }
-        if settled {
+        if settled || Instant::now() > deadline {
             break;
-        }
-        if Instant::now() > deadline {
-            return None;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut out = BTreeMap::new();
     for id in accounts {
-        let balance = client.get_account(id).await.ok()?.balance;
+        let account = client.get_account(id).await.ok()?;
+        let balance = account.balance;
         let mut changes = Vec::new();
         let mut cursor = 0;
         loop {
@@ -455,7 +610,15 @@ async fn final_read(
             cursor = page.next_cursor;
         }
         changes.reverse();
-        out.insert(id.clone(), FinalAccount { balance, changes });
+        out.insert(
+            id.clone(),
+            FinalAccount {
+                balance,
+                changes,
+                reserved: account.reserved,
+                pending_credit: account.pending_credit,
+            },
+        );
     }
     Some(out)
 }

@@ -67,6 +67,7 @@ fn capture(hold: &str, from: &str, amount: i64) -> Op {
         hold_id: hold.into(),
         from_account_id: from.into(),
         amount,
+        issued_at_ms: 0,
     })
 }
 
@@ -74,6 +75,7 @@ fn void(hold: &str, from: &str) -> Op {
     Op::Void(VoidRequest {
         hold_id: hold.into(),
         from_account_id: from.into(),
+        issued_at_ms: 0,
     })
 }
 
@@ -176,11 +178,12 @@ fn a_capture_moves_what_it_captures_once_and_releases_the_rest() {
     let (again, writes) = common::apply_at(&mut sm, "h1", T0 + 6, capture("h1", "payer", 30));
     assert_eq!(again, captured);
     assert!(writes.is_empty());
-    assert_eq!(
-        at(&mut sm, T0 + 6, "h1", capture("h1", "payer", 0)),
-        captured
-    );
-    for op in [capture("h1", "payer", 31), void("h1", "payer")] {
+    // "All of it" after a partial capture is another capture: refused.
+    for op in [
+        capture("h1", "payer", 0),
+        capture("h1", "payer", 31),
+        void("h1", "payer"),
+    ] {
         assert_eq!(
             rejection_of(&at(&mut sm, T0 + 7, "h1", op)),
             Some(Reason::HoldNotPending)
@@ -545,4 +548,157 @@ proptest! {
             }
         }
     }
+}
+
+fn authorize_issued(hold: &str, amount: i64, issued_at_ms: i64) -> Op {
+    Op::Authorize(AuthorizeRequest {
+        hold_id: hold.into(),
+        from_account_id: "payer".into(),
+        to_account_id: "shop".into(),
+        amount,
+        expires_in_ms: 0,
+        issued_at_ms,
+    })
+}
+
+fn capture_issued(hold: &str, amount: i64, issued_at_ms: i64) -> Op {
+    Op::Capture(CaptureRequest {
+        hold_id: hold.into(),
+        from_account_id: "payer".into(),
+        amount,
+        issued_at_ms,
+    })
+}
+
+/// Review findings: ids shared across kinds, decisions stamped before their hold, captures meant
+/// for an earlier hold under a reused id, and a decided hold kept until its authorization's own
+/// retry is refused (an issue time ahead of the shard's clock).
+#[test]
+fn hold_ids_timestamps_and_issue_times_are_checked() {
+    use wallet_proto::v1::{SetRetention, TransferStep};
+    let mut sm = funded();
+    // A deposit's id is not a hold's; a hold's id is not a transfer's.
+    assert_eq!(
+        rejection_of(&at(
+            &mut sm,
+            T0 + 1,
+            "fund",
+            authorize("fund", "payer", "shop", 1, 0)
+        )),
+        Some(Reason::IdReused)
+    );
+    at(
+        &mut sm,
+        T0 + 2,
+        "h1",
+        authorize("h1", "payer", "shop", 10, 0),
+    );
+    let step = TransferStep {
+        transfer_id: "h1".into(),
+        account_id: "payer".into(),
+        ..Default::default()
+    };
+    for op in [Op::CommitDebit(step.clone()), Op::AbortDebit(step)] {
+        assert_eq!(
+            rejection_of(&at(&mut sm, T0 + 3, "h1", op)),
+            Some(Reason::InvalidArgument)
+        );
+    }
+    assert_eq!(money(&sm, "payer"), (100, 10, 0));
+    // A decision stamped at or before its authorization is stamped again by the router; one
+    // without a timestamp is no router's.
+    for ts in [T0 + 2, T0 + 1] {
+        for op in [capture("h1", "payer", 0), void("h1", "payer")] {
+            assert_eq!(
+                rejection_of(&at(&mut sm, ts, "h1", op)),
+                Some(Reason::TimestampTooOld)
+            );
+        }
+    }
+    assert_eq!(
+        rejection_of(&at(&mut sm, 0, "h1", capture("h1", "payer", 0))),
+        Some(Reason::InvalidArgument)
+    );
+    // A frozen payer: no capture, but a void releases.
+    let freeze = Op::FreezeAccount(AccountStateRequest {
+        request_id: String::new(),
+        account_id: "payer".into(),
+        issued_at_ms: 0,
+    });
+    at(&mut sm, T0 + 4, "fz", freeze);
+    assert_eq!(
+        state(&at(&mut sm, T0 + 5, "h1", void("h1", "payer"))),
+        HoldState::Voided
+    );
+    assert_eq!(money(&sm, "payer"), (100, 0, 0));
+    let unfreeze = Op::UnfreezeAccount(AccountStateRequest {
+        request_id: String::new(),
+        account_id: "payer".into(),
+        issued_at_ms: 0,
+    });
+    at(&mut sm, T0 + 6, "uf", unfreeze);
+
+    // Retention of 1 s. The shard's clock is 1 000 000 ms (T0); an authorization issued 3 min
+    // ahead of it, captured at once.
+    let window = 1000;
+    let set = Op::SetRetention(SetRetention { window_ms: window });
+    assert!(rejection_of(&at(&mut sm, T0 + 7, "", set)).is_none());
+    let ahead = 1_000_000 + 180_000;
+    let first = at(&mut sm, T0 + 8, "h2", authorize_issued("h2", 20, ahead));
+    assert_eq!(state(&first), HoldState::Pending);
+    // A capture issued before its authorization was meant for an earlier hold.
+    assert_eq!(
+        rejection_of(&at(
+            &mut sm,
+            T0 + 9,
+            "h2",
+            capture_issued("h2", 0, ahead - 1)
+        )),
+        Some(Reason::RequestExpired)
+    );
+    let captured = at(&mut sm, T0 + 9, "h2", capture_issued("h2", 0, ahead));
+    assert_eq!(state(&captured), HoldState::Captured);
+    // Past decision + window but before issue + window: the record is kept, and a retry of the
+    // authorization answers the captured hold, never a new one.
+    let clock = |ms: i64| (ms as u64) << 18;
+    let later = clock(1_000_000 + 100_000);
+    at(&mut sm, later, "d-late", deposit("payer", 1));
+    assert_eq!(
+        at(&mut sm, later + 1, "h2", authorize_issued("h2", 20, ahead)),
+        captured
+    );
+    // Past issue + window: the retry is REQUEST_EXPIRED, and then the record is forgotten.
+    let past = clock(ahead + window + 1);
+    assert_eq!(
+        rejection_of(&at(&mut sm, past, "h2", authorize_issued("h2", 20, ahead))),
+        Some(Reason::RequestExpired)
+    );
+    at(&mut sm, past + 1, "d-past", deposit("payer", 1));
+    assert_eq!(
+        sm.hold(&GetHoldRequest {
+            hold_id: "h2".into(),
+            from_account_id: "payer".into(),
+        })
+        .unwrap_err()
+        .reason,
+        Reason::HoldNotFound
+    );
+    // The id is free again: a new hold under it; a capture issued for the old one is refused.
+    let reused = at(
+        &mut sm,
+        past + 2,
+        "h2",
+        authorize_issued("h2", 5, ahead + window + 1),
+    );
+    assert_eq!(state(&reused), HoldState::Pending);
+    assert_eq!(
+        rejection_of(&at(
+            &mut sm,
+            past + 3,
+            "h2",
+            capture_issued("h2", 0, ahead + window)
+        )),
+        Some(Reason::RequestExpired)
+    );
+    assert_eq!(money(&sm, "payer"), (100 - 20 + 2, 5, 0));
 }

@@ -516,25 +516,26 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             let report = client.audit().await?;
             let mut text =
                 format!(
-                "audit at ts {}: every currency balances\n{:<8} {:>9} {:>22} {:>22} {:>14} {:>14}",
-                report.ts, "currency", "accounts", "balances", "net deposits", "reserved", "pending"
+                "audit at ts {}: every currency balances\n{:<8} {:>9} {:>22} {:>22} {:>14} {:>14} {:>14}",
+                report.ts, "currency", "accounts", "balances", "net deposits", "reserved", "pending", "held"
             );
             let totals: Vec<_> = report
                 .totals
                 .iter()
                 .map(|t| {
                     text.push_str(&format!(
-                        "\n{:<8} {:>9} {:>22} {:>22} {:>14} {:>14}",
+                        "\n{:<8} {:>9} {:>22} {:>22} {:>14} {:>14} {:>14}",
                         t.currency,
                         t.accounts,
                         t.balances,
                         t.net_deposits,
                         t.reserved,
-                        t.pending_credit
+                        t.pending_credit,
+                        t.held
                     ));
                     json!({"currency": t.currency, "accounts": t.accounts, "balances": t.balances,
                            "net_deposits": t.net_deposits, "reserved": t.reserved,
-                           "pending_credit": t.pending_credit})
+                           "pending_credit": t.pending_credit, "held": t.held})
                 })
                 .collect();
             (json!({"ts": report.ts, "ok": true, "totals": totals}), text)

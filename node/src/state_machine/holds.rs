@@ -12,7 +12,8 @@
 //!   amount (two history entries, at the capture's timestamp) and releases the whole hold from
 //!   `reserved` and `pending_credit`. A debit account frozen since the authorization refuses it
 //!   (`ACCOUNT_FROZEN`, the hold stays pending). At most once: the same capture again answers the
-//!   hold, another is `HOLD_NOT_PENDING`.
+//!   hold, another is `HOLD_NOT_PENDING`. A capture or void issued before its hold's
+//!   authorization (meant for an earlier hold under a reused id) is `REQUEST_EXPIRED`.
 //! - `Void`: releases everything.
 //! - Expiry is decided by oracle timestamp, never by a node's clock: a hold whose `expires_at_ts`
 //!   is at or below a command's timestamp is EXPIRED when that command is `ExpireHolds` (which the
@@ -202,6 +203,7 @@ impl StateMachine {
         writes: &mut Writes,
     ) -> Result<Outcome, Refusal> {
         let (key, hold) = self.hold_step(&c.hold_id, &c.from_account_id)?;
+        self.check_step_issued(&key, c.issued_at_ms)?;
         if c.amount < 0 {
             return Err(Refusal::new(
                 Reason::InvalidAmount,
@@ -213,7 +215,10 @@ impl StateMachine {
         }
         match HoldState::try_from(hold.state) {
             Ok(HoldState::Pending) => {}
-            Ok(HoldState::Captured) if c.amount == 0 || c.amount == hold.captured => {
+            // The same capture again: the amount it moved, or "all" after all of it moved.
+            Ok(HoldState::Captured)
+                if c.amount == hold.captured || (c.amount == 0 && hold.captured == hold.amount) =>
+            {
                 return Ok(hold_outcome(hold))
             }
             Ok(HoldState::Expired) => return Err(expired(&hold)),
@@ -229,6 +234,7 @@ impl StateMachine {
             ));
         }
         self.check_fresh(command)?;
+        check_after(command, &hold)?;
         if command.ts >= hold.expires_at_ts {
             self.decide_hold(key, hold, HoldState::Expired, 0, command, writes);
             return Err(Refusal::new(
@@ -248,7 +254,12 @@ impl StateMachine {
         v: &VoidRequest,
         writes: &mut Writes,
     ) -> Outcome {
-        let (key, hold) = match self.hold_step(&v.hold_id, &v.from_account_id) {
+        let (key, hold) = match self
+            .hold_step(&v.hold_id, &v.from_account_id)
+            .and_then(|found| {
+                self.check_step_issued(&found.0, v.issued_at_ms)?;
+                Ok(found)
+            }) {
             Ok(found) => found,
             Err(refusal) => return Outcome::from(refusal),
         };
@@ -257,7 +268,10 @@ impl StateMachine {
             Ok(HoldState::Voided | HoldState::Expired) => return hold_outcome(hold),
             _ => return Outcome::from(not_pending(&hold)),
         }
-        if let Err(refusal) = self.check_fresh(command) {
+        if let Err(refusal) = self
+            .check_fresh(command)
+            .and_then(|_| check_after(command, &hold))
+        {
             return Outcome::from(refusal);
         }
         // Past its expiry, the hold expired (whoever releases it says so truthfully).
@@ -283,11 +297,23 @@ impl StateMachine {
             .collect();
         let mut expired = 0u32;
         for key in due {
-            let Some(hold) = self.requests.get(&key).and_then(hold_of).cloned() else {
+            let pending = self
+                .requests
+                .get(&key)
+                .and_then(hold_of)
+                .filter(|h| h.state == HoldState::Pending as i32)
+                .cloned();
+            let Some(hold) = pending else {
+                // An index entry without a pending hold behind it (a bug): drop it, loudly.
+                tracing::error!(?key, "hold expiry index names no pending hold");
+                self.pending_holds.remove(&key);
+                self.hold_expiries.retain(|(_, k)| *k != key);
                 continue;
             };
-            self.decide_hold(key, hold, HoldState::Expired, 0, command, writes);
-            expired += 1;
+            let decided = self.decide_hold(key, hold, HoldState::Expired, 0, command, writes);
+            if matches!(decided.result, Some(outcome::Result::Hold(_))) {
+                expired += 1;
+            }
         }
         Outcome {
             result: Some(outcome::Result::Expired(expired)),
@@ -378,11 +404,39 @@ impl StateMachine {
         let outcome = hold_outcome(hold);
         if let Some(mut record) = self.requests.get(&key).cloned() {
             record.outcome = Some(outcome.clone());
-            // Kept a whole window after its decision, so a retry of the capture finds it.
-            record.issued_at_ms = self.retention.issued(0);
+            // Kept a whole window after its decision (or its issue time, if that is later), so
+            // a retry of the capture finds it and a retry of the authorization is refused
+            // (REQUEST_EXPIRED) before the record is forgotten.
+            record.issued_at_ms = record.issued_at_ms.max(self.retention.issued(0));
             self.store_request(key, record, writes);
         }
         outcome
+    }
+
+    /// A capture's or void's issue time: within the window, and not before the authorization of
+    /// the hold under its id was issued (then it was meant for an earlier hold).
+    fn check_step_issued(&self, key: &RequestKey, issued_at_ms: i64) -> Result<(), Refusal> {
+        self.retention.check_issued(issued_at_ms)?;
+        let authorized_at = self
+            .requests
+            .get(key)
+            .and_then(|r| r.command.as_ref())
+            .and_then(|c| match &c.op {
+                Some(Op::Authorize(a)) => Some(a.issued_at_ms),
+                _ => None,
+            })
+            .unwrap_or(0);
+        if issued_at_ms != 0 && authorized_at != 0 && issued_at_ms < authorized_at {
+            return Err(Refusal::new(
+                Reason::RequestExpired,
+                format!(
+                    "this request for hold {} was issued before the hold's authorization: it \
+                     was meant for an earlier hold under the id",
+                    key.1
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// One hold (a read).
@@ -452,6 +506,28 @@ impl StateMachine {
             self.hold_expiries.remove(&expiry);
         }
     }
+}
+
+/// A decision must be stamped after its hold began (the oracle's order; a timestamp of 0 is no
+/// router's).
+fn check_after(command: &Command, hold: &Hold) -> Result<(), Refusal> {
+    if command.ts == 0 {
+        return Err(Refusal::new(
+            Reason::InvalidArgument,
+            format!("a decision on hold {} needs a timestamp", hold.hold_id),
+        ));
+    }
+    if command.ts <= hold.start_ts {
+        // Stamped before an authorization applied ahead of it: the router stamps it again.
+        return Err(Refusal::new(
+            Reason::TimestampTooOld,
+            format!(
+                "a decision on hold {} must be stamped after its authorization at {}",
+                hold.hold_id, hold.start_ts
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn expired(hold: &Hold) -> Refusal {

@@ -187,8 +187,9 @@ impl StateMachine {
 
     /// Rule 3 for every account, a page at a time: up to `limit` accounts whose id follows
     /// `after`, in id order, each with its balance as of `ts` (the caller applied rules 1 and 2
-    /// first, so nothing is reserved or pending at `ts`). An account opened after `ts` shows
-    /// with what it held at `ts`, 0.
+    /// first, so no transfer is undecided at `ts`; pending holds move no money, so balances are
+    /// exact, and holds are not part of a page). An account opened after `ts` shows with what it
+    /// held at `ts`, 0.
     pub fn accounts_at(
         &self,
         ts: u64,
