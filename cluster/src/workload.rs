@@ -18,8 +18,9 @@ pub enum Pairs {
     SameShard,
     /// Every payer pays the first account (a hot merchant account).
     Merchant,
-    /// Card payments between two accounts of one shard: authorize a hold, then capture it
-    /// whole or in part, void it, or let it expire (README § Holds).
+    /// Card payments between two accounts of one shard (README § Holds): the demo authorizes
+    /// holds and captures them whole or in part, voids them or lets them expire; wallet-bench
+    /// authorizes and captures whole (two Raft entries per payment).
     Card,
 }
 

@@ -4,54 +4,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 use wallet_client::{HoldState, Reason, WalletClient};
 use wallet_cluster::endpoints::Endpoints;
 use wallet_shard_client::shards::Shards;
-
-fn cli(endpoint: &str, args: &[&str]) -> (bool, Value, String) {
-    let out = Command::new(wallet_cli())
-        .args(["--endpoint", endpoint, "--json"])
-        .args(args)
-        .output()
-        .expect("wallet CLI");
-    (
-        out.status.success(),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn curl(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, Value) {
-    for _ in 0..40 {
-        let mut command = Command::new("curl");
-        command.args(["-s", "-S", "-X", method, "-w", "\n%{http_code}", url]);
-        for header in headers {
-            command.args(["-H", header]);
-        }
-        if let Some(body) = body {
-            command.args([
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                body,
-            ]);
-        }
-        let output = command.output().expect("curl");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (json_text, code) = text.rsplit_once('\n').expect("status line");
-        let code: u16 = code.trim().parse().expect("status");
-        if code != 503 && code != 429 {
-            return (code, serde_json::from_str(json_text).expect("JSON body"));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("{url}: unavailable for 10 s");
-}
 
 async fn reason<T: std::fmt::Debug>(
     call: impl std::future::Future<Output = Result<T, wallet_client::WalletError>>,
@@ -155,21 +113,21 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
 
     // The CLI: authorize, status, list, void.
     let endpoint = cluster.playground.router_address.clone();
-    let (ok, v, err) = cli(
+    let (ok, v, err) = wallet_json(
         &endpoint,
         &["hold", "authorize", &payer, &shop, "500", "--id", "h4"],
     );
     assert!(ok, "{err}");
     assert_eq!(v["state"], "PENDING", "{v}");
-    let (ok, v, err) = cli(&endpoint, &["hold", "list", &payer]);
+    let (ok, v, err) = wallet_json(&endpoint, &["hold", "list", &payer]);
     assert!(ok, "{err}");
     assert_eq!(v["holds"][0]["hold_id"], "h4", "{v}");
-    let (ok, v, err) = cli(&endpoint, &["hold", "void", "h4", "--from", &payer]);
+    let (ok, v, err) = wallet_json(&endpoint, &["hold", "void", "h4", "--from", &payer]);
     assert!(ok, "{err}");
     assert_eq!(v["state"], "VOIDED", "{v}");
-    let (ok, v, err) = cli(&endpoint, &["hold", "capture", "h4", "--from", &payer]);
+    let (ok, v, err) = wallet_json(&endpoint, &["hold", "capture", "h4", "--from", &payer]);
     assert!(!ok && err.contains("HOLD_NOT_PENDING"), "{v} {err}");
-    let (ok, v, err) = cli(&endpoint, &["hold", "status", "h4", "--from", &payer]);
+    let (ok, v, err) = wallet_json(&endpoint, &["hold", "status", "h4", "--from", &payer]);
     assert!(ok, "{err}");
     assert_eq!(v["state"], "VOIDED", "{v}");
 

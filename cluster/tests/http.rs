@@ -6,46 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{Cluster, SERIAL};
+use common::{curl, Cluster, SERIAL};
 use serde_json::{json, Value};
 use wallet_cluster::endpoints::Endpoints;
-
-/// `curl` a request, sent again as it is while the answer is 503 or 429 (a leader change on a
-/// loaded machine; the same id makes that safe); the status and the JSON body.
-fn curl(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, Value) {
-    let mut answer = curl_once(method, url, headers, body);
-    for _ in 0..40 {
-        if answer.0 != 503 && answer.0 != 429 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        answer = curl_once(method, url, headers, body);
-    }
-    answer
-}
-
-fn curl_once(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, Value) {
-    let mut command = Command::new("curl");
-    command.args(["-s", "-S", "-X", method, "-w", "\n%{http_code}", url]);
-    for header in headers {
-        command.args(["-H", header]);
-    }
-    if let Some(body) = body {
-        command.args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            body,
-        ]);
-    }
-    let output = command.output().expect("curl (README § Tests)");
-    assert!(output.status.success(), "curl: {output:?}");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (json_text, code) = text.rsplit_once('\n').expect("status line");
-    let value =
-        serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{url}: {e}: {json_text}"));
-    (code.trim().parse().expect("status"), value)
-}
 
 fn refused(answer: (u16, Value), status: u16, reason: &str) {
     assert_eq!(answer.0, status, "{answer:?}");

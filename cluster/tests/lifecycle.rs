@@ -5,67 +5,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-use serde_json::Value;
 use wallet_client::{AccountState, Reason, WalletClient};
 use wallet_cluster::endpoints::Endpoints;
 use wallet_shard_client::shards::Shards;
-
-/// Runs the `wallet` CLI with `--json`; its exit status and stdout as JSON (or the error line).
-fn cli(endpoint: &str, args: &[&str]) -> (bool, Value, String) {
-    let out = Command::new(wallet_cli())
-        .args(["--endpoint", endpoint, "--json"])
-        .args(args)
-        .output()
-        .expect("wallet CLI");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (
-        out.status.success(),
-        serde_json::from_str(&stdout).unwrap_or(Value::Null),
-        stderr,
-    )
-}
-
-fn curl(method: &str, url: &str, headers: &[&str], body: &str) -> (u16, Value) {
-    for _ in 0..40 {
-        let mut command = Command::new("curl");
-        command.args(["-s", "-S", "-X", method, "-w", "\n%{http_code}", url]);
-        for header in headers {
-            command.args(["-H", header]);
-        }
-        command.args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            body,
-        ]);
-        let output = command.output().expect("curl");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (json_text, code) = text.rsplit_once('\n').expect("status line");
-        let code: u16 = code.trim().parse().expect("status");
-        if code != 503 && code != 429 {
-            return (code, serde_json::from_str(json_text).expect("JSON body"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    panic!("{url}: unavailable for 10 s");
-}
-
-fn curl_get(url: &str) -> (u16, Value) {
-    let output = Command::new("curl")
-        .args(["-s", "-S", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (json_text, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().expect("status"),
-        serde_json::from_str(json_text).expect("JSON body"),
-    )
-}
 
 async fn refused<T: std::fmt::Debug>(
     call: impl std::future::Future<Output = Result<T, wallet_client::WalletError>>,
@@ -162,25 +105,25 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
 
     // The CLI.
     let endpoint = cluster.playground.router_address.clone();
-    let (ok, value, err) = cli(
+    let (ok, value, err) = wallet_json(
         &endpoint,
         &["account", "unfreeze", &a2, "--request-id", "u9"],
     );
     assert!(ok, "{err}");
     assert_eq!(value["state"], "OPEN", "{value}");
-    let (ok, _, err) = cli(&endpoint, &["account", "close", &b]);
+    let (ok, _, err) = wallet_json(&endpoint, &["account", "close", &b]);
     assert!(ok, "closing a closed account answers it: {err}");
-    let (ok, value, err) = cli(&endpoint, &["account", "freeze", &b]);
+    let (ok, value, err) = wallet_json(&endpoint, &["account", "freeze", &b]);
     assert!(!ok, "{value}");
     assert!(err.contains("ACCOUNT_CLOSED"), "{err}");
     client.deposit("d3", &a, 7).await.expect("deposit");
-    let (ok, value, err) = cli(&endpoint, &["account", "close", &a]);
+    let (ok, value, err) = wallet_json(&endpoint, &["account", "close", &a]);
     assert!(!ok, "{value}");
     assert!(err.contains("ACCOUNT_NOT_EMPTY"), "{err}");
 
     // History filters, through the CLI: a's deposits, and its transfer out by kind and by its
     // commit timestamp.
-    let (ok, value, err) = cli(&endpoint, &["history", &a, "--kinds", "deposit"]);
+    let (ok, value, err) = wallet_json(&endpoint, &["history", &a, "--kinds", "deposit"]);
     assert!(ok, "{err}");
     let kinds: Vec<&str> = value["entries"]
         .as_array()
@@ -191,7 +134,7 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
     assert_eq!(kinds, ["DEPOSIT", "DEPOSIT"], "{value}");
     let t4 = client.get_transfer("t4", &a).await.expect("t4");
     let ts = t4.commit_ts.to_string();
-    let (ok, value, err) = cli(
+    let (ok, value, err) = wallet_json(
         &endpoint,
         &["history", &a, "--from-ts", &ts, "--to-ts", &ts],
     );
@@ -202,7 +145,7 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
         Some(1),
         "{value}"
     );
-    let (ok, _, err) = cli(&endpoint, &["history", &a, "--kinds", "refund"]);
+    let (ok, _, err) = wallet_json(&endpoint, &["history", &a, "--kinds", "refund"]);
     assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
 
     // The HTTP API: path account, id by header, refusals with their statuses.
@@ -212,7 +155,7 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
         "POST",
         &url(format!("/v1/accounts/{a2}/freeze")),
         &["Idempotency-Key: h-f1"],
-        "{}",
+        Some("{}"),
     );
     assert_eq!(
         (status, body["state"].as_str()),
@@ -223,7 +166,7 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
         "POST",
         &url(format!("/v1/accounts/{a2}/close")),
         &[],
-        r#"{"request_id": "h-c1"}"#,
+        Some(r#"{"request_id": "h-c1"}"#),
     );
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -234,7 +177,7 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
         "POST",
         &url(format!("/v1/accounts/{a2}/unfreeze")),
         &[],
-        &format!(r#"{{"request_id": "h-u1", "account_id": "{b}"}}"#),
+        Some(&format!(r#"{{"request_id": "h-u1", "account_id": "{b}"}}"#)),
     );
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -242,13 +185,15 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
         "{body}"
     );
     assert_eq!(state(&client, &a2).await, AccountState::Frozen);
-    let (status, body) = curl_get(&url(format!(
+    let history = format!(
         "/v1/accounts/{a}/history?kinds=TRANSFER_OUT,WITHDRAW&to_ms={}",
         i64::MAX
-    )));
+    );
+    let (status, body) = curl("GET", &url(history), &[], None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["entries"].as_array().map(Vec::len), Some(1), "{body}");
-    let (status, body) = curl_get(&url(format!("/v1/accounts/{a}/history?from_ts=9&to_ts=8")));
+    let backwards = format!("/v1/accounts/{a}/history?from_ts=9&to_ts=8");
+    let (status, body) = curl("GET", &url(backwards), &[], None);
     assert_eq!(
         (status, body["reason"].as_str()),
         (400, Some("INVALID_ARGUMENT")),

@@ -9,9 +9,9 @@ use wallet_node::state_machine::{rejection_of, StateMachine, Write, Writes};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
-    command::Op, outcome, Account, AccountState, AccountStateRequest, CreateAccountRequest,
-    DepositRequest, Outcome, PrepareCredit, PrepareDebit, TransferRequest, TransferStatus,
-    TransferStep, WithdrawRequest,
+    command::Op, outcome, Account, AccountState, AccountStateRequest, AuthorizeRequest,
+    CreateAccountRequest, DepositRequest, Outcome, PrepareCredit, PrepareDebit, TransferRequest,
+    TransferStatus, TransferStep, VoidRequest, WithdrawRequest,
 };
 
 fn run(sm: &mut StateMachine, request_id: &str, op: Op) -> (Outcome, Writes) {
@@ -413,6 +413,10 @@ enum Step {
     Freeze(usize, u8),
     Unfreeze(usize, u8),
     Close(usize, u8),
+    /// A hold (authorize) and its release (void): they make `reserved` and `pending_credit`
+    /// non-zero, which a close must respect.
+    Hold(usize, usize, i64, u8),
+    Release(usize, u8),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -425,6 +429,9 @@ fn step() -> impl Strategy<Value = Step> {
         (0..3usize, 0..10u8).prop_map(|(a, id)| Step::Freeze(a, id)),
         (0..3usize, 0..10u8).prop_map(|(a, id)| Step::Unfreeze(a, id)),
         (0..3usize, 0..10u8).prop_map(|(a, id)| Step::Close(a, id)),
+        (0..3usize, 0..3usize, 1i64..200, 0..10u8)
+            .prop_map(|(a, b, x, id)| Step::Hold(a, b, x, id)),
+        (0..3usize, 0..10u8).prop_map(|(a, id)| Step::Release(a, id)),
     ]
 }
 
@@ -445,7 +452,9 @@ proptest! {
         let mut net: i128 = 0;
         let mut seen: std::collections::HashMap<(String, String), (Op, Outcome)> =
             Default::default();
-        for step in steps {
+        for (n, step) in steps.into_iter().enumerate() {
+            // Each step stamped after the last (a hold's release must follow its authorization).
+            let ts = 100 + n as u64;
             let (op, id, key_account) = match step {
                 Step::Deposit(a, x, id) => (deposit(ACCOUNTS[a], x), format!("r{id}"), a),
                 Step::Withdraw(a, x, id) => (withdraw(ACCOUNTS[a], x), format!("r{id}"), a),
@@ -456,21 +465,54 @@ proptest! {
                 Step::Freeze(a, id) => (freeze(ACCOUNTS[a]), format!("r{id}"), a),
                 Step::Unfreeze(a, id) => (unfreeze(ACCOUNTS[a]), format!("r{id}"), a),
                 Step::Close(a, id) => (close(ACCOUNTS[a]), format!("r{id}"), a),
+                Step::Hold(a, b, x, id) => {
+                    let hold = format!("r{id}");
+                    let op = Op::Authorize(AuthorizeRequest {
+                        hold_id: hold.clone(),
+                        from_account_id: ACCOUNTS[a].into(),
+                        to_account_id: ACCOUNTS[b].into(),
+                        amount: x,
+                        expires_in_ms: 0,
+                        issued_at_ms: 0,
+                    });
+                    (op, hold, a)
+                }
+                Step::Release(a, id) => {
+                    let hold = format!("r{id}");
+                    let op = Op::Void(VoidRequest {
+                        hold_id: hold.clone(),
+                        from_account_id: ACCOUNTS[a].into(),
+                        issued_at_ms: 0,
+                    });
+                    (op, hold, a)
+                }
             };
             let before: Vec<Account> =
                 ACCOUNTS.iter().map(|id| sm.account(id).cloned().expect("account")).collect();
-            let (outcome, writes) = run(&mut sm, &id, op.clone());
+            let (outcome, writes) = common::apply_at(&mut sm, &id, ts, op.clone());
             let key = (ACCOUNTS[key_account].to_string(), id.clone());
-            if let Some((first_op, first)) = seen.get(&key) {
+            // A void is no request of its own: it decides the hold under the id.
+            let is_void = matches!(op, Op::Void(_));
+            if is_void {
+                prop_assert!(outcome.result.is_some());
+            } else if let Some((first_op, first)) = seen.get(&key) {
                 if *first_op == op {
-                    prop_assert_eq!(&outcome, first);
+                    // A hold's record answers its current state once decided (voided).
+                    let same_hold = matches!(
+                        (&first.result, &outcome.result),
+                        (Some(outcome::Result::Hold(a)), Some(outcome::Result::Hold(b)))
+                            if a.hold_id == b.hold_id
+                    );
+                    prop_assert!(outcome == *first || same_hold, "{:?} vs {:?}", outcome, first);
                 } else {
                     prop_assert_eq!(rejection_of(&outcome), Some(Reason::IdReused));
                 }
                 prop_assert!(writes.is_empty());
                 continue;
             }
-            if writes.iter().any(|w| matches!(w, Write::Request { .. })) {
+            if is_void {
+                // Decides the hold under the id (or is refused): no record of its own.
+            } else if writes.iter().any(|w| matches!(w, Write::Request { .. })) {
                 seen.insert(key, (op.clone(), outcome.clone()));
             } else {
                 // Bad input (an overflow): refused, not remembered, nothing written.

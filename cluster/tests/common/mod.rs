@@ -304,3 +304,67 @@ impl Rng {
         (0..len).map(|_| self.next() as u8).collect()
     }
 }
+
+/// `curl` a request (`body`, if any, as JSON), sent again as it is while the answer is 503 or 429
+/// (a leader change on a loaded machine; the same id makes that safe): the status and the JSON
+/// body.
+pub fn curl(
+    method: &str,
+    url: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut answer = curl_once(method, url, headers, body);
+    for _ in 0..40 {
+        if answer.0 != 503 && answer.0 != 429 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        answer = curl_once(method, url, headers, body);
+    }
+    answer
+}
+
+/// One `curl` request: the status and the JSON body.
+fn curl_once(
+    method: &str,
+    url: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-s", "-S", "-X", method, "-w", "\n%{http_code}", url]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    if let Some(body) = body {
+        command.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    let output = command.output().expect("curl (README § Tests)");
+    assert!(output.status.success(), "curl: {output:?}");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (json_text, code) = text.rsplit_once('\n').expect("status line");
+    let value =
+        serde_json::from_str(json_text).unwrap_or_else(|e| panic!("{url}: {e}: {json_text}"));
+    (code.trim().parse().expect("status"), value)
+}
+
+/// Runs the `wallet` CLI against `endpoint` with `--json`: whether it succeeded, its stdout as
+/// JSON (null if not JSON), and its stderr.
+pub fn wallet_json(endpoint: &str, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = std::process::Command::new(wallet_cli())
+        .args(["--endpoint", endpoint, "--json"])
+        .args(args)
+        .output()
+        .expect("wallet CLI");
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
