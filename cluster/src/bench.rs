@@ -456,7 +456,8 @@ pub async fn run(
                             &t.from_account_id,
                             &t.to_account_id,
                             t.amount,
-                            0,
+                            // A hold whose capture failed is released a minute later.
+                            60_000,
                         )
                         .await;
                     match hold {

@@ -224,7 +224,10 @@ async fn call(client: &WalletClient, u: &Unknown) -> Result<(), WalletError> {
             .map(|_| ()),
         OpKind::CardCapture | OpKind::CardPartial | OpKind::CardVoid => {
             // Sent again after an unknown outcome, each step answers its first outcome (G4).
-            client.authorize(&u.id, &u.from, &u.to, u.amount, 0).await?;
+            // A minute: a hold whose capture or void failed is released soon after the run.
+            client
+                .authorize(&u.id, &u.from, &u.to, u.amount, 60_000)
+                .await?;
             match u.kind {
                 OpKind::CardVoid => client.void(&u.id, &u.from).await.map(|_| ()),
                 OpKind::CardPartial => client

@@ -19,6 +19,7 @@
 //! | `over-captured` | a hold's capture moved more than was authorized |
 //! | `wrong-capture` | an acknowledged capture moved another amount than it asked for (all of the hold, or its `amount`) |
 //! | `voided-hold-captured` | a hold whose void was acknowledged has a capture |
+//! | `captured-after-expiry` | an acknowledged capture was decided at or after its hold's expiry |
 //! | `slow-recovery` | the final read came more than [`RECOVERY_BOUND_S`] after healing |
 //!
 //! Reads are checked for linearizability per account: the final read lists each account's changes
@@ -162,11 +163,12 @@ fn f_name(value: &Value) -> &'static str {
 struct HoldOutcome {
     /// The payer (hold ids are scoped to it).
     from: String,
-    /// Authorized amount, once an authorization was acknowledged.
+    /// Authorized amount, once an authorization was acknowledged, and its expiry.
     authorized: Option<i64>,
+    expires_at_ts: Option<u64>,
     voided: bool,
-    /// Acknowledged captures: (asked, moved).
-    captures: Vec<(i64, i64)>,
+    /// Acknowledged captures: (asked, moved, decided at).
+    captures: Vec<(i64, i64, Option<u64>)>,
 }
 
 /// Judges a bank history in which `initial_total` was put into the accounts before it began (and
@@ -201,10 +203,11 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
                 Value::Authorize {
                     id, from, amount, ..
                 },
-                _,
+                Value::Authorize { expires_at_ts, .. },
             ) if done.kind == Kind::Ok => {
                 let h = holds.entry(id.clone()).or_default();
                 h.authorized = Some(*amount);
+                h.expires_at_ts = *expires_at_ts;
                 h.from = from.clone();
             }
             (Value::Void { id, from }, _) if done.kind == Kind::Ok => {
@@ -217,6 +220,7 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
                 Value::Capture {
                     id,
                     captured: Some(moved),
+                    decided_ts,
                     ..
                 },
             ) if done.kind == Kind::Ok => {
@@ -224,7 +228,7 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
                     .entry(id.clone())
                     .or_default()
                     .captures
-                    .push((*amount, *moved));
+                    .push((*amount, *moved, *decided_ts));
                 capture_as_transfer(&mut transfers, invoke, done);
             }
             (Value::Capture { .. }, _) => capture_as_transfer(&mut transfers, invoke, done),
@@ -368,7 +372,15 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
                 flag("over-captured", format!("hold {id} of {held} moved {m}"));
             }
         }
-        for (asked, got) in &h.captures {
+        for (asked, got, decided_ts) in &h.captures {
+            if let (Some(at), Some(expiry)) = (decided_ts, h.expires_at_ts) {
+                if at >= &expiry {
+                    flag(
+                        "captured-after-expiry",
+                        format!("hold {id} expired at {expiry} but was captured at {at}"),
+                    );
+                }
+            }
             let want = if *asked == 0 {
                 h.authorized
             } else {
@@ -728,6 +740,7 @@ mod tests {
                 to: "b".into(),
                 amount,
                 expires_in_ms: 500,
+                expires_at_ts: Some(1000),
             };
             self.op(process, Kind::Invoke, v.clone())
                 .op(process, outcome, v)
@@ -741,12 +754,13 @@ mod tests {
             outcome: Kind,
             moved: Option<i64>,
         ) -> &mut Self {
-            let v = |captured| Value::Capture {
+            let v = |captured: Option<i64>| Value::Capture {
                 id: id.into(),
                 from: "a".into(),
                 to: "b".into(),
                 amount: asked,
                 captured,
+                decided_ts: captured.map(|_| if asked == 7 { 1000 } else { 999 }),
             };
             self.op(process, Kind::Invoke, v(None))
                 .op(process, outcome, v(moved))
@@ -819,6 +833,15 @@ mod tests {
             ["unreleased"],
             "only that: the balances are right"
         );
+        // A capture decided at its hold's expiry (the test's captures of 7 are stamped 1000).
+        let h = Builder::default()
+            .authorize(1, "h9", 50, Kind::Ok)
+            .capture(1, "h9", 7, Kind::Ok, Some(7))
+            .finish(finals(
+                &[("fund", 100), ("h9", -7)],
+                &[("fund", 100), ("h9", 7)],
+            ));
+        assert_eq!(names(&h), ["captured-after-expiry"]);
         // A capture acknowledged but not applied (the read of 120 is then impossible too).
         let h = holds_history(&mut Builder::default())
             .finish(finals(&[("fund", 100)], &[("fund", 100)]));

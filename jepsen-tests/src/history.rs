@@ -74,14 +74,20 @@ pub enum Value {
         to: String,
         amount: i64,
         expires_in_ms: i64,
+        /// On `ok`: the hold's expiry (oracle timestamp).
+        #[serde(default)]
+        expires_at_ts: Option<u64>,
     },
-    /// Its capture: `amount` of it, 0 for all; on `ok`, `captured` is what moved.
+    /// Its capture: `amount` of it, 0 for all; on `ok`, `captured` is what moved and
+    /// `decided_ts` when.
     Capture {
         id: String,
         from: String,
         to: String,
         amount: i64,
         captured: Option<i64>,
+        #[serde(default)]
+        decided_ts: Option<u64>,
     },
     /// Its void.
     Void { id: String, from: String },
@@ -177,6 +183,7 @@ impl Op {
                 to,
                 amount,
                 expires_in_ms,
+                ..
             } => (
                 "authorize",
                 format!(
@@ -192,6 +199,7 @@ impl Op {
                 to,
                 amount,
                 captured,
+                ..
             } => (
                 "capture",
                 format!(

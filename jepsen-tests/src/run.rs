@@ -438,26 +438,16 @@ async fn holds_process(
         n += 1;
         let (from, to) = pairs[rng.below(pairs.len() as u64) as usize].clone();
         if rng.below(10) < 2 {
-            recorder.record(
-                process,
-                Kind::Invoke,
-                Value::Read {
-                    account: from.clone(),
-                    balance: None,
-                },
-            );
+            let read = |balance| Value::Read {
+                account: from.clone(),
+                balance,
+            };
+            recorder.record(process, Kind::Invoke, read(None));
             let (kind, balance) = match client.get_account(&from).await {
                 Ok(a) => (Kind::Ok, Some(a.balance)),
                 Err(e) => (completion(&e), None),
             };
-            recorder.record(
-                process,
-                kind,
-                Value::Read {
-                    account: from,
-                    balance,
-                },
-            );
+            recorder.record(process, kind, read(balance));
             if kind == Kind::Info {
                 process += concurrency;
             }
@@ -466,22 +456,23 @@ async fn holds_process(
         let id = format!("h{process}-{n}");
         let amount = 1 + rng.below(300) as i64;
         let expires_in_ms = 300 + rng.below(2700) as i64;
-        let authorize = Value::Authorize {
+        let authorize = |expires_at_ts| Value::Authorize {
             id: id.clone(),
             from: from.clone(),
             to: to.clone(),
             amount,
             expires_in_ms,
+            expires_at_ts,
         };
-        recorder.record(process, Kind::Invoke, authorize.clone());
-        let kind = match client
+        recorder.record(process, Kind::Invoke, authorize(None));
+        let (kind, expires_at_ts) = match client
             .authorize(&id, &from, &to, amount, expires_in_ms)
             .await
         {
-            Ok(_) => Kind::Ok,
-            Err(e) => completion(&e),
+            Ok(hold) => (Kind::Ok, Some(hold.expires_at_ts)),
+            Err(e) => (completion(&e), None),
         };
-        recorder.record(process, kind, authorize);
+        recorder.record(process, kind, authorize(expires_at_ts));
         if kind != Kind::Ok {
             if kind == Kind::Info {
                 process += concurrency;
@@ -490,23 +481,16 @@ async fn holds_process(
         }
         // Sometimes long enough for the hold to expire first.
         tokio::time::sleep(Duration::from_millis(rng.below(600))).await;
+        let hold = (id.as_str(), from.as_str(), to.as_str());
         let roll = rng.below(100);
         if roll >= 85 {
             continue; // left to expire
         }
         if roll >= 65 {
-            let void = Value::Void {
-                id: id.clone(),
-                from: from.clone(),
-            };
-            recorder.record(process, Kind::Invoke, void.clone());
-            let kind = match client.void(&id, &from).await {
-                Ok(_) => Kind::Ok,
-                Err(e) => completion(&e),
-            };
-            recorder.record(process, kind, void);
-            if kind == Kind::Info {
-                process += concurrency;
+            let voided = void_step(&client, &recorder, &mut process, concurrency, hold).await;
+            if voided && rng.below(3) == 0 {
+                // A capture after the void: it must be refused.
+                capture_step(&client, &recorder, &mut process, concurrency, hold, 0).await;
             }
             continue;
         }
@@ -515,25 +499,82 @@ async fn holds_process(
         } else {
             1 + rng.below(amount as u64) as i64
         };
-        let capture = |captured| Value::Capture {
-            id: id.clone(),
-            from: from.clone(),
-            to: to.clone(),
-            amount: asked,
-            captured,
-        };
-        recorder.record(process, Kind::Invoke, capture(None));
-        match client.capture(&id, &from, asked).await {
-            Ok(hold) => recorder.record(process, Kind::Ok, capture(Some(hold.captured))),
-            Err(e) => {
-                let kind = completion(&e);
-                recorder.record(process, kind, capture(None));
-                if kind == Kind::Info {
-                    process += concurrency;
+        let captured =
+            capture_step(&client, &recorder, &mut process, concurrency, hold, asked).await;
+        if let Some(captured) = captured {
+            // Now and then a second decision: another capture, or a void; both must be refused.
+            match rng.below(6) {
+                0 => {
+                    let again = captured + 1;
+                    capture_step(&client, &recorder, &mut process, concurrency, hold, again).await;
                 }
+                1 => {
+                    void_step(&client, &recorder, &mut process, concurrency, hold).await;
+                }
+                _ => {}
             }
         }
     }
+}
+
+/// One capture of `hold` (id, payer, payee) asking `asked` (0: all), recorded; what it moved, if
+/// acknowledged. An unknown outcome replaces the process.
+async fn capture_step(
+    client: &WalletClient,
+    recorder: &Recorder,
+    process: &mut u64,
+    concurrency: u64,
+    (id, from, to): (&str, &str, &str),
+    asked: i64,
+) -> Option<i64> {
+    let capture = |captured, decided_ts| Value::Capture {
+        id: id.into(),
+        from: from.into(),
+        to: to.into(),
+        amount: asked,
+        captured,
+        decided_ts,
+    };
+    recorder.record(*process, Kind::Invoke, capture(None, None));
+    match client.capture(id, from, asked).await {
+        Ok(hold) => {
+            let done = capture(Some(hold.captured), Some(hold.decided_ts));
+            recorder.record(*process, Kind::Ok, done);
+            Some(hold.captured)
+        }
+        Err(e) => {
+            let kind = completion(&e);
+            recorder.record(*process, kind, capture(None, None));
+            if kind == Kind::Info {
+                *process += concurrency;
+            }
+            None
+        }
+    }
+}
+
+/// One void of `hold`, recorded; whether it was acknowledged.
+async fn void_step(
+    client: &WalletClient,
+    recorder: &Recorder,
+    process: &mut u64,
+    concurrency: u64,
+    (id, from, _): (&str, &str, &str),
+) -> bool {
+    let void = Value::Void {
+        id: id.into(),
+        from: from.into(),
+    };
+    recorder.record(*process, Kind::Invoke, void.clone());
+    let kind = match client.void(id, from).await {
+        Ok(_) => Kind::Ok,
+        Err(e) => completion(&e),
+    };
+    recorder.record(*process, kind, void);
+    if kind == Kind::Info {
+        *process += concurrency;
+    }
+    kind == Kind::Ok
 }
 
 async fn audit_process(client: WalletClient, recorder: Arc<Recorder>, process: u64, end: Instant) {

@@ -276,10 +276,10 @@ fn count_decision(decision: &'static str) {
         .inc();
 }
 
-/// Releases the shard's holds whose expiry passed: once the earliest expiry is behind this
-/// node's clock (a hint only), `ExpireHolds` is proposed stamped with a fresh oracle timestamp,
-/// and the state machine releases the holds due at that timestamp (the decision is the oracle's,
-/// never this clock's), a bounded number per command.
+/// Releases the shard's holds whose expiry passed: while a hold is pending, each pass takes a
+/// fresh oracle timestamp, and once it reaches the earliest expiry proposes `ExpireHolds`
+/// stamped with it; the state machine releases the holds due at that timestamp, a bounded
+/// number per command. No node's clock takes part.
 async fn expire_holds(
     service: &NodeService,
     shards: &Arc<Shards>,
@@ -298,10 +298,11 @@ async fn expire_holds(
             Some(read_result::Result::NextHoldExpiryTs(ts)) => ts,
             _ => return Ok(()),
         };
-        let due_ms = i64::try_from(next >> 18).unwrap_or(i64::MAX);
-        if next == 0 || due_ms > crate::service::now_ms() {
+        if next == 0 {
             return Ok(());
         }
+        // The oracle's clock decides, never this node's: one timestamp per pass while a hold is
+        // pending.
         let ts = shards.tso(1).await?.first;
         if ts < next {
             return Ok(());

@@ -646,17 +646,19 @@ fn hold_ids_timestamps_and_issue_times_are_checked() {
     let ahead = 1_000_000 + 180_000;
     let first = at(&mut sm, T0 + 8, "h2", authorize_issued("h2", 20, ahead));
     assert_eq!(state(&first), HoldState::Pending);
-    // A capture issued before its authorization was meant for an earlier hold.
+    // A capture issued a little before its authorization (another client's clock) is fine;
+    // one issued before the window is REQUEST_EXPIRED.
+    let stale = capture_issued("h2", 0, 1_000_000 - window - 1);
     assert_eq!(
-        rejection_of(&at(
-            &mut sm,
-            T0 + 9,
-            "h2",
-            capture_issued("h2", 0, ahead - 1)
-        )),
+        rejection_of(&at(&mut sm, T0 + 9, "h2", stale)),
         Some(Reason::RequestExpired)
     );
-    let captured = at(&mut sm, T0 + 9, "h2", capture_issued("h2", 0, ahead));
+    let captured = at(
+        &mut sm,
+        T0 + 9,
+        "h2",
+        capture_issued("h2", 0, ahead - 60_000),
+    );
     assert_eq!(state(&captured), HoldState::Captured);
     // Past decision + window but before issue + window: the record is kept, and a retry of the
     // authorization answers the captured hold, never a new one.
@@ -683,21 +685,19 @@ fn hold_ids_timestamps_and_issue_times_are_checked() {
         .reason,
         Reason::HoldNotFound
     );
-    // The id is free again: a new hold under it; a capture issued for the old one is refused.
+    // The id is free again: a new hold under it, issued 5 min ahead of the shard's clock; a
+    // capture issued more than 5 min before it was meant for the old one: refused.
+    let new_issue = ahead + window + 1 + 300_000;
     let reused = at(
         &mut sm,
         past + 2,
         "h2",
-        authorize_issued("h2", 5, ahead + window + 1),
+        authorize_issued("h2", 5, new_issue),
     );
     assert_eq!(state(&reused), HoldState::Pending);
+    let old = capture_issued("h2", 0, new_issue - 300_001);
     assert_eq!(
-        rejection_of(&at(
-            &mut sm,
-            past + 3,
-            "h2",
-            capture_issued("h2", 0, ahead + window)
-        )),
+        rejection_of(&at(&mut sm, past + 3, "h2", old)),
         Some(Reason::RequestExpired)
     );
     assert_eq!(money(&sm, "payer"), (100 - 20 + 2, 5, 0));

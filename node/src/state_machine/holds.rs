@@ -33,6 +33,7 @@ use wallet_proto::v1::{
 use wallet_proto::validate;
 
 use super::{movable, remembered, same_currency, Refusal, StateMachine, Write, Writes};
+use crate::retention::ISSUED_AHEAD_MAX_MS;
 use crate::writes::RequestKey;
 
 /// Holds one `ExpireHolds` releases at most (the earliest first; the next one goes on).
@@ -413,20 +414,31 @@ impl StateMachine {
         outcome
     }
 
-    /// A capture's or void's issue time: within the window, and not before the authorization of
-    /// the hold under its id was issued (then it was meant for an earlier hold).
+    /// A capture's or void's issue time: within the window, and not clearly before the hold
+    /// under its id was authorized (then it was meant for an earlier hold under a reused id,
+    /// which can only be a retention window or more before). Clocks of different clients differ,
+    /// so "clearly" allows as much as an issue time may run ahead ([`ISSUED_AHEAD_MAX_MS`]).
     fn check_step_issued(&self, key: &RequestKey, issued_at_ms: i64) -> Result<(), Refusal> {
         self.retention.check_issued(issued_at_ms)?;
-        let authorized_at = self
-            .requests
-            .get(key)
+        let record = self.requests.get(key);
+        let authorize_issued = record
             .and_then(|r| r.command.as_ref())
             .and_then(|c| match &c.op {
                 Some(Op::Authorize(a)) => Some(a.issued_at_ms),
                 _ => None,
             })
             .unwrap_or(0);
-        if issued_at_ms != 0 && authorized_at != 0 && issued_at_ms < authorized_at {
+        // Without an issue time, the oracle's time of the authorization.
+        let authorized_at = match authorize_issued {
+            0 => record
+                .and_then(hold_of)
+                .map_or(0, |h| i64::try_from(h.start_ts >> 18).unwrap_or(i64::MAX)),
+            ms => ms,
+        };
+        if issued_at_ms != 0
+            && authorized_at != 0
+            && issued_at_ms.saturating_add(ISSUED_AHEAD_MAX_MS) < authorized_at
+        {
             return Err(Refusal::new(
                 Reason::RequestExpired,
                 format!(
