@@ -533,18 +533,29 @@ impl WalletClient {
         .await
     }
 
-    /// A page of an account's pending holds as payer, in hold id order, after `after`.
+    /// A page of an account's pending holds as payer, in hold id order, after `after` (see
+    /// [`WalletClient::list_holds_request`] for those it is promised, as payee).
     pub async fn list_holds(
         &self,
         account_id: &str,
         limit: u32,
         after: &str,
     ) -> Result<ListHoldsResponse, WalletError> {
-        let request = ListHoldsRequest {
+        self.list_holds_request(ListHoldsRequest {
             account_id: account_id.into(),
             limit,
             after: after.into(),
-        };
+            as_payee: false,
+        })
+        .await
+    }
+
+    /// A page of holds as built by the caller: with `as_payee`, the holds promised to the
+    /// account, in (payer, hold id) order, `after` being a page's `next_after` (`PAYER/HOLD_ID`).
+    pub async fn list_holds_request(
+        &self,
+        request: ListHoldsRequest,
+    ) -> Result<ListHoldsResponse, WalletError> {
         self.retrying(|c| {
             let r = request.clone();
             async move { c.list_holds(r).await }

@@ -122,6 +122,10 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
     let (ok, v, err) = wallet_json(&endpoint, &["hold", "list", &payer]);
     assert!(ok, "{err}");
     assert_eq!(v["holds"][0]["hold_id"], "h4", "{v}");
+    let (ok, v, err) = wallet_json(&endpoint, &["hold", "list", &shop, "--payee"]);
+    assert!(ok, "{err}");
+    assert_eq!(v["holds"][0]["from_account_id"], payer.as_str(), "{v}");
+    assert_eq!(v["holds"][0]["hold_id"], "h4", "{v}");
     let (ok, v, err) = wallet_json(&endpoint, &["hold", "void", "h4", "--from", &payer]);
     assert!(ok, "{err}");
     assert_eq!(v["state"], "VOIDED", "{v}");

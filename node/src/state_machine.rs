@@ -53,6 +53,8 @@ pub struct StateMachine {
     /// Holds still PENDING, by (debit account, hold id), and by expiry (`holds.rs`).
     pub(crate) pending_holds: BTreeSet<RequestKey>,
     pub(crate) hold_expiries: BTreeSet<(u64, RequestKey)>,
+    /// Pending holds by (payee, payer, hold id).
+    pub(crate) holds_by_payee: BTreeSet<(String, String, String)>,
     /// Meta group: no timestamp at or above this was ever handed out, and none below it will be
     /// by a later leader.
     pub(crate) tso_limit: u64,
@@ -85,6 +87,7 @@ impl StateMachine {
             pending: BTreeSet::new(),
             pending_holds: BTreeSet::new(),
             hold_expiries: BTreeSet::new(),
+            holds_by_payee: BTreeSet::new(),
             tso_limit: 0,
             snapshot: SnapshotState::default(),
             retention: Retention::default(),
@@ -163,6 +166,7 @@ impl StateMachine {
         self.pending.clear();
         self.pending_holds.clear();
         self.hold_expiries.clear();
+        self.holds_by_payee.clear();
         self.tso_limit = 0;
         self.snapshot = SnapshotState::default();
         self.retention.clear();

@@ -390,17 +390,68 @@ fn pending_holds_survive_a_restart_and_list_in_id_order() {
     }
     let (_, writes) = common::apply_at(&mut sm, "h-d", T0 + 9, void("h-d", "payer"));
     writes_all.extend(writes);
+    // A second payer uses one of the same hold ids towards the same payee.
+    for (ts, id, op) in [
+        (T0 + 10, "", None),
+        (T0 + 11, "fund2", Some(deposit("payer2", 50))),
+        (
+            T0 + 12,
+            "h-a",
+            Some(authorize("h-a", "payer2", "shop", 7, 5000)),
+        ),
+    ] {
+        let op = op.unwrap_or_else(|| {
+            Op::CreateAccount(CreateAccountRequest {
+                account_id: "payer2".into(),
+                currency: "USD".into(),
+                credit_limit: 0,
+                opening_balance: 0,
+            })
+        });
+        let (o, writes) = common::apply_at(&mut sm, id, ts, op);
+        assert!(rejection_of(&o).is_none(), "{o:?}");
+        writes_all.extend(writes);
+    }
     let list = |sm: &StateMachine, after: &str, limit: u32| {
         let page = sm
             .holds(&ListHoldsRequest {
                 account_id: "payer".into(),
                 limit,
                 after: after.into(),
+                as_payee: false,
             })
             .expect("page");
         let ids: Vec<String> = page.holds.iter().map(|h| h.hold_id.clone()).collect();
         (ids, page.next_after)
     };
+    let as_payee = |sm: &StateMachine, after: &str, limit: u32| {
+        let page = sm
+            .holds(&ListHoldsRequest {
+                account_id: "shop".into(),
+                limit,
+                after: after.into(),
+                as_payee: true,
+            })
+            .expect("page");
+        let ids: Vec<String> = page
+            .holds
+            .iter()
+            .map(|h| format!("{}/{}", h.from_account_id, h.hold_id))
+            .collect();
+        (ids, page.next_after)
+    };
+    assert_eq!(
+        as_payee(&sm, "", 2),
+        (
+            vec!["payer/h-a".into(), "payer/h-b".into()],
+            "payer/h-b".into()
+        )
+    );
+    assert_eq!(
+        as_payee(&sm, "payer/h-b", 2),
+        (vec!["payer/h-c".into(), "payer2/h-a".into()], String::new())
+    );
+    assert_eq!(as_payee(&sm, "payer2/h-a", 2), (vec![], String::new()));
     assert_eq!(
         list(&sm, "", 2),
         (vec!["h-a".into(), "h-b".into()], "h-b".into())
@@ -426,6 +477,7 @@ fn pending_holds_survive_a_restart_and_list_in_id_order() {
         restarted.load_request(account, id, record);
     }
     assert_eq!(list(&restarted, "", 10), list(&sm, "", 10));
+    assert_eq!(as_payee(&restarted, "", 10), as_payee(&sm, "", 10));
     assert_eq!(restarted.next_hold_expiry(), sm.next_hold_expiry());
     assert_eq!(restarted.next_hold_expiry(), T0 + 1 + ms(1000));
 }
@@ -525,17 +577,26 @@ proptest! {
             let mut reserved: BTreeMap<String, i128> = BTreeMap::new();
             let mut promised: BTreeMap<String, i128> = BTreeMap::new();
             for account in ACCOUNTS {
-                let page = sm
-                    .holds(&ListHoldsRequest {
-                        account_id: account.into(),
-                        limit: 1000,
-                        after: String::new(),
-                    })
-                    .expect("page");
-                for h in page.holds {
-                    prop_assert_eq!(h.state, HoldState::Pending as i32);
-                    *reserved.entry(h.from_account_id.clone()).or_default() += i128::from(h.amount);
-                    *promised.entry(h.to_account_id.clone()).or_default() += i128::from(h.amount);
+                // As payer: its reservations; as payee (its own index): its promised credits.
+                for as_payee in [false, true] {
+                    let page = sm
+                        .holds(&ListHoldsRequest {
+                            account_id: account.into(),
+                            limit: 1000,
+                            after: String::new(),
+                            as_payee,
+                        })
+                        .expect("page");
+                    for h in page.holds {
+                        prop_assert_eq!(h.state, HoldState::Pending as i32);
+                        let (sums, who) = if as_payee {
+                            (&mut promised, &h.to_account_id)
+                        } else {
+                            (&mut reserved, &h.from_account_id)
+                        };
+                        prop_assert_eq!(who.as_str(), account);
+                        *sums.entry(who.clone()).or_default() += i128::from(h.amount);
+                    }
                 }
             }
             for account in sm.accounts() {

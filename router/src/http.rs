@@ -355,6 +355,7 @@ async fn get_hold(
 struct HoldsQuery {
     limit: u32,
     after: String,
+    as_payee: bool,
 }
 
 async fn list_holds(
@@ -368,6 +369,7 @@ async fn list_holds(
         account_id,
         limit: query.limit,
         after: query.after,
+        as_payee: query.as_payee,
     };
     Ok(Json(
         service.list_holds(Request::new(list)).await?.into_inner(),

@@ -5,8 +5,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
     fresh_id, Account, AccountState, AccountStateRequest, AuthorizeRequest, BalanceChange,
-    ClientOptions, DepositRequest, EntryKind, Hold, HoldState, Lifecycle, ListTransfersRequest,
-    Transfer, TransferRequest, TransferStatus, WalletClient, WalletError, WithdrawRequest,
+    ClientOptions, DepositRequest, EntryKind, Hold, HoldState, Lifecycle, ListHoldsRequest,
+    ListTransfersRequest, Transfer, TransferRequest, TransferStatus, WalletClient, WalletError,
+    WithdrawRequest,
 };
 
 #[derive(Parser, Debug)]
@@ -164,14 +165,17 @@ enum HoldCommand {
         #[arg(long)]
         from: String,
     },
-    /// An account's pending holds as payer.
+    /// An account's pending holds as payer (or, with --payee, those promised to it).
     List {
         account: String,
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        /// Continue after this hold id (a previous page's next_after).
+        /// Continue after this hold (a previous page's next_after).
         #[arg(long, default_value = "")]
         after: String,
+        /// The holds promised to the account instead of those it pays.
+        #[arg(long)]
+        payee: bool,
     },
 }
 
@@ -437,8 +441,16 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
             account,
             limit,
             after,
+            payee,
         }) => {
-            let page = client.list_holds(&account, limit, &after).await?;
+            let page = client
+                .list_holds_request(ListHoldsRequest {
+                    account_id: account,
+                    limit,
+                    after,
+                    as_payee: payee,
+                })
+                .await?;
             let text: Vec<String> = page.holds.iter().map(hold_text).collect();
             let holds: Vec<serde_json::Value> = page.holds.iter().map(hold_json).collect();
             (

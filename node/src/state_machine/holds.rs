@@ -457,7 +457,8 @@ impl StateMachine {
             .map(|(_, hold)| hold)
     }
 
-    /// An account's pending holds as payer, in hold id order, after `after`.
+    /// An account's pending holds as payer, in hold id order, after `after`; or as payee
+    /// (`as_payee`), in (payer, hold id) order, after `after` = `PAYER/HOLD_ID`.
     pub fn holds(&self, list: &ListHoldsRequest) -> Result<ListHoldsResponse, Refusal> {
         validate::id("account id", &list.account_id)?;
         self.check_owned(&list.account_id)?;
@@ -466,22 +467,46 @@ impl StateMachine {
             0 => HOLDS_PAGE_DEFAULT,
             n => n.min(HOLDS_PAGE_MAX),
         } as usize;
-        let after = (list.account_id.clone(), list.after.clone());
+        let keys: Box<dyn Iterator<Item = RequestKey> + '_> = if list.as_payee {
+            // `after` is PAYER/HOLD_ID (ids never hold a '/').
+            let (payer, hold_id) = list.after.split_once('/').unwrap_or((&list.after, ""));
+            let after = (
+                list.account_id.clone(),
+                payer.to_string(),
+                hold_id.to_string(),
+            );
+            Box::new(
+                self.holds_by_payee
+                    .range((Bound::Excluded(after), Bound::Unbounded))
+                    .take_while(|(payee, _, _)| *payee == list.account_id)
+                    .map(|(_, payer, id)| (payer.clone(), id.clone())),
+            )
+        } else {
+            let after = (list.account_id.clone(), list.after.clone());
+            Box::new(
+                self.pending_holds
+                    .range((Bound::Excluded(after), Bound::Unbounded))
+                    .take_while(|(account, _)| *account == list.account_id)
+                    .cloned(),
+            )
+        };
         let mut holds = Vec::with_capacity(limit);
         let mut next_after = String::new();
-        let range = self
-            .pending_holds
-            .range((Bound::Excluded(after), Bound::Unbounded))
-            .take_while(|(account, _)| *account == list.account_id);
-        for key in range {
+        for key in keys {
             if holds.len() == limit {
                 next_after = holds
                     .last()
-                    .map(|h: &Hold| h.hold_id.clone())
+                    .map(|h: &Hold| {
+                        if list.as_payee {
+                            format!("{}/{}", h.from_account_id, h.hold_id)
+                        } else {
+                            h.hold_id.clone()
+                        }
+                    })
                     .unwrap_or_default();
                 break;
             }
-            if let Some(hold) = self.requests.get(key).and_then(hold_of) {
+            if let Some(hold) = self.requests.get(&key).and_then(hold_of) {
                 holds.push(hold.clone());
             }
         }
@@ -510,12 +535,15 @@ impl StateMachine {
             return;
         };
         let expiry = (hold.expires_at_ts, key.clone());
+        let payee = (hold.to_account_id.clone(), key.0.clone(), key.1.clone());
         if hold.state == HoldState::Pending as i32 {
             self.pending_holds.insert(key.clone());
             self.hold_expiries.insert(expiry);
+            self.holds_by_payee.insert(payee);
         } else {
             self.pending_holds.remove(key);
             self.hold_expiries.remove(&expiry);
+            self.holds_by_payee.remove(&payee);
         }
     }
 }
