@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use wallet_client::{HoldState, Reason, WalletClient};
 use wallet_cluster::endpoints::Endpoints;
-use wallet_shard_client::shards::Shards;
-
-async fn reason<T: std::fmt::Debug>(
-    call: impl std::future::Future<Output = Result<T, wallet_client::WalletError>>,
-) -> Reason {
-    match call.await {
-        Ok(v) => panic!("expected a refusal, got {v:?}"),
-        Err(e) => e.reason,
-    }
-}
 
 async fn money(client: &WalletClient, id: &str) -> (i64, i64, i64) {
     let a = client.get_account(id).await.expect("account");
@@ -30,16 +20,12 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(2, 10_000).await;
     let client = cluster.client();
-    let shards = Shards::new(cluster.playground.topology.clone()).expect("shards");
-    let ids: Vec<String> = (0..200).map(|i| format!("card-{i}")).collect();
-    let on = |shard: u64, skip: usize| {
-        ids.iter()
-            .filter(|id| shards.shard_of(id) == shard)
-            .nth(skip)
-            .cloned()
-            .expect("an id on the shard")
-    };
-    let (payer, shop, elsewhere) = (on(1, 0), on(1, 1), on(2, 0));
+    // Payer and shop on one shard, another account on the other.
+    let (payer, shop, elsewhere) = (
+        id_on(&cluster, "card", 1, 0),
+        id_on(&cluster, "card", 1, 1),
+        id_on(&cluster, "card", 2, 0),
+    );
     for id in [&payer, &shop, &elsewhere] {
         client.create_account(id, "USD", 0).await.expect("create");
     }
@@ -57,7 +43,7 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
     assert_eq!(money(&client, &payer).await, (i64::MAX, i64::MAX - 1, 0));
     assert_eq!(money(&client, &shop).await, (0, 0, i64::MAX - 1));
     assert_eq!(
-        reason(client.withdraw("w", &payer, 2)).await,
+        refusal(client.withdraw("w", &payer, 2)).await,
         Reason::InsufficientFunds
     );
     let audit = client.audit().await.expect("audit");
@@ -74,7 +60,7 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
         captured
     );
     assert_eq!(
-        reason(client.capture("h1", &payer, 5)).await,
+        refusal(client.capture("h1", &payer, 5)).await,
         Reason::HoldNotPending
     );
     assert_eq!(money(&client, &payer).await, (i64::MAX - 1000, 0, 0));
@@ -82,11 +68,11 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
 
     // Cross-shard pairs are refused before anything is written.
     assert_eq!(
-        reason(client.authorize("h2", &payer, &elsewhere, 1, 0)).await,
+        refusal(client.authorize("h2", &payer, &elsewhere, 1, 0)).await,
         Reason::CrossShardNotSupported
     );
     assert_eq!(
-        reason(client.get_hold("h2", &payer)).await,
+        refusal(client.get_hold("h2", &payer)).await,
         Reason::HoldNotFound
     );
 
@@ -106,7 +92,7 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        reason(client.capture("h3", &payer, 0)).await,
+        refusal(client.capture("h3", &payer, 0)).await,
         Reason::HoldExpired
     );
     assert_eq!(money(&client, &payer).await, (i64::MAX - 1000, 0, 0));

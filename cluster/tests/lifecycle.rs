@@ -8,16 +8,6 @@ mod common;
 use common::*;
 use wallet_client::{AccountState, Reason, WalletClient};
 use wallet_cluster::endpoints::Endpoints;
-use wallet_shard_client::shards::Shards;
-
-async fn refused<T: std::fmt::Debug>(
-    call: impl std::future::Future<Output = Result<T, wallet_client::WalletError>>,
-) -> Reason {
-    match call.await {
-        Ok(v) => panic!("expected a refusal, got {v:?}"),
-        Err(e) => e.reason,
-    }
-}
 
 async fn state(client: &WalletClient, id: &str) -> AccountState {
     let account = client
@@ -32,17 +22,12 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(2, 10_000).await;
     let client = cluster.client();
-    let shards = Shards::new(cluster.playground.topology.clone()).expect("shards");
     // Two accounts on one shard, one on the other.
-    let ids: Vec<String> = (0..200).map(|i| format!("life-{i}")).collect();
-    let on = |shard: u64, skip: usize| {
-        ids.iter()
-            .filter(|id| shards.shard_of(id) == shard)
-            .nth(skip)
-            .cloned()
-            .expect("an id on the shard")
-    };
-    let (a, a2, b) = (on(1, 0), on(1, 1), on(2, 0));
+    let (a, a2, b) = (
+        id_on(&cluster, "life", 1, 0),
+        id_on(&cluster, "life", 1, 1),
+        id_on(&cluster, "life", 2, 0),
+    );
     for id in [&a, &a2, &b] {
         client.create_account(id, "USD", 0).await.expect("create");
     }
@@ -53,17 +38,17 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
     assert_eq!(frozen.state, AccountState::Frozen as i32);
     client.freeze_account("f1", &b).await.expect("freeze b");
     assert_eq!(
-        refused(client.transfer("t1", &a, &a2, 5)).await,
+        refusal(client.transfer("t1", &a, &a2, 5)).await,
         Reason::AccountFrozen
     );
     assert_eq!(
-        refused(client.transfer("t2", &a, &b, i64::MAX)).await,
+        refusal(client.transfer("t2", &a, &b, i64::MAX)).await,
         Reason::AccountFrozen
     );
     // The retry answers the first outcome, also after the unfreeze (G4).
     client.unfreeze_account("u1", &b).await.expect("unfreeze");
     assert_eq!(
-        refused(client.transfer("t2", &a, &b, i64::MAX)).await,
+        refusal(client.transfer("t2", &a, &b, i64::MAX)).await,
         Reason::AccountFrozen
     );
     let a_now = client.get_account(&a).await.expect("a");
@@ -71,11 +56,11 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
     assert_eq!(client.get_account(&b).await.expect("b").pending_credit, 0);
     // A frozen debit side refuses too; deposits and withdrawals as well.
     assert_eq!(
-        refused(client.transfer("t3", &a2, &a, 1)).await,
+        refusal(client.transfer("t3", &a2, &a, 1)).await,
         Reason::AccountFrozen
     );
     assert_eq!(
-        refused(client.deposit("d1", &a2, 1)).await,
+        refusal(client.deposit("d1", &a2, 1)).await,
         Reason::AccountFrozen
     );
     // Unfrozen, the whole range moves across shards.
@@ -84,22 +69,22 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
 
     // Close: not while holding money, then for good once empty.
     assert_eq!(
-        refused(client.close_account("c1", &b)).await,
+        refusal(client.close_account("c1", &b)).await,
         Reason::AccountNotEmpty
     );
     client.withdraw("w1", &b, i64::MAX).await.expect("empty b");
     let closed = client.close_account("c2", &b).await.expect("close");
     assert_eq!(closed.state, AccountState::Closed as i32);
     assert_eq!(
-        refused(client.deposit("d2", &b, 1)).await,
+        refusal(client.deposit("d2", &b, 1)).await,
         Reason::AccountClosed
     );
     assert_eq!(
-        refused(client.unfreeze_account("u2", &b)).await,
+        refusal(client.unfreeze_account("u2", &b)).await,
         Reason::AccountClosed
     );
     assert_eq!(
-        refused(client.freeze_account("c2", &b)).await,
+        refusal(client.freeze_account("c2", &b)).await,
         Reason::IdReused
     );
 
@@ -212,7 +197,7 @@ async fn frozen_and_closed_accounts_refuse_movements_on_every_path_and_survive_a
     assert_eq!(state(&client, &a2).await, AccountState::Frozen);
     assert_eq!(state(&client, &b).await, AccountState::Closed);
     assert_eq!(
-        refused(client.transfer("t5", &a, &b, 1)).await,
+        refusal(client.transfer("t5", &a, &b, 1)).await,
         Reason::AccountClosed
     );
     let audit = client.audit().await.expect("audit balances");

@@ -229,24 +229,10 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
                     .or_default()
                     .captures
                     .push((*amount, *moved, *decided_ts));
-                capture_as_transfer(&mut transfers, invoke, done);
+                count_transfer(&mut transfers, invoke, done);
             }
-            (Value::Capture { .. }, _) => capture_as_transfer(&mut transfers, invoke, done),
-            (Value::Transfer { id, from, to, .. }, _) => {
-                let t = transfers
-                    .entry(id.clone())
-                    .or_insert_with(|| TransferOutcome {
-                        from: from.clone(),
-                        to: to.clone(),
-                        first_invoke: invoke.time,
-                        ..Default::default()
-                    });
-                t.first_invoke = t.first_invoke.min(invoke.time);
-                match done.kind {
-                    Kind::Ok => t.ok_at = Some(t.ok_at.map_or(done.time, |at| at.min(done.time))),
-                    Kind::Fail => t.failed = true,
-                    _ => {}
-                }
+            (Value::Capture { .. } | Value::Transfer { .. }, _) => {
+                count_transfer(&mut transfers, invoke, done)
             }
             (
                 _,
@@ -503,10 +489,12 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
     report
 }
 
-/// Counts a capture like a transfer under its hold id (ok: it must be in the final state on both
-/// sides exactly once; fail: nowhere).
-fn capture_as_transfer(transfers: &mut BTreeMap<String, TransferOutcome>, invoke: &Op, done: &Op) {
-    let Value::Capture { id, from, to, .. } = &invoke.value else {
+/// Counts a transfer, or a capture as a transfer under its hold id (ok: it must be in the final
+/// state on both sides exactly once; fail: nowhere).
+fn count_transfer(transfers: &mut BTreeMap<String, TransferOutcome>, invoke: &Op, done: &Op) {
+    let (Value::Transfer { id, from, to, .. } | Value::Capture { id, from, to, .. }) =
+        &invoke.value
+    else {
         return;
     };
     let t = transfers

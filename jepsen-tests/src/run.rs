@@ -198,12 +198,12 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     });
     let end = Instant::now() + options.time;
     let mut workers = Vec::new();
-    let ring = cluster.topology().ring();
+    let pairs = same_shard_pairs(&accounts, &cluster.topology().ring());
     for worker in 0..options.concurrency {
         if options.workload == Workload::Holds {
             workers.push(tokio::spawn(holds_process(
                 client.clone(),
-                same_shard_pairs(&accounts, &ring),
+                pairs.clone(),
                 recorder.clone(),
                 worker as u64,
                 options.concurrency as u64,

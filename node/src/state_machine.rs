@@ -684,26 +684,11 @@ impl StateMachine {
             }
             Err(refusal) => return Err(refusal),
         };
-        let from_seq = self.set_balance(&t.from_account_id, from_balance, writes);
-        let to_seq = self.set_balance(&t.to_account_id, to_balance, writes);
-        self.push_history(
-            &t.from_account_id,
-            from_seq,
+        self.post_transfer(
             command,
-            EntryKind::TransferOut,
-            -t.amount,
-            from_balance,
-            &t.to_account_id,
-            writes,
-        );
-        self.push_history(
-            &t.to_account_id,
-            to_seq,
-            command,
-            EntryKind::TransferIn,
+            (&t.from_account_id, from_balance),
+            (&t.to_account_id, to_balance),
             t.amount,
-            to_balance,
-            &t.from_account_id,
             writes,
         );
         Ok(Outcome {
@@ -767,6 +752,41 @@ impl StateMachine {
         Ok(Outcome {
             result: Some(outcome::Result::Account(account)),
         })
+    }
+
+    /// Moves `amount` between two accounts of this shard at the balances the caller checked:
+    /// sets both (one account write each) and writes their history entries, `TRANSFER_OUT` and
+    /// `TRANSFER_IN` under the command's request id (a same-shard transfer, a hold's capture).
+    pub(crate) fn post_transfer(
+        &mut self,
+        command: &Command,
+        (from, from_balance): (&str, i64),
+        (to, to_balance): (&str, i64),
+        amount: i64,
+        writes: &mut Writes,
+    ) {
+        let from_seq = self.set_balance(from, from_balance, writes);
+        let to_seq = self.set_balance(to, to_balance, writes);
+        self.push_history(
+            from,
+            from_seq,
+            command,
+            EntryKind::TransferOut,
+            -amount,
+            from_balance,
+            to,
+            writes,
+        );
+        self.push_history(
+            to,
+            to_seq,
+            command,
+            EntryKind::TransferIn,
+            amount,
+            to_balance,
+            from,
+            writes,
+        );
     }
 
     /// Sets a balance, bumps the account's version, records the write; returns the new version.

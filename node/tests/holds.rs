@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{deposit, withdraw};
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -13,8 +15,8 @@ use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, AccountStateRequest, AuthorizeRequest, CaptureRequest,
-    CreateAccountRequest, DepositRequest, EntryKind, ExpireHolds, GetHoldRequest, Hold, HoldState,
-    ListHoldsRequest, Outcome, VoidRequest, WithdrawRequest,
+    CreateAccountRequest, EntryKind, ExpireHolds, GetHoldRequest, Hold, HoldState,
+    ListHoldsRequest, Outcome, VoidRequest,
 };
 
 /// Oracle timestamps: physical ms << 18.
@@ -40,15 +42,6 @@ fn create(sm: &mut StateMachine, id: &str, credit_limit: i64) {
         opening_balance: 0,
     });
     assert!(rejection_of(&at(sm, T0, "", op)).is_none());
-}
-
-fn deposit(id: &str, amount: i64) -> Op {
-    Op::Deposit(DepositRequest {
-        request_id: String::new(),
-        account_id: id.into(),
-        amount,
-        issued_at_ms: 0,
-    })
 }
 
 fn authorize(hold: &str, from: &str, to: &str, amount: i64, expires_in_ms: i64) -> Op {
@@ -119,12 +112,7 @@ fn a_capture_moves_what_it_captures_once_and_releases_the_rest() {
     assert_eq!(money(&sm, "payer"), (100, 80, 0));
     assert_eq!(money(&sm, "shop"), (0, 0, 80));
     // Spendable money dropped: only 20 can leave.
-    let w = Op::Withdraw(WithdrawRequest {
-        request_id: String::new(),
-        account_id: "payer".into(),
-        amount: 21,
-        issued_at_ms: 0,
-    });
+    let w = withdraw("payer", 21);
     assert_eq!(
         rejection_of(&at(&mut sm, T0 + 2, "w1", w)),
         Some(Reason::InsufficientFunds)

@@ -4,14 +4,16 @@
 
 mod common;
 
+use common::{deposit, withdraw};
+
 use proptest::prelude::*;
 use wallet_node::state_machine::{rejection_of, StateMachine, Write, Writes};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
     command::Op, outcome, Account, AccountState, AccountStateRequest, AuthorizeRequest,
-    CreateAccountRequest, DepositRequest, HoldState, Outcome, PrepareCredit, PrepareDebit,
-    TransferRequest, TransferStatus, TransferStep, VoidRequest, WithdrawRequest,
+    CreateAccountRequest, HoldState, Outcome, PrepareCredit, PrepareDebit, TransferRequest,
+    TransferStatus, TransferStep, VoidRequest,
 };
 
 fn run(sm: &mut StateMachine, request_id: &str, op: Op) -> (Outcome, Writes) {
@@ -24,24 +26,6 @@ fn create(id: &str, credit_limit: i64) -> Op {
         currency: "USD".into(),
         credit_limit,
         opening_balance: 0,
-    })
-}
-
-fn deposit(id: &str, amount: i64) -> Op {
-    Op::Deposit(DepositRequest {
-        request_id: String::new(),
-        account_id: id.into(),
-        amount,
-        issued_at_ms: 0,
-    })
-}
-
-fn withdraw(id: &str, amount: i64) -> Op {
-    Op::Withdraw(WithdrawRequest {
-        request_id: String::new(),
-        account_id: id.into(),
-        amount,
-        issued_at_ms: 0,
     })
 }
 

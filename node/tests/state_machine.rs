@@ -3,13 +3,14 @@
 
 mod common;
 
+use common::{deposit, withdraw};
+
 use proptest::prelude::*;
 use wallet_node::state_machine::{rejection_of, StateMachine, Write, Writes};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
-    command::Op, outcome, Command, CreateAccountRequest, DepositRequest, Outcome, TransferRequest,
-    WithdrawRequest,
+    command::Op, outcome, Command, CreateAccountRequest, Outcome, TransferRequest,
 };
 
 fn machine() -> StateMachine {
@@ -27,24 +28,6 @@ fn create(id: &str, currency: &str, credit_limit: i64) -> Op {
         currency: currency.into(),
         credit_limit,
         opening_balance: 0,
-    })
-}
-
-fn deposit(id: &str, amount: i64) -> Op {
-    Op::Deposit(DepositRequest {
-        issued_at_ms: 0,
-        request_id: String::new(),
-        account_id: id.into(),
-        amount,
-    })
-}
-
-fn withdraw(id: &str, amount: i64) -> Op {
-    Op::Withdraw(WithdrawRequest {
-        issued_at_ms: 0,
-        request_id: String::new(),
-        account_id: id.into(),
-        amount,
     })
 }
 

@@ -152,15 +152,6 @@ pub fn history_matches(list: &ListTransfersRequest, entry: &HistoryEntry) -> boo
         && (list.to_ms == 0 || entry.at_ms <= list.to_ms)
 }
 
-/// Whether a history query filters at all.
-pub fn history_filtered(list: &ListTransfersRequest) -> bool {
-    !list.kinds.is_empty()
-        || list.from_ts != 0
-        || list.to_ts != 0
-        || list.from_ms != 0
-        || list.to_ms != 0
-}
-
 /// Entry kinds named in a comma-separated list (`DEPOSIT,transfer_in`; case-insensitive, with or
 /// without the `ENTRY_KIND_` prefix), as the CLI and the HTTP API take them.
 pub fn entry_kinds(text: &str) -> Result<Vec<i32>, Refusal> {

@@ -179,6 +179,18 @@ enum HoldCommand {
     },
 }
 
+/// What `account freeze|unfreeze|close` take.
+#[derive(clap::Args, Debug)]
+struct StateChange {
+    id: String,
+    /// Request id for exactly-once retries (generated if omitted).
+    #[arg(long = "request-id")]
+    request_id: Option<String>,
+    /// When the request was first issued (see `deposit --help`).
+    #[arg(long, default_value_t = 0)]
+    issued_at_ms: i64,
+}
+
 #[derive(Subcommand, Debug)]
 enum AccountCommand {
     /// Open an account.
@@ -196,36 +208,12 @@ enum AccountCommand {
     },
     /// Freeze an account: its deposits, withdrawals and transfers are refused with
     /// ACCOUNT_FROZEN until it is unfrozen; reads still work.
-    Freeze {
-        id: String,
-        /// Request id for exactly-once retries (generated if omitted).
-        #[arg(long = "request-id")]
-        request_id: Option<String>,
-        /// When the request was first issued (see `deposit --help`).
-        #[arg(long, default_value_t = 0)]
-        issued_at_ms: i64,
-    },
+    Freeze(StateChange),
     /// Let a frozen account move money again.
-    Unfreeze {
-        id: String,
-        /// Request id for exactly-once retries (generated if omitted).
-        #[arg(long = "request-id")]
-        request_id: Option<String>,
-        /// When the request was first issued (see `deposit --help`).
-        #[arg(long, default_value_t = 0)]
-        issued_at_ms: i64,
-    },
+    Unfreeze(StateChange),
     /// Close an account for good: only at balance 0 with nothing reserved or pending, and not
     /// while frozen. Later changes are refused with ACCOUNT_CLOSED.
-    Close {
-        id: String,
-        /// Request id for exactly-once retries (generated if omitted).
-        #[arg(long = "request-id")]
-        request_id: Option<String>,
-        /// When the request was first issued (see `deposit --help`).
-        #[arg(long, default_value_t = 0)]
-        issued_at_ms: i64,
-    },
+    Close(StateChange),
     /// Show an account.
     Get {
         id: String,
@@ -356,14 +344,12 @@ fn connect(cli: &Cli) -> Result<WalletClient, WalletError> {
 async fn change_state(
     client: &WalletClient,
     change: Lifecycle,
-    account_id: String,
-    request_id: Option<String>,
-    issued_at_ms: i64,
+    args: StateChange,
 ) -> Result<(serde_json::Value, String), WalletError> {
     let request = AccountStateRequest {
-        request_id: request_id.unwrap_or_else(|| fresh_id("state")),
-        account_id,
-        issued_at_ms,
+        request_id: args.request_id.unwrap_or_else(|| fresh_id("state")),
+        account_id: args.id,
+        issued_at_ms: args.issued_at_ms,
     };
     let a = client.change_account_state(change, request).await?;
     Ok((account_json(&a), account_text(&a)))
@@ -394,21 +380,15 @@ async fn run(cli: Cli) -> Result<(serde_json::Value, String), WalletError> {
                 .await?;
             (account_json(&a), account_text(&a))
         }
-        Commands::Account(AccountCommand::Freeze {
-            id,
-            request_id,
-            issued_at_ms,
-        }) => change_state(&client, Lifecycle::Freeze, id, request_id, issued_at_ms).await?,
-        Commands::Account(AccountCommand::Unfreeze {
-            id,
-            request_id,
-            issued_at_ms,
-        }) => change_state(&client, Lifecycle::Unfreeze, id, request_id, issued_at_ms).await?,
-        Commands::Account(AccountCommand::Close {
-            id,
-            request_id,
-            issued_at_ms,
-        }) => change_state(&client, Lifecycle::Close, id, request_id, issued_at_ms).await?,
+        Commands::Account(AccountCommand::Freeze(change)) => {
+            change_state(&client, Lifecycle::Freeze, change).await?
+        }
+        Commands::Account(AccountCommand::Unfreeze(change)) => {
+            change_state(&client, Lifecycle::Unfreeze, change).await?
+        }
+        Commands::Account(AccountCommand::Close(change)) => {
+            change_state(&client, Lifecycle::Close, change).await?
+        }
         Commands::Hold(HoldCommand::Authorize {
             from,
             to,

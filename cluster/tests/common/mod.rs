@@ -368,3 +368,23 @@ pub fn wallet_json(endpoint: &str, args: &[&str]) -> (bool, serde_json::Value, S
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The reason a call was refused with; a call that succeeds fails the test.
+pub async fn refusal<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<T, wallet_client::WalletError>>,
+) -> wallet_client::Reason {
+    match call.await {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => e.reason,
+    }
+}
+
+/// The `nth` id of the form `PREFIX-i` (i below 200) that the cluster places on `shard`.
+pub fn id_on(cluster: &Cluster, prefix: &str, shard: u64, nth: usize) -> String {
+    let ring = cluster.playground.topology.ring();
+    (0..200)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| ring.shard_of(id) == shard)
+        .nth(nth)
+        .expect("an id on the shard")
+}

@@ -27,8 +27,8 @@ use std::ops::Bound;
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, EntryKind, GetHoldRequest,
-    Hold, HoldState, ListHoldsRequest, ListHoldsResponse, Outcome, RequestRecord, VoidRequest,
+    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, GetHoldRequest, Hold,
+    HoldState, ListHoldsRequest, ListHoldsResponse, Outcome, RequestRecord, VoidRequest,
 };
 use wallet_proto::validate;
 
@@ -367,37 +367,29 @@ impl StateMachine {
             None
         };
         let (from_id, to_id) = (from.account_id.clone(), to.account_id.clone());
-        for account in [from, to] {
-            writes.push(Write::Account(account.clone()));
-            self.accounts.insert(account.account_id.clone(), account);
-        }
-        if let Some((from_balance, to_balance)) = moved {
-            let entry = Command {
-                request_id: hold.hold_id.clone(),
-                ..command.clone()
-            };
-            let from_seq = self.set_balance(&from_id, from_balance, writes);
-            let to_seq = self.set_balance(&to_id, to_balance, writes);
-            self.push_history(
-                &from_id,
-                from_seq,
-                &entry,
-                EntryKind::TransferOut,
-                -captured,
-                from_balance,
-                &to_id,
-                writes,
-            );
-            self.push_history(
-                &to_id,
-                to_seq,
-                &entry,
-                EntryKind::TransferIn,
-                captured,
-                to_balance,
-                &from_id,
-                writes,
-            );
+        match moved {
+            Some((from_balance, to_balance)) => {
+                self.accounts.insert(from_id.clone(), from);
+                self.accounts.insert(to_id.clone(), to);
+                let entry = Command {
+                    request_id: hold.hold_id.clone(),
+                    ..command.clone()
+                };
+                // Writes both accounts, released and with their new balances, once each.
+                self.post_transfer(
+                    &entry,
+                    (&from_id, from_balance),
+                    (&to_id, to_balance),
+                    captured,
+                    writes,
+                );
+            }
+            None => {
+                for account in [from, to] {
+                    writes.push(Write::Account(account.clone()));
+                    self.accounts.insert(account.account_id.clone(), account);
+                }
+            }
         }
         hold.state = state as i32;
         hold.captured = captured;
