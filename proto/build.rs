@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Account",
         "BalanceChange",
         "Transfer",
+        "ChainRef",
         "HistoryEntry",
         "ListTransfersResponse",
         "AuditReport",
@@ -42,6 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute(
             ".wallet.v1.Transfer.status",
             "#[serde(serialize_with = \"crate::json::transfer_status\")]",
+        )
+        .field_attribute(
+            ".wallet.v1.Transfer.chain",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
         )
         .field_attribute(
             ".wallet.v1.Account.state",

@@ -27,14 +27,14 @@ pub use wallet_proto::reason::Reason;
 use wallet_proto::v1::wallet_client::WalletClient as GrpcClient;
 pub use wallet_proto::v1::wallet_server::Wallet;
 use wallet_proto::v1::{
-    account_result, transfer_result, AuditRequest, BatchTransfer, CreateAccountBatchRequest,
+    account_result, transfer_result, AuditRequest, CreateAccountBatchRequest,
     CreateAccountBatchResponse, GetAccountRequest, GetTransferRequest, TransferBatchRequest,
     TransferBatchResponse,
 };
 pub use wallet_proto::v1::{
     Account, AccountState, AccountStateRequest, AuditReport, AuthorizeRequest, BalanceChange,
-    CaptureRequest, CreateAccountRequest, CurrencyTotals, DepositRequest, EntryKind,
-    GetHoldRequest, HistoryEntry, Hold, HoldState, ListHoldsRequest, ListHoldsResponse,
+    BatchTransfer, CaptureRequest, ChainRef, CreateAccountRequest, CurrencyTotals, DepositRequest,
+    EntryKind, GetHoldRequest, HistoryEntry, Hold, HoldState, ListHoldsRequest, ListHoldsResponse,
     ListTransfersRequest, ListTransfersResponse, Transfer, TransferRequest, TransferStatus,
     VoidRequest, WithdrawRequest,
 };
@@ -584,52 +584,98 @@ impl WalletClient {
         &self,
         items: &[TransferRequest],
     ) -> Result<Vec<Result<Transfer, WalletError>>, WalletError> {
+        let items: Vec<BatchTransfer> = items
+            .iter()
+            .map(|t| BatchTransfer {
+                transfer: Some(t.clone()),
+                linked: false,
+            })
+            .collect();
+        self.transfer_batch_linked(&items).await
+    }
+
+    /// A batch whose items may form linked chains (README § Linked chains): an item with
+    /// `linked` set is linked to the next, and a chain (the linked items plus the first unlinked
+    /// one after them) commits or aborts as a unit, across shards. One result per item: a failed
+    /// chain answers its failed item's refusal and `CHAIN_FAILED` for the others. A chain whose
+    /// outcome is not known yet (a retryable error) is sent again whole, with the same ids.
+    pub async fn transfer_batch_linked(
+        &self,
+        items: &[BatchTransfer],
+    ) -> Result<Vec<Result<Transfer, WalletError>>, WalletError> {
         if items.len() > TRANSFER_BATCH_MAX {
             return Err(WalletError {
                 reason: Reason::InvalidArgument,
                 message: format!("{} transfers; at most {TRANSFER_BATCH_MAX}", items.len()),
             });
         }
-        // One issue time for the items without one, kept for every resend.
+        // One issue time for the items without one, kept for every resend; items grouped into
+        // their chains (a lone item is a group of one), which are resent whole.
         let now = now_ms();
-        let items: Vec<TransferRequest> = items
-            .iter()
-            .map(|t| TransferRequest {
-                issued_at_ms: if t.issued_at_ms == 0 {
-                    now
-                } else {
-                    t.issued_at_ms
-                },
-                ..t.clone()
-            })
-            .collect();
-        self.batch_with_retries(&items, |todo| async move {
-            let request = TransferBatchRequest {
-                transfers: todo
-                    .into_iter()
-                    .map(|t| BatchTransfer {
-                        transfer: Some(t),
-                        linked: false,
+        let mut groups: Vec<Vec<BatchTransfer>> = Vec::new();
+        let mut open = false;
+        for item in items {
+            let mut item = item.clone();
+            if let Some(t) = item.transfer.as_mut() {
+                if t.issued_at_ms == 0 {
+                    t.issued_at_ms = now;
+                }
+            }
+            let linked = item.linked;
+            match groups.last_mut() {
+                Some(group) if open => group.push(item),
+                _ => groups.push(vec![item]),
+            }
+            open = linked;
+        }
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        let answers = self
+            .batch_with_retries(&groups, |todo| async move {
+                let sizes: Vec<usize> = todo.iter().map(Vec::len).collect();
+                let request = TransferBatchRequest {
+                    transfers: todo.into_iter().flatten().collect(),
+                };
+                let response = self
+                    .retrying(|c| {
+                        let r = request.clone();
+                        async move { c.transfer_batch(r).await }
                     })
-                    .collect(),
-            };
-            let response = self
-                .retrying(|c| {
-                    let r = request.clone();
-                    async move { c.transfer_batch(r).await }
-                })
-                .await?;
-            Ok(response
-                .results
-                .into_iter()
-                .map(|result| match result.result {
-                    Some(transfer_result::Result::Transfer(t)) => Ok(t),
-                    Some(transfer_result::Result::Error(e)) => Err(WalletError::from(e)),
-                    None => Err(no_result()),
-                })
-                .collect())
-        })
-        .await
+                    .await?;
+                let mut results = response
+                    .results
+                    .into_iter()
+                    .map(|result| match result.result {
+                        Some(transfer_result::Result::Transfer(t)) => Ok(t),
+                        Some(transfer_result::Result::Error(e)) => Err(WalletError::from(e)),
+                        None => Err(no_result()),
+                    });
+                // A group whose outcome is not known yet comes back as its retryable error.
+                Ok(sizes
+                    .into_iter()
+                    .map(|size| {
+                        let group: Vec<_> = results.by_ref().take(size).collect();
+                        if group.len() != size {
+                            return Err(no_result());
+                        }
+                        match group
+                            .iter()
+                            .find_map(|r| r.as_ref().err().filter(|e| e.reason.is_retryable()))
+                        {
+                            Some(e) => Err(e.clone()),
+                            None => Ok(group),
+                        }
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(answers
+            .into_iter()
+            .zip(sizes)
+            .flat_map(|(answer, size)| match answer {
+                Ok(group) => group,
+                Err(e) => vec![Err(e); size],
+            })
+            .collect())
     }
 
     /// The bulk path: opens up to 8 189 accounts (each may bring an `opening_balance`) in one

@@ -46,6 +46,7 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
                 Op::PrepareDebit(PrepareDebit {
                     transfer: Some(t.clone()),
                     credit_shard_id: to_shard,
+                    ..Default::default()
                 }),
             ),
         )
@@ -66,6 +67,7 @@ async fn router_dies_after(cluster: &Cluster, t: &TransferRequest, commit: bool)
                     primary_shard_id: from_shard,
                     currency,
                     primary_start_ts,
+                    ..Default::default()
                 }),
             ),
         )

@@ -137,12 +137,14 @@ fn shard_commands() -> Vec<ShardCommand> {
         Op::PrepareDebit(PrepareDebit {
             transfer: Some(t.clone()),
             credit_shard_id: 2,
+            ..Default::default()
         }),
         Op::PrepareCredit(PrepareCredit {
             transfer: Some(t),
             primary_shard_id: 1,
             currency: "USD".into(),
             primary_start_ts: u64::MAX,
+            ..Default::default()
         }),
         Op::AbortDebit(step.clone()),
         Op::ForgetTransfers(ForgetTransfers {

@@ -23,7 +23,8 @@ pub struct SnapshotLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
     /// `abort_debit` (a primary decided a prepared transfer its router left), `commit_credit` /
-    /// `abort_credit` (a credit shard applied its primary's decision).
+    /// `abort_credit` (a credit shard applied its primary's decision), `commit_chain_item` /
+    /// `abort_chain_item` (a linked chain's item settled by its anchor's decision), `expire_holds`.
     pub decision: &'static str,
 }
 

@@ -10,6 +10,10 @@
 //!
 //! So a transfer is never in doubt for much longer than the timeout after its router died.
 //!
+//! An item of a linked chain left PREPARED asks its chain's anchor to decide ABORT instead (the
+//! first decision stands there, so a chain already committed answers COMMITTED), then applies
+//! whatever the anchor holds to the item: the chain stays all or nothing.
+//!
 //! The same pass releases holds whose expiry passed (`ExpireHolds`, stamped by the oracle).
 //!
 //! The same pass lets a primary forget COMMITTED transfers whose retention window passed
@@ -99,6 +103,12 @@ async fn resolve_shard(
     let mut tasks = tokio::task::JoinSet::new();
     for transfer in stuck.prepared {
         bounded_spawn(shard_id, &mut tasks).await;
+        if transfer.chain.is_some() {
+            // An item of a linked chain follows its chain's one decision, never its own.
+            let shards = shards.clone();
+            tasks.spawn(async move { settle_chain_item(&shards, shard_id, &transfer).await });
+            continue;
+        }
         let service = service.clone();
         tasks.spawn(async move {
             let outcome = propose(
@@ -266,6 +276,27 @@ async fn resolve_intent(
             "resolved an intent whose router went away"
         );
     }
+    Ok(())
+}
+
+async fn settle_chain_item(
+    shards: &Shards,
+    shard_id: u64,
+    transfer: &Transfer,
+) -> Result<(), tonic::Status> {
+    let decision = wallet_shard_client::chain::settle_item(shards, transfer).await?;
+    count_decision(if decision.committed {
+        "commit_chain_item"
+    } else {
+        "abort_chain_item"
+    });
+    tracing::info!(
+        shard_id,
+        transfer = %transfer.transfer_id,
+        chain = %decision.chain.as_ref().map(|c| c.chain_id.as_str()).unwrap_or(""),
+        committed = decision.committed,
+        "settled an item of a linked chain whose router went away"
+    );
     Ok(())
 }
 

@@ -16,8 +16,8 @@ use wallet_proto::topology::Ring;
 use wallet_proto::topology::META_GROUP_ID;
 use wallet_proto::v1::{
     command::Op, shard_read::Query, BatchOutcome, Command, NodeStatus, Outcome, RaftAck, RaftBatch,
-    ReadResult, ReplicaStatus, ShardBatch, ShardCommand, ShardRead, SnapshotChunk, StatusRequest,
-    TsoRequest, TsoResponse,
+    ReadResult, Rejection, ReplicaStatus, ShardBatch, ShardCommand, ShardRead, SnapshotChunk,
+    StatusRequest, TsoRequest, TsoResponse,
 };
 
 use crate::inbox::{ReplicaHandle, ReplicaMsg};
@@ -150,15 +150,12 @@ impl NodeService {
             }
             Some(Op::AbortDebit(s)) => {
                 self.check_owner(shard_id, &s.account_id)?;
-                if let Some(refusal) = &s.refusal {
-                    // Stored as the transfer's outcome: a known code and a short message only.
-                    if Reason::parse(&refusal.reason).is_none()
-                        || refusal.message.len() > REFUSAL_MESSAGE_MAX
-                    {
-                        return Err(Reason::InvalidArgument
-                            .status("abort refusal must carry a reason code and a short message"));
-                    }
-                }
+                check_stored_refusal(s.refusal.as_ref())?;
+            }
+            Some(Op::ChainDecide(d)) => {
+                let chain = d.chain.as_ref();
+                self.check_owner(shard_id, chain.map_or("", |c| &c.account_id))?;
+                check_stored_refusal(d.refusal.as_ref())?;
             }
             Some(Op::CommitDebit(s) | Op::CommitCredit(s) | Op::AbortCredit(s)) => {
                 self.check_owner(shard_id, &s.account_id)?
@@ -209,6 +206,18 @@ impl NodeService {
                 replica.shard_id
             ))),
         }
+    }
+}
+
+/// A refusal a decision stores as its outcome (an abort's, a chain's): a known code and a short
+/// message only.
+fn check_stored_refusal(refusal: Option<&Rejection>) -> Result<(), Status> {
+    match refusal {
+        Some(r) if Reason::parse(&r.reason).is_none() || r.message.len() > REFUSAL_MESSAGE_MAX => {
+            Err(Reason::InvalidArgument
+                .status("a decision's refusal must carry a reason code and a short message"))
+        }
+        _ => Ok(()),
     }
 }
 

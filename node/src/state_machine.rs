@@ -26,6 +26,7 @@ use wallet_proto::v1::{
 };
 use wallet_proto::validate;
 
+pub mod chain;
 pub mod holds;
 pub mod snapshot_read;
 pub mod two_phase;
@@ -239,6 +240,7 @@ impl StateMachine {
             Some(Op::Capture(capture)) => self.capture(command, capture, writes),
             Some(Op::Void(void)) => self.void(command, void, writes),
             Some(Op::ExpireHolds(_)) => self.expire_holds(command, writes),
+            Some(Op::ChainDecide(decide)) => self.chain_decide(command, decide, writes),
             Some(Op::ExtendTso(extend)) => {
                 let previous_limit = self.tso_limit;
                 self.tso_limit = previous_limit.max(extend.limit);
@@ -703,6 +705,7 @@ impl StateMachine {
                 currency,
                 start_ts: command.ts,
                 commit_ts: command.ts,
+                chain: None,
             })),
         })
     }
@@ -908,6 +911,8 @@ pub(crate) fn record_fate(record: &RequestRecord) -> Fate {
         // A pending hold is kept; a decided or refused one is forgotten a window after.
         Some(Op::Authorize(_)) if holds::is_pending_hold(record) => Fate::Keep,
         Some(Op::Authorize(_)) => Fate::Forget,
+        // A chain's decision: a window after it was made (its items settle within seconds).
+        Some(Op::ChainDecide(_)) => Fate::Forget,
         Some(Op::PrepareDebit(_)) => {
             match record.outcome.as_ref().and_then(|o| o.result.as_ref()) {
                 Some(outcome::Result::Transfer(t)) => match TransferStatus::try_from(t.status) {

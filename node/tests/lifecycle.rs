@@ -234,6 +234,7 @@ impl Pair {
         let prepare = Op::PrepareDebit(PrepareDebit {
             transfer: Some(t.clone()),
             credit_shard_id,
+            ..Default::default()
         });
         run(self.of(&from), &t.transfer_id, prepare).0
     }
@@ -246,6 +247,7 @@ impl Pair {
             primary_shard_id,
             currency: "USD".into(),
             primary_start_ts: 0,
+            ..Default::default()
         });
         run(self.of(&to), &t.transfer_id, prepare).0
     }

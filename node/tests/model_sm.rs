@@ -440,6 +440,7 @@ impl World {
                 Op::PrepareDebit(PrepareDebit {
                     transfer: Some(request(&t)),
                     credit_shard_id,
+                    ..Default::default()
                 }),
                 self.model.prepare_debit(&t),
             ),
@@ -459,6 +460,7 @@ impl World {
                         currency,
                         // The model runs steps in any order: no primary record to pair with.
                         primary_start_ts: 0,
+                        ..Default::default()
                     }),
                     want,
                 )

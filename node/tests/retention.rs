@@ -189,6 +189,7 @@ fn cross_shard_records_are_kept_and_checked_for_expiry() {
         Op::PrepareDebit(PrepareDebit {
             transfer: Some(transfer_request("t", &from, &to, i64::MAX, issued_at_ms)),
             credit_shard_id: 2,
+            ..Default::default()
         })
     };
     let (prepared, _) = apply(&mut sm, 10_000, "t", prepare(10_000));
@@ -366,6 +367,7 @@ fn a_cross_shard_retry_stamped_anew_finds_its_intent() {
             primary_shard_id: 1,
             currency: "USD".into(),
             primary_start_ts: 0,
+            ..Default::default()
         })
     };
     let (first, _) = apply(&mut credit, 10_000, "t", prepare(i64::MAX, 10_000));
@@ -440,6 +442,7 @@ fn two_phase(
         Op::PrepareDebit(PrepareDebit {
             transfer: Some(t.clone()),
             credit_shard_id: 2,
+            ..Default::default()
         }),
     );
     let Some(outcome::Result::Transfer(prepared)) = p.result else {
@@ -454,6 +457,7 @@ fn two_phase(
             primary_shard_id: 1,
             currency: "USD".into(),
             primary_start_ts: prepared.start_ts,
+            ..Default::default()
         }),
     );
     assert!(rejection_of(&c).is_none(), "{c:?}");
@@ -511,6 +515,7 @@ fn a_committed_cross_shard_transfer_is_forgotten_only_once_confirmed_and_past_it
         Op::PrepareDebit(PrepareDebit {
             transfer: Some(pending),
             credit_shard_id: 2,
+            ..Default::default()
         }),
     );
     assert_eq!(primary.request_count(), 4, "fund, c, a, p");
@@ -607,6 +612,7 @@ fn a_pending_intent_is_never_forgotten() {
             primary_shard_id: 1,
             currency: "USD".into(),
             primary_start_ts: 0,
+            ..Default::default()
         }),
     );
     let _ = &mut primary;
@@ -659,6 +665,7 @@ fn a_cross_shard_retry_after_its_primary_forgot_it_is_refused_and_moves_no_money
         Op::PrepareDebit(PrepareDebit {
             transfer: Some(again.clone()),
             credit_shard_id: 2,
+            ..Default::default()
         }),
     );
     let Some(outcome::Result::Transfer(prepared)) = p.result else {
@@ -674,6 +681,7 @@ fn a_cross_shard_retry_after_its_primary_forgot_it_is_refused_and_moves_no_money
             primary_shard_id: 1,
             currency: "USD".into(),
             primary_start_ts: prepared.start_ts,
+            ..Default::default()
         }),
     );
     assert_eq!(rejection_of(&c), Some(Reason::RequestExpired), "{c:?}");
@@ -713,6 +721,7 @@ fn a_commit_older_than_the_prepared_record_is_refused() {
         Op::PrepareDebit(PrepareDebit {
             transfer: Some(t),
             credit_shard_id: 2,
+            ..Default::default()
         }),
     );
     let step = TransferStep {
@@ -755,6 +764,7 @@ fn an_intent_from_before_primary_start_ts_was_kept_still_refuses_a_newer_record(
             primary_shard_id: 1,
             currency: "USD".into(),
             primary_start_ts,
+            ..Default::default()
         })
     };
     // An intent as an older release stored it: no primary_start_ts, started at 10 000 ms.

@@ -108,6 +108,7 @@ impl Shards {
             Op::PrepareDebit(PrepareDebit {
                 transfer: Some(t.clone()),
                 credit_shard_id,
+                ..Default::default()
             }),
         )
     }
@@ -123,6 +124,7 @@ impl Shards {
                 primary_shard_id,
                 currency: currency.into(),
                 primary_start_ts: 0,
+                ..Default::default()
             }),
         )
     }
@@ -321,6 +323,7 @@ fn bad_prepares_are_refused_and_write_nothing() {
         Op::PrepareDebit(PrepareDebit {
             transfer: Some(wrong),
             credit_shard_id: 2,
+            ..Default::default()
         }),
     );
     assert_eq!(rejection_of(&o), Some(Reason::WrongShard));

@@ -52,11 +52,12 @@ pub enum Reason {
     HoldNotFound,
     HoldExpired,
     HoldNotPending,
+    ChainFailed,
 }
 
 impl Reason {
     /// Every code, for documentation tests and parsing.
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::InsufficientFunds,
         Reason::AccountNotFound,
         Reason::AccountExists,
@@ -89,6 +90,7 @@ impl Reason {
         Reason::HoldNotFound,
         Reason::HoldExpired,
         Reason::HoldNotPending,
+        Reason::ChainFailed,
     ];
 
     /// The stable text of the code.
@@ -126,6 +128,7 @@ impl Reason {
             Reason::HoldNotFound => "HOLD_NOT_FOUND",
             Reason::HoldExpired => "HOLD_EXPIRED",
             Reason::HoldNotPending => "HOLD_NOT_PENDING",
+            Reason::ChainFailed => "CHAIN_FAILED",
         }
     }
 
@@ -148,6 +151,7 @@ impl Reason {
             | Reason::AccountNotEmpty
             | Reason::HoldExpired
             | Reason::HoldNotPending
+            | Reason::ChainFailed
             | Reason::CrossShardNotSupported => Code::FailedPrecondition,
             Reason::AccountNotFound | Reason::TransferNotFound | Reason::HoldNotFound => {
                 Code::NotFound

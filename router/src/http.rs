@@ -60,6 +60,7 @@ pub fn http_status(reason: Reason) -> StatusCode {
         | Reason::AccountNotEmpty
         | Reason::HoldExpired
         | Reason::HoldNotPending
+        | Reason::ChainFailed
         // The caller's `at_ts` is older than the shard keeps: asking again cannot help.
         | Reason::SnapshotTooOld => StatusCode::UNPROCESSABLE_ENTITY,
         Reason::Overloaded => StatusCode::TOO_MANY_REQUESTS,

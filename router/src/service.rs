@@ -568,35 +568,64 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
     ) -> Result<Response<TransferBatchResponse>, Status> {
         let items = request.into_inner().transfers;
         let _permits = self.admit_batch("transfers", items.len())?;
-        let tasks: Vec<_> =
-            items
-                .into_iter()
-                .map(|item| {
-                    let service = self.clone();
-                    tokio::spawn(async move {
-                        match item.transfer {
-                            _ if item.linked => Err(Reason::InvalidArgument
-                                .status("linked chains are not supported yet")),
-                            None => {
-                                Err(Reason::InvalidArgument.status("batch item without a transfer"))
-                            }
-                            Some(transfer) => service.transfer_admitted(transfer).await,
+        // Independent items run one task each; each linked chain runs as one task that answers
+        // for all its items (README § Linked chains).
+        let mut tasks = Vec::new();
+        let mut chain: Vec<TransferRequest> = Vec::new();
+        for item in items {
+            let linked = item.linked;
+            if !linked && chain.is_empty() {
+                let service = self.clone();
+                tasks.push(tokio::spawn(async move {
+                    vec![match item.transfer {
+                        None => {
+                            Err(Reason::InvalidArgument.status("batch item without a transfer"))
                         }
-                    })
-                })
-                .collect();
-        let mut results = Vec::with_capacity(tasks.len());
+                        Some(transfer) => service.transfer_admitted(transfer).await,
+                    }]
+                }));
+                continue;
+            }
+            // An item without a transfer fails the chain's checks (its ids are empty).
+            chain.push(item.transfer.unwrap_or_default());
+            if !linked {
+                let items = std::mem::take(&mut chain);
+                let (shards, timestamps) = (self.shards.clone(), self.timestamps.clone());
+                tasks.push(tokio::spawn(async move {
+                    match wallet_shard_client::chain::check(&items) {
+                        Err((i, refusal)) => {
+                            wallet_shard_client::chain::failed(items.len(), Some(i), &refusal)
+                        }
+                        Ok(()) => wallet_shard_client::chain::run(shards, timestamps, items).await,
+                    }
+                }));
+            }
+        }
+        let mut results = Vec::new();
         for task in tasks {
-            let result = match task.await {
-                Ok(Ok(transfer)) => transfer_result::Result::Transfer(transfer),
-                Ok(Err(status)) => transfer_result::Result::Error(batch_error(&status)),
-                Err(e) => transfer_result::Result::Error(batch_error(
-                    &Reason::Internal.status(e.to_string()),
-                )),
-            };
-            results.push(TransferResult {
-                result: Some(result),
-            });
+            let answers = task
+                .await
+                .unwrap_or_else(|e| vec![Err(Reason::Internal.status(e.to_string()))]);
+            for answer in answers {
+                let result = match answer {
+                    Ok(transfer) => transfer_result::Result::Transfer(transfer),
+                    Err(status) => transfer_result::Result::Error(batch_error(&status)),
+                };
+                results.push(TransferResult {
+                    result: Some(result),
+                });
+            }
+        }
+        if !chain.is_empty() {
+            let refusal = Reason::InvalidArgument
+                .refuse("the batch ends inside a chain: its last item must not be linked");
+            let open =
+                wallet_shard_client::chain::failed(chain.len(), Some(chain.len() - 1), &refusal);
+            results.extend(open.into_iter().map(|answer| TransferResult {
+                result: Some(transfer_result::Result::Error(batch_error(
+                    &answer.err().unwrap_or_else(|| refusal.status()),
+                ))),
+            }));
         }
         Ok(Response::new(TransferBatchResponse { results }))
     }

@@ -7,6 +7,29 @@
 //! - [`timestamps`]: oracle timestamps for commands, batched.
 //! - [`two_phase`]: the coordinator of a transfer between accounts on different shards, and the
 //!   settling of an intent left behind by a coordinator that stopped.
+//! - [`chain`]: the coordinator of a linked chain of transfers, decided once on one shard, and
+//!   the settling of a chain's item left behind.
+
+/// A failpoint on the coordinator's path, compiled in only with the `failpoints` feature and armed
+/// at run time with `FAILPOINTS=<name>=<action>`: `return(exit)` ends the router process right
+/// there (a router crash mid-transfer), `return` fails the request with UNAVAILABLE, `panic`
+/// panics, which ends the router (fail-stop). Names: in [`two_phase`], `after-prepare-debit`,
+/// `after-prepare-credit`, `before-commit-primary`, `after-commit-primary`, `before-commit-credit`
+/// (and `commit-credit-lost`); in [`chain`], `chain-after-prepare`, `chain-after-decide`,
+/// `chain-after-first-commit`.
+macro_rules! failpoint {
+    ($name:literal) => {
+        fail::fail_point!($name, |arg: Option<String>| {
+            if arg.as_deref() == Some("exit") {
+                tracing::error!(failpoint = $name, "failpoint: router exits");
+                std::process::exit(86);
+            }
+            Err(wallet_proto::reason::Reason::Unavailable.status(concat!("failpoint ", $name)))
+        })
+    };
+}
+
+pub mod chain;
 pub mod shards;
 pub mod timestamps;
 pub mod two_phase;

@@ -27,25 +27,7 @@ use wallet_proto::v1::{
 use crate::shards::Shards;
 use crate::timestamps::Timestamps;
 
-/// A failpoint on the coordinator's path, compiled in only with the `failpoints` feature and armed
-/// at run time with `FAILPOINTS=<name>=<action>`: `return(exit)` ends the router process right
-/// there (a router crash mid-transfer), `return` fails the request with UNAVAILABLE, `panic`
-/// panics, which ends the router (fail-stop). Names: `after-prepare-debit`, `after-prepare-credit`,
-/// `before-commit-primary`, `after-commit-primary`, `before-commit-credit`; and
-/// `commit-credit-lost` in [`commit_credit`].
-macro_rules! failpoint {
-    ($name:literal) => {
-        fail::fail_point!($name, |arg: Option<String>| {
-            if arg.as_deref() == Some("exit") {
-                tracing::error!(failpoint = $name, "failpoint: router exits");
-                std::process::exit(86);
-            }
-            Err(Reason::Unavailable.status(concat!("failpoint ", $name)))
-        })
-    };
-}
-
-fn command(transfer_id: &str, ts: u64, op: Op) -> Command {
+pub(crate) fn command(transfer_id: &str, ts: u64, op: Op) -> Command {
     Command {
         request_id: transfer_id.to_string(),
         at_ms: 0,
@@ -55,7 +37,7 @@ fn command(transfer_id: &str, ts: u64, op: Op) -> Command {
 }
 
 /// The transfer in an outcome, or the refusal as a status.
-fn transfer_of(outcome: Outcome) -> Result<Transfer, Status> {
+pub(crate) fn transfer_of(outcome: Outcome) -> Result<Transfer, Status> {
     match outcome.result {
         Some(outcome::Result::Transfer(t)) => Ok(t),
         Some(outcome::Result::Rejected(r)) => Err(Refusal::of_rejection(&r).into()),
@@ -73,7 +55,7 @@ pub fn credit_step(t: &TransferRequest) -> TransferStep {
     }
 }
 
-fn status_of(t: &Transfer) -> TransferStatus {
+pub(crate) fn status_of(t: &Transfer) -> TransferStatus {
     TransferStatus::try_from(t.status).unwrap_or(TransferStatus::Unspecified)
 }
 
@@ -98,6 +80,7 @@ pub async fn transfer(
     let prepare = Op::PrepareDebit(PrepareDebit {
         transfer: Some(request.clone()),
         credit_shard_id: to_shard,
+        chain: None,
     });
     let prepared = transfer_of(
         timestamps
@@ -120,6 +103,7 @@ pub async fn transfer(
         primary_shard_id: from_shard,
         currency: prepared.currency.clone(),
         primary_start_ts: prepared.start_ts,
+        linked: false,
     });
     // The intent gets its own start timestamp (a snapshot read waits for intents started before
     // it; this one's commit timestamp, taken later, is above its start either way).
@@ -171,7 +155,11 @@ pub async fn transfer(
 ///
 /// `committed` is the primary's record: it carries the commit timestamp of the first commit (a
 /// retry's own commit_ts is ignored by the primary), which the credit takes too.
-async fn commit_credit(shards: &Shards, to_shard: u64, committed: &Transfer) -> Result<(), Status> {
+pub(crate) async fn commit_credit(
+    shards: &Shards,
+    to_shard: u64,
+    committed: &Transfer,
+) -> Result<(), Status> {
     let step = credit_step(&TransferRequest {
         transfer_id: committed.transfer_id.clone(),
         from_account_id: committed.from_account_id.clone(),

@@ -5,9 +5,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use wallet_client::{
     fresh_id, Account, AccountState, AccountStateRequest, AuthorizeRequest, BalanceChange,
-    ClientOptions, DepositRequest, EntryKind, Hold, HoldState, Lifecycle, ListHoldsRequest,
-    ListTransfersRequest, Transfer, TransferRequest, TransferStatus, WalletClient, WalletError,
-    WithdrawRequest,
+    BatchTransfer, ClientOptions, DepositRequest, EntryKind, Hold, HoldState, Lifecycle,
+    ListHoldsRequest, ListTransfersRequest, Transfer, TransferRequest, TransferStatus,
+    WalletClient, WalletError, WithdrawRequest,
 };
 
 #[derive(Parser, Debug)]
@@ -81,8 +81,9 @@ enum Commands {
         issued_at_ms: i64,
     },
     /// Many transfers from a JSON-lines file, one `{"id","from","to","amount"}` per line, sent
-    /// through the batch API (8 189 per call). Prints one result per line; exits 4 if any line
-    /// was refused. `"linked": true` (chains) is not supported yet and refused before sending.
+    /// through the batch API (8 189 per call). A line with `"linked": true` is linked to the
+    /// next: the chain commits or aborts as a unit (README § Linked chains). Prints one result
+    /// per line; exits 4 if any line was refused.
     Batch {
         /// The file (`-` for standard input).
         file: std::path::PathBuf,
@@ -622,7 +623,7 @@ struct BatchLine {
 }
 
 /// Reads a batch file: every line must parse, or nothing is sent.
-fn read_batch(file: &std::path::Path) -> Result<Vec<(usize, TransferRequest)>, WalletError> {
+fn read_batch(file: &std::path::Path) -> Result<Vec<(usize, BatchTransfer)>, WalletError> {
     let bad = |message: String| WalletError {
         reason: wallet_client::Reason::InvalidArgument,
         message,
@@ -641,23 +642,42 @@ fn read_batch(file: &std::path::Path) -> Result<Vec<(usize, TransferRequest)>, W
         let line_no = index + 1;
         let parsed: BatchLine =
             serde_json::from_str(line).map_err(|e| bad(format!("line {line_no}: {e}")))?;
-        if parsed.linked {
-            return Err(bad(format!(
-                "line {line_no}: linked chains are not supported yet"
-            )));
-        }
         items.push((
             line_no,
-            TransferRequest {
-                transfer_id: parsed.id,
-                from_account_id: parsed.from,
-                to_account_id: parsed.to,
-                amount: parsed.amount,
-                issued_at_ms: parsed.issued_at_ms,
+            BatchTransfer {
+                transfer: Some(TransferRequest {
+                    transfer_id: parsed.id,
+                    from_account_id: parsed.from,
+                    to_account_id: parsed.to,
+                    amount: parsed.amount,
+                    issued_at_ms: parsed.issued_at_ms,
+                }),
+                linked: parsed.linked,
             },
         ));
     }
     Ok(items)
+}
+
+/// Splits a batch file's items into calls of at most 8 189 items, never splitting a chain (a
+/// chain longer than that is sent alone, and refused whole).
+fn batch_calls(items: &[(usize, BatchTransfer)]) -> Vec<&[(usize, BatchTransfer)]> {
+    let mut calls = Vec::new();
+    let (mut start, mut chain_start) = (0, 0);
+    for (i, (_, item)) in items.iter().enumerate() {
+        let ends_group = !item.linked;
+        if ends_group {
+            if i + 1 - start > wallet_client::TRANSFER_BATCH_MAX && chain_start > start {
+                calls.push(&items[start..chain_start]);
+                start = chain_start;
+            }
+            chain_start = i + 1;
+        }
+    }
+    if start < items.len() {
+        calls.push(&items[start..]);
+    }
+    calls
 }
 
 /// Sends a batch file; prints one result per line. Ok(true) if every line went through.
@@ -667,10 +687,11 @@ async fn run_batch(cli: &Cli, file: &std::path::Path) -> Result<bool, WalletErro
     let mut all_ok = true;
     let mut json_lines = Vec::new();
     let (mut ok, mut refused) = (0usize, 0usize);
-    for chunk in items.chunks(wallet_client::TRANSFER_BATCH_MAX) {
-        let requests: Vec<TransferRequest> = chunk.iter().map(|(_, r)| r.clone()).collect();
-        let results = client.transfer_batch(&requests).await?;
-        for ((line, request), result) in chunk.iter().zip(results) {
+    for chunk in batch_calls(&items) {
+        let requests: Vec<BatchTransfer> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let results = client.transfer_batch_linked(&requests).await?;
+        for ((line, item), result) in chunk.iter().zip(results) {
+            let request = item.transfer.clone().unwrap_or_default();
             match result {
                 Ok(t) => {
                     ok += 1;

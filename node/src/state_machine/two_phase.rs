@@ -115,6 +115,7 @@ fn intent_transfer(intent: &Intent, status: TransferStatus) -> Transfer {
         currency: String::new(),
         start_ts: intent.start_ts,
         commit_ts: intent.commit_ts,
+        chain: None,
     }
 }
 
@@ -142,7 +143,13 @@ impl StateMachine {
         check_transfer(command, t)?;
         self.check_owned(&t.from_account_id)?;
         let credit_shard = self.ring.shard_of(&t.to_account_id);
-        if credit_shard == self.shard_id || credit_shard != prepare.credit_shard_id {
+        if let Some(chain) = &prepare.chain {
+            super::chain::check_chain_ref(chain)?;
+        }
+        // A chain's item goes two-phase wherever its accounts live; a lone transfer only across
+        // shards (within one, it is one entry).
+        let same_shard_refused = credit_shard == self.shard_id && prepare.chain.is_none();
+        if same_shard_refused || credit_shard != prepare.credit_shard_id {
             return Err(Refusal::new(
                 Reason::InvalidArgument,
                 format!(
@@ -208,6 +215,7 @@ impl StateMachine {
                 currency,
                 start_ts: command.ts,
                 commit_ts: 0,
+                chain: prepare.chain.clone(),
             })
         };
         self.remember(key, command, outcome.clone(), t.issued_at_ms, writes);
@@ -239,10 +247,10 @@ impl StateMachine {
                 format!("no transfer {} from {}", step.transfer_id, step.account_id),
             ));
         };
-        let is_two_phase = matches!(
-            record.command.as_ref().and_then(|c| c.op.as_ref()),
-            Some(Op::PrepareDebit(_))
-        );
+        let (is_two_phase, linked) = match record.command.as_ref().and_then(|c| c.op.as_ref()) {
+            Some(Op::PrepareDebit(p)) => (true, p.chain.is_some()),
+            _ => (false, false),
+        };
         let current = record.outcome.clone().unwrap_or_default();
         let transfer = match (&current.result, is_two_phase) {
             (Some(outcome::Result::Transfer(t)), true) => t.clone(),
@@ -289,10 +297,12 @@ impl StateMachine {
         // The commit point is here: a debit account frozen since the prepare lets no money out,
         // so the commit becomes an abort that remembers why (the router then aborts the credit
         // side; recovery reads the refusal as an abort). A credit promised before a freeze
-        // still lands (`decide_credit`): its debit had left already.
+        // still lands (`decide_credit`): its debit had left already. A chain's item is the
+        // exception: its chain committed as a unit, so every item commits (its money was checked
+        // movable when it was prepared).
         let mut refusal = step.refusal.clone();
         let mut commit = commit;
-        if commit {
+        if commit && !linked {
             if let Err(frozen) = movable(&account) {
                 if frozen.reason == Reason::CorruptRecord {
                     return Outcome::from(frozen);
@@ -445,7 +455,7 @@ impl StateMachine {
             return Outcome::from(refusal);
         }
         if self.ring.shard_of(&t.from_account_id) != prepare.primary_shard_id
-            || prepare.primary_shard_id == self.shard_id
+            || (prepare.primary_shard_id == self.shard_id && !prepare.linked)
         {
             return Outcome::from(Refusal::new(Reason::InvalidArgument, "wrong primary shard"));
         }

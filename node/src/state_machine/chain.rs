@@ -1,0 +1,143 @@
+//! The decision record of a linked chain (README § Linked chains): the state machine's side.
+//!
+//! A chain's items are prepared like cross-shard transfers (`PrepareDebit` naming the chain,
+//! `PrepareCredit` flagged `linked`), on whatever shards their accounts live. Whether they commit
+//! is decided once, here, by `ChainDecide` on the shard of the first item's debit account:
+//! - the first `ChainDecide` for a chain writes its decision (COMMITTED at the command's
+//!   timestamp, or ABORTED with the item that failed it and that item's refusal);
+//! - every later one, whoever sends it (a retry, a second router, recovery asking on behalf of an
+//!   item left PREPARED), answers that first decision and changes nothing.
+//!
+//! So an abort asked by recovery before the router's commit wins, and the router's commit then
+//! hears ABORTED: the items follow the one record. The record is a request record keyed by
+//! (first debit account, `CHAIN_SUFFIX` appended to the chain id); ids cannot contain the suffix's
+//! `#`, so it never meets a request's own record. It is forgotten a retention window after the
+//! decision, like a decided transfer.
+
+use wallet_proto::reason::Reason;
+use wallet_proto::v1::{outcome, ChainDecide, ChainDecision, ChainRef, Command, Outcome};
+use wallet_proto::validate;
+
+use super::{Refusal, StateMachine, Writes};
+
+/// Appended to a chain id to name its decision record.
+pub const CHAIN_SUFFIX: &str = "#chain";
+
+/// The request-record key of a chain's decision.
+pub fn decision_key(chain: &ChainRef) -> (String, String) {
+    (
+        chain.account_id.clone(),
+        format!("{}{CHAIN_SUFFIX}", chain.chain_id),
+    )
+}
+
+/// Checks a chain reference's shape: ids, and 2..=TRANSFER_BATCH_MAX items.
+pub fn check_chain_ref(chain: &ChainRef) -> Result<(), Refusal> {
+    validate::id("chain account id", &chain.account_id)?;
+    validate::id("chain id", &chain.chain_id)?;
+    if chain.legs < 2 || chain.legs as usize > wallet_proto::TRANSFER_BATCH_MAX {
+        return Err(Refusal::new(
+            Reason::InvalidArgument,
+            format!(
+                "a chain has 2 to {} items, not {}",
+                wallet_proto::TRANSFER_BATCH_MAX,
+                chain.legs
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl StateMachine {
+    pub(crate) fn chain_decide(
+        &mut self,
+        command: &Command,
+        decide: &ChainDecide,
+        writes: &mut Writes,
+    ) -> Outcome {
+        self.try_chain_decide(command, decide, writes)
+            .unwrap_or_else(Outcome::from)
+    }
+
+    fn try_chain_decide(
+        &mut self,
+        command: &Command,
+        decide: &ChainDecide,
+        writes: &mut Writes,
+    ) -> Result<Outcome, Refusal> {
+        let chain = decide
+            .chain
+            .as_ref()
+            .ok_or_else(|| Refusal::new(Reason::InvalidArgument, "decision without a chain"))?;
+        check_chain_ref(chain)?;
+        self.check_owned(&chain.account_id)?;
+        if decide.failed_item > chain.legs {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!("item {} is not in the chain", decide.failed_item),
+            ));
+        }
+        let key = decision_key(chain);
+        if let Some(record) = self.requests.get(&key) {
+            let first = record.outcome.clone().unwrap_or_default();
+            return match &first.result {
+                Some(outcome::Result::Chain(decision))
+                    if decision.chain.as_ref() == Some(chain) =>
+                {
+                    Ok(first)
+                }
+                _ => Err(Refusal::new(
+                    Reason::IdReused,
+                    format!(
+                        "chain id {} was used on account {} for another chain",
+                        chain.chain_id, chain.account_id
+                    ),
+                )),
+            };
+        }
+        if decide.commit && command.ts == 0 {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "a chain commits at a timestamp",
+            ));
+        }
+        let decision = if decide.commit {
+            ChainDecision {
+                chain: Some(chain.clone()),
+                committed: true,
+                commit_ts: command.ts,
+                failed_item: 0,
+                refusal: None,
+            }
+        } else {
+            ChainDecision {
+                chain: Some(chain.clone()),
+                committed: false,
+                commit_ts: 0,
+                failed_item: decide.failed_item,
+                refusal: decide.refusal.clone(),
+            }
+        };
+        let outcome = Outcome {
+            result: Some(outcome::Result::Chain(decision)),
+        };
+        // Kept a window after the decision (issued now).
+        self.remember(key, command, outcome.clone(), 0, writes);
+        Ok(outcome)
+    }
+
+    /// The chain's decision, if made and still kept.
+    pub fn chain_decision(&self, chain: &ChainRef) -> Option<ChainDecision> {
+        match self
+            .requests
+            .get(&decision_key(chain))?
+            .outcome
+            .as_ref()?
+            .result
+            .as_ref()?
+        {
+            outcome::Result::Chain(decision) => Some(decision.clone()),
+            _ => None,
+        }
+    }
+}
