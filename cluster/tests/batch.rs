@@ -183,16 +183,21 @@ async fn a_full_batch_of_random_pairs_conserves_money_and_too_many_items_are_ref
         wallet_proto::reason::of_status(&status),
         Reason::InvalidArgument
     );
-    // A linked item (chains come later) is refused in its slot; its neighbour goes through.
+    // A batch that ends inside a chain (its last item linked): the chain is refused, its last
+    // item with INVALID_ARGUMENT, the others with CHAIN_FAILED; the item before it goes through.
     let request = TransferBatchRequest {
         transfers: vec![
+            BatchTransfer {
+                transfer: Some(transfer("l0", &ids[0], &ids[1], 1)),
+                linked: false,
+            },
             BatchTransfer {
                 transfer: Some(transfer("l1", &ids[0], &ids[1], 1)),
                 linked: true,
             },
             BatchTransfer {
                 transfer: Some(transfer("l2", &ids[0], &ids[1], 1)),
-                linked: false,
+                linked: true,
             },
         ],
     };
@@ -201,14 +206,22 @@ async fn a_full_batch_of_random_pairs_conserves_money_and_too_many_items_are_ref
         .await
         .expect("batch")
         .into_inner();
-    match &results.results[0].result {
-        Some(transfer_result::Result::Error(e)) => assert_eq!(e.reason, "INVALID_ARGUMENT"),
-        other => panic!("linked item: {other:?}"),
-    }
     assert!(matches!(
-        results.results[1].result,
+        results.results[0].result,
         Some(transfer_result::Result::Transfer(_))
     ));
+    match &results.results[1].result {
+        Some(transfer_result::Result::Error(e)) => assert_eq!(e.reason, "CHAIN_FAILED"),
+        other => panic!("linked item: {other:?}"),
+    }
+    match &results.results[2].result {
+        Some(transfer_result::Result::Error(e)) => assert_eq!(e.reason, "INVALID_ARGUMENT"),
+        other => panic!("open chain's last item: {other:?}"),
+    }
+    for id in ["l1", "l2"] {
+        let e = client.get_transfer(id, &ids[0]).await.unwrap_err();
+        assert_eq!(e.reason, Reason::TransferNotFound, "{id} was never sent");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,3 +222,96 @@ async fn an_acknowledged_credit_is_seen_by_the_next_read() {
     let _ = router.kill();
     let _ = router.wait();
 }
+
+/// The router dies at `point` in the middle of a linked chain of three items over both shards
+/// (a → c, c → b, b → d; a, b on shard 1, c, d on shard 2): the nodes' recovery settles every item
+/// the way the chain's one decision says, or aborts them all if none was made (G2).
+async fn chain_router_killed_at(point: &str, expect_committed: bool) {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 2, 1000).await;
+    let (a, b, c, d) = (
+        on1[0].clone(),
+        on1[1].clone(),
+        on2[0].clone(),
+        on2[1].clone(),
+    );
+    let all = [a.clone(), b.clone(), c.clone(), d.clone()];
+    let (mut router, faulty) = faulty_router(&cluster, &format!("{point}=return(exit)"));
+    let item =
+        |id: &str, from: &str, to: &str, amount: i64, linked: bool| wallet_client::BatchTransfer {
+            transfer: Some(wallet_client::TransferRequest {
+                transfer_id: format!("{point}-{id}"),
+                from_account_id: from.into(),
+                to_account_id: to.into(),
+                amount,
+                issued_at_ms: 0,
+            }),
+            linked,
+        };
+    let chain = vec![
+        item("1", &a, &c, 100, true),
+        item("2", &c, &b, 50, true),
+        item("3", &b, &d, 25, false),
+    ];
+    let answered = faulty.transfer_batch_linked(&chain).await;
+    let none_ok = match &answered {
+        Err(_) => true,
+        Ok(results) => results.iter().all(|r| r.is_err()),
+    };
+    assert!(none_ok, "the router died before answering: {answered:?}");
+    assert_eq!(wait_exit(&mut router), Some(86), "router exited at {point}");
+
+    let balances = settled(&client, &all).await;
+    assert_eq!(balances.values().sum::<i64>(), 4000, "G1 at {point}");
+    let expected = if expect_committed {
+        [900, 1025, 1050, 1025]
+    } else {
+        [1000; 4]
+    };
+    let got: Vec<i64> = all.iter().map(|id| balances[id]).collect();
+    assert_eq!(got, expected, "G2 at {point}: every item or none");
+    let want = if expect_committed {
+        TransferStatus::Committed
+    } else {
+        TransferStatus::Aborted
+    };
+    for (n, from) in [(1, &a), (2, &c), (3, &b)] {
+        let id = format!("{point}-{n}");
+        // An item the router never prepared is not kept at all (it can never commit).
+        match client.get_transfer(&id, from).await {
+            Ok(t) => assert_eq!(t.status, want as i32, "{id} at {point}"),
+            Err(e) => {
+                assert!(!expect_committed, "{id}: {e}");
+                assert_eq!(e.reason, Reason::TransferNotFound);
+            }
+        }
+    }
+    let audit = client.audit().await.unwrap();
+    assert_eq!(audit.totals[0].balances, "4000", "audit at {point}");
+    // G4: the same chain again through a healthy router answers the decision and changes nothing.
+    let retry = client.transfer_batch_linked(&chain).await.expect("batch");
+    assert_eq!(
+        retry.iter().filter(|r| r.is_ok()).count(),
+        if expect_committed { 3 } else { 0 },
+        "retry at {point}: {retry:?}"
+    );
+    let again = settled(&client, &all).await;
+    assert_eq!(again, balances, "the retry changed nothing at {point}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_router_killed_after_every_item_prepared() {
+    chain_router_killed_at("chain-after-prepare", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_router_killed_after_the_decision() {
+    chain_router_killed_at("chain-after-decide", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_router_killed_after_the_first_item_committed() {
+    chain_router_killed_at("chain-after-first-commit", true).await;
+}

@@ -311,11 +311,16 @@ fn status_name(status: i32) -> &'static str {
 }
 
 fn transfer_json(t: &Transfer) -> serde_json::Value {
-    json!({"transfer_id": t.transfer_id, "from_account_id": t.from_account_id,
+    let mut value = json!({"transfer_id": t.transfer_id, "from_account_id": t.from_account_id,
            "to_account_id": t.to_account_id, "amount": t.amount,
            "status": status_name(t.status), "currency": t.currency,
            "created_at_ms": t.created_at_ms, "from_balance_after": t.from_balance_after,
-           "start_ts": t.start_ts, "commit_ts": t.commit_ts})
+           "start_ts": t.start_ts, "commit_ts": t.commit_ts});
+    if let Some(chain) = &t.chain {
+        value["chain"] = json!({"account_id": chain.account_id, "chain_id": chain.chain_id,
+                                "legs": chain.legs});
+    }
+    value
 }
 
 fn kind_name(kind: i32) -> &'static str {

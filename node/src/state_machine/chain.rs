@@ -10,9 +10,9 @@
 //!
 //! So an abort asked by recovery before the router's commit wins, and the router's commit then
 //! hears ABORTED: the items follow the one record. The record is a request record keyed by
-//! (first debit account, `CHAIN_SUFFIX` appended to the chain id); ids cannot contain the suffix's
-//! `#`, so it never meets a request's own record. It is forgotten a retention window after the
-//! decision, like a decided transfer.
+//! (first debit account, chain id + `CHAIN_SUFFIX` + length and digest, [`decision_key`]); ids
+//! cannot contain the suffix's `#`, so it never meets a request's own record. It is forgotten a
+//! retention window after the decision, like a decided transfer.
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{outcome, ChainDecide, ChainDecision, ChainRef, Command, Outcome};
@@ -23,11 +23,16 @@ use super::{Refusal, StateMachine, Writes};
 /// Appended to a chain id to name its decision record.
 pub const CHAIN_SUFFIX: &str = "#chain";
 
-/// The request-record key of a chain's decision.
+/// The request-record key of a chain's decision: its anchor account, and its id with its length
+/// and digest, so two chains that share a first item (a reused id: the second is refused at that
+/// item's prepare) each have their own decision, and neither can block the other's items.
 pub fn decision_key(chain: &ChainRef) -> (String, String) {
     (
         chain.account_id.clone(),
-        format!("{}{CHAIN_SUFFIX}", chain.chain_id),
+        format!(
+            "{}{CHAIN_SUFFIX}/{}/{:08x}",
+            chain.chain_id, chain.legs, chain.digest
+        ),
     )
 }
 
