@@ -32,6 +32,9 @@ pub struct BenchOptions {
     pub pairs: Pairs,
     /// Transfers per request through the batch API (0: one `Transfer` call each).
     pub batch: usize,
+    /// Items per linked chain (README § Linked chains): each call is one chain of this many
+    /// transfers that commit or abort together (0: no chains).
+    pub chain: usize,
     /// Money each account starts with.
     pub initial_balance: i64,
     /// Concurrent calls while opening and funding the accounts.
@@ -137,6 +140,8 @@ impl BenchReport {
             self.options.clients,
             if self.options.pairs == Pairs::Card {
                 "each an authorize then a capture of the whole hold".to_string()
+            } else if self.options.chain > 0 {
+                format!("linked chains of {} transfers", self.options.chain)
             } else if self.options.batch == 0 {
                 "one transfer per call".to_string()
             } else {
@@ -210,6 +215,7 @@ impl BenchReport {
             "pairs": format!("{:?}", self.options.pairs),
             "clients": self.options.clients,
             "batch": self.options.batch,
+            "chain": self.options.chain,
             "accounts": self.options.accounts,
             "seconds": self.elapsed.as_secs_f64(),
             "transfers": self.transfers,
@@ -369,8 +375,17 @@ pub async fn run(
     let ids: Vec<String> = (0..options.accounts)
         .map(|i| format!("{}-{i}", options.prefix))
         .collect();
-    if options.pairs == Pairs::Card && options.batch > 0 {
-        return Err("--pairs card has no batch API: leave --batch out".into());
+    if options.pairs == Pairs::Card && (options.batch > 0 || options.chain > 0) {
+        return Err("--pairs card has no batch API: leave --batch and --chain out".into());
+    }
+    if options.chain > 0 && options.batch > 0 {
+        return Err("--chain sends one chain per call: leave --batch out".into());
+    }
+    if options.chain == 1 || options.chain > wallet_client::TRANSFER_BATCH_MAX {
+        return Err(format!(
+            "--chain takes 2 to {} items",
+            wallet_client::TRANSFER_BATCH_MAX
+        ));
     }
     let pairing = Arc::new(Pairing::new(&ids, &ring, options.pairs)?);
     let ids = Arc::new(ids);
@@ -425,6 +440,7 @@ pub async fn run(
         let pairing = pairing.clone();
         let live = live.clone();
         let options_batch = options.batch.min(wallet_client::TRANSFER_BATCH_MAX);
+        let chain = options.chain;
         workers.push(tokio::spawn(async move {
             let mut rng = Rng::for_worker(worker);
             let mut latency = histogram();
@@ -433,8 +449,9 @@ pub async fn run(
             let batch = options_batch;
             let card = pairing.pairs == Pairs::Card;
             while Instant::now() < end && n < 100_000_000 {
-                let mut items = Vec::with_capacity(batch.max(1));
-                for _ in 0..batch.max(1) {
+                let size = if chain > 0 { chain } else { batch.max(1) };
+                let mut items = Vec::with_capacity(size);
+                for _ in 0..size {
                     n += 1;
                     let (from, to) = pairing.pair(&mut rng);
                     items.push(TransferRequest {
@@ -466,6 +483,23 @@ pub async fn run(
                                 Ok(_) => (1, Vec::new()),
                                 Err(e) => (0, vec![e]),
                             }
+                        }
+                        Err(e) => (0, vec![e]),
+                    }
+                } else if chain > 0 {
+                    let linked: Vec<wallet_client::BatchTransfer> = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| wallet_client::BatchTransfer {
+                            transfer: Some(t.clone()),
+                            linked: i + 1 < items.len(),
+                        })
+                        .collect();
+                    match client.transfer_batch_linked(&linked).await {
+                        Ok(results) => {
+                            let refused: Vec<WalletError> =
+                                results.into_iter().filter_map(Result::err).collect();
+                            (items.len() - refused.len(), refused)
                         }
                         Err(e) => (0, vec![e]),
                     }

@@ -102,6 +102,7 @@ fn shard_commands() -> Vec<ShardCommand> {
         account_id: "fz-a".into(),
         from_account_id: "fz-b".into(),
         refusal: None,
+        ..Default::default()
     };
     let ops = vec![
         Op::CreateAccount(CreateAccountRequest {

@@ -19,7 +19,8 @@
 //! The same pass lets a primary forget COMMITTED transfers whose retention window passed
 //! (README § Retention): it asks their credit shards whether they still hold a PENDING intent
 //! for them, and proposes `ForgetTransfers` for those that do not. A credit side that still
-//! waits for the decision therefore always finds it.
+//! waits for the decision therefore always finds it. A chain's anchor does the same for its
+//! committed chain decisions: forgotten only once no item is still PREPARED.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,8 +30,8 @@ use tonic::Request;
 use wallet_proto::v1::shard_server::Shard;
 use wallet_proto::v1::{
     command::Op, outcome, read_result, shard_read::Query, Command, ExpireHolds, ForgetTransfers,
-    Intent, IntentRef, IntentState, IntentStatesQuery, NextHoldExpiry, Outcome, ReadResult,
-    Settling, ShardCommand, ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
+    GetTransferRequest, Intent, IntentRef, IntentState, IntentStatesQuery, NextHoldExpiry, Outcome,
+    ReadResult, Settling, ShardCommand, ShardRead, Stuck, Transfer, TransferStatus, TransferStep,
 };
 use wallet_shard_client::shards::Shards;
 
@@ -180,7 +181,7 @@ async fn forget_settled(
     shards: &Shards,
     shard_id: u64,
 ) -> Result<(), tonic::Status> {
-    let settling = match service
+    let (settling, chains) = match service
         .read(Request::new(ShardRead {
             shard_id,
             query: Some(Query::Settling(Settling {
@@ -192,9 +193,15 @@ async fn forget_settled(
     {
         ReadResult {
             result: Some(read_result::Result::Settling(settling)),
-        } => settling.transfers,
+        } => (settling.transfers, settling.chains),
         _ => return Ok(()),
     };
+    let mut settled = Vec::new();
+    for chain in chains {
+        if chain_items_decided(shards, &chain.items).await {
+            settled.extend(chain.decision);
+        }
+    }
     let mut by_credit_shard: BTreeMap<u64, Vec<Transfer>> = BTreeMap::new();
     for transfer in settling {
         by_credit_shard
@@ -202,7 +209,6 @@ async fn forget_settled(
             .or_default()
             .push(transfer);
     }
-    let mut settled = Vec::new();
     for (credit_shard, transfers) in by_credit_shard {
         let asked = IntentStatesQuery {
             intents: transfers
@@ -254,6 +260,35 @@ async fn forget_settled(
     .await?;
     tracing::debug!(shard_id, count, "forgot settled cross-shard transfers");
     Ok(())
+}
+
+/// Whether none of a committed chain's items is still PREPARED on its debit shard (each one
+/// read; one that cannot be read counts as undecided, and the next pass asks again).
+async fn chain_items_decided(shards: &Shards, items: &[TransferStep]) -> bool {
+    for item in items {
+        let read = shards
+            .read(
+                shards.shard_of(&item.account_id),
+                Query::Transfer(GetTransferRequest {
+                    transfer_id: item.transfer_id.clone(),
+                    from_account_id: item.account_id.clone(),
+                }),
+            )
+            .await;
+        match read.map(|r| r.result) {
+            Ok(Some(read_result::Result::Transfer(t)))
+                if t.status == TransferStatus::Prepared as i32 =>
+            {
+                return false
+            }
+            Ok(Some(read_result::Result::Transfer(_))) => {}
+            // No longer kept: decided and forgotten.
+            Ok(Some(read_result::Result::Rejected(r)))
+                if r.reason == wallet_proto::reason::Reason::TransferNotFound.as_str() => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 async fn resolve_intent(

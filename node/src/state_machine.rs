@@ -911,8 +911,12 @@ pub(crate) fn record_fate(record: &RequestRecord) -> Fate {
         // A pending hold is kept; a decided or refused one is forgotten a window after.
         Some(Op::Authorize(_)) if holds::is_pending_hold(record) => Fate::Keep,
         Some(Op::Authorize(_)) => Fate::Forget,
-        // A chain's decision: a window after it was made (its items settle within seconds).
-        Some(Op::ChainDecide(_)) => Fate::Forget,
+        // A chain's commit is kept until every item is decided (recovery confirms); an abort a
+        // window after it was made (asked again, it is made again the same way).
+        Some(Op::ChainDecide(_)) => match record.outcome.as_ref().and_then(|o| o.result.as_ref()) {
+            Some(outcome::Result::Chain(d)) if d.committed => Fate::Confirm,
+            _ => Fate::Forget,
+        },
         Some(Op::PrepareDebit(_)) => {
             match record.outcome.as_ref().and_then(|o| o.result.as_ref()) {
                 Some(outcome::Result::Transfer(t)) => match TransferStatus::try_from(t.status) {

@@ -162,13 +162,27 @@ impl Cluster {
         chain: &ChainRef,
         commit: bool,
         failed: Option<(u32, Rejection)>,
+        items: &[TransferRequest],
     ) -> ChainDecision {
         let (failed_item, refusal) = failed.map_or((0, None), |(i, r)| (i, Some(r)));
+        let items = if commit {
+            items
+                .iter()
+                .map(|t| TransferStep {
+                    transfer_id: t.transfer_id.clone(),
+                    account_id: t.from_account_id.clone(),
+                    ..Default::default()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let op = Op::ChainDecide(ChainDecide {
             chain: Some(chain.clone()),
             commit,
             failed_item,
             refusal,
+            items,
         });
         let account = chain.account_id.clone();
         decision_of(&self.run(&account, &chain.chain_id, op))
@@ -179,6 +193,7 @@ impl Cluster {
         let debit = TransferStep {
             transfer_id: t.transfer_id.clone(),
             account_id: t.from_account_id.clone(),
+            chain: decision.chain.clone(),
             ..Default::default()
         };
         let credit = TransferStep {
@@ -186,6 +201,7 @@ impl Cluster {
             account_id: t.to_account_id.clone(),
             from_account_id: t.from_account_id.clone(),
             refusal: None,
+            ..Default::default()
         };
         let (from, to, id) = (&t.from_account_id, &t.to_account_id, &t.transfer_id);
         if decision.committed {
@@ -196,8 +212,11 @@ impl Cluster {
             let o = common::apply_at(self.of(to), id, ts, Op::CommitCredit(credit)).0;
             assert!(rejection_of(&o).is_none(), "{o:?}");
         } else {
-            self.run(from, id, Op::AbortDebit(debit));
-            self.run(to, id, Op::AbortCredit(credit));
+            let o = self.run(from, id, Op::AbortDebit(debit));
+            // Only an item this chain prepared has a credit side of this chain to release.
+            if transfer_of(&o).is_some_and(|t| t.chain == decision.chain) {
+                self.run(to, id, Op::AbortCredit(credit));
+            }
         }
     }
 
@@ -213,7 +232,7 @@ impl Cluster {
         if stop == Stop::AfterPrepares {
             return None;
         }
-        let decision = self.decide(&chain, failed.is_none(), failed);
+        let decision = self.decide(&chain, failed.is_none(), failed, items);
         if stop == Stop::AfterDecision {
             return Some(decision);
         }
@@ -236,7 +255,7 @@ impl Cluster {
         for s in 0..self.sm.len() {
             for t in self.sm[s].stuck(&stuck).prepared {
                 let chain = t.chain.clone().expect("only chain items here");
-                let decision = self.decide(&chain, false, None);
+                let decision = self.decide(&chain, false, None, &[]);
                 let request = item(
                     &t.transfer_id,
                     &t.from_account_id,
@@ -333,29 +352,44 @@ fn the_first_decision_stands_whoever_asks_next() {
     let items = [item("c-1", &a, &b, 10), item("c-2", &a, &b, 20)];
     let chain = chain_of(&items);
     // Recovery aborts first; the router's commit then hears ABORTED.
-    let abort = c.decide(&chain, false, None);
+    let abort = c.decide(&chain, false, None, &[]);
     assert!(!abort.committed);
-    let commit = c.decide(&chain, true, None);
+    let commit = c.decide(&chain, true, None, &items);
     assert_eq!(commit, abort);
     // Another chain committed first; recovery's abort hears COMMITTED at its timestamp.
     let other = [item("d-1", &a, &b, 10), item("d-2", &a, &b, 20)];
     let chain = chain_of(&other);
-    let commit = c.decide(&chain, true, None);
+    // A commit names every item.
+    let o = c.run(
+        &a,
+        "d-1",
+        Op::ChainDecide(ChainDecide {
+            chain: Some(chain.clone()),
+            commit: true,
+            items: vec![TransferStep::default()],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(
+        rejection_of(&o).map(|r| r.as_str()),
+        Some("INVALID_ARGUMENT")
+    );
+    let commit = c.decide(&chain, true, None, &other);
     assert!(commit.committed && commit.commit_ts > 0);
-    assert_eq!(c.decide(&chain, false, None), commit);
+    assert_eq!(c.decide(&chain, false, None, &[]), commit);
     // Another chain with the same first item (refused at that item's prepare, ID_REUSED) has a
     // decision of its own: its other items are never held by the first chain's.
     let mut reused = chain.clone();
     reused.digest ^= 1;
-    let other = c.decide(&reused, false, None);
+    let other = c.decide(&reused, false, None, &[]);
     assert!(!other.committed);
-    assert_eq!(c.decide(&chain, false, None), commit);
+    assert_eq!(c.decide(&chain, false, None, &[]), commit);
     // A decision past the chain's end is refused.
     let op = Op::ChainDecide(ChainDecide {
         chain: Some(chain_of(&[item("e-1", &a, &b, 1), item("e-2", &a, &b, 1)])),
         commit: false,
         failed_item: 3,
-        refusal: None,
+        ..Default::default()
     });
     let o = c.run(&a, "e-1", op);
     assert_eq!(
@@ -497,6 +531,139 @@ fn items_of_i64_max_and_an_overflowing_credit_abort_the_chain() {
     );
     assert_eq!(c.balance(&a), (0, 0, 0));
     assert_eq!(c.balance(&d), (i64::MAX, 0, 0));
+}
+
+#[test]
+fn an_aborted_chain_never_decides_a_transfer_or_chain_that_owns_an_id_it_reuses() {
+    let mut c = Cluster::new();
+    let (x, z) = (c.id_on(1, 0), c.id_on(1, 1));
+    let (y, w) = (c.id_on(2, 0), c.id_on(2, 1));
+    for (id, funds) in [(&x, 1_000), (&z, 1_000), (&y, 0), (&w, 0)] {
+        c.open(id, funds);
+    }
+    // A lone transfer t: X -> Y, committed on its debit side, its credit still pending.
+    let t = item("t", &x, &y, 100);
+    let debit = Op::PrepareDebit(PrepareDebit {
+        transfer: Some(t.clone()),
+        credit_shard_id: 2,
+        chain: None,
+    });
+    let prepared = transfer_of(&c.run(&x, "t", debit))
+        .expect("prepared")
+        .clone();
+    let credit = Op::PrepareCredit(PrepareCredit {
+        transfer: Some(t.clone()),
+        primary_shard_id: 1,
+        currency: "EUR".into(),
+        primary_start_ts: prepared.start_ts,
+        linked: false,
+    });
+    assert!(rejection_of(&c.run(&y, "t", credit)).is_none());
+    let commit = Op::CommitDebit(TransferStep {
+        transfer_id: "t".into(),
+        account_id: x.clone(),
+        ..Default::default()
+    });
+    let committed = transfer_of(&c.run(&x, "t", commit))
+        .expect("committed")
+        .clone();
+    // A chain reusing t's id on X fails on that item and aborts; t is left alone.
+    let chain = [item("c", &z, &w, 1), item("t", &x, &y, 50)];
+    let decision = c.coordinate(&chain, Stop::Never).expect("decided");
+    assert!(!decision.committed);
+    assert_eq!(
+        decision.refusal.map(|r| r.reason),
+        Some("ID_REUSED".to_string())
+    );
+    // Even a chain's abort step sent straight at t's record is refused and changes nothing.
+    let foreign = Op::AbortDebit(TransferStep {
+        transfer_id: "t".into(),
+        account_id: x.clone(),
+        chain: decision.chain.clone(),
+        ..Default::default()
+    });
+    assert_eq!(
+        rejection_of(&c.run(&x, "t", foreign)),
+        Some(Reason::IdReused)
+    );
+    assert_eq!(c.balance(&y), (0, 0, 100), "t's credit is still promised");
+    let credit = Op::CommitCredit(TransferStep {
+        transfer_id: "t".into(),
+        account_id: y.clone(),
+        from_account_id: x.clone(),
+        ..Default::default()
+    });
+    let o = common::apply_at(c.of(&y), "t", committed.commit_ts, credit).0;
+    assert!(rejection_of(&o).is_none(), "{o:?}");
+    assert_eq!(c.balance(&y), (100, 0, 0));
+    assert_eq!(c.balance(&x), (900, 0, 0));
+
+    // Chain D prepared; a chain C with D's first items but other content aborts (its first item
+    // is ID_REUSED) without touching D's items, and D then commits whole.
+    let d = [
+        item("d-1", &z, &w, 10),
+        item("d-2", &x, &w, 20),
+        item("d-3", &w, &y, 5),
+    ];
+    c.run(&w, "fund-w", common::deposit(&w, 5));
+    assert!(c.coordinate(&d, Stop::AfterPrepares).is_none());
+    let other = [item("d-1", &z, &w, 10), item("d-2", &x, &w, 20)];
+    let aborted = c.coordinate(&other, Stop::Never).expect("decided");
+    assert!(!aborted.committed);
+    let decision = c.coordinate(&d, Stop::Never).expect("decided");
+    assert!(decision.committed, "{decision:?}");
+    for item in &d {
+        assert_eq!(c.status_of(item), TransferStatus::Committed);
+    }
+    c.recover();
+    assert_eq!(c.total(), 2_005);
+}
+
+#[test]
+fn a_committed_decision_outlives_its_window_until_recovery_confirms_its_items() {
+    let mut c = Cluster::new();
+    let (a, b) = (c.id_on(1, 0), c.id_on(2, 0));
+    c.open(&a, 100);
+    c.open(&b, 0);
+    let ms = |ms: u64| ms << 18;
+    let set = Op::SetRetention(wallet_proto::v1::SetRetention { window_ms: 1_000 });
+    common::apply_at(c.of(&a), "", ms(1), set);
+    let committed = [item("k-1", &a, &b, 10), item("k-2", &a, &b, 20)];
+    let decision = c
+        .coordinate(&committed, Stop::AfterDecision)
+        .expect("decided");
+    assert!(decision.committed);
+    let aborted = [item("n-1", &a, &b, 1), item("n-2", &a, &b, 1_000)];
+    assert!(
+        !c.coordinate(&aborted, Stop::Never)
+            .expect("decided")
+            .committed
+    );
+    // Three windows later the abort is forgotten, the commit is not: its items are PREPARED.
+    common::apply_at(c.of(&a), "late", ms(4_000), common::deposit(&a, 1));
+    let anchor = c.of(&a);
+    assert!(anchor.chain_decision(&chain_of(&aborted)).is_none());
+    assert_eq!(
+        anchor.chain_decision(&chain_of(&committed)),
+        Some(decision.clone())
+    );
+    let settling = anchor.settling(&wallet_proto::v1::Settling { limit: 10 });
+    assert_eq!(settling.chains.len(), 1);
+    let waiting = &settling.chains[0];
+    let items: Vec<&str> = waiting
+        .items
+        .iter()
+        .map(|i| i.transfer_id.as_str())
+        .collect();
+    assert_eq!(items, vec!["k-1", "k-2"]);
+    // Recovery settles the items by that decision, then confirms: the decision is forgotten.
+    c.recover();
+    assert_eq!(c.balance(&b), (30, 0, 0));
+    let forget = Op::ForgetTransfers(wallet_proto::v1::ForgetTransfers {
+        transfers: waiting.decision.clone().into_iter().collect(),
+    });
+    common::apply_at(c.of(&a), "", ms(4_001), forget);
+    assert!(c.of(&a).chain_decision(&chain_of(&committed)).is_none());
 }
 
 #[derive(Clone, Debug)]

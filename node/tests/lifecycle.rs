@@ -266,6 +266,7 @@ impl Pair {
                 t.from_account_id.clone()
             },
             refusal: None,
+            ..Default::default()
         }
     }
 

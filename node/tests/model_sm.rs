@@ -425,12 +425,14 @@ impl World {
                 reason: r.as_str().into(),
                 message: "credit side refused".into(),
             }),
+            ..Default::default()
         };
         let credit_step = TransferStep {
             transfer_id: t.id.clone(),
             account_id: t.to.clone(),
             from_account_id: t.from.clone(),
             refusal: None,
+            ..Default::default()
         };
         let credit_shard_id = self.ring.shard_of(&t.to);
         let primary_shard_id = self.ring.shard_of(&t.from);

@@ -149,6 +149,7 @@ impl Shards {
                 t.from_account_id.clone()
             },
             refusal: None,
+            ..Default::default()
         };
         let sm = self.of(account);
         // Decisions are stamped after the prepares (at 77), as the router's commit timestamp is.
@@ -524,6 +525,7 @@ fn a_snapshot_never_sees_half_a_cross_shard_transfer() {
         account_id: account.into(),
         from_account_id: a.clone(),
         refusal: None,
+        ..Default::default()
     };
     at(s.of(&a), "snap", 500, Op::CommitDebit(step(&a)));
     at(s.of(&b), "snap", 500, Op::CommitCredit(step(&b)));

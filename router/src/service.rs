@@ -576,14 +576,17 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
             let linked = item.linked;
             if !linked && chain.is_empty() {
                 let service = self.clone();
-                tasks.push(tokio::spawn(async move {
-                    vec![match item.transfer {
-                        None => {
-                            Err(Reason::InvalidArgument.status("batch item without a transfer"))
-                        }
-                        Some(transfer) => service.transfer_admitted(transfer).await,
-                    }]
-                }));
+                tasks.push((
+                    1,
+                    tokio::spawn(async move {
+                        vec![match item.transfer {
+                            None => {
+                                Err(Reason::InvalidArgument.status("batch item without a transfer"))
+                            }
+                            Some(transfer) => service.transfer_admitted(transfer).await,
+                        }]
+                    }),
+                ));
                 continue;
             }
             // An item without a transfer fails the chain's checks (its ids are empty).
@@ -591,21 +594,28 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
             if !linked {
                 let items = std::mem::take(&mut chain);
                 let (shards, timestamps) = (self.shards.clone(), self.timestamps.clone());
-                tasks.push(tokio::spawn(async move {
-                    match wallet_shard_client::chain::check(&items) {
-                        Err((i, refusal)) => {
-                            wallet_shard_client::chain::failed(items.len(), Some(i), &refusal)
+                tasks.push((
+                    items.len(),
+                    tokio::spawn(async move {
+                        match wallet_shard_client::chain::check(&items) {
+                            Err((i, refusal)) => {
+                                wallet_shard_client::chain::failed(items.len(), Some(i), &refusal)
+                            }
+                            Ok(()) => {
+                                wallet_shard_client::chain::run(shards, timestamps, items).await
+                            }
                         }
-                        Ok(()) => wallet_shard_client::chain::run(shards, timestamps, items).await,
-                    }
-                }));
+                    }),
+                ));
             }
         }
         let mut results = Vec::new();
-        for task in tasks {
-            let answers = task
-                .await
-                .unwrap_or_else(|e| vec![Err(Reason::Internal.status(e.to_string()))]);
+        for (len, task) in tasks {
+            // One answer per item whatever happens, so that answers stay in their items' slots.
+            let answers = task.await.unwrap_or_else(|e| {
+                let status = Reason::Internal.status(e.to_string());
+                (0..len).map(|_| Err(status.clone())).collect()
+            });
             for answer in answers {
                 let result = match answer {
                     Ok(transfer) => transfer_result::Result::Transfer(transfer),

@@ -178,12 +178,21 @@ async fn drive(
             commit: true,
             failed_item: 0,
             refusal: None,
+            items: items
+                .iter()
+                .map(|t| TransferStep {
+                    transfer_id: t.transfer_id.clone(),
+                    account_id: t.from_account_id.clone(),
+                    ..Default::default()
+                })
+                .collect(),
         },
         Some((i, refusal)) => ChainDecide {
             chain: Some(chain.clone()),
             commit: false,
             failed_item: *i as u32 + 1,
             refusal: Some(refusal.clone()),
+            items: Vec::new(),
         },
     };
     let ts = if decide.commit {
@@ -312,6 +321,7 @@ async fn apply(
     let debit_step = TransferStep {
         transfer_id: id.clone(),
         account_id: item.from_account_id.clone(),
+        chain: decision.chain.clone(),
         ..Default::default()
     };
     if decision.committed {
@@ -324,13 +334,32 @@ async fn apply(
         commit_credit(shards, to_shard, &committed).await?;
         return Ok(Some(committed));
     }
-    // An item never prepared answers TRANSFER_NOT_FOUND, a refused one its refusal: either way
-    // nothing is reserved. The credit side's abort leaves a tombstone against a late prepare.
-    let _ = shards
+    // The debit side answers whose record this is: only an item this chain prepared (its record
+    // names the chain) has a credit side to release. An item never prepared answers
+    // TRANSFER_NOT_FOUND, one refused at its prepare its refusal, and an id owned by another
+    // transfer or chain ID_REUSED: nothing of this chain is reserved there, and its credit side,
+    // if a late prepare made one, is released by that shard's recovery (its primary never
+    // commits). Aborting it here could release a credit that another transfer owns.
+    let answer = shards
         .execute(from_shard, command(id, 0, Op::AbortDebit(debit_step)))
         .await?;
-    let abort = Op::AbortCredit(credit_step(item));
-    let _ = shards.execute(to_shard, command(id, 0, abort)).await?;
+    let ours = match &answer.result {
+        Some(outcome::Result::Transfer(t)) if t.chain == decision.chain => status_of(t),
+        _ => TransferStatus::Unspecified,
+    };
+    if ours == TransferStatus::Committed {
+        // Only a decision made again after the first was forgotten (a retry long after its
+        // window) can meet a committed item: the first decision stood, its credits are not
+        // this abort's to release.
+        return Err(Reason::RequestExpired.status(format!(
+            "chain {} committed long ago and is no longer remembered; use new ids",
+            decision.chain.as_ref().map_or("", |c| c.chain_id.as_str())
+        )));
+    }
+    if ours == TransferStatus::Aborted {
+        let abort = Op::AbortCredit(credit_step(item));
+        let _ = shards.execute(to_shard, command(id, 0, abort)).await?;
+    }
     Ok(None)
 }
 
@@ -348,6 +377,7 @@ pub async fn settle_item(shards: &Shards, transfer: &Transfer) -> Result<ChainDe
         commit: false,
         failed_item: 0,
         refusal: None,
+        items: Vec::new(),
     });
     let decision = decision_of(
         shards

@@ -52,6 +52,7 @@ pub fn credit_step(t: &TransferRequest) -> TransferStep {
         account_id: t.to_account_id.clone(),
         from_account_id: t.from_account_id.clone(),
         refusal: None,
+        ..Default::default()
     }
 }
 

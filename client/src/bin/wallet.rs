@@ -665,23 +665,35 @@ fn read_batch(file: &std::path::Path) -> Result<Vec<(usize, BatchTransfer)>, Wal
 }
 
 /// Splits a batch file's items into calls of at most 8 189 items, never splitting a chain (a
-/// chain longer than that is sent alone, and refused whole).
+/// chain is a group: linked items and the first unlinked one after them; a lone item is a group
+/// of one). A group longer than that is a call of its own, which `run_batch` refuses line by line.
 fn batch_calls(items: &[(usize, BatchTransfer)]) -> Vec<&[(usize, BatchTransfer)]> {
-    let mut calls = Vec::new();
-    let (mut start, mut chain_start) = (0, 0);
+    let mut groups = Vec::new();
+    let mut start = 0;
     for (i, (_, item)) in items.iter().enumerate() {
-        let ends_group = !item.linked;
-        if ends_group {
-            if i + 1 - start > wallet_client::TRANSFER_BATCH_MAX && chain_start > start {
-                calls.push(&items[start..chain_start]);
-                start = chain_start;
-            }
-            chain_start = i + 1;
+        if !item.linked {
+            groups.push(start..i + 1);
+            start = i + 1;
         }
     }
     if start < items.len() {
-        calls.push(&items[start..]);
+        groups.push(start..items.len());
     }
+    let mut calls = Vec::new();
+    let mut call: Option<std::ops::Range<usize>> = None;
+    for group in groups {
+        call = match call {
+            Some(c) if group.end - c.start <= wallet_client::TRANSFER_BATCH_MAX => {
+                Some(c.start..group.end)
+            }
+            Some(c) => {
+                calls.push(&items[c]);
+                Some(group)
+            }
+            None => Some(group),
+        };
+    }
+    calls.extend(call.map(|c| &items[c]));
     calls
 }
 
@@ -694,7 +706,19 @@ async fn run_batch(cli: &Cli, file: &std::path::Path) -> Result<bool, WalletErro
     let (mut ok, mut refused) = (0usize, 0usize);
     for chunk in batch_calls(&items) {
         let requests: Vec<BatchTransfer> = chunk.iter().map(|(_, r)| r.clone()).collect();
-        let results = client.transfer_batch_linked(&requests).await?;
+        let results = if requests.len() > wallet_client::TRANSFER_BATCH_MAX {
+            let too_long = WalletError {
+                reason: wallet_client::Reason::InvalidArgument,
+                message: format!(
+                    "a chain of {} items: at most {}",
+                    requests.len(),
+                    wallet_client::TRANSFER_BATCH_MAX
+                ),
+            };
+            vec![Err(too_long); requests.len()]
+        } else {
+            client.transfer_batch_linked(&requests).await?
+        };
         for ((line, item), result) in chunk.iter().zip(results) {
             let request = item.transfer.clone().unwrap_or_default();
             match result {
@@ -779,5 +803,51 @@ fn main() {
             };
             fail(&e, json, code)
         }
+    }
+}
+
+#[cfg(test)]
+mod batch_call_tests {
+    use super::*;
+
+    fn lines(linked: &[bool]) -> Vec<(usize, BatchTransfer)> {
+        linked
+            .iter()
+            .enumerate()
+            .map(|(i, &linked)| {
+                (
+                    i + 1,
+                    BatchTransfer {
+                        transfer: None,
+                        linked,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn sizes(items: &[(usize, BatchTransfer)]) -> Vec<usize> {
+        batch_calls(items).iter().map(|c| c.len()).collect()
+    }
+
+    #[test]
+    fn calls_hold_at_most_a_batch_and_never_split_a_chain() {
+        let max = wallet_client::TRANSFER_BATCH_MAX;
+        assert_eq!(sizes(&lines(&[false; 3])), vec![3]);
+        // A batch of lone lines and one line more, linked and unterminated: two calls.
+        let mut linked = vec![false; max];
+        linked.push(true);
+        assert_eq!(sizes(&lines(&linked)), vec![max, 1]);
+        // A chain of 4 across the boundary moves whole to the next call.
+        let mut linked = vec![false; max - 2];
+        linked.extend([true, true, true, false]);
+        assert_eq!(sizes(&lines(&linked)), vec![max - 2, 4]);
+        // A chain longer than a batch is a call of its own (refused line by line).
+        let mut linked = vec![false];
+        linked.extend(vec![true; max + 1]);
+        linked.push(false);
+        linked.push(false);
+        assert_eq!(sizes(&lines(&linked)), vec![1, max + 2, 1]);
+        assert!(sizes(&lines(&[])).is_empty());
     }
 }

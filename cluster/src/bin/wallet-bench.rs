@@ -55,6 +55,10 @@ struct BenchArgs {
     /// Transfers per request through the batch API (0: one Transfer call each).
     #[arg(long, default_value_t = 0)]
     batch: usize,
+    /// Each call is one linked chain of this many transfers (2..=8189), all or nothing across
+    /// shards (README § Linked chains); the figures count transfers. 0: no chains.
+    #[arg(long, default_value_t = 0)]
+    chain: usize,
     /// Money each account starts with (pg-transfer.sh: 1 000 000).
     #[arg(long, default_value_t = 1_000_000)]
     initial_balance: i64,
@@ -237,6 +241,7 @@ async fn run(args: BenchArgs) -> Result<(), String> {
                 seconds: args.seconds,
                 pairs: args.pairs,
                 batch: args.batch,
+                chain: args.chain,
                 initial_balance: args.initial_balance,
                 setup_concurrency: args.setup_concurrency,
                 replicas,

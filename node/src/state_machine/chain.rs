@@ -15,7 +15,10 @@
 //! retention window after the decision, like a decided transfer.
 
 use wallet_proto::reason::Reason;
-use wallet_proto::v1::{outcome, ChainDecide, ChainDecision, ChainRef, Command, Outcome};
+use wallet_proto::v1::{
+    command::Op, outcome, ChainDecide, ChainDecision, ChainRef, Command, Outcome, SettlingChain,
+    TransferStep,
+};
 use wallet_proto::validate;
 
 use super::{Refusal, StateMachine, Writes};
@@ -106,6 +109,26 @@ impl StateMachine {
                 "a chain commits at a timestamp",
             ));
         }
+        if decide.commit && decide.items.len() != chain.legs as usize {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                format!(
+                    "a chain's commit names its {} items, not {}",
+                    chain.legs,
+                    decide.items.len()
+                ),
+            ));
+        }
+        if !decide.commit && !decide.items.is_empty() {
+            return Err(Refusal::new(
+                Reason::InvalidArgument,
+                "a chain's abort names no items",
+            ));
+        }
+        for item in &decide.items {
+            validate::id("item account id", &item.account_id)?;
+            validate::id("item transfer id", &item.transfer_id)?;
+        }
         let decision = if decide.commit {
             ChainDecision {
                 chain: Some(chain.clone()),
@@ -129,6 +152,27 @@ impl StateMachine {
         // Kept a window after the decision (issued now).
         self.remember(key, command, outcome.clone(), 0, writes);
         Ok(outcome)
+    }
+
+    /// Committed chain decisions whose window passed, with their items: recovery forgets each
+    /// once none of its items is still PREPARED (at most `limit` of them).
+    pub(crate) fn settling_chains(&self, keys: &[&(String, String)]) -> Vec<SettlingChain> {
+        keys.iter()
+            .filter_map(|key| {
+                let record = self.requests.get(*key)?;
+                match record.command.as_ref()?.op.as_ref()? {
+                    Op::ChainDecide(decide) => Some(SettlingChain {
+                        decision: Some(TransferStep {
+                            account_id: key.0.clone(),
+                            transfer_id: key.1.clone(),
+                            ..Default::default()
+                        }),
+                        items: decide.items.clone(),
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     /// The chain's decision, if made and still kept.

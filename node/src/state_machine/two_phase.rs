@@ -251,6 +251,29 @@ impl StateMachine {
             Some(Op::PrepareDebit(p)) => (true, p.chain.is_some()),
             _ => (false, false),
         };
+        // A step for a chain's item decides only that chain's record; a lone transfer's step
+        // only a lone transfer's (a reused id must never decide someone else's transfer).
+        if is_two_phase {
+            let prepared_for = match record.command.as_ref().and_then(|c| c.op.as_ref()) {
+                Some(Op::PrepareDebit(p)) => p.chain.as_ref(),
+                _ => None,
+            };
+            if prepared_for != step.chain.as_ref() {
+                return Outcome::from(Refusal::new(
+                    Reason::IdReused,
+                    format!(
+                        "transfer {} from {} belongs to another {}",
+                        step.transfer_id,
+                        step.account_id,
+                        if prepared_for.is_some() {
+                            "chain"
+                        } else {
+                            "transfer"
+                        }
+                    ),
+                ));
+            }
+        }
         let current = record.outcome.clone().unwrap_or_default();
         let transfer = match (&current.result, is_two_phase) {
             (Some(outcome::Result::Transfer(t)), true) => t.clone(),
@@ -404,6 +427,7 @@ impl StateMachine {
     pub fn settling(&self, query: &Settling) -> SettlingTransfers {
         let limit = (query.limit as usize).clamp(1, FORGET_TRANSFERS_MAX);
         let (keys, more) = self.retention.awaiting_confirmation(limit);
+        let chains = self.settling_chains(&keys);
         let transfers = keys
             .into_iter()
             .filter_map(|key| self.requests.get(key))
@@ -414,7 +438,11 @@ impl StateMachine {
                 },
             )
             .collect();
-        SettlingTransfers { transfers, more }
+        SettlingTransfers {
+            transfers,
+            more,
+            chains,
+        }
     }
 
     /// The state of each intent asked for (UNSPECIFIED: not kept), in order.
