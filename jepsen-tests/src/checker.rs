@@ -20,6 +20,7 @@
 //! | `wrong-capture` | an acknowledged capture moved another amount than it asked for (all of the hold, or its `amount`) |
 //! | `voided-hold-captured` | a hold whose void was acknowledged has a capture |
 //! | `captured-after-expiry` | an acknowledged capture was decided at or after its hold's expiry |
+//! | `partial-chain` | some transfers of a linked chain applied and others did not (each transfer of a chain is also checked as a transfer: an `ok` chain's are all applied, a `fail`ed one's none) |
 //! | `slow-recovery` | the final read came more than [`RECOVERY_BOUND_S`] after healing |
 //!
 //! Reads are checked for linearizability per account: the final read lists each account's changes
@@ -154,6 +155,7 @@ fn f_name(value: &Value) -> &'static str {
         Value::Authorize { .. } => "authorize",
         Value::Capture { .. } => "capture",
         Value::Void { .. } => "void",
+        Value::Chain { .. } => "chain",
         Value::Final { .. } => "final",
     }
 }
@@ -190,6 +192,7 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut transfers: BTreeMap<String, TransferOutcome> = BTreeMap::new();
     let mut holds: BTreeMap<String, HoldOutcome> = BTreeMap::new();
+    let mut chains: Vec<&Vec<crate::history::Leg>> = Vec::new();
     let mut finals: Option<&BTreeMap<String, FinalAccount>> = None;
     let mut final_attempted = false;
     let mut recovery_s = None;
@@ -233,6 +236,22 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
             }
             (Value::Capture { .. } | Value::Transfer { .. }, _) => {
                 count_transfer(&mut transfers, invoke, done)
+            }
+            (Value::Chain { legs }, _) => {
+                // Each transfer of the chain as a transfer with the chain's outcome.
+                for leg in legs {
+                    let as_transfer = |op: &Op| Op {
+                        value: Value::Transfer {
+                            id: leg.id.clone(),
+                            from: leg.from.clone(),
+                            to: leg.to.clone(),
+                            amount: leg.amount,
+                        },
+                        ..op.clone()
+                    };
+                    count_transfer(&mut transfers, &as_transfer(invoke), &as_transfer(done));
+                }
+                chains.push(legs);
             }
             (
                 _,
@@ -337,6 +356,23 @@ pub fn check(history: &History, initial_total: i128, floor: i128) -> Report {
             flag(
                 "failed-transfer-applied",
                 format!("{id} was reported failed but applied"),
+            );
+        }
+    }
+    // Chains: all or nothing, whatever their outcome said.
+    for legs in &chains {
+        let applied = legs
+            .iter()
+            .filter(|l| count(&l.from, &l.id, true) > 0)
+            .count();
+        if applied > 0 && applied < legs.len() {
+            let ids: Vec<&str> = legs.iter().map(|l| l.id.as_str()).collect();
+            flag(
+                "partial-chain",
+                format!(
+                    "{applied} of the {} transfers of chain {ids:?} applied",
+                    legs.len()
+                ),
             );
         }
     }
@@ -834,6 +870,51 @@ mod tests {
         let h = holds_history(&mut Builder::default())
             .finish(finals(&[("fund", 100)], &[("fund", 100)]));
         assert!(names(&h).contains(&"lost-transfer"), "{:?}", names(&h));
+    }
+
+    #[test]
+    fn a_chain_applied_whole_is_valid_and_a_partial_one_is_caught() {
+        let legs = vec![
+            crate::history::Leg {
+                id: "c1-0".into(),
+                from: "a".into(),
+                to: "b".into(),
+                amount: 10,
+            },
+            crate::history::Leg {
+                id: "c1-1".into(),
+                from: "b".into(),
+                to: "a".into(),
+                amount: 4,
+            },
+        ];
+        let chain = Value::Chain { legs };
+        let whole = Builder::default()
+            .op(1, Kind::Invoke, chain.clone())
+            .op(1, Kind::Ok, chain.clone())
+            .finish(finals(
+                &[("fund", 100), ("c1-0", -10), ("c1-1", 4)],
+                &[("fund", 100), ("c1-0", 10), ("c1-1", -4)],
+            ));
+        assert!(names(&whole).is_empty(), "{:?}", names(&whole));
+        // Unknown outcome, one transfer applied: partial.
+        let partial = Builder::default()
+            .op(1, Kind::Invoke, chain.clone())
+            .op(1, Kind::Info, chain.clone())
+            .finish(finals(
+                &[("fund", 100), ("c1-0", -10)],
+                &[("fund", 100), ("c1-0", 10)],
+            ));
+        assert_eq!(names(&partial), ["partial-chain"]);
+        // Reported failed, applied whole: each transfer is caught as applied after a failure.
+        let failed = Builder::default()
+            .op(1, Kind::Invoke, chain.clone())
+            .op(1, Kind::Fail, chain)
+            .finish(finals(
+                &[("fund", 100), ("c1-0", -10), ("c1-1", 4)],
+                &[("fund", 100), ("c1-0", 10), ("c1-1", -4)],
+            ));
+        assert_eq!(names(&failed), ["failed-transfer-applied"]);
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub struct FinalAccount {
     pub pending_credit: i64,
 }
 
+/// One transfer of a linked chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub amount: i64,
+}
+
 /// What an operation was about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "kebab-case")]
@@ -91,6 +100,8 @@ pub enum Value {
     },
     /// Its void.
     Void { id: String, from: String },
+    /// Payments workload: a linked chain of transfers that must apply all or not at all.
+    Chain { legs: Vec<Leg> },
     /// The read of every account after healing; `accounts` is set on `ok`.
     Final {
         accounts: Option<BTreeMap<String, FinalAccount>>,
@@ -214,6 +225,21 @@ impl Op {
                 "void",
                 format!("{{:id {} :from {}}}", edn_str(id), edn_str(from)),
             ),
+            Value::Chain { legs } => {
+                let mut v = String::from("[");
+                for l in legs {
+                    let _ = write!(
+                        v,
+                        "{{:id {} :from {} :to {} :amount {}}} ",
+                        edn_str(&l.id),
+                        edn_str(&l.from),
+                        edn_str(&l.to),
+                        l.amount
+                    );
+                }
+                v.push(']');
+                ("chain", v)
+            }
             Value::Final { accounts } => {
                 let mut v = String::from("{");
                 for (id, a) in accounts.iter().flatten() {

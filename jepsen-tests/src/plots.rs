@@ -70,6 +70,7 @@ fn completed(history: &History) -> Vec<Completed> {
             Value::Authorize { .. } => "authorize",
             Value::Capture { .. } => "capture",
             Value::Void { .. } => "void",
+            Value::Chain { .. } => "chain",
             Value::Final { .. } => continue,
         };
         out.push(Completed {

@@ -9,7 +9,9 @@
 //!   unknown transfer is retried with the same id through a second router until its outcome is
 //!   known. *hot-account*: every transfer pays 1 into the first account. *holds*: card payments
 //!   within a shard: a hold with an expiry of 0.3–3 s, captured whole or in part, voided, or left
-//!   to expire (README § Holds); the checker also checks every hold's capture.
+//!   to expire (README § Holds); the checker also checks every hold's capture. *payments*: holds
+//!   mixed with linked chains of 2–5 transfers across shards (README § Linked chains), each
+//!   checked all or nothing.
 //! - Faults come from [`crate::nemesis`] while the workload runs.
 //! - After the faults heal: every process restarted, transfers settled, then one final read of
 //!   every account's balance and whole history. Everything goes to
@@ -52,6 +54,9 @@ pub enum Workload {
     /// Card payments: holds between two accounts of one shard, authorized with a short expiry
     /// (0.3–3 s), then captured whole or in part, voided, or left to expire; reads; audits.
     Holds,
+    /// Holds (half the processes, as in `holds`) mixed with linked chains of 2–5 transfers
+    /// between any accounts (the other half), some of which cannot be paid and fail whole.
+    Payments,
 }
 
 /// A run's settings.
@@ -117,6 +122,7 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
         Workload::ExactlyOnce => "exactly-once",
         Workload::HotAccount => "hot-account",
         Workload::Holds => "holds",
+        Workload::Payments => "payments",
     };
     let dir = options.store.join(name).join(stamp.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -200,7 +206,19 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     let mut workers = Vec::new();
     let pairs = same_shard_pairs(&accounts, &cluster.topology().ring());
     for worker in 0..options.concurrency {
-        if options.workload == Workload::Holds {
+        if options.workload == Workload::Payments && worker % 2 == 1 {
+            workers.push(tokio::spawn(chain_process(
+                client.clone(),
+                accounts.clone(),
+                recorder.clone(),
+                worker as u64,
+                options.concurrency as u64,
+                options.seed ^ (worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                end,
+            )));
+            continue;
+        }
+        if matches!(options.workload, Workload::Holds | Workload::Payments) {
             workers.push(tokio::spawn(holds_process(
                 client.clone(),
                 pairs.clone(),
@@ -396,6 +414,88 @@ async fn bank_process(
                     },
                 ),
             }
+        }
+    }
+}
+
+/// A chains process: a linked chain of 2–5 transfers between random accounts (on any shards),
+/// one in eight with a transfer too large to pay so that the whole chain fails; an unknown
+/// outcome replaces the process. The checker holds every chain to all or nothing.
+async fn chain_process(
+    client: WalletClient,
+    accounts: Vec<String>,
+    recorder: Arc<Recorder>,
+    first_process: u64,
+    concurrency: u64,
+    seed: u64,
+    end: Instant,
+) {
+    let mut rng = Rng(seed | 1);
+    let mut process = first_process;
+    let mut n = 0u64;
+    let n_accounts = accounts.len() as u64;
+    if n_accounts < 2 {
+        return;
+    }
+    while Instant::now() < end && n < 1_000_000 {
+        n += 1;
+        let len = 2 + rng.below(4) as usize;
+        let doomed = rng.below(8) == 0;
+        let legs: Vec<crate::history::Leg> = (0..len)
+            .map(|k| {
+                let from = rng.below(n_accounts) as usize;
+                let to = (from + 1 + rng.below(n_accounts - 1) as usize) % accounts.len();
+                crate::history::Leg {
+                    id: format!("c{process}-{n}-{k}"),
+                    from: accounts[from].clone(),
+                    to: accounts[to].clone(),
+                    amount: if doomed && k + 1 == len {
+                        FUNDS * 1_000
+                    } else {
+                        1 + rng.below(30) as i64
+                    },
+                }
+            })
+            .collect();
+        let items: Vec<wallet_client::BatchTransfer> = legs
+            .iter()
+            .enumerate()
+            .map(|(k, l)| wallet_client::BatchTransfer {
+                transfer: Some(wallet_client::TransferRequest {
+                    transfer_id: l.id.clone(),
+                    from_account_id: l.from.clone(),
+                    to_account_id: l.to.clone(),
+                    amount: l.amount,
+                    issued_at_ms: 0,
+                }),
+                linked: k + 1 < legs.len(),
+            })
+            .collect();
+        let value = Value::Chain { legs };
+        recorder.record(process, Kind::Invoke, value.clone());
+        let kind = match client.transfer_batch_linked(&items).await {
+            Ok(results) if results.iter().all(Result::is_ok) => Kind::Ok,
+            Ok(results) => {
+                let errors: Vec<&WalletError> =
+                    results.iter().filter_map(|r| r.as_ref().err()).collect();
+                if errors.len() == results.len() {
+                    // A decided abort fails every item; an unknown outcome leaves it open.
+                    errors
+                        .iter()
+                        .map(|e| completion(e))
+                        .max_by_key(|k| *k == Kind::Info)
+                        .unwrap_or(Kind::Info)
+                } else {
+                    // Some items committed and others not: record it as unknown, and let the
+                    // checker judge the final state (a partial chain is flagged there).
+                    Kind::Info
+                }
+            }
+            Err(e) => completion(&e),
+        };
+        recorder.record(process, kind, value);
+        if kind == Kind::Info {
+            process += concurrency;
         }
     }
 }
