@@ -129,9 +129,11 @@ impl NodeService {
             Some(Op::CloseAccount(r) | Op::FreezeAccount(r) | Op::UnfreezeAccount(r)) => {
                 self.check_owner(shard_id, &r.account_id)?
             }
-            Some(Op::Authorize(a)) => {
-                self.check_owner(shard_id, &a.from_account_id)?;
-                self.check_owner(shard_id, &a.to_account_id)?;
+            // The payee may live on another shard (a cross-shard hold).
+            Some(Op::Authorize(a)) => self.check_owner(shard_id, &a.from_account_id)?,
+            Some(Op::HoldPromised(h)) => {
+                self.check_owner(shard_id, &h.from_account_id)?;
+                check_stored_refusal(h.refusal.as_ref())?;
             }
             Some(Op::Capture(c)) => self.check_owner(shard_id, &c.from_account_id)?,
             Some(Op::Void(v)) => self.check_owner(shard_id, &v.from_account_id)?,

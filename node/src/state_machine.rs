@@ -241,6 +241,7 @@ impl StateMachine {
             Some(Op::Void(void)) => self.void(command, void, writes),
             Some(Op::ExpireHolds(_)) => self.expire_holds(command, writes),
             Some(Op::ChainDecide(decide)) => self.chain_decide(command, decide, writes),
+            Some(Op::HoldPromised(answer)) => self.hold_promised(answer, writes),
             Some(Op::ExtendTso(extend)) => {
                 let previous_limit = self.tso_limit;
                 self.tso_limit = previous_limit.max(extend.limit);
@@ -910,6 +911,7 @@ pub(crate) fn record_fate(record: &RequestRecord) -> Fate {
         ) => Fate::Forget,
         // A pending hold is kept; a decided or refused one is forgotten a window after.
         Some(Op::Authorize(_)) if holds::is_pending_hold(record) => Fate::Keep,
+        Some(Op::Authorize(_)) if holds::is_decided_cross_shard_hold(record) => Fate::Confirm,
         Some(Op::Authorize(_)) => Fate::Forget,
         // A chain's commit is kept until every item is decided (recovery confirms); an abort a
         // window after it was made (asked again, it is made again the same way).

@@ -149,6 +149,7 @@ impl Cluster {
             currency: prepared.currency,
             primary_start_ts: prepared.start_ts,
             linked: true,
+            hold: false,
         });
         let o = self.run(&t.to_account_id, &t.transfer_id, credit);
         match refusal(&o) {
@@ -439,6 +440,7 @@ fn a_lone_transfer_within_one_shard_is_still_not_two_phase_but_a_chain_item_is()
         currency: "EUR".into(),
         primary_start_ts: 0,
         linked: false,
+        hold: false,
     });
     let o = c.run(&a2, "lone", lone_credit);
     assert_eq!(
@@ -557,6 +559,7 @@ fn an_aborted_chain_never_decides_a_transfer_or_chain_that_owns_an_id_it_reuses(
         currency: "EUR".into(),
         primary_start_ts: prepared.start_ts,
         linked: false,
+        hold: false,
     });
     assert!(rejection_of(&c.run(&y, "t", credit)).is_none());
     let commit = Op::CommitDebit(TransferStep {

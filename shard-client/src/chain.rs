@@ -295,6 +295,7 @@ async fn prepare(
         currency: prepared.currency.clone(),
         primary_start_ts: prepared.start_ts,
         linked: true,
+        hold: false,
     });
     match timestamps
         .execute_fresh(shards, to_shard, command(&id, 0, credit))

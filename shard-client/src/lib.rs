@@ -9,6 +9,8 @@
 //!   settling of an intent left behind by a coordinator that stopped.
 //! - [`chain`]: the coordinator of a linked chain of transfers, decided once on one shard, and
 //!   the settling of a chain's item left behind.
+//! - [`holds`]: the steps of a hold whose payee lives on another shard, and the settling of its
+//!   promise.
 
 /// A failpoint on the coordinator's path, compiled in only with the `failpoints` feature and armed
 /// at run time with `FAILPOINTS=<name>=<action>`: `return(exit)` ends the router process right
@@ -16,7 +18,8 @@
 /// panics, which ends the router (fail-stop). Names: in [`two_phase`], `after-prepare-debit`,
 /// `after-prepare-credit`, `before-commit-primary`, `after-commit-primary`, `before-commit-credit`
 /// (and `commit-credit-lost`); in [`chain`], `chain-after-prepare`, `chain-after-decide`,
-/// `chain-after-first-commit`.
+/// `chain-after-first-commit`; in [`holds`], `hold-after-authorize`, `hold-before-promised`,
+/// `hold-after-capture`.
 macro_rules! failpoint {
     ($name:literal) => {
         fail::fail_point!($name, |arg: Option<String>| {
@@ -30,6 +33,7 @@ macro_rules! failpoint {
 }
 
 pub mod chain;
+pub mod holds;
 pub mod shards;
 pub mod timestamps;
 pub mod two_phase;

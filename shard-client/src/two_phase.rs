@@ -105,6 +105,7 @@ pub async fn transfer(
         currency: prepared.currency.clone(),
         primary_start_ts: prepared.start_ts,
         linked: false,
+        hold: false,
     });
     // The intent gets its own start timestamp (a snapshot read waits for intents started before
     // it; this one's commit timestamp, taken later, is above its start either way).
@@ -217,6 +218,13 @@ pub async fn settle_intent(
     credit_shard: u64,
     intent: &Intent,
 ) -> Result<Option<TransferStatus>, Status> {
+    if intent.hold {
+        // A cross-shard hold's promise follows its hold, not a transfer record.
+        return match crate::holds::settle_promise(shards, credit_shard, intent).await? {
+            crate::holds::Promise::Settled(status) => Ok(Some(status)),
+            crate::holds::Promise::Pending => Ok(None),
+        };
+    }
     let Some(t) = intent.transfer.as_ref() else {
         return Ok(None);
     };

@@ -1,5 +1,7 @@
 //! Holds on the debit account's shard (README § Holds): authorize now; capture, void or expire
-//! later. Both accounts live on this shard (cross-shard holds are refused by the router for now).
+//! later. A hold lives on its payer's shard; its payee lives there too, or on another shard (a
+//! *cross-shard* hold, whose promise to the payee is an intent on the payee's shard, made,
+//! credited and released by the router's steps there, `shard-client/src/holds.rs`).
 //!
 //! A hold is the request record of its `Authorize`, keyed by (debit account, hold id) like a
 //! transfer, so it shares the account's id namespace, its exactly-once answers (G4), its storage
@@ -27,8 +29,9 @@ use std::ops::Bound;
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, GetHoldRequest, Hold,
-    HoldState, ListHoldsRequest, ListHoldsResponse, Outcome, RequestRecord, VoidRequest,
+    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, EntryKind,
+    GetHoldRequest, Hold, HoldPromised, HoldState, ListHoldsRequest, ListHoldsResponse, Outcome,
+    RequestRecord, VoidRequest,
 };
 use wallet_proto::validate;
 
@@ -48,6 +51,12 @@ pub(crate) fn hold_of(record: &RequestRecord) -> Option<&Hold> {
         outcome::Result::Hold(hold) => Some(hold),
         _ => None,
     }
+}
+
+/// A decided cross-shard hold: its payee's shard must hear the decision before the record may
+/// be forgotten (recovery confirms, as for a committed cross-shard transfer).
+pub(crate) fn is_decided_cross_shard_hold(record: &RequestRecord) -> bool {
+    hold_of(record).is_some_and(|h| h.state != HoldState::Pending as i32 && h.cross_shard)
 }
 
 /// Whether a record is a hold still PENDING.
@@ -97,7 +106,9 @@ impl StateMachine {
                 "cannot hold money for the account it is held on",
             ));
         }
-        self.check_owned(&a.to_account_id)?;
+        // The payee on another shard: a cross-shard hold, whose promise to the payee is made
+        // there (`PrepareCredit` flagged `hold`); only the payer's side is checked here.
+        let cross_shard = !self.owns(&a.to_account_id);
         let expires_in_ms = validate::hold_expires_in(a.expires_in_ms)?;
         if command.ts == 0 {
             return Err(Refusal::new(
@@ -112,9 +123,15 @@ impl StateMachine {
             .and_then(|span| command.ts.checked_add(span))
             .ok_or_else(|| Refusal::new(Reason::InvalidArgument, "expiry out of range"))?;
         let from = self.existing(&a.from_account_id)?;
-        let to = self.existing(&a.to_account_id)?;
-        same_currency(&from.account_id, &from.currency, to)?;
-        if let Err(refusal) = movable(from).and_then(|_| movable(to)) {
+        let to = if cross_shard {
+            None
+        } else {
+            Some(self.existing(&a.to_account_id)?)
+        };
+        if let Some(to) = to {
+            same_currency(&from.account_id, &from.currency, to)?;
+        }
+        if let Err(refusal) = movable(from).and_then(|_| to.map_or(Ok(()), movable)) {
             return remembered(refusal);
         }
         let spendable =
@@ -129,13 +146,18 @@ impl StateMachine {
             )));
         }
         // The credit must fit when it lands, with every credit already promised.
-        Self::balance_after(to, a.amount)?;
-        let pending_credit = to.pending_credit.checked_add(a.amount).ok_or_else(|| {
-            Refusal::new(
-                Reason::BalanceOverflow,
-                format!("credits promised to {} would overflow", to.account_id),
-            )
-        })?;
+        let pending_credit = match to {
+            Some(to) => {
+                Self::balance_after(to, a.amount)?;
+                Some(to.pending_credit.checked_add(a.amount).ok_or_else(|| {
+                    Refusal::new(
+                        Reason::BalanceOverflow,
+                        format!("credits promised to {} would overflow", to.account_id),
+                    )
+                })?)
+            }
+            None => None,
+        };
         let reserved = from.reserved.checked_add(a.amount).ok_or_else(|| {
             Refusal::new(
                 Reason::BalanceOverflow,
@@ -144,10 +166,14 @@ impl StateMachine {
         })?;
         let currency = from.currency.clone();
         let mut from = from.clone();
-        let mut to = to.clone();
         from.reserved = reserved;
-        to.pending_credit = pending_credit;
-        for account in [from, to] {
+        let mut changed = vec![from];
+        if let (Some(to), Some(pending_credit)) = (to, pending_credit) {
+            let mut to = to.clone();
+            to.pending_credit = pending_credit;
+            changed.push(to);
+        }
+        for account in changed {
             writes.push(Write::Account(account.clone()));
             self.accounts.insert(account.account_id.clone(), account);
         }
@@ -163,6 +189,8 @@ impl StateMachine {
             start_ts: command.ts,
             expires_at_ts,
             decided_ts: 0,
+            cross_shard,
+            promised: false,
         }))
     }
 
@@ -243,6 +271,12 @@ impl StateMachine {
                 format!("hold {} expired before its capture", c.hold_id),
             ));
         }
+        // A cross-shard hold is captured only once its payee's shard holds the promise (an
+        // authorization whose router stopped before it left none): the pending hold is the
+        // answer, and the router makes the promise, then captures again.
+        if hold.cross_shard && !hold.promised {
+            return Ok(hold_outcome(hold));
+        }
         // The commit point: money leaves the debit account only if it is open now.
         movable(self.existing(&hold.from_account_id)?)?;
         let captured = if c.amount == 0 { hold.amount } else { c.amount };
@@ -282,6 +316,57 @@ impl StateMachine {
             HoldState::Voided
         };
         self.decide_hold(key, hold, state, 0, command, writes)
+    }
+
+    /// The payee's shard's answer to a cross-shard hold's promise. Made: the hold is marked
+    /// promised (a capture may go ahead). Refused: the hold is released, and its authorization's
+    /// outcome becomes that refusal (a retry answers it, G4). A hold decided already, or promised
+    /// already, answers as it stands.
+    pub(crate) fn hold_promised(&mut self, answer: &HoldPromised, writes: &mut Writes) -> Outcome {
+        let (key, mut hold) = match self.hold_step(&answer.hold_id, &answer.from_account_id) {
+            Ok(found) => found,
+            Err(refusal) => return Outcome::from(refusal),
+        };
+        if !hold.cross_shard {
+            return Outcome::from(Refusal::new(
+                Reason::InvalidArgument,
+                format!("hold {} is not across shards", hold.hold_id),
+            ));
+        }
+        if hold.state != HoldState::Pending as i32 || hold.promised {
+            return hold_outcome(hold);
+        }
+        let Some(refusal) = answer.refusal.clone() else {
+            hold.promised = true;
+            let outcome = hold_outcome(hold);
+            if let Some(mut record) = self.requests.get(&key).cloned() {
+                record.outcome = Some(outcome.clone());
+                self.store_request(key, record, writes);
+            }
+            return outcome;
+        };
+        let Some(mut from) = self.accounts.get(&hold.from_account_id).cloned() else {
+            return broken(format!("the payer of hold {} vanished", hold.hold_id));
+        };
+        let Some(reserved) = from.reserved.checked_sub(hold.amount) else {
+            return broken(format!(
+                "hold {} of {} is not reserved on {from:?}",
+                hold.hold_id, hold.amount
+            ));
+        };
+        from.reserved = reserved;
+        writes.push(Write::Account(from.clone()));
+        self.accounts.insert(from.account_id.clone(), from);
+        // The record stops being a hold: out of the pending indexes first.
+        self.untrack_hold(&key, &hold);
+        let outcome = Outcome {
+            result: Some(outcome::Result::Rejected(refusal)),
+        };
+        if let Some(mut record) = self.requests.get(&key).cloned() {
+            record.outcome = Some(outcome.clone());
+            self.store_request(key, record, writes);
+        }
+        outcome
     }
 
     /// Releases the pending holds whose expiry is at or below the command's timestamp.
@@ -326,12 +411,15 @@ impl StateMachine {
     fn decide_hold(
         &mut self,
         key: RequestKey,
-        mut hold: Hold,
+        hold: Hold,
         state: HoldState,
         captured: i64,
         command: &Command,
         writes: &mut Writes,
     ) -> Outcome {
+        if hold.cross_shard {
+            return self.decide_cross_shard_hold(key, hold, state, captured, command, writes);
+        }
         let (Some(mut from), Some(mut to)) = (
             self.accounts.get(&hold.from_account_id).cloned(),
             self.accounts.get(&hold.to_account_id).cloned(),
@@ -391,6 +479,78 @@ impl StateMachine {
                 }
             }
         }
+        self.store_decided(key, hold, state, captured, command, writes)
+    }
+
+    /// The payer's side of a cross-shard hold's decision: releases the reservation and, if
+    /// CAPTURED, takes the captured amount out (one history entry). The payee's shard is told by
+    /// the router (`CommitCredit` with the captured amount, or `AbortCredit`), or, if the router
+    /// stops, by its own recovery, which reads this hold.
+    fn decide_cross_shard_hold(
+        &mut self,
+        key: RequestKey,
+        hold: Hold,
+        state: HoldState,
+        captured: i64,
+        command: &Command,
+        writes: &mut Writes,
+    ) -> Outcome {
+        let Some(mut from) = self.accounts.get(&hold.from_account_id).cloned() else {
+            return broken(format!("the payer of hold {} vanished", hold.hold_id));
+        };
+        let Some(reserved) = from.reserved.checked_sub(hold.amount) else {
+            return broken(format!(
+                "hold {} of {} is not reserved on {from:?}",
+                hold.hold_id, hold.amount
+            ));
+        };
+        from.reserved = reserved;
+        let balance = if state == HoldState::Captured {
+            match from.balance.checked_sub(captured) {
+                Some(balance) => Some(balance),
+                None => {
+                    return broken(format!(
+                        "capturing {captured} of hold {} does not fit {from:?}",
+                        hold.hold_id
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let from_id = from.account_id.clone();
+        writes.push(Write::Account(from.clone()));
+        self.accounts.insert(from_id.clone(), from);
+        if let Some(balance) = balance {
+            let seq = self.set_balance(&from_id, balance, writes);
+            let entry = Command {
+                request_id: hold.hold_id.clone(),
+                ..command.clone()
+            };
+            self.push_history(
+                &from_id,
+                seq,
+                &entry,
+                EntryKind::TransferOut,
+                -captured,
+                balance,
+                &hold.to_account_id,
+                writes,
+            );
+        }
+        self.store_decided(key, hold, state, captured, command, writes)
+    }
+
+    /// Stores a hold's decision as its record's outcome.
+    fn store_decided(
+        &mut self,
+        key: RequestKey,
+        mut hold: Hold,
+        state: HoldState,
+        captured: i64,
+        command: &Command,
+        writes: &mut Writes,
+    ) -> Outcome {
         hold.state = state as i32;
         hold.captured = captured;
         hold.decided_ts = command.ts;
@@ -526,18 +686,31 @@ impl StateMachine {
         let Some(hold) = hold_of(record) else {
             return;
         };
-        let expiry = (hold.expires_at_ts, key.clone());
-        let payee = (hold.to_account_id.clone(), key.0.clone(), key.1.clone());
         if hold.state == HoldState::Pending as i32 {
             self.pending_holds.insert(key.clone());
-            self.hold_expiries.insert(expiry);
-            self.holds_by_payee.insert(payee);
+            self.hold_expiries.insert((hold.expires_at_ts, key.clone()));
+            // A cross-shard hold's payee lives on another shard: not listed here.
+            if !hold.cross_shard {
+                let payee = (hold.to_account_id.clone(), key.0.clone(), key.1.clone());
+                self.holds_by_payee.insert(payee);
+            }
         } else {
-            self.pending_holds.remove(key);
-            self.hold_expiries.remove(&expiry);
-            self.holds_by_payee.remove(&payee);
+            let hold = hold.clone();
+            self.untrack_hold(key, &hold);
         }
     }
+
+    fn untrack_hold(&mut self, key: &RequestKey, hold: &Hold) {
+        self.pending_holds.remove(key);
+        self.hold_expiries.remove(&(hold.expires_at_ts, key.clone()));
+        self.holds_by_payee.remove(&(
+            hold.to_account_id.clone(),
+            key.0.clone(),
+            key.1.clone(),
+        ));
+    }
+
+
 }
 
 /// A decision must be stamped after its hold began (the oracle's order; a timestamp of 0 is no

@@ -434,6 +434,14 @@ impl StateMachine {
             .filter_map(
                 |r| match r.outcome.as_ref().and_then(|o| o.result.as_ref()) {
                     Some(outcome::Result::Transfer(t)) => Some(t.clone()),
+                    // A decided cross-shard hold: its payee's promise goes by the hold's id.
+                    Some(outcome::Result::Hold(h)) => Some(Transfer {
+                        transfer_id: h.hold_id.clone(),
+                        from_account_id: h.from_account_id.clone(),
+                        to_account_id: h.to_account_id.clone(),
+                        amount: h.captured,
+                        ..Default::default()
+                    }),
                     _ => None,
                 },
             )
@@ -573,6 +581,7 @@ impl StateMachine {
             commit_ts: 0,
             issued_at_ms: self.retention.issued(t.issued_at_ms),
             primary_start_ts: prepare.primary_start_ts,
+            hold: prepare.hold,
         };
         self.store_intent(key.clone(), intent.clone(), writes);
         self.pending.insert(key);
@@ -629,6 +638,7 @@ impl StateMachine {
                 commit_ts: 0,
                 issued_at_ms: self.retention.issued(0),
                 primary_start_ts: 0,
+                hold: false,
             };
             self.store_intent(key, tombstone.clone(), writes);
             return transfer_outcome(intent_transfer(&tombstone, TransferStatus::Aborted));
@@ -651,11 +661,26 @@ impl StateMachine {
                 ))
             }
         }
-        let amount = intent.transfer.as_ref().map(|t| t.amount).unwrap_or(0);
+        let promised = intent.transfer.as_ref().map(|t| t.amount).unwrap_or(0);
+        // A hold's promise is credited with what its capture moved (at most what was held);
+        // the rest of the promise is released.
+        let amount = match (step.amount, intent.hold) {
+            (0, _) => promised,
+            (captured, true) if (1..=promised).contains(&captured) => captured,
+            (asked, _) => {
+                return Outcome::from(Refusal::new(
+                    Reason::InvalidArgument,
+                    format!(
+                        "a credit of {asked} does not fit intent {} of {promised}",
+                        step.transfer_id
+                    ),
+                ))
+            }
+        };
         let Some(mut account) = self.accounts.get(&step.account_id).cloned() else {
             return broken(format!("credit account {} vanished", step.account_id));
         };
-        let Some(pending_credit) = account.pending_credit.checked_sub(amount) else {
+        let Some(pending_credit) = account.pending_credit.checked_sub(promised) else {
             return broken(format!(
                 "intent {} of {amount} is not pending on {account:?}",
                 step.transfer_id
