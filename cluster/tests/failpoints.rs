@@ -315,3 +315,46 @@ async fn chain_router_killed_after_the_decision() {
 async fn chain_router_killed_after_the_first_item_committed() {
     chain_router_killed_at("chain-after-first-commit", true).await;
 }
+
+/// A router dies between the steps of a cross-shard hold (payer on shard 1, payee on shard 2):
+/// after the authorization (no promise yet: a capture through another router makes it first),
+/// after the promise (not yet confirmed: the void releases both sides), and after the capture
+/// (the payee's shard credits it by itself, from the hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_hold_router_killed_between_its_steps() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let [on1, on2] = accounts(&cluster, &client, 1, 1000).await;
+    let (payer, shop) = (on1[0].clone(), on2[0].clone());
+    let both = [payer.clone(), shop.clone()];
+    let die_at = |point: &str| faulty_router(&cluster, &format!("{point}=return(exit)"));
+
+    let (mut router, faulty) = die_at("hold-after-authorize");
+    assert!(faulty.authorize("fa", &payer, &shop, 100, 0).await.is_err());
+    assert_eq!(wait_exit(&mut router), Some(86));
+    let hold = client.get_hold("fa", &payer).await.expect("held");
+    assert!(hold.cross_shard && !hold.promised);
+    let captured = client.capture("fa", &payer, 60).await.expect("capture makes the promise");
+    assert_eq!(captured.captured, 60);
+    let balances = settled(&client, &both).await;
+    assert_eq!((balances[&payer], balances[&shop]), (940, 1060));
+
+    let (mut router, faulty) = die_at("hold-before-promised");
+    assert!(faulty.authorize("fb", &payer, &shop, 200, 0).await.is_err());
+    assert_eq!(wait_exit(&mut router), Some(86));
+    assert_eq!(client.get_account(&shop).await.unwrap().pending_credit, 200);
+    client.void("fb", &payer).await.expect("void");
+    let balances = settled(&client, &both).await;
+    assert_eq!((balances[&payer], balances[&shop]), (940, 1060));
+
+    client.authorize("fc", &payer, &shop, 300, 0).await.expect("authorize");
+    let (mut router, faulty) = die_at("hold-after-capture");
+    assert!(faulty.capture("fc", &payer, 0).await.is_err());
+    assert_eq!(wait_exit(&mut router), Some(86));
+    // The capture is the commit point: the payee's shard credits it by itself.
+    let balances = settled(&client, &both).await;
+    assert_eq!((balances[&payer], balances[&shop]), (640, 1360));
+    let audit = client.audit().await.unwrap();
+    assert_eq!(audit.totals[0].balances, "2000");
+}

@@ -1,6 +1,7 @@
 //! Holds on real processes (README § Holds): authorize, partial capture, retries, void, an expiry
 //! released by the shard's own recovery through its log, a pending hold across a restart of every
-//! node, audits showing held money; through the client crate, the `wallet` CLI and the HTTP API.
+//! node, audits showing held money; through the client crate, the `wallet` CLI and the HTTP API;
+//! and holds whose payee lives on another shard (promised there, credited with the capture).
 
 mod common;
 
@@ -66,15 +67,15 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
     assert_eq!(money(&client, &payer).await, (i64::MAX - 1000, 0, 0));
     assert_eq!(money(&client, &shop).await, (1000, 0, 0));
 
-    // Cross-shard pairs are refused before anything is written.
-    assert_eq!(
-        refusal(client.authorize("h2", &payer, &elsewhere, 1, 0)).await,
-        Reason::CrossShardNotSupported
-    );
-    assert_eq!(
-        refusal(client.get_hold("h2", &payer)).await,
-        Reason::HoldNotFound
-    );
+    // A payee on the other shard: the hold is promised there.
+    let across = client
+        .authorize("h2", &payer, &elsewhere, 1, 0)
+        .await
+        .expect("authorize across shards");
+    assert!(across.cross_shard && across.promised, "{across:?}");
+    assert_eq!(money(&client, &elsewhere).await, (0, 0, 1));
+    client.void("h2", &payer).await.expect("void");
+    assert_eq!(money(&client, &elsewhere).await, (0, 0, 0));
 
     // An expiry of 300 ms: the shard's recovery releases it through its log.
     client
@@ -192,4 +193,119 @@ async fn holds_authorize_capture_void_and_expire_through_every_interface() {
     let audit = client.audit().await.expect("audit balances");
     assert_eq!(audit.totals[0].held, "0");
     assert_eq!(audit.totals[0].balances, i64::MAX.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_shard_hold_is_promised_captured_in_part_voided_or_expired_and_audits_balance() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(2, 10_000).await;
+    let client = cluster.client();
+    let (payer, shop, euro) = (
+        id_on(&cluster, "xh", 1, 0),
+        id_on(&cluster, "xh", 2, 0),
+        id_on(&cluster, "xh", 2, 1),
+    );
+    client
+        .create_account(&payer, "USD", 0)
+        .await
+        .expect("create");
+    client
+        .create_account(&shop, "USD", 0)
+        .await
+        .expect("create");
+    client
+        .create_account(&euro, "EUR", 0)
+        .await
+        .expect("create");
+    client.deposit("fund", &payer, 10_000).await.expect("fund");
+
+    let hold = client
+        .authorize("x1", &payer, &shop, 4_000, 0)
+        .await
+        .expect("authorize");
+    assert!(hold.cross_shard && hold.promised);
+    assert_eq!(money(&client, &payer).await, (10_000, 4_000, 0));
+    assert_eq!(money(&client, &shop).await, (0, 0, 4_000));
+    // An audit does not wait for a pending hold, and balances.
+    let audit = client.audit().await.expect("audit");
+    let usd = audit
+        .totals
+        .iter()
+        .find(|t| t.currency == "USD")
+        .expect("USD");
+    assert_eq!(
+        (usd.balances.as_str(), usd.held.as_str()),
+        ("10000", "4000")
+    );
+    // The same authorization again answers the same hold.
+    assert_eq!(
+        client
+            .authorize("x1", &payer, &shop, 4_000, 0)
+            .await
+            .expect("retry"),
+        hold
+    );
+    let captured = client.capture("x1", &payer, 1_500).await.expect("capture");
+    assert_eq!(
+        (captured.state, captured.captured),
+        (HoldState::Captured as i32, 1_500)
+    );
+    // Acknowledged: the credit is seen by the next read (G6), the rest released on both sides.
+    assert_eq!(money(&client, &shop).await, (1_500, 0, 0));
+    assert_eq!(money(&client, &payer).await, (8_500, 0, 0));
+    assert_eq!(
+        client.capture("x1", &payer, 1_500).await.expect("retry"),
+        captured
+    );
+    assert_eq!(money(&client, &shop).await, (1_500, 0, 0));
+    let shop_history = client.list_transfers(&shop, 10, 0).await.expect("history");
+    assert_eq!(shop_history.entries[0].delta, 1_500);
+
+    // A payee that cannot take it: refused at the authorization, nothing held; the same answer again.
+    assert_eq!(
+        refusal(client.authorize("x2", &payer, &euro, 10, 0)).await,
+        Reason::CurrencyMismatch
+    );
+    assert_eq!(money(&client, &payer).await, (8_500, 0, 0));
+    assert_eq!(
+        refusal(client.authorize("x2", &payer, &euro, 10, 0)).await,
+        Reason::CurrencyMismatch
+    );
+
+    // Void, and an expiry released on both sides by the shards' recovery.
+    client
+        .authorize("x3", &payer, &shop, 100, 0)
+        .await
+        .expect("authorize");
+    let voided = client.void("x3", &payer).await.expect("void");
+    assert_eq!(voided.state, HoldState::Voided as i32);
+    client
+        .authorize("x4", &payer, &shop, 200, 300)
+        .await
+        .expect("authorize");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while money(&client, &shop).await != (1_500, 0, 0)
+        || money(&client, &payer).await != (8_500, 0, 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the expired hold was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        client.get_hold("x4", &payer).await.expect("hold").state,
+        HoldState::Expired as i32
+    );
+    assert_eq!(
+        refusal(client.capture("x4", &payer, 0)).await,
+        Reason::HoldExpired
+    );
+    let audit = client.audit().await.expect("audit");
+    let usd = audit
+        .totals
+        .iter()
+        .find(|t| t.currency == "USD")
+        .expect("USD");
+    assert_eq!((usd.balances.as_str(), usd.held.as_str()), ("10000", "0"));
 }

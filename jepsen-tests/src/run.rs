@@ -8,7 +8,7 @@
 //!   and its process is replaced by a new one, as in Jepsen. *exactly-once*: the same, but an
 //!   unknown transfer is retried with the same id through a second router until its outcome is
 //!   known. *hot-account*: every transfer pays 1 into the first account. *holds*: card payments
-//!   within a shard: a hold with an expiry of 0.3–3 s, captured whole or in part, voided, or left
+//!   between any two accounts (within a shard or across shards): a hold with an expiry of 0.3–3 s, captured whole or in part, voided, or left
 //!   to expire (README § Holds); the checker also checks every hold's capture. *payments*: holds
 //!   mixed with linked chains of 2–5 transfers across shards (README § Linked chains), each
 //!   checked all or nothing.
@@ -51,8 +51,9 @@ pub enum Workload {
     ExactlyOnce,
     /// Many payers into one merchant account (the first account).
     HotAccount,
-    /// Card payments: holds between two accounts of one shard, authorized with a short expiry
-    /// (0.3–3 s), then captured whole or in part, voided, or left to expire; reads; audits.
+    /// Card payments: holds between any two accounts (on one shard or two), authorized with a
+    /// short expiry (0.3–3 s), then captured whole or in part, voided, or left to expire; reads;
+    /// audits.
     Holds,
     /// Holds (half the processes, as in `holds`) mixed with linked chains of 2–5 transfers
     /// between any accounts (the other half), some of which cannot be paid and fail whole.
@@ -204,7 +205,7 @@ pub async fn run(options: RunOptions) -> Result<(PathBuf, Report), String> {
     });
     let end = Instant::now() + options.time;
     let mut workers = Vec::new();
-    let pairs = same_shard_pairs(&accounts, &cluster.topology().ring());
+    let pairs = all_pairs(&accounts);
     for worker in 0..options.concurrency {
         if options.workload == Workload::Payments && worker % 2 == 1 {
             workers.push(tokio::spawn(chain_process(
@@ -500,15 +501,12 @@ async fn chain_process(
     }
 }
 
-/// Every (from, to) of two distinct accounts on one shard (holds stay within a shard).
-fn same_shard_pairs(
-    accounts: &[String],
-    ring: &wallet_proto::topology::Ring,
-) -> Arc<Vec<(String, String)>> {
+/// Every (from, to) of two distinct accounts: holds within a shard and across shards.
+fn all_pairs(accounts: &[String]) -> Arc<Vec<(String, String)>> {
     let mut pairs = Vec::new();
     for a in accounts {
         for b in accounts {
-            if a != b && ring.shard_of(a) == ring.shard_of(b) {
+            if a != b {
                 pairs.push((a.clone(), b.clone()));
             }
         }

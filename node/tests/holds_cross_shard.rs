@@ -79,7 +79,9 @@ impl Two {
 
     fn money(&self, account: &str) -> (i64, i64, i64) {
         let shard = self.ring.shard_of(account);
-        let a = self.sm[(shard - 1) as usize].account(account).expect("account");
+        let a = self.sm[(shard - 1) as usize]
+            .account(account)
+            .expect("account");
         (a.balance, a.reserved, a.pending_credit)
     }
 
@@ -87,7 +89,14 @@ impl Two {
         self.sm.iter().map(|sm| sm.totals().0).sum()
     }
 
-    fn authorize(&mut self, id: &str, from: &str, to: &str, amount: i64, expires_ms: i64) -> Outcome {
+    fn authorize(
+        &mut self,
+        id: &str,
+        from: &str,
+        to: &str,
+        amount: i64,
+        expires_ms: i64,
+    ) -> Outcome {
         let op = Op::Authorize(AuthorizeRequest {
             hold_id: id.into(),
             from_account_id: from.into(),
@@ -224,7 +233,10 @@ fn a_cross_shard_hold_reserves_on_one_shard_promises_on_the_other_and_captures_i
     // Promised again (a retry): unchanged.
     assert_eq!(hold_of(&c.promise(&hold)), promised);
     let captured = hold_of(&c.capture("h1", &alice, 250));
-    assert_eq!((captured.state, captured.captured), (HoldState::Captured as i32, 250));
+    assert_eq!(
+        (captured.state, captured.captured),
+        (HoldState::Captured as i32, 250)
+    );
     assert_eq!(c.money(&alice), (750, 0, 0));
     // In flight between the capture and its credit: audits wait for the promise's hold.
     assert_eq!(c.total(), 750);
@@ -235,7 +247,10 @@ fn a_cross_shard_hold_reserves_on_one_shard_promises_on_the_other_and_captures_i
     // Retried: nothing moves again; a second capture of another amount is refused.
     c.follow(&captured);
     assert_eq!(hold_of(&c.capture("h1", &alice, 250)), captured);
-    assert_eq!(rejection_of(&c.capture("h1", &alice, 100)), Some(Reason::HoldNotPending));
+    assert_eq!(
+        rejection_of(&c.capture("h1", &alice, 100)),
+        Some(Reason::HoldNotPending)
+    );
     assert_eq!(c.money(&shop), (250, 0, 0));
     // A credit of more than was promised is refused on the payee's side.
     let hold = hold_of(&c.authorize("h2", &alice, &shop, 10, 60_000));
@@ -247,7 +262,10 @@ fn a_cross_shard_hold_reserves_on_one_shard_promises_on_the_other_and_captures_i
         amount: 11,
         ..Default::default()
     });
-    assert_eq!(rejection_of(&c.run(&shop, "h2", too_much)), Some(Reason::InvalidArgument));
+    assert_eq!(
+        rejection_of(&c.run(&shop, "h2", too_much)),
+        Some(Reason::InvalidArgument)
+    );
     assert_eq!(c.money(&shop), (250, 0, 10));
 }
 
@@ -268,11 +286,17 @@ fn a_refused_promise_releases_the_hold_and_is_its_answer_from_then_on() {
         hold_id: "h1".into(),
         from_account_id: alice.clone(),
     };
-    assert_eq!(c.of(&alice).hold(&get).unwrap_err().reason, Reason::HoldNotFound);
+    assert_eq!(
+        c.of(&alice).hold(&get).unwrap_err().reason,
+        Reason::HoldNotFound
+    );
     // An unknown payee, likewise.
     let hold = hold_of(&c.authorize("h2", &alice, "nobody-on-2", 60, 60_000));
     if c.ring.shard_of("nobody-on-2") == 2 {
-        assert_eq!(rejection_of(&c.promise(&hold)), Some(Reason::AccountNotFound));
+        assert_eq!(
+            rejection_of(&c.promise(&hold)),
+            Some(Reason::AccountNotFound)
+        );
     }
 }
 

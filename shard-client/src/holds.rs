@@ -161,7 +161,9 @@ pub async fn follow(
                 from_account_id: hold.from_account_id.clone(),
                 refusal,
             });
-            let answer = shards.execute(from_shard, command(&id, 0, promised)).await?;
+            let answer = shards
+                .execute(from_shard, command(&id, 0, promised))
+                .await?;
             let hold = hold_of(answer)?;
             match state_of(&hold) {
                 HoldState::Pending => Ok(hold),

@@ -29,9 +29,9 @@ use std::ops::Bound;
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, EntryKind,
-    GetHoldRequest, Hold, HoldPromised, HoldState, ListHoldsRequest, ListHoldsResponse, Outcome,
-    RequestRecord, VoidRequest,
+    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, EntryKind, GetHoldRequest,
+    Hold, HoldPromised, HoldState, ListHoldsRequest, ListHoldsResponse, Outcome, RequestRecord,
+    VoidRequest,
 };
 use wallet_proto::validate;
 
@@ -702,15 +702,11 @@ impl StateMachine {
 
     fn untrack_hold(&mut self, key: &RequestKey, hold: &Hold) {
         self.pending_holds.remove(key);
-        self.hold_expiries.remove(&(hold.expires_at_ts, key.clone()));
-        self.holds_by_payee.remove(&(
-            hold.to_account_id.clone(),
-            key.0.clone(),
-            key.1.clone(),
-        ));
+        self.hold_expiries
+            .remove(&(hold.expires_at_ts, key.clone()));
+        self.holds_by_payee
+            .remove(&(hold.to_account_id.clone(), key.0.clone(), key.1.clone()));
     }
-
-
 }
 
 /// A decision must be stamped after its hold began (the oracle's order; a timestamp of 0 is no
