@@ -335,7 +335,10 @@ async fn cross_shard_hold_router_killed_between_its_steps() {
     assert_eq!(wait_exit(&mut router), Some(86));
     let hold = client.get_hold("fa", &payer).await.expect("held");
     assert!(hold.cross_shard && !hold.promised);
-    let captured = client.capture("fa", &payer, 60).await.expect("capture makes the promise");
+    let captured = client
+        .capture("fa", &payer, 60)
+        .await
+        .expect("capture makes the promise");
     assert_eq!(captured.captured, 60);
     let balances = settled(&client, &both).await;
     assert_eq!((balances[&payer], balances[&shop]), (940, 1060));
@@ -348,7 +351,10 @@ async fn cross_shard_hold_router_killed_between_its_steps() {
     let balances = settled(&client, &both).await;
     assert_eq!((balances[&payer], balances[&shop]), (940, 1060));
 
-    client.authorize("fc", &payer, &shop, 300, 0).await.expect("authorize");
+    client
+        .authorize("fc", &payer, &shop, 300, 0)
+        .await
+        .expect("authorize");
     let (mut router, faulty) = die_at("hold-after-capture");
     assert!(faulty.capture("fc", &payer, 0).await.is_err());
     assert_eq!(wait_exit(&mut router), Some(86));
