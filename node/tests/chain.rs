@@ -10,9 +10,9 @@ use wallet_node::state_machine::{rejection_of, StateMachine};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
-    command::Op, outcome, AccountStateRequest, ChainDecide, ChainDecision, ChainRef,
-    CreateAccountRequest, Outcome, PrepareCredit, PrepareDebit, Rejection, Stuck, Transfer,
-    TransferRequest, TransferStatus, TransferStep,
+    command::Op, outcome, AccountStateRequest, ChainDecide, ChainDecision, ChainRef, Outcome,
+    PrepareCredit, PrepareDebit, Rejection, Stuck, Transfer, TransferRequest, TransferStatus,
+    TransferStep,
 };
 
 const SHARDS: u64 = 3;
@@ -105,25 +105,14 @@ impl Cluster {
     }
 
     fn open(&mut self, account: &str, funds: i64) {
-        let create = Op::CreateAccount(CreateAccountRequest {
-            account_id: account.into(),
-            currency: "EUR".into(),
-            credit_limit: 0,
-            opening_balance: 0,
-        });
-        self.run(account, "", create);
-        if funds > 0 {
-            let o = self.run(account, "fund", common::deposit(account, funds));
-            assert!(rejection_of(&o).is_none(), "{o:?}");
-        }
+        self.ts += 2;
+        let ts = self.ts;
+        common::open(self.of(account), ts, account, "EUR", funds);
     }
 
     fn balance(&self, account: &str) -> (i64, i64, i64) {
         let shard = self.ring.shard_of(account);
-        let a = self.sm[(shard - 1) as usize]
-            .account(account)
-            .expect("account");
-        (a.balance, a.reserved, a.pending_credit)
+        common::money(&self.sm[(shard - 1) as usize], account)
     }
 
     /// Step 1 for one item: Ok if both sides prepared, else the refusal.

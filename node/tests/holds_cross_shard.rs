@@ -11,9 +11,9 @@ use wallet_node::state_machine::{rejection_of, StateMachine};
 use wallet_proto::reason::Reason;
 use wallet_proto::topology::Ring;
 use wallet_proto::v1::{
-    command::Op, outcome, AuthorizeRequest, CaptureRequest, CreateAccountRequest, ExpireHolds,
-    GetHoldRequest, Hold, HoldPromised, HoldState, Outcome, PrepareCredit, Rejection,
-    TransferRequest, TransferStep, VoidRequest,
+    command::Op, outcome, AuthorizeRequest, CaptureRequest, ExpireHolds, GetHoldRequest, Hold,
+    HoldPromised, HoldState, Outcome, PrepareCredit, Rejection, TransferRequest, TransferStep,
+    VoidRequest,
 };
 
 const T0: u64 = 1_000_000 << 18;
@@ -64,25 +64,14 @@ impl Two {
     }
 
     fn open(&mut self, account: &str, currency: &str, funds: i64) {
-        let create = Op::CreateAccount(CreateAccountRequest {
-            account_id: account.into(),
-            currency: currency.into(),
-            credit_limit: 0,
-            opening_balance: 0,
-        });
-        self.run(account, "", create);
-        if funds > 0 {
-            let o = self.run(account, "fund", common::deposit(account, funds));
-            assert!(rejection_of(&o).is_none(), "{o:?}");
-        }
+        self.ts += 2 << 18;
+        let ts = self.ts;
+        common::open(self.of(account), ts, account, currency, funds);
     }
 
     fn money(&self, account: &str) -> (i64, i64, i64) {
         let shard = self.ring.shard_of(account);
-        let a = self.sm[(shard - 1) as usize]
-            .account(account)
-            .expect("account");
-        (a.balance, a.reserved, a.pending_credit)
+        common::money(&self.sm[(shard - 1) as usize], account)
     }
 
     fn total(&self) -> i128 {

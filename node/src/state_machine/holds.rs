@@ -29,9 +29,9 @@ use std::ops::Bound;
 
 use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    command::Op, outcome, AuthorizeRequest, CaptureRequest, Command, EntryKind, GetHoldRequest,
-    Hold, HoldPromised, HoldState, ListHoldsRequest, ListHoldsResponse, Outcome, RequestRecord,
-    VoidRequest,
+    command::Op, outcome, Account, AuthorizeRequest, CaptureRequest, Command, EntryKind,
+    GetHoldRequest, Hold, HoldPromised, HoldState, ListHoldsRequest, ListHoldsResponse, Outcome,
+    RequestRecord, VoidRequest,
 };
 use wallet_proto::validate;
 
@@ -345,16 +345,10 @@ impl StateMachine {
             }
             return outcome;
         };
-        let Some(mut from) = self.accounts.get(&hold.from_account_id).cloned() else {
-            return broken(format!("the payer of hold {} vanished", hold.hold_id));
+        let from = match self.payer_released(&hold) {
+            Ok(from) => from,
+            Err(broken) => return broken,
         };
-        let Some(reserved) = from.reserved.checked_sub(hold.amount) else {
-            return broken(format!(
-                "hold {} of {} is not reserved on {from:?}",
-                hold.hold_id, hold.amount
-            ));
-        };
-        from.reserved = reserved;
         writes.push(Write::Account(from.clone()));
         self.accounts.insert(from.account_id.clone(), from);
         // The record stops being a hold: out of the pending indexes first.
@@ -495,16 +489,10 @@ impl StateMachine {
         command: &Command,
         writes: &mut Writes,
     ) -> Outcome {
-        let Some(mut from) = self.accounts.get(&hold.from_account_id).cloned() else {
-            return broken(format!("the payer of hold {} vanished", hold.hold_id));
+        let from = match self.payer_released(&hold) {
+            Ok(from) => from,
+            Err(broken) => return broken,
         };
-        let Some(reserved) = from.reserved.checked_sub(hold.amount) else {
-            return broken(format!(
-                "hold {} of {} is not reserved on {from:?}",
-                hold.hold_id, hold.amount
-            ));
-        };
-        from.reserved = reserved;
         let balance = if state == HoldState::Captured {
             match from.balance.checked_sub(captured) {
                 Some(balance) => Some(balance),
@@ -698,6 +686,25 @@ impl StateMachine {
             let hold = hold.clone();
             self.untrack_hold(key, &hold);
         }
+    }
+
+    /// A cross-shard hold's payer with the hold's reservation taken off (not stored yet), or the
+    /// refusal of a record that contradicts the money rules.
+    fn payer_released(&self, hold: &Hold) -> Result<Account, Outcome> {
+        let Some(mut from) = self.accounts.get(&hold.from_account_id).cloned() else {
+            return Err(broken(format!(
+                "the payer of hold {} vanished",
+                hold.hold_id
+            )));
+        };
+        let Some(reserved) = from.reserved.checked_sub(hold.amount) else {
+            return Err(broken(format!(
+                "hold {} of {} is not reserved on {from:?}",
+                hold.hold_id, hold.amount
+            )));
+        };
+        from.reserved = reserved;
+        Ok(from)
     }
 
     fn untrack_hold(&mut self, key: &RequestKey, hold: &Hold) {
