@@ -186,6 +186,11 @@ fn shard_reads() -> Vec<ShardRead> {
         Query::Stuck(Stuck {
             before_ms: i64::MAX,
             start_ts_before: u64::MAX,
+            promises_after: Some(wallet_proto::v1::IntentRef {
+                credit_account_id: "\u{0}".repeat(64),
+                debit_account_id: String::new(),
+                transfer_id: "~".into(),
+            }),
         }),
         Query::SnapshotAt(SnapshotAt {
             ts: u64::MAX,

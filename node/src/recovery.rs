@@ -46,6 +46,9 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let period = (resolve_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    // Per shard: the last promise of a cross-shard hold the previous pass looked at (promises
+    // last as long as their holds, so each pass takes the next page, round the shard).
+    let mut cursors: BTreeMap<u64, Option<IntentRef>> = BTreeMap::new();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -55,7 +58,10 @@ pub async fn run(
         }
         let pass = async {
             for shard_id in service.led_shards() {
-                if let Err(e) = resolve_shard(&service, &shards, shard_id, resolve_after).await {
+                let cursor = cursors.entry(shard_id).or_default();
+                if let Err(e) =
+                    resolve_shard(&service, &shards, shard_id, resolve_after, cursor).await
+                {
                     tracing::debug!(shard_id, error = %e, "recovery pass incomplete; next pass retries");
                 }
                 if let Err(e) = forget_settled(&service, &shards, shard_id).await {
@@ -80,6 +86,7 @@ async fn resolve_shard(
     shards: &Arc<Shards>,
     shard_id: u64,
     resolve_after: Duration,
+    promises_after: &mut Option<IntentRef>,
 ) -> Result<(), tonic::Status> {
     let before_ms = crate::service::now_ms() - resolve_after.as_millis() as i64;
     let stuck = match service
@@ -87,7 +94,8 @@ async fn resolve_shard(
             shard_id,
             query: Some(Query::Stuck(Stuck {
                 before_ms,
-                ..Default::default()
+                start_ts_before: 0,
+                promises_after: promises_after.clone(),
             })),
         }))
         .await?
@@ -136,7 +144,16 @@ async fn resolve_shard(
             Ok(())
         });
     }
-    for intent in stuck.pending {
+    // The next pass goes on after this page of promises, or from the first one again.
+    *promises_after = match (stuck.more_promises, stuck.promises.last()) {
+        (true, Some(last)) => last.transfer.as_ref().map(|t| IntentRef {
+            credit_account_id: t.to_account_id.clone(),
+            debit_account_id: t.from_account_id.clone(),
+            transfer_id: t.transfer_id.clone(),
+        }),
+        _ => None,
+    };
+    for intent in stuck.pending.into_iter().chain(stuck.promises) {
         bounded_spawn(shard_id, &mut tasks).await;
         let shards = shards.clone();
         tasks.spawn(async move { resolve_intent(&shards, shard_id, &intent).await });

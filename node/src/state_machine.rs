@@ -49,8 +49,10 @@ pub struct StateMachine {
     pub(crate) intents: HashMap<IntentKey, Intent>,
     /// Transfers this shard is primary for that are PREPARED, awaiting a decision.
     pub(crate) prepared: BTreeSet<RequestKey>,
-    /// Intents still PENDING.
+    /// Intents still PENDING, but promises of cross-shard holds.
     pub(crate) pending: BTreeSet<IntentKey>,
+    /// Promises of cross-shard holds still PENDING (they last as long as their holds).
+    pub(crate) promises: BTreeSet<IntentKey>,
     /// Holds still PENDING, by (debit account, hold id), and by expiry (`holds.rs`).
     pub(crate) pending_holds: BTreeSet<RequestKey>,
     pub(crate) hold_expiries: BTreeSet<(u64, RequestKey)>,
@@ -86,6 +88,7 @@ impl StateMachine {
             intents: HashMap::new(),
             prepared: BTreeSet::new(),
             pending: BTreeSet::new(),
+            promises: BTreeSet::new(),
             pending_holds: BTreeSet::new(),
             hold_expiries: BTreeSet::new(),
             holds_by_payee: BTreeSet::new(),
@@ -150,7 +153,11 @@ impl StateMachine {
     pub fn load_intent(&mut self, intent: Intent) {
         let key = intent_key(&intent);
         if intent.state == IntentState::Pending as i32 {
-            self.pending.insert(key.clone());
+            if intent.hold {
+                self.promises.insert(key.clone());
+            } else {
+                self.pending.insert(key.clone());
+            }
         } else {
             self.retention
                 .track_intent(key.clone(), intent.issued_at_ms);
@@ -165,6 +172,7 @@ impl StateMachine {
         self.intents.clear();
         self.prepared.clear();
         self.pending.clear();
+        self.promises.clear();
         self.pending_holds.clear();
         self.hold_expiries.clear();
         self.holds_by_payee.clear();
@@ -180,7 +188,10 @@ impl StateMachine {
 
     /// Cross-shard transfers undecided here: (PREPARED on this primary, PENDING intents here).
     pub fn undecided_count(&self) -> (usize, usize) {
-        (self.prepared.len(), self.pending.len())
+        (
+            self.prepared.len(),
+            self.pending.len() + self.promises.len(),
+        )
     }
 
     /// Number of request records the shard remembers (retries answer from them).

@@ -114,14 +114,16 @@ impl Two {
             hold: true,
         });
         let answer = self.run(&hold.to_account_id.clone(), &hold.hold_id.clone(), op);
-        let refusal: Option<Rejection> = match answer.result {
-            Some(outcome::Result::Rejected(r)) => Some(r),
-            _ => None,
+        let (refusal, promise_ts): (Option<Rejection>, u64) = match answer.result {
+            Some(outcome::Result::Rejected(r)) => (Some(r), 0),
+            Some(outcome::Result::Transfer(t)) => (None, t.start_ts),
+            other => panic!("promise: {other:?}"),
         };
         let op = Op::HoldPromised(HoldPromised {
             hold_id: hold.hold_id.clone(),
             from_account_id: hold.from_account_id.clone(),
             refusal,
+            promise_ts,
         });
         self.run(&hold.from_account_id.clone(), &hold.hold_id.clone(), op)
     }
@@ -174,7 +176,8 @@ impl Two {
             ..Default::default()
         };
         for s in 0..2 {
-            for intent in self.sm[s].stuck(&stuck).pending {
+            assert!(self.sm[s].stuck(&stuck).pending.is_empty());
+            for intent in self.sm[s].stuck(&stuck).promises {
                 assert!(intent.hold, "only promises here");
                 let t = intent.transfer.clone().expect("transfer");
                 let get = GetHoldRequest {
@@ -319,6 +322,95 @@ fn void_and_expiry_release_both_sides_and_recovery_settles_what_a_router_left() 
     assert_eq!(c.money(&alice), (700, 0, 0));
     assert_eq!(c.money(&shop), (300, 0, 0));
     assert_eq!(c.total(), 1_000);
+}
+
+#[test]
+fn a_late_duplicate_promise_is_never_credited_and_a_capture_comes_after_its_promise() {
+    let mut c = Two::new();
+    let (alice, shop) = (c.id_on(1, 0), c.id_on(2, 0));
+    c.open(&alice, "USD", 1_000);
+    c.open(&shop, "USD", 0);
+    let set = Op::SetRetention(wallet_proto::v1::SetRetention { window_ms: 1_000 });
+    let ts = c.ts;
+    common::apply_at(c.of(&shop), "", ts, set);
+    let hold = hold_of(&c.authorize("h1", &alice, &shop, 300, 60_000));
+    let promised = hold_of(&c.promise(&hold));
+    // A capture stamped at or below the promise's timestamp is stamped again by the router.
+    let early = Op::Capture(CaptureRequest {
+        hold_id: "h1".into(),
+        from_account_id: alice.clone(),
+        amount: 0,
+        issued_at_ms: 0,
+    });
+    let o = common::apply_at(c.of(&alice), "h1", promised.promised_ts, early).0;
+    assert_eq!(rejection_of(&o), Some(Reason::TimestampTooOld));
+    let captured = hold_of(&c.capture("h1", &alice, 0));
+    assert!(captured.decided_ts > promised.promised_ts);
+    c.follow(&captured);
+    assert_eq!(c.money(&shop), (300, 0, 0));
+    // Soon after: the same promise again finds the credited one and changes nothing.
+    c.promise(&hold);
+    assert_eq!(c.money(&shop), (300, 0, 0));
+    // Two windows after the credit the payee forgot it; a promise sent again only now (a router
+    // that stalled) is a new one, made after the capture: released, never credited again.
+    c.ts += 10_000 << 18;
+    let ts = c.ts;
+    common::apply_at(c.of(&shop), "later", ts, common::deposit(&shop, 1));
+    let late = Op::PrepareCredit(PrepareCredit {
+        transfer: Some(TransferRequest {
+            transfer_id: "h1".into(),
+            from_account_id: alice.clone(),
+            to_account_id: shop.clone(),
+            amount: 300,
+            issued_at_ms: 0,
+        }),
+        primary_shard_id: 1,
+        currency: "USD".into(),
+        primary_start_ts: hold.start_ts,
+        linked: false,
+        hold: true,
+    });
+    c.run(&shop, "h1", late);
+    assert_eq!(c.money(&shop), (301, 0, 300));
+    c.follow(&captured);
+    assert_eq!(c.money(&shop), (301, 0, 0), "credited once only");
+    assert_eq!(c.total(), 1_001);
+}
+
+#[test]
+fn pending_promises_are_listed_apart_and_page_by_key() {
+    let mut c = Two::new();
+    let (alice, shop) = (c.id_on(1, 0), c.id_on(2, 0));
+    c.open(&alice, "USD", 1_000);
+    c.open(&shop, "USD", 0);
+    for n in 0..5 {
+        let hold = hold_of(&c.authorize(&format!("p{n}"), &alice, &shop, 10, 60_000));
+        c.promise(&hold);
+    }
+    let all = wallet_proto::v1::Stuck {
+        before_ms: i64::MAX,
+        ..Default::default()
+    };
+    let shop_shard = c.of(&shop);
+    let first = shop_shard.stuck(&all);
+    assert!(first.pending.is_empty(), "promises are not in the transfers' list");
+    assert_eq!(first.promises.len(), 5);
+    assert!(!first.more_promises);
+    let after = wallet_proto::v1::Stuck {
+        promises_after: Some(wallet_proto::v1::IntentRef {
+            credit_account_id: shop.clone(),
+            debit_account_id: alice.clone(),
+            transfer_id: "p2".into(),
+        }),
+        ..all
+    };
+    let ids: Vec<String> = shop_shard
+        .stuck(&after)
+        .promises
+        .into_iter()
+        .filter_map(|i| i.transfer.map(|t| t.transfer_id))
+        .collect();
+    assert_eq!(ids, vec!["p3", "p4"]);
 }
 
 #[derive(Clone, Debug)]

@@ -17,10 +17,10 @@ use wallet_proto::v1::{
     AccountResult, AccountStateRequest, AccountsAt, AccountsPage, AuditReport, AuditRequest,
     AuthorizeRequest, BalanceChange, BatchError, CaptureRequest, CloseTs, Command,
     CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts,
-    DepositRequest, GetAccountRequest, GetHoldRequest, GetTransferRequest, Hold, ListHoldsRequest,
-    ListHoldsResponse, ListTransfersRequest, ListTransfersResponse, Outcome, ReadResult, Rejection,
-    SnapshotAt, Stuck, Transfer, TransferBatchRequest, TransferBatchResponse, TransferRequest,
-    TransferResult, VoidRequest, WithdrawRequest,
+    DepositRequest, GetAccountRequest, GetHoldRequest, GetTransferRequest, Hold, IntentRef,
+    ListHoldsRequest, ListHoldsResponse, ListTransfersRequest, ListTransfersResponse, Outcome,
+    ReadResult, Rejection, SnapshotAt, Stuck, Transfer, TransferBatchRequest,
+    TransferBatchResponse, TransferRequest, TransferResult, VoidRequest, WithdrawRequest,
 };
 use wallet_proto::validate;
 
@@ -208,49 +208,54 @@ impl WalletService {
         let deadline = Instant::now() + AUDIT_WAIT_MAX;
         // Holds' shards closed at `ts` by this read.
         let mut closed = std::collections::BTreeSet::new();
+        // Where this round's pages of promises have got to, and whether anything undecided was
+        // met in this round (then it is looked at again after a pause).
+        let mut promises_after = None;
+        let mut waiting = false;
         loop {
             let stuck = Query::Stuck(Stuck {
                 start_ts_before: ts,
-                ..Default::default()
+                before_ms: 0,
+                promises_after: promises_after.clone(),
             });
-            match shards.read(shard_id, stuck).await?.result {
-                Some(read_result::Result::Stuck(s))
-                    if s.prepared.is_empty() && s.pending.is_empty() =>
-                {
-                    break
-                }
-                // Intents whose primary decided are settled now rather than at recovery's
-                // timeout; undecided transfers are waited for. A cross-shard hold's promise is
-                // not waited for while its hold is pending once the hold's shard is closed at
-                // `ts` too (it can only be captured after `ts`).
-                Some(read_result::Result::Stuck(s)) => {
-                    let mut waiting = !s.prepared.is_empty();
-                    for intent in &s.pending {
-                        if !intent.hold {
-                            wallet_shard_client::two_phase::settle_intent(
-                                &shards, shard_id, intent,
-                            )
-                            .await?;
-                            waiting = true;
-                            continue;
-                        }
-                        if closed.insert(intent.primary_shard_id) {
-                            wallet_shard_client::holds::close(&shards, intent.primary_shard_id, ts)
-                                .await?;
-                        }
-                        let promise =
-                            wallet_shard_client::holds::settle_promise(&shards, shard_id, intent)
-                                .await?;
-                        if promise != wallet_shard_client::holds::Promise::Pending {
-                            waiting = true;
-                        }
-                    }
-                    if !waiting {
-                        break;
-                    }
-                }
-                _ => return Err(unexpected("not a stuck list")),
+            let Some(read_result::Result::Stuck(s)) = shards.read(shard_id, stuck).await?.result
+            else {
+                return Err(unexpected("not a stuck list"));
+            };
+            // Intents whose primary decided are settled now rather than at recovery's timeout;
+            // undecided transfers are waited for.
+            waiting |= !s.prepared.is_empty() || !s.pending.is_empty() || s.more;
+            for intent in &s.pending {
+                wallet_shard_client::two_phase::settle_intent(&shards, shard_id, intent).await?;
             }
+            // A cross-shard hold's promise is not waited for while its hold is pending, once the
+            // hold's shard is closed at `ts` too (it can then be captured only after `ts`).
+            for intent in &s.promises {
+                if closed.insert(intent.primary_shard_id) {
+                    wallet_shard_client::holds::close(&shards, intent.primary_shard_id, ts).await?;
+                }
+                let promise =
+                    wallet_shard_client::holds::settle_promise(&shards, shard_id, intent).await?;
+                waiting |= promise != wallet_shard_client::holds::Promise::Pending;
+            }
+            if s.more_promises {
+                promises_after = s
+                    .promises
+                    .last()
+                    .and_then(|i| i.transfer.as_ref())
+                    .map(|t| IntentRef {
+                        credit_account_id: t.to_account_id.clone(),
+                        debit_account_id: t.from_account_id.clone(),
+                        transfer_id: t.transfer_id.clone(),
+                    });
+                continue;
+            }
+            if !waiting {
+                break;
+            }
+            // A new round from the first promise.
+            promises_after = None;
+            waiting = false;
             if Instant::now() > deadline {
                 return Err(Reason::Unavailable.status(format!(
                     "shard {shard_id} still has transfers undecided at {ts}"

@@ -147,19 +147,17 @@ pub async fn follow(
             let answer = timestamps
                 .execute_fresh(shards, to_shard, command(&id, 0, promise))
                 .await?;
-            let refusal = match answer.result {
-                Some(outcome::Result::Transfer(t)) if status_of(&t) != TransferStatus::Aborted => {
-                    None
-                }
-                Some(outcome::Result::Rejected(r)) => Some(r),
-                // Released already (the hold was decided, its promise too).
-                _ => None,
+            let (refusal, promise_ts) = match answer.result {
+                Some(outcome::Result::Transfer(t)) => (None, t.start_ts),
+                Some(outcome::Result::Rejected(r)) => (Some(r), 0),
+                _ => return Err(Reason::Internal.status("unexpected answer to a promise")),
             };
             failpoint!("hold-before-promised");
             let promised = Op::HoldPromised(HoldPromised {
                 hold_id: id.clone(),
                 from_account_id: hold.from_account_id.clone(),
                 refusal,
+                promise_ts,
             });
             let answer = shards
                 .execute(from_shard, command(&id, 0, promised))

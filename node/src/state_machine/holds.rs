@@ -191,6 +191,7 @@ impl StateMachine {
             decided_ts: 0,
             cross_shard,
             promised: false,
+            promised_ts: 0,
         }))
     }
 
@@ -277,6 +278,17 @@ impl StateMachine {
         if hold.cross_shard && !hold.promised {
             return Ok(hold_outcome(hold));
         }
+        // Stamped after its promise (the router stamps it again): a snapshot read that closed
+        // both shards then sees the capture and its credit on the same side of its timestamp.
+        if hold.cross_shard && command.ts <= hold.promised_ts {
+            return Err(Refusal::new(
+                Reason::TimestampTooOld,
+                format!(
+                    "a capture of hold {} must be stamped after its promise at {}",
+                    hold.hold_id, hold.promised_ts
+                ),
+            ));
+        }
         // The commit point: money leaves the debit account only if it is open now.
         movable(self.existing(&hold.from_account_id)?)?;
         let captured = if c.amount == 0 { hold.amount } else { c.amount };
@@ -337,7 +349,14 @@ impl StateMachine {
             return hold_outcome(hold);
         }
         let Some(refusal) = answer.refusal.clone() else {
+            if answer.promise_ts == 0 {
+                return Outcome::from(Refusal::new(
+                    Reason::InvalidArgument,
+                    "a promise made needs its timestamp",
+                ));
+            }
             hold.promised = true;
+            hold.promised_ts = answer.promise_ts;
             let outcome = hold_outcome(hold);
             if let Some(mut record) = self.requests.get(&key).cloned() {
                 record.outcome = Some(outcome.clone());
@@ -358,6 +377,8 @@ impl StateMachine {
         };
         if let Some(mut record) = self.requests.get(&key).cloned() {
             record.outcome = Some(outcome.clone());
+            // Kept a window from now, so a retry finds the refusal however late it came.
+            record.issued_at_ms = record.issued_at_ms.max(self.retention.issued(0));
             self.store_request(key, record, writes);
         }
         outcome

@@ -584,7 +584,11 @@ impl StateMachine {
             hold: prepare.hold,
         };
         self.store_intent(key.clone(), intent.clone(), writes);
-        self.pending.insert(key);
+        if intent.hold {
+            self.promises.insert(key);
+        } else {
+            self.pending.insert(key);
+        }
         transfer_outcome(intent_transfer(&intent, TransferStatus::Prepared))
     }
 
@@ -662,9 +666,14 @@ impl StateMachine {
             }
         }
         let promised = intent.transfer.as_ref().map(|t| t.amount).unwrap_or(0);
+        // A hold's promise made at or after its capture's timestamp is not the one the capture
+        // was made on (a capture is stamped after its promise): a late duplicate, made after the
+        // first was credited and forgotten. It is released, never credited twice.
+        let commit = commit && !(intent.hold && intent.start_ts >= command.ts);
         // A hold's promise is credited with what its capture moved (at most what was held);
         // the rest of the promise is released.
         let amount = match (step.amount, intent.hold) {
+            _ if !commit => promised,
             (0, _) => promised,
             (captured, true) if (1..=promised).contains(&captured) => captured,
             (asked, _) => {
@@ -722,6 +731,12 @@ impl StateMachine {
             );
         }
         self.pending.remove(&key);
+        self.promises.remove(&key);
+        if decided.hold {
+            // Kept two windows from its decision (a hold may be decided long after it was
+            // issued): a late promise for it finds it, not a free key.
+            decided.issued_at_ms = decided.issued_at_ms.max(self.retention.issued(0));
+        }
         let status = if commit {
             TransferStatus::Committed
         } else {
@@ -769,10 +784,30 @@ impl StateMachine {
             .filter(|i| selected(i.prepared_at_ms, i.start_ts))
             .cloned();
         let pending = take_bounded(pending, &mut more);
+        let after = query.promises_after.as_ref().map(|r| {
+            (
+                r.credit_account_id.clone(),
+                r.debit_account_id.clone(),
+                r.transfer_id.clone(),
+            )
+        });
+        let mut more_promises = false;
+        let promises = self
+            .promises
+            .range::<IntentKey, _>((
+                after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+                std::ops::Bound::Unbounded,
+            ))
+            .filter_map(|key| self.intents.get(key))
+            .filter(|i| selected(i.prepared_at_ms, i.start_ts))
+            .cloned();
+        let promises = take_bounded(promises, &mut more_promises);
         StuckTransfers {
             prepared,
             pending,
             more,
+            promises,
+            more_promises,
         }
     }
 
