@@ -393,7 +393,10 @@ fn pending_promises_are_listed_apart_and_page_by_key() {
     };
     let shop_shard = c.of(&shop);
     let first = shop_shard.stuck(&all);
-    assert!(first.pending.is_empty(), "promises are not in the transfers' list");
+    assert!(
+        first.pending.is_empty(),
+        "promises are not in the transfers' list"
+    );
     assert_eq!(first.promises.len(), 5);
     assert!(!first.more_promises);
     let after = wallet_proto::v1::Stuck {

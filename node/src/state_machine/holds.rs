@@ -366,7 +366,7 @@ impl StateMachine {
         };
         let from = match self.payer_released(&hold) {
             Ok(from) => from,
-            Err(broken) => return broken,
+            Err(what) => return broken(what),
         };
         writes.push(Write::Account(from.clone()));
         self.accounts.insert(from.account_id.clone(), from);
@@ -512,7 +512,7 @@ impl StateMachine {
     ) -> Outcome {
         let from = match self.payer_released(&hold) {
             Ok(from) => from,
-            Err(broken) => return broken,
+            Err(what) => return broken(what),
         };
         let balance = if state == HoldState::Captured {
             match from.balance.checked_sub(captured) {
@@ -709,20 +709,17 @@ impl StateMachine {
         }
     }
 
-    /// A cross-shard hold's payer with the hold's reservation taken off (not stored yet), or the
-    /// refusal of a record that contradicts the money rules.
-    fn payer_released(&self, hold: &Hold) -> Result<Account, Outcome> {
+    /// A cross-shard hold's payer with the hold's reservation taken off (not stored yet), or
+    /// what contradicts the money rules.
+    fn payer_released(&self, hold: &Hold) -> Result<Account, String> {
         let Some(mut from) = self.accounts.get(&hold.from_account_id).cloned() else {
-            return Err(broken(format!(
-                "the payer of hold {} vanished",
-                hold.hold_id
-            )));
+            return Err(format!("the payer of hold {} vanished", hold.hold_id));
         };
         let Some(reserved) = from.reserved.checked_sub(hold.amount) else {
-            return Err(broken(format!(
+            return Err(format!(
                 "hold {} of {} is not reserved on {from:?}",
                 hold.hold_id, hold.amount
-            )));
+            ));
         };
         from.reserved = reserved;
         Ok(from)
