@@ -138,7 +138,7 @@ impl BenchReport {
             self.elapsed.as_secs_f64(),
             self.options.pairs,
             self.options.clients,
-            if self.options.pairs == Pairs::Card {
+            if self.options.pairs.is_card() {
                 "each an authorize then a capture of the whole hold".to_string()
             } else if self.options.chain > 0 {
                 format!("linked chains of {} transfers", self.options.chain)
@@ -375,7 +375,7 @@ pub async fn run(
     let ids: Vec<String> = (0..options.accounts)
         .map(|i| format!("{}-{i}", options.prefix))
         .collect();
-    if options.pairs == Pairs::Card && (options.batch > 0 || options.chain > 0) {
+    if options.pairs.is_card() && (options.batch > 0 || options.chain > 0) {
         return Err("--pairs card has no batch API: leave --batch and --chain out".into());
     }
     if options.chain > 0 && options.batch > 0 {
@@ -447,7 +447,7 @@ pub async fn run(
             let mut n = 0u64;
             // Bounded in count as well as in time.
             let batch = options_batch;
-            let card = pairing.pairs == Pairs::Card;
+            let card = pairing.pairs.is_card();
             while Instant::now() < end && n < 100_000_000 {
                 let size = if chain > 0 { chain } else { batch.max(1) };
                 let mut items = Vec::with_capacity(size);

@@ -83,7 +83,7 @@ impl Picker {
         let roll = rng.below(100);
         let (from, to) = self.pairing.pair(rng);
         let merchant = self.pairing.pairs == Pairs::Merchant;
-        if self.pairing.pairs == Pairs::Card {
+        if self.pairing.pairs.is_card() {
             let kind = match roll {
                 0..=39 => OpKind::CardCapture,
                 40..=64 => OpKind::CardPartial,

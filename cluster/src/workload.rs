@@ -22,6 +22,16 @@ pub enum Pairs {
     /// holds and captures them whole or in part, voids them or lets them expire; wallet-bench
     /// authorizes and captures whole (two Raft entries per payment).
     Card,
+    /// Card payments between any two accounts: with N shards, (N-1)/N of the holds cross shards
+    /// (a promise on the payee's shard, README § Holds).
+    CardRandom,
+}
+
+impl Pairs {
+    /// Card payments (holds), within a shard or between any two accounts.
+    pub fn is_card(self) -> bool {
+        matches!(self, Pairs::Card | Pairs::CardRandom)
+    }
 }
 
 /// xorshift64*: enough to pick accounts and amounts, and the same sequence for the same seed.
@@ -100,7 +110,7 @@ impl Pairing {
                 let to = (from + 1 + rng.below(g.len() as u64 - 1) as usize) % g.len();
                 (g[from], g[to])
             }
-            Pairs::Random => {
+            Pairs::Random | Pairs::CardRandom => {
                 let from = rng.below(n) as usize;
                 let to = (from + 1 + rng.below(n - 1) as usize) % n as usize;
                 (from, to)
@@ -128,6 +138,7 @@ mod tests {
             Pairs::SameShard,
             Pairs::Merchant,
             Pairs::Card,
+            Pairs::CardRandom,
         ] {
             let pairing = Pairing::new(&ids, &ring, pairs).expect("enough accounts");
             let mut rng = Rng::for_worker(3);
@@ -139,10 +150,12 @@ mod tests {
                 match pairs {
                     Pairs::SameShard | Pairs::Card => assert!(pairing.same_shard(from, to)),
                     Pairs::Merchant => assert_eq!(to, 0),
-                    Pairs::Random => cross += usize::from(!pairing.same_shard(from, to)),
+                    Pairs::Random | Pairs::CardRandom => {
+                        cross += usize::from(!pairing.same_shard(from, to))
+                    }
                 }
             }
-            if pairs == Pairs::Random {
+            if matches!(pairs, Pairs::Random | Pairs::CardRandom) {
                 // About two thirds of random pairs cross shards with three shards.
                 assert!((1700..2300).contains(&cross), "{cross} of 3000 crossed");
             }
