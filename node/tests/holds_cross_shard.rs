@@ -161,6 +161,7 @@ impl Two {
             Ok(HoldState::Captured) => {
                 let op = Op::CommitCredit(TransferStep {
                     amount: hold.captured,
+                    promise_ts: hold.promised_ts,
                     ..step
                 });
                 common::apply_at(self.of(&to), &hold.hold_id, hold.decided_ts, op).0
@@ -247,11 +248,13 @@ fn a_cross_shard_hold_reserves_on_one_shard_promises_on_the_other_and_captures_i
     // A credit of more than was promised is refused on the payee's side.
     let hold = hold_of(&c.authorize("h2", &alice, &shop, 10, 60_000));
     c.promise(&hold);
+    let h2 = hold_of(&c.promise(&hold));
     let too_much = Op::CommitCredit(TransferStep {
         transfer_id: "h2".into(),
         account_id: shop.clone(),
         from_account_id: alice.clone(),
         amount: 11,
+        promise_ts: h2.promised_ts,
         ..Default::default()
     });
     assert_eq!(
@@ -370,7 +373,8 @@ fn a_late_duplicate_promise_is_never_credited_and_a_capture_comes_after_its_prom
         linked: false,
         hold: true,
     });
-    c.run(&shop, "h1", late);
+    // Stamped before the capture (the stalled router took its timestamp then), applied now.
+    common::apply_at(c.of(&shop), "h1", captured.decided_ts - 1, late);
     assert_eq!(c.money(&shop), (301, 0, 300));
     c.follow(&captured);
     assert_eq!(c.money(&shop), (301, 0, 0), "credited once only");

@@ -238,18 +238,21 @@ impl WalletService {
                     wallet_shard_client::holds::settle_promise(&shards, shard_id, intent).await?;
                 waiting |= promise != wallet_shard_client::holds::Promise::Pending;
             }
-            if s.more_promises {
-                promises_after = s
-                    .promises
-                    .last()
-                    .and_then(|i| i.transfer.as_ref())
-                    .map(|t| IntentRef {
-                        credit_account_id: t.to_account_id.clone(),
-                        debit_account_id: t.from_account_id.clone(),
-                        transfer_id: t.transfer_id.clone(),
-                    });
+            let next_page = s.promises.last().and_then(|i| i.transfer.as_ref());
+            if let (true, Some(t)) = (s.more_promises, next_page) {
+                promises_after = Some(IntentRef {
+                    credit_account_id: t.to_account_id.clone(),
+                    debit_account_id: t.from_account_id.clone(),
+                    transfer_id: t.transfer_id.clone(),
+                });
+                if Instant::now() > deadline {
+                    return Err(Reason::Unavailable.status(format!(
+                        "shard {shard_id}: holds' promises not all looked at by {ts}"
+                    )));
+                }
                 continue;
             }
+            waiting |= s.more_promises;
             if !waiting {
                 break;
             }

@@ -175,6 +175,7 @@ pub async fn follow(
                 account_id: hold.to_account_id.clone(),
                 from_account_id: hold.from_account_id.clone(),
                 amount: hold.captured,
+                promise_ts: hold.promised_ts,
                 ..Default::default()
             };
             let credited = shards
@@ -270,6 +271,7 @@ pub async fn settle_promise(
                 HoldState::Captured => (
                     Op::CommitCredit(TransferStep {
                         amount: hold.captured,
+                        promise_ts: hold.promised_ts,
                         ..step
                     }),
                     hold.decided_ts,

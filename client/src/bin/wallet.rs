@@ -249,7 +249,8 @@ fn hold_json(h: &Hold) -> serde_json::Value {
            "state": hold_state_name(h.state), "currency": h.currency,
            "created_at_ms": h.created_at_ms, "start_ts": h.start_ts,
            "expires_at_ts": h.expires_at_ts, "decided_ts": h.decided_ts,
-           "cross_shard": h.cross_shard, "promised": h.promised})
+           "cross_shard": h.cross_shard, "promised": h.promised,
+           "promised_ts": h.promised_ts})
 }
 
 fn hold_text(h: &Hold) -> String {

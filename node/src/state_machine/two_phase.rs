@@ -666,10 +666,25 @@ impl StateMachine {
             }
         }
         let promised = intent.transfer.as_ref().map(|t| t.amount).unwrap_or(0);
-        // A hold's promise made at or after its capture's timestamp is not the one the capture
-        // was made on (a capture is stamped after its promise): a late duplicate, made after the
-        // first was credited and forgotten. It is released, never credited twice.
-        let commit = commit && !(intent.hold && intent.start_ts >= command.ts);
+        // A hold's promise is credited only if it is the one the hold was captured on (named
+        // by its start timestamp): another under the same id is a late copy, made after that one
+        // was credited and forgotten. It is released, never credited twice.
+        if commit && intent.hold && step.promise_ts == 0 {
+            return Outcome::from(Refusal::new(
+                Reason::InvalidArgument,
+                format!("the credit of hold {} names no promise", step.transfer_id),
+            ));
+        }
+        let late_copy = commit && intent.hold && intent.start_ts != step.promise_ts;
+        if late_copy {
+            tracing::warn!(
+                hold = %step.transfer_id,
+                promise_ts = intent.start_ts,
+                captured_on = step.promise_ts,
+                "released a late copy of a hold's promise instead of crediting it again"
+            );
+        }
+        let commit = commit && !late_copy;
         // A hold's promise is credited with what its capture moved (at most what was held);
         // the rest of the promise is released.
         let amount = match (step.amount, intent.hold) {
