@@ -28,8 +28,9 @@ use wallet_proto::v1::{
 };
 
 use crate::shards::Shards;
+use crate::steps::{command, status_of, transfer_of};
 use crate::timestamps::Timestamps;
-use crate::two_phase::{command, commit_credit, credit_step, status_of, transfer_of};
+use crate::two_phase::{commit_credit, credit_step};
 
 /// The chain of `items`: its anchor (first debit account), id (first item's id), length and a
 /// CRC32 over every item (without issue times, which a retry may change).

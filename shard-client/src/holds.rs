@@ -30,8 +30,8 @@ use wallet_proto::v1::{
 };
 
 use crate::shards::Shards;
+use crate::steps::{command, status_of, transfer_of};
 use crate::timestamps::Timestamps;
-use crate::two_phase::{command, status_of, transfer_of};
 
 /// The hold in an outcome, or the refusal as a status.
 fn hold_of(outcome: Outcome) -> Result<Hold, Status> {

@@ -35,5 +35,6 @@ macro_rules! failpoint {
 pub mod chain;
 pub mod holds;
 pub mod shards;
+mod steps;
 pub mod timestamps;
 pub mod two_phase;

@@ -18,32 +18,15 @@
 //! that dies mid-way is replaced by the nodes' recovery (`node/src/recovery.rs`).
 
 use tonic::Status;
-use wallet_proto::reason::{Reason, Refusal};
+use wallet_proto::reason::Reason;
 use wallet_proto::v1::{
-    command::Op, outcome, read_result, shard_read::Query, Command, GetTransferRequest, Intent,
-    Outcome, PrepareCredit, PrepareDebit, Transfer, TransferRequest, TransferStatus, TransferStep,
+    command::Op, outcome, read_result, shard_read::Query, GetTransferRequest, Intent,
+    PrepareCredit, PrepareDebit, Transfer, TransferRequest, TransferStatus, TransferStep,
 };
 
 use crate::shards::Shards;
+use crate::steps::{command, status_of, transfer_of};
 use crate::timestamps::Timestamps;
-
-pub(crate) fn command(transfer_id: &str, ts: u64, op: Op) -> Command {
-    Command {
-        request_id: transfer_id.to_string(),
-        at_ms: 0,
-        ts,
-        op: Some(op),
-    }
-}
-
-/// The transfer in an outcome, or the refusal as a status.
-pub(crate) fn transfer_of(outcome: Outcome) -> Result<Transfer, Status> {
-    match outcome.result {
-        Some(outcome::Result::Transfer(t)) => Ok(t),
-        Some(outcome::Result::Rejected(r)) => Err(Refusal::of_rejection(&r).into()),
-        _ => Err(Reason::Internal.status("unexpected answer from shard")),
-    }
-}
 
 /// A decision step on the credit side of `t`.
 pub fn credit_step(t: &TransferRequest) -> TransferStep {
@@ -54,10 +37,6 @@ pub fn credit_step(t: &TransferRequest) -> TransferStep {
         refusal: None,
         ..Default::default()
     }
-}
-
-pub(crate) fn status_of(t: &Transfer) -> TransferStatus {
-    TransferStatus::try_from(t.status).unwrap_or(TransferStatus::Unspecified)
 }
 
 fn aborted(t: &Transfer) -> Status {
