@@ -1,7 +1,8 @@
 //! Linked chains on a real cluster (3 nodes, 2 shards, real sled dirs): a chain whose items live
 //! on both shards commits every item or none (G2), answers each item (the failed one its refusal,
 //! the others CHAIN_FAILED), applies once however often it is sent (G4), keeps audits balanced
-//! (G1), and the `wallet batch` CLI sends chains from `"linked": true` lines.
+//! (G1), and the `wallet batch` CLI and `POST /v1/transfer-batches` send chains from items flagged
+//! `linked`.
 
 mod common;
 
@@ -263,4 +264,40 @@ async fn the_cli_sends_chains_from_linked_lines() {
     assert_eq!(lines[0]["transfer"]["chain"]["chain_id"], "k1");
     assert_eq!(client.get_account(a).await.expect("read").balance, 430);
     assert_eq!(client.get_account(c).await.expect("read").balance, 570);
+
+    // The HTTP API: the same through POST /v1/transfer-batches.
+    let endpoints =
+        wallet_cluster::endpoints::Endpoints::load(&cluster.playground.dir).expect("endpoints");
+    let url = format!("http://{}/v1/transfer-batches", endpoints.router.http);
+    let batch = format!(
+        r#"{{"transfers": [
+            {{"transfer": {{"transfer_id": "w1", "from_account_id": "{a}", "to_account_id": "{c}", "amount": 5}}, "linked": true}},
+            {{"transfer": {{"transfer_id": "w2", "from_account_id": "{c}", "to_account_id": "{a}", "amount": 2}}}},
+            {{"transfer": {{"transfer_id": "w3", "from_account_id": "{a}", "to_account_id": "{c}", "amount": 1}}, "linked": true}},
+            {{"transfer": {{"transfer_id": "w4", "from_account_id": "{c}", "to_account_id": "{a}", "amount": 9999999}}}}
+        ]}}"#
+    );
+    let (status, answer) = curl("POST", &url, &[], Some(&batch));
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results[0]["transfer"]["status"], "COMMITTED", "{answer}");
+    assert_eq!(results[0]["transfer"]["chain"]["legs"], 2, "{answer}");
+    assert_eq!(results[1]["transfer"]["status"], "COMMITTED", "{answer}");
+    assert_eq!(results[2]["error"]["reason"], "CHAIN_FAILED", "{answer}");
+    assert_eq!(
+        results[3]["error"]["reason"], "INSUFFICIENT_FUNDS",
+        "{answer}"
+    );
+    assert_eq!(client.get_account(a).await.expect("read").balance, 427);
+    // A malformed item refuses the whole body before anything is sent.
+    let (status, answer) = curl(
+        "POST",
+        &url,
+        &[],
+        Some(r#"{"transfers": [{"transfer": {}, "linkd": true}]}"#),
+    );
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (400, Some("INVALID_ARGUMENT"))
+    );
 }

@@ -24,9 +24,10 @@ use tonic::Request;
 use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::v1::wallet_server::Wallet;
 use wallet_proto::v1::{
-    AccountStateRequest, AuditRequest, AuthorizeRequest, CaptureRequest, CreateAccountRequest,
-    DepositRequest, GetAccountRequest, GetHoldRequest, GetTransferRequest, ListHoldsRequest,
-    ListTransfersRequest, TransferRequest, VoidRequest, WithdrawRequest,
+    transfer_result, AccountStateRequest, AuditRequest, AuthorizeRequest, BatchTransfer,
+    CaptureRequest, CreateAccountRequest, DepositRequest, GetAccountRequest, GetHoldRequest,
+    GetTransferRequest, ListHoldsRequest, ListTransfersRequest, TransferBatchRequest,
+    TransferRequest, VoidRequest, WithdrawRequest,
 };
 
 use crate::service::WalletService;
@@ -215,6 +216,81 @@ async fn transfer(
     Ok(Json(
         service.transfer(Request::new(transfer)).await?.into_inner(),
     ))
+}
+
+/// A `TransferBatch` body: items with their `linked` flag (README § Linked chains).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    transfers: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    transfer: TransferRequest,
+    #[serde(default)]
+    linked: bool,
+}
+
+/// One answer per item, in order: its transfer or its error.
+#[derive(Serialize)]
+struct BatchAnswer {
+    results: Vec<BatchItemAnswer>,
+}
+
+#[derive(Serialize)]
+struct BatchItemAnswer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer: Option<wallet_proto::v1::Transfer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+}
+
+async fn transfer_batch(
+    State(service): Service,
+    parsed: Result<Json<BatchBody>, JsonRejection>,
+) -> Answer<BatchAnswer> {
+    let batch = body(parsed)?;
+    let request = TransferBatchRequest {
+        transfers: batch
+            .transfers
+            .into_iter()
+            .map(|item| BatchTransfer {
+                transfer: Some(item.transfer),
+                linked: item.linked,
+            })
+            .collect(),
+    };
+    let response = service
+        .transfer_batch(Request::new(request))
+        .await?
+        .into_inner();
+    let results = response
+        .results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(transfer_result::Result::Transfer(t)) => BatchItemAnswer {
+                transfer: Some(t),
+                error: None,
+            },
+            Some(transfer_result::Result::Error(e)) => BatchItemAnswer {
+                transfer: None,
+                error: Some(ErrorBody {
+                    reason: e.reason,
+                    message: e.message,
+                }),
+            },
+            None => BatchItemAnswer {
+                transfer: None,
+                error: Some(ErrorBody {
+                    reason: Reason::Internal.as_str().into(),
+                    message: "no result for this item".into(),
+                }),
+            },
+        })
+        .collect();
+    Ok(Json(BatchAnswer { results }))
 }
 
 /// Closes, freezes or unfreezes the account in the path; the body (`{}` at least) carries the
@@ -492,6 +568,11 @@ pub fn app(service: WalletService) -> axum::Router {
         .route("/v1/withdrawals", post(withdraw))
         .route("/v1/transfers", post(transfer))
         .route("/v1/transfers/{id}", get(get_transfer))
+        // Up to 8 189 items: the batch's own body limit (as gRPC's request limit).
+        .route(
+            "/v1/transfer-batches",
+            post(transfer_batch).layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024)),
+        )
         .route("/v1/audit", get(audit))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
@@ -556,6 +637,7 @@ mod tests {
             ("/v1/withdrawals", "post"),
             ("/v1/transfers", "post"),
             ("/v1/transfers/{id}", "get"),
+            ("/v1/transfer-batches", "post"),
             ("/v1/audit", "get"),
         ] {
             assert!(
