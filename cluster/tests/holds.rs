@@ -11,6 +11,17 @@ use common::*;
 use wallet_client::{HoldState, Reason, WalletClient};
 use wallet_cluster::endpoints::Endpoints;
 
+/// An audit's USD totals: (balances, held).
+async fn usd_audit(client: &WalletClient) -> (String, String) {
+    let audit = client.audit().await.expect("audit");
+    let usd = audit
+        .totals
+        .iter()
+        .find(|t| t.currency == "USD")
+        .expect("USD");
+    (usd.balances.clone(), usd.held.clone())
+}
+
 async fn money(client: &WalletClient, id: &str) -> (i64, i64, i64) {
     let a = client.get_account(id).await.expect("account");
     (a.balance, a.reserved, a.pending_credit)
@@ -227,16 +238,7 @@ async fn a_cross_shard_hold_is_promised_captured_in_part_voided_or_expired_and_a
     assert_eq!(money(&client, &payer).await, (10_000, 4_000, 0));
     assert_eq!(money(&client, &shop).await, (0, 0, 4_000));
     // An audit does not wait for a pending hold, and balances.
-    let audit = client.audit().await.expect("audit");
-    let usd = audit
-        .totals
-        .iter()
-        .find(|t| t.currency == "USD")
-        .expect("USD");
-    assert_eq!(
-        (usd.balances.as_str(), usd.held.as_str()),
-        ("10000", "4000")
-    );
+    assert_eq!(usd_audit(&client).await, ("10000".into(), "4000".into()));
     // The same authorization again answers the same hold.
     assert_eq!(
         client
@@ -301,11 +303,5 @@ async fn a_cross_shard_hold_is_promised_captured_in_part_voided_or_expired_and_a
         refusal(client.capture("x4", &payer, 0)).await,
         Reason::HoldExpired
     );
-    let audit = client.audit().await.expect("audit");
-    let usd = audit
-        .totals
-        .iter()
-        .find(|t| t.currency == "USD")
-        .expect("USD");
-    assert_eq!((usd.balances.as_str(), usd.held.as_str()), ("10000", "0"));
+    assert_eq!(usd_audit(&client).await, ("10000".into(), "0".into()));
 }

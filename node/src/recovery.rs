@@ -110,6 +110,8 @@ async fn resolve_shard(
     // replica proposes whatever arrived in one loop turn as one entry), so a batch that left
     // thousands of transfers behind is settled in a few rounds, not one round trip each.
     let mut tasks = tokio::task::JoinSet::new();
+    // The next pass goes on after this page of promises, or from the first one again.
+    *promises_after = wallet_shard_client::holds::next_promises_page(&stuck);
     for transfer in stuck.prepared {
         bounded_spawn(shard_id, &mut tasks).await;
         if transfer.chain.is_some() {
@@ -144,15 +146,6 @@ async fn resolve_shard(
             Ok(())
         });
     }
-    // The next pass goes on after this page of promises, or from the first one again.
-    *promises_after = match (stuck.more_promises, stuck.promises.last()) {
-        (true, Some(last)) => last.transfer.as_ref().map(|t| IntentRef {
-            credit_account_id: t.to_account_id.clone(),
-            debit_account_id: t.from_account_id.clone(),
-            transfer_id: t.transfer_id.clone(),
-        }),
-        _ => None,
-    };
     for intent in stuck.pending.into_iter().chain(stuck.promises) {
         bounded_spawn(shard_id, &mut tasks).await;
         let shards = shards.clone();

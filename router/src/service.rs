@@ -17,10 +17,10 @@ use wallet_proto::v1::{
     AccountResult, AccountStateRequest, AccountsAt, AccountsPage, AuditReport, AuditRequest,
     AuthorizeRequest, BalanceChange, BatchError, CaptureRequest, CloseTs, Command,
     CreateAccountBatchRequest, CreateAccountBatchResponse, CreateAccountRequest, CreateAccounts,
-    DepositRequest, GetAccountRequest, GetHoldRequest, GetTransferRequest, Hold, IntentRef,
-    ListHoldsRequest, ListHoldsResponse, ListTransfersRequest, ListTransfersResponse, Outcome,
-    ReadResult, Rejection, SnapshotAt, Stuck, Transfer, TransferBatchRequest,
-    TransferBatchResponse, TransferRequest, TransferResult, VoidRequest, WithdrawRequest,
+    DepositRequest, GetAccountRequest, GetHoldRequest, GetTransferRequest, Hold, ListHoldsRequest,
+    ListHoldsResponse, ListTransfersRequest, ListTransfersResponse, Outcome, ReadResult, Rejection,
+    SnapshotAt, Stuck, Transfer, TransferBatchRequest, TransferBatchResponse, TransferRequest,
+    TransferResult, VoidRequest, WithdrawRequest,
 };
 use wallet_proto::validate;
 
@@ -238,13 +238,8 @@ impl WalletService {
                     wallet_shard_client::holds::settle_promise(&shards, shard_id, intent).await?;
                 waiting |= promise != wallet_shard_client::holds::Promise::Pending;
             }
-            let next_page = s.promises.last().and_then(|i| i.transfer.as_ref());
-            if let (true, Some(t)) = (s.more_promises, next_page) {
-                promises_after = Some(IntentRef {
-                    credit_account_id: t.to_account_id.clone(),
-                    debit_account_id: t.from_account_id.clone(),
-                    transfer_id: t.transfer_id.clone(),
-                });
+            if let Some(next) = wallet_shard_client::holds::next_promises_page(&s) {
+                promises_after = Some(next);
                 if Instant::now() > deadline {
                     return Err(Reason::Unavailable.status(format!(
                         "shard {shard_id}: holds' promises not all looked at by {ts}"
@@ -641,6 +636,18 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                 ));
             }
         }
+        if !chain.is_empty() {
+            // The batch ends inside a chain: refused in its items' slots, nothing sent.
+            let len = chain.len();
+            tasks.push((
+                len,
+                tokio::spawn(async move {
+                    let refusal = Reason::InvalidArgument
+                        .refuse("the batch ends inside a chain: its last item must not be linked");
+                    wallet_shard_client::chain::failed(len, Some(len - 1), &refusal)
+                }),
+            ));
+        }
         let mut results = Vec::new();
         for (len, task) in tasks {
             // One answer per item whatever happens, so that answers stay in their items' slots.
@@ -657,17 +664,6 @@ impl wallet_proto::v1::wallet_server::Wallet for WalletService {
                     result: Some(result),
                 });
             }
-        }
-        if !chain.is_empty() {
-            let refusal = Reason::InvalidArgument
-                .refuse("the batch ends inside a chain: its last item must not be linked");
-            let open =
-                wallet_shard_client::chain::failed(chain.len(), Some(chain.len() - 1), &refusal);
-            results.extend(open.into_iter().map(|answer| TransferResult {
-                result: Some(transfer_result::Result::Error(batch_error(
-                    &answer.err().unwrap_or_else(|| refusal.status()),
-                ))),
-            }));
         }
         Ok(Response::new(TransferBatchResponse { results }))
     }

@@ -25,8 +25,8 @@ use tonic::Status;
 use wallet_proto::reason::{Reason, Refusal};
 use wallet_proto::v1::{
     command::Op, outcome, read_result, shard_read::Query, AuthorizeRequest, CaptureRequest,
-    CloseTs, GetHoldRequest, Hold, HoldPromised, HoldState, Intent, Outcome, PrepareCredit,
-    TransferRequest, TransferStatus, TransferStep, VoidRequest,
+    CloseTs, GetHoldRequest, Hold, HoldPromised, HoldState, Intent, IntentRef, Outcome,
+    PrepareCredit, StuckTransfers, TransferRequest, TransferStatus, TransferStep, VoidRequest,
 };
 
 use crate::shards::Shards;
@@ -219,6 +219,20 @@ pub async fn follow(
             Ok(hold)
         }
     }
+}
+
+/// Where the next page of a `Stuck` answer's promises starts: after its last one, if more
+/// follow (None: the page was the last).
+pub fn next_promises_page(page: &StuckTransfers) -> Option<IntentRef> {
+    if !page.more_promises {
+        return None;
+    }
+    let t = page.promises.last()?.transfer.as_ref()?;
+    Some(IntentRef {
+        credit_account_id: t.to_account_id.clone(),
+        debit_account_id: t.from_account_id.clone(),
+        transfer_id: t.transfer_id.clone(),
+    })
 }
 
 /// What settling a hold's promise came to.
