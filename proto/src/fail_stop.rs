@@ -12,6 +12,9 @@ use std::cell::Cell;
 use std::io::Write as _;
 use std::path::PathBuf;
 
+/// Held by the thread that reports a panic and ends the process.
+static FIRST_PANIC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 thread_local! {
     /// Set while [`catch`] runs a call known to panic on bad input (in this thread only).
     static CATCHING: Cell<bool> = const { Cell::new(false) };
@@ -48,6 +51,10 @@ pub fn install(name: &'static str, data_dir: Option<PathBuf>) {
             eprintln!("caught a panic in a call known to panic on bad data: {info}");
             return;
         }
+        // One panic reports and exits; a second thread panicking meanwhile (several replicas
+        // applying the same bad entry, say) waits here until the process is gone, so the report
+        // and the panic file hold the first panic whole, never lines interleaved.
+        let _only_one = FIRST_PANIC.lock().unwrap_or_else(|e| e.into_inner());
         default_hook(info);
         let thread = std::thread::current();
         let line = format!(
@@ -77,7 +84,8 @@ fn record(dir: &std::path::Path, line: &str) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let _ = writeln!(file, "{now} {line}");
+        // One write call for the whole line: appends from two processes never interleave.
+        let _ = file.write_all(format!("{now} {line}\n").as_bytes());
         let _ = file.sync_all();
     }
 }
