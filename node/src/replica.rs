@@ -1163,8 +1163,9 @@ impl Replica {
         let every = self.config.compact_every.max(2);
         if self.applied >= first + every || log.entry_bytes() > LOG_BYTES_MAX {
             let point = log.compaction_point(self.applied, every / 2, LOG_BYTES_MAX / 4);
-            if point >= first {
-                self.store.checkpoint()?;
+            // Once a checkpoint at or past the point is in sled; until then the loop goes on
+            // (the checkpoint is being written) and tries again next turn.
+            if point >= first && self.store.compactable(point)? {
                 self.store.compact(point)?;
                 self.store.remove_received_up_to(self.applied);
                 tracing::debug!(

@@ -376,6 +376,15 @@ impl wallet_proto::v1::raft_server::Raft for NodeService {
         Ok(Response::new(RaftAck {}))
     }
 
+    async fn stream(
+        &self,
+        request: Request<tonic::Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let caller = request.extensions().get::<transport::CallerNode>().copied();
+        transport::receive_stream(&self.registry, request.into_inner(), caller).await?;
+        Ok(Response::new(RaftAck {}))
+    }
+
     async fn snapshot(
         &self,
         request: Request<tonic::Streaming<SnapshotChunk>>,

@@ -87,6 +87,10 @@ const INSTALL_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Applied records buffered in memory before they are written as one checkpoint batch.
 pub const CHECKPOINT_WRITES: usize = 4096;
+/// Applied records held in memory at most while the previous checkpoint is still being written:
+/// up to here the Raft loop goes on and the next checkpoint starts once the writer is done;
+/// beyond it the loop waits for the writer, so memory stays bounded when sled falls behind.
+pub const CHECKPOINT_WRITES_MAX: usize = 8 * CHECKPOINT_WRITES;
 
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;
@@ -477,8 +481,13 @@ pub struct ShardStore {
     /// Applied changes not yet checkpointed, and the applied index they bring the store to.
     unwritten: Vec<Write>,
     unwritten_applied: Option<u64>,
-    /// The checkpoint being written by its own thread (the Raft loop does not wait for it).
+    /// The checkpoint being written by its own thread (the Raft loop does not wait for it),
+    /// and the applied index it brings sled to.
     writing: Option<std::thread::JoinHandle<Result<(), sled::Error>>>,
+    writing_applied: u64,
+    /// The applied index of the last checkpoint known to be in sled: the log may be compacted
+    /// up to it.
+    written_applied: u64,
 }
 
 /// What a replica recovers from disk when it opens.
@@ -574,6 +583,8 @@ impl ShardStore {
             unwritten: Vec::new(),
             unwritten_applied: None,
             writing: None,
+            writing_applied: applied,
+            written_applied: applied,
         };
         let mut state_machine = state_machine;
         store.load_state(&mut state_machine)?;
@@ -791,11 +802,24 @@ impl ShardStore {
     /// Starts writing the applied changes not yet written, with their applied index, as one
     /// batch (later versions of a record replace earlier ones), on a thread of its own: the Raft
     /// loop goes on while sled works. One checkpoint at a time, in order. Not fsynced: the log is.
+    /// While the previous checkpoint is still being written, the changes wait in memory for the
+    /// next call (the loop never blocks on sled for them) unless they reached
+    /// [`CHECKPOINT_WRITES_MAX`].
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.poll_checkpoint()?;
+        if self.unwritten_applied.is_none() {
+            return Ok(());
+        }
+        if self.writing.is_some() {
+            if self.unwritten.len() < CHECKPOINT_WRITES_MAX {
+                return Ok(());
+            }
+            self.wait_checkpoint()?;
+        }
         let Some(applied) = self.unwritten_applied.take() else {
             return Ok(());
         };
-        self.wait_checkpoint()?;
+        self.writing_applied = applied;
         let writes = std::mem::take(&mut self.unwritten);
         let tree = self.tree.clone();
         self.writing = Some(std::thread::spawn(move || {
@@ -809,12 +833,24 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Takes the result of the checkpoint being written if its writer is done, without waiting.
+    fn poll_checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
+            self.wait_checkpoint()?;
+        }
+        Ok(())
+    }
+
     /// Waits until the checkpoint being written (if any) is in sled.
     pub fn wait_checkpoint(&mut self) -> Result<(), StoreError> {
         match self.writing.take() {
             None => Ok(()),
             Some(writer) => match writer.join() {
-                Ok(result) => Ok(result?),
+                Ok(result) => {
+                    result?;
+                    self.written_applied = self.writing_applied;
+                    Ok(())
+                }
                 // A panic on the writer thread already ended the process (fail-stop hook).
                 Err(_) => Err(StoreError::Corrupt("the checkpoint writer panicked".into())),
             },
@@ -823,8 +859,20 @@ impl ShardStore {
 
     /// Writes every applied change and waits for it: what is applied is then in sled.
     pub fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        self.wait_checkpoint()?;
         self.checkpoint()?;
         self.wait_checkpoint()
+    }
+
+    /// Whether the log may be compacted up to `index` now: a checkpoint at or past it is in
+    /// sled. Starts the next checkpoint (without waiting) when it is not.
+    pub fn compactable(&mut self, index: u64) -> Result<bool, StoreError> {
+        self.poll_checkpoint()?;
+        if self.written_applied >= index {
+            return Ok(true);
+        }
+        self.checkpoint()?;
+        Ok(false)
     }
 
     /// Stores a new configuration after a conf change applied.
@@ -900,7 +948,13 @@ impl ShardStore {
     /// recoverable by followers).
     pub fn compact(&mut self, index: u64) -> Result<(), StoreError> {
         // The checkpoint that makes the dropped entries unnecessary must be in sled first.
-        self.wait_checkpoint()?;
+        self.poll_checkpoint()?;
+        if index > self.written_applied {
+            self.wait_checkpoint()?;
+            if index > self.written_applied {
+                self.checkpoint_now()?;
+            }
+        }
         let mut core = self.log.write();
         if index <= core.truncated.0 || index > core.last_index() {
             return Ok(());
@@ -958,6 +1012,8 @@ impl ShardStore {
         self.wait_checkpoint()?;
         self.unwritten.clear();
         self.unwritten_applied = None;
+        self.writing_applied = snapshot.get_metadata().index;
+        self.written_applied = snapshot.get_metadata().index;
         let descriptor = Descriptor::decode(snapshot.get_data()).map_err(StoreError::Corrupt)?;
         let meta = snapshot.get_metadata();
         let path = self

@@ -1,10 +1,16 @@
 //! Raft transport: carries raft-rs messages between nodes over gRPC (`wallet.v1.Raft/Send`).
 //!
-//! One sender task per peer node owns one HTTP/2 channel to it. Replicas hand messages over without
-//! waiting; the task batches everything queued for the peer (all shards together, up to
-//! [`BATCH_MESSAGES_MAX`]) into one request. A failed send is reported to the replicas involved
-//! (`report_unreachable`, and `report_snapshot(Failure)` for snapshots) so raft-rs probes again;
-//! messages beyond a full queue are dropped, which Raft tolerates by resending.
+//! One sender task per peer node owns the HTTP/2 channels to it. Replicas hand messages over
+//! without waiting; the task batches everything queued for the peer (all shards together, up to
+//! [`BATCH_MESSAGES_MAX`]) and writes the batch to one long-lived stream (`wallet.v1.Raft/Stream`):
+//! no answer per batch, so a batch never waits for the previous one to be acknowledged, and a
+//! message costs one HTTP/2 data frame instead of a request and its answer. A stream that fails,
+//! or that the peer stops reading for [`SEND_TIMEOUT`] (HTTP/2 keep-alive pings find a silent
+//! peer), is given up and opened again; its batches may be lost, which Raft tolerates by
+//! resending. A peer of an earlier release, without `Stream`, gets one `Send` request per batch
+//! as before, and so do compressed catch-up batches. A failed send is reported to the replicas
+//! involved (`report_unreachable`, and `report_snapshot(Failure)` for snapshots) so raft-rs probes
+//! again; messages beyond a full queue are dropped.
 //!
 //! Snapshots go another way (`wallet.v1.Raft/Snapshot`, a client stream on a channel of their
 //! own, so a large one delays no heartbeat): the `MsgSnapshot` carries only the descriptor of a
@@ -39,6 +45,12 @@ pub const PEER_QUEUE_CAPACITY: usize = 16_384;
 pub const BATCH_MESSAGES_MAX: usize = 4096;
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Batches waiting to enter a peer's stream beyond what HTTP/2 is sending.
+const STREAM_BATCHES_QUEUED: usize = 64;
+/// HTTP/2 pings on a stream's connection, and how long an answer may take before the
+/// connection (and the stream) is given up.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes of a snapshot file per streamed chunk.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// A snapshot stream may take this long, plus one second per [`SNAPSHOT_BYTES_PER_S_MIN`].
@@ -163,12 +175,18 @@ async fn peer_sender(
         Some(tls) => tls.channel(&endpoint, Some(&wallet_tls::node_name(peer_id))),
         None => Ok(endpoint.connect_lazy()),
     };
-    let (messages, snapshots) = match (
+    let streaming = endpoint
+        .clone()
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let (messages, snapshots, streaming) = match (
         connect(endpoint.clone().timeout(SEND_TIMEOUT)),
         connect(endpoint),
+        connect(streaming),
     ) {
-        (Ok(messages), Ok(snapshots)) => (messages, snapshots),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(messages), Ok(snapshots), Ok(streaming)) => (messages, snapshots, streaming),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             tracing::error!(peer_id, %address, error = %e, "no TLS channel to peer; not sending to it");
             return;
         }
@@ -180,6 +198,14 @@ async fn peer_sender(
     // appends), where fewer bytes on the wire pay for the CPU; heartbeats and small appends stay
     // plain.
     let mut compressing = client.clone().send_compressed(CompressionEncoding::Zstd);
+    // Every other batch goes on the peer's stream, on a connection of its own (no per-request
+    // timeout: the stream lives as long as the connection; keep-alive pings watch it).
+    let stream_client = RaftClient::new(streaming)
+        .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(wallet_proto::MESSAGE_BYTES_MAX);
+    let mut stream: Option<OpenStream> = None;
+    // The peer runs a release without `Stream`: one `Send` per batch.
+    let mut unary_only = false;
     // Snapshots stream on a connection of their own, with a timeout by size; compressed whenever
     // compression is on (their chunks are far above any threshold).
     let mut snapshot_client = RaftClient::new(snapshots);
@@ -222,11 +248,17 @@ async fn peer_sender(
         };
         let compress = compress_above > 0 && batch.encoded_len() >= compress_above;
         let sent = if compress {
-            compressing.send(batch).await
+            compressing.send(batch).await.map(drop)
+        } else if unary_only {
+            client.send(batch).await.map(drop)
         } else {
-            client.send(batch).await
+            send_on_stream(&mut stream, &stream_client, batch).await
         };
         if let Err(status) = sent {
+            if status.code() == tonic::Code::Unimplemented && !unary_only {
+                tracing::info!(peer_id, "peer has no Raft/Stream (an earlier release): one request per batch");
+                unary_only = true;
+            }
             tracing::debug!(peer_id, error = %status.message(), "raft send failed");
             for shard_id in shards {
                 peer.report(shard_id, ReplicaMsg::Unreachable(peer_id));
@@ -235,6 +267,83 @@ async fn peer_sender(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// A peer's open `Raft/Stream` call: batches go in through `batches`, the call runs in `call`.
+struct OpenStream {
+    batches: mpsc::Sender<RaftBatch>,
+    call: tokio::task::JoinHandle<Result<(), Status>>,
+}
+
+/// Writes `batch` to the peer's stream, opening one if none is open. An error means the stream
+/// ended (its status says why) or the peer stopped reading it; the stream is then dropped, and
+/// the next batch opens a new one. Batches written to a stream that fails are lost.
+async fn send_on_stream(
+    open: &mut Option<OpenStream>,
+    client: &RaftClient<Channel>,
+    batch: RaftBatch,
+) -> Result<(), Status> {
+    if open.as_ref().is_some_and(|s| s.call.is_finished()) {
+        if let Some(ended) = open.take() {
+            ended_with(ended).await?;
+        }
+    }
+    let stream = match open {
+        Some(stream) => stream,
+        None => {
+            let (batches, queued) = mpsc::channel(STREAM_BATCHES_QUEUED);
+            let mut client = client.clone();
+            let call = tokio::spawn(async move {
+                client
+                    .stream(tokio_stream::wrappers::ReceiverStream::new(queued))
+                    .await
+                    .map(drop)
+            });
+            open.insert(OpenStream { batches, call })
+        }
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, stream.batches.send(batch)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => match open.take() {
+            Some(ended) => ended_with(ended).await.and(Err(Status::unavailable(
+                "the raft stream ended; opening another",
+            ))),
+            None => Err(Status::unavailable("the raft stream ended")),
+        },
+        Err(_) => {
+            if let Some(stuck) = open.take() {
+                stuck.call.abort();
+            }
+            Err(Status::deadline_exceeded(
+                "the peer stopped reading its raft stream",
+            ))
+        }
+    }
+}
+
+/// How a stream's call ended.
+async fn ended_with(stream: OpenStream) -> Result<(), Status> {
+    drop(stream.batches);
+    match stream.call.await {
+        Ok(result) => result,
+        Err(e) => Err(Status::internal(format!("the raft stream task failed: {e}"))),
+    }
+}
+
+/// Receives a peer's `Raft/Stream`: hands each batch to the replicas as it arrives, until the
+/// peer closes the stream or it fails.
+pub async fn receive_stream(
+    registry: &Registry,
+    mut stream: tonic::Streaming<RaftBatch>,
+    caller: Option<CallerNode>,
+) -> Result<(), Status> {
+    while let Some(batch) = stream.message().await? {
+        let dropped = deliver(registry, batch, caller);
+        if dropped > 0 {
+            tracing::debug!(dropped, "dropped inbound raft messages");
+        }
+    }
+    Ok(())
 }
 
 /// Streams the file of a `MsgSnapshot` to the peer and tells raft-rs how it went.
@@ -472,6 +581,14 @@ mod tests {
             request: tonic::Request<RaftBatch>,
         ) -> Result<tonic::Response<RaftAck>, Status> {
             deliver(&self.registry, request.into_inner(), None);
+            Ok(tonic::Response::new(RaftAck {}))
+        }
+
+        async fn stream(
+            &self,
+            request: tonic::Request<tonic::Streaming<RaftBatch>>,
+        ) -> Result<tonic::Response<RaftAck>, Status> {
+            receive_stream(&self.registry, request.into_inner(), None).await?;
             Ok(tonic::Response::new(RaftAck {}))
         }
 
