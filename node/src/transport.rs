@@ -568,10 +568,12 @@ mod tests {
     use wallet_proto::v1::raft_server::{Raft, RaftServer};
     use wallet_proto::v1::RaftAck;
 
-    /// A node's `Raft` service, reduced to the transport's two entry points.
+    /// A node's `Raft` service, reduced to the transport's entry points; `no_stream` plays a
+    /// node of an earlier release, without `Raft/Stream`.
     struct Receiver {
         registry: Registry,
         snapshots: SnapshotDir,
+        no_stream: bool,
     }
 
     #[tonic::async_trait]
@@ -588,6 +590,9 @@ mod tests {
             &self,
             request: tonic::Request<tonic::Streaming<RaftBatch>>,
         ) -> Result<tonic::Response<RaftAck>, Status> {
+            if self.no_stream {
+                return Err(Status::unimplemented("an earlier release"));
+            }
             receive_stream(&self.registry, request.into_inner(), None).await?;
             Ok(tonic::Response::new(RaftAck {}))
         }
@@ -633,7 +638,7 @@ mod tests {
 
     /// A registry whose only replica is an inbox the test reads.
     fn registry(shard_id: u64) -> (Registry, mpsc::Receiver<ReplicaMsg>) {
-        let (inbox, rx) = mpsc::channel(16);
+        let (inbox, rx) = mpsc::channel(4096);
         let handle = ReplicaHandle {
             shard_id,
             inbox,
@@ -687,6 +692,7 @@ mod tests {
                 .add_service(RaftServer::new(Receiver {
                     registry: follower_registry,
                     snapshots: follower_snapshots.clone(),
+                    no_stream: false,
                 }))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
@@ -760,6 +766,139 @@ mod tests {
             .unwrap()
             .collect();
         assert!(left.is_empty(), "no partial file is left behind: {left:?}");
+        server.abort();
+    }
+
+    /// Serves a receiver on `listener` whose replica of shard 7 is `registry`'s.
+    fn serve(
+        listener: std::net::TcpListener,
+        registry: Registry,
+        snapshots: SnapshotDir,
+        no_stream: bool,
+    ) -> tokio::task::JoinHandle<()> {
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(RaftServer::new(Receiver {
+                    registry,
+                    snapshots,
+                    no_stream,
+                }))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await;
+        })
+    }
+
+    #[allow(clippy::field_reassign_with_default)] // protobuf-2 messages, as raft-rs does
+    fn heartbeat(commit: u64) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = 1;
+        message.to = 2;
+        message.commit = commit;
+        message
+    }
+
+    /// Sends heartbeats numbered from `from` through the peer's queue, one every 20 ms, until the
+    /// follower's replica got one, and returns the numbers it got (in order) within 10 s.
+    async fn until_delivered(
+        queue: &mpsc::Sender<(u64, Message)>,
+        inbox: &mut mpsc::Receiver<ReplicaMsg>,
+        from: u64,
+    ) -> Vec<u64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut n = from;
+        loop {
+            assert!(std::time::Instant::now() < deadline, "nothing delivered");
+            queue.send((7, heartbeat(n))).await.unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut got = Vec::new();
+            while let Ok(msg) = inbox.try_recv() {
+                if let ReplicaMsg::Raft(message) = msg {
+                    got.push(message.commit);
+                }
+            }
+            if !got.is_empty() {
+                return got;
+            }
+        }
+    }
+
+    /// Batches reach the follower in order over one stream; when the follower's server goes
+    /// away and comes back, the sender gives the broken stream up and opens another; a peer
+    /// without `Raft/Stream` (an earlier release) gets the batches as `Send` requests.
+    #[tokio::test]
+    async fn raft_batches_stream_in_order_survive_a_restart_and_reach_an_older_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotDir::open(dir.path()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let (follower_registry, mut follower_inbox) = registry(7);
+        let server = serve(
+            listener,
+            follower_registry.clone(),
+            snapshots.clone(),
+            false,
+        );
+        let (leader_registry, _leader_inbox) = registry(7);
+        let peer = Peer {
+            node_id: 1,
+            peer_id: 2,
+            registry: leader_registry,
+            snapshots: snapshots.clone(),
+        };
+        let (queue, queued) = mpsc::channel(PEER_QUEUE_CAPACITY);
+        let sender = tokio::spawn(peer_sender(peer, address.to_string(), queued, 0, None));
+
+        // In order, over many batches.
+        let first = until_delivered(&queue, &mut follower_inbox, 0).await;
+        let mut next = first.last().copied().unwrap() + 1;
+        let mut got = Vec::new();
+        let sent: Vec<u64> = (1_000..3_000).collect();
+        for n in &sent {
+            queue.send((7, heartbeat(*n))).await.unwrap();
+            if n % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while got.len() < sent.len() && std::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), follower_inbox.recv()).await {
+                Ok(Some(ReplicaMsg::Raft(message))) => got.push(message.commit),
+                Ok(_) => {}
+                Err(_) => {}
+            }
+        }
+        got.retain(|n| *n >= 1_000);
+        assert!(
+            got == sent,
+            "every message arrives, in order: {} of {}, first gap after {:?}",
+            got.len(),
+            sent.len(),
+            got.iter().zip(&sent).find(|(a, b)| a != b)
+        );
+
+        // The follower's server goes away (the stream breaks) and comes back on the same port.
+        server.abort();
+        let _ = server.await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listener = std::net::TcpListener::bind(address).unwrap();
+        let server = serve(listener, follower_registry.clone(), snapshots.clone(), false);
+        next = next.max(10_000);
+        let again = until_delivered(&queue, &mut follower_inbox, next).await;
+        assert!(again.iter().all(|n| *n >= 10_000));
+
+        // A follower of an earlier release: no stream, one request per batch.
+        server.abort();
+        let _ = server.await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listener = std::net::TcpListener::bind(address).unwrap();
+        let server = serve(listener, follower_registry, snapshots, true);
+        let older = until_delivered(&queue, &mut follower_inbox, 20_000).await;
+        assert!(older.iter().all(|n| *n >= 20_000));
+        sender.abort();
         server.abort();
     }
 }
