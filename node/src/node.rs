@@ -190,7 +190,20 @@ pub async fn run(
         topology.clone(),
         tls.as_ref().map(|tls| tls.client.clone()),
     )?);
-    let service = NodeService::new(options.node_id, ring, registry, shards.clone(), snapshots);
+    // Turned true when shutdown begins: inbound Raft streams end, so the server can stop.
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing_tx.send(true);
+    };
+    let service = NodeService::new(
+        options.node_id,
+        ring,
+        registry,
+        shards.clone(),
+        snapshots,
+        closing,
+    );
     let recovery = tokio::spawn(crate::recovery::run(
         service.clone(),
         shards,

@@ -41,6 +41,9 @@ pub struct NodeService {
     registry: Registry,
     ts_bound: Arc<TsBound>,
     snapshots: crate::snapshot_file::SnapshotDir,
+    /// Turns true when the node starts shutting down: inbound Raft streams then end, or the
+    /// server's graceful shutdown would wait for them for ever.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl NodeService {
@@ -50,6 +53,7 @@ impl NodeService {
         registry: Registry,
         shards: Arc<Shards>,
         snapshots: crate::snapshot_file::SnapshotDir,
+        closing: tokio::sync::watch::Receiver<bool>,
     ) -> NodeService {
         NodeService {
             node_id,
@@ -57,6 +61,7 @@ impl NodeService {
             registry,
             ts_bound: Arc::new(TsBound::new(shards)),
             snapshots,
+            closing,
         }
     }
 
@@ -381,7 +386,13 @@ impl wallet_proto::v1::raft_server::Raft for NodeService {
         request: Request<tonic::Streaming<RaftBatch>>,
     ) -> Result<Response<RaftAck>, Status> {
         let caller = request.extensions().get::<transport::CallerNode>().copied();
-        transport::receive_stream(&self.registry, request.into_inner(), caller).await?;
+        transport::receive_stream(
+            &self.registry,
+            request.into_inner(),
+            caller,
+            self.closing.clone(),
+        )
+        .await?;
         Ok(Response::new(RaftAck {}))
     }
 

@@ -256,7 +256,10 @@ async fn peer_sender(
         };
         if let Err(status) = sent {
             if status.code() == tonic::Code::Unimplemented && !unary_only {
-                tracing::info!(peer_id, "peer has no Raft/Stream (an earlier release): one request per batch");
+                tracing::info!(
+                    peer_id,
+                    "peer has no Raft/Stream (an earlier release): one request per batch"
+                );
                 unary_only = true;
             }
             tracing::debug!(peer_id, error = %status.message(), "raft send failed");
@@ -326,24 +329,34 @@ async fn ended_with(stream: OpenStream) -> Result<(), Status> {
     drop(stream.batches);
     match stream.call.await {
         Ok(result) => result,
-        Err(e) => Err(Status::internal(format!("the raft stream task failed: {e}"))),
+        Err(e) => Err(Status::internal(format!(
+            "the raft stream task failed: {e}"
+        ))),
     }
 }
 
 /// Receives a peer's `Raft/Stream`: hands each batch to the replicas as it arrives, until the
-/// peer closes the stream or it fails.
+/// peer closes the stream, it fails, or `closing` turns true (this node shuts down).
 pub async fn receive_stream(
     registry: &Registry,
     mut stream: tonic::Streaming<RaftBatch>,
     caller: Option<CallerNode>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Status> {
-    while let Some(batch) = stream.message().await? {
+    loop {
+        let batch = tokio::select! {
+            batch = stream.message() => batch,
+            // A dropped sender (no shutdown to come) never ends the stream.
+            Ok(_) = closing.wait_for(|closing| *closing) => return Ok(()),
+        };
+        let Some(batch) = batch? else {
+            return Ok(());
+        };
         let dropped = deliver(registry, batch, caller);
         if dropped > 0 {
             tracing::debug!(dropped, "dropped inbound raft messages");
         }
     }
-    Ok(())
 }
 
 /// Streams the file of a `MsgSnapshot` to the peer and tells raft-rs how it went.
@@ -574,6 +587,7 @@ mod tests {
         registry: Registry,
         snapshots: SnapshotDir,
         no_stream: bool,
+        closing: tokio::sync::watch::Receiver<bool>,
     }
 
     #[tonic::async_trait]
@@ -593,7 +607,13 @@ mod tests {
             if self.no_stream {
                 return Err(Status::unimplemented("an earlier release"));
             }
-            receive_stream(&self.registry, request.into_inner(), None).await?;
+            receive_stream(
+                &self.registry,
+                request.into_inner(),
+                None,
+                self.closing.clone(),
+            )
+            .await?;
             Ok(tonic::Response::new(RaftAck {}))
         }
 
@@ -693,6 +713,7 @@ mod tests {
                     registry: follower_registry,
                     snapshots: follower_snapshots.clone(),
                     no_stream: false,
+                    closing: tokio::sync::watch::channel(false).1,
                 }))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
@@ -784,6 +805,7 @@ mod tests {
                     registry,
                     snapshots,
                     no_stream,
+                    closing: tokio::sync::watch::channel(false).1,
                 }))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await;
@@ -885,7 +907,12 @@ mod tests {
         let _ = server.await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let listener = std::net::TcpListener::bind(address).unwrap();
-        let server = serve(listener, follower_registry.clone(), snapshots.clone(), false);
+        let server = serve(
+            listener,
+            follower_registry.clone(),
+            snapshots.clone(),
+            false,
+        );
         next = next.max(10_000);
         let again = until_delivered(&queue, &mut follower_inbox, next).await;
         assert!(again.iter().all(|n| *n >= 10_000));
@@ -900,5 +927,48 @@ mod tests {
         assert!(older.iter().all(|n| *n >= 20_000));
         sender.abort();
         server.abort();
+    }
+
+    /// A node shutting down ends its inbound Raft streams, so its server's graceful shutdown
+    /// finishes instead of waiting for peers that keep their streams open.
+    #[tokio::test]
+    async fn an_inbound_stream_ends_when_the_node_shuts_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotDir::open(dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (follower_registry, mut follower_inbox) = registry(7);
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(Receiver {
+                    registry: follower_registry,
+                    snapshots: snapshots.clone(),
+                    no_stream: false,
+                    closing,
+                }))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move {
+                        let _ = stop.await;
+                        let _ = closing_tx.send(true);
+                    },
+                ),
+        );
+        let (leader_registry, _leader_inbox) = registry(7);
+        let peer = Peer {
+            node_id: 1,
+            peer_id: 2,
+            registry: leader_registry,
+            snapshots,
+        };
+        let (queue, queued) = mpsc::channel(PEER_QUEUE_CAPACITY);
+        let sender = tokio::spawn(peer_sender(peer, address.to_string(), queued, 0, None));
+        until_delivered(&queue, &mut follower_inbox, 0).await;
+        let _ = stop_tx.send(());
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(stopped.is_ok(), "the server waited for the open stream");
+        sender.abort();
     }
 }
