@@ -279,6 +279,10 @@ pub async fn run(
         move |request: tonic::Request<()>| members_only(raft_members.as_ref(), request);
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // A peer that vanished behind a partition leaves its Raft stream open here: pings find
+        // its connection dead and end it.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(rpc_metrics)
         .add_service(health)
         .add_service(reflection_v1)

@@ -90,7 +90,7 @@ pub const CHECKPOINT_WRITES: usize = 4096;
 /// Applied records held in memory at most while the previous checkpoint is still being written:
 /// up to here the Raft loop goes on and the next checkpoint starts once the writer is done;
 /// beyond it the loop waits for the writer, so memory stays bounded when sled falls behind.
-pub const CHECKPOINT_WRITES_MAX: usize = 8 * CHECKPOINT_WRITES;
+pub const CHECKPOINT_WRITES_MAX: usize = 4 * CHECKPOINT_WRITES;
 
 /// Largest history page.
 pub const HISTORY_PAGE_MAX: u32 = 1000;

@@ -8,7 +8,8 @@
 //! or that the peer stops reading for [`SEND_TIMEOUT`] (HTTP/2 keep-alive pings find a silent
 //! peer), is given up and opened again; its batches may be lost, which Raft tolerates by
 //! resending. A peer of an earlier release, without `Stream`, gets one `Send` request per batch
-//! as before, and so do compressed catch-up batches. A failed send is reported to the replicas
+//! as before (compressed from `--raft-compress-above` bytes), and the stream is tried again a
+//! minute later; with compression on, the stream compresses every batch. A failed send is reported to the replicas
 //! involved (`report_unreachable`, and `report_snapshot(Failure)` for snapshots) so raft-rs probes
 //! again; messages beyond a full queue are dropped.
 //!
@@ -45,6 +46,8 @@ pub const PEER_QUEUE_CAPACITY: usize = 16_384;
 pub const BATCH_MESSAGES_MAX: usize = 4096;
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a peer without `Raft/Stream` gets one `Send` per batch before the stream is tried again.
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Batches waiting to enter a peer's stream beyond what HTTP/2 is sending.
 const STREAM_BATCHES_QUEUED: usize = 64;
 /// HTTP/2 pings on a stream's connection, and how long an answer may take before the
@@ -198,14 +201,20 @@ async fn peer_sender(
     // appends), where fewer bytes on the wire pay for the CPU; heartbeats and small appends stay
     // plain.
     let mut compressing = client.clone().send_compressed(CompressionEncoding::Zstd);
-    // Every other batch goes on the peer's stream, on a connection of its own (no per-request
-    // timeout: the stream lives as long as the connection; keep-alive pings watch it).
-    let stream_client = RaftClient::new(streaming)
+    // Batches go on the peer's stream, on a connection of its own (no per-request timeout: the
+    // stream lives as long as the connection; keep-alive pings watch it). With compression on,
+    // the stream compresses every batch: one stream keeps them in order, where a compressed batch
+    // sent on the side could overtake the ones before it.
+    let mut stream_client = RaftClient::new(streaming)
         .max_decoding_message_size(wallet_proto::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(wallet_proto::MESSAGE_BYTES_MAX);
+    if compress_above > 0 {
+        stream_client = stream_client.send_compressed(CompressionEncoding::Zstd);
+    }
     let mut stream: Option<OpenStream> = None;
-    // The peer runs a release without `Stream`: one `Send` per batch.
-    let mut unary_only = false;
+    // Since when the peer answered that it has no `Stream` (an earlier release): one `Send` per
+    // batch until [`STREAM_RETRY_AFTER`] has passed (the peer may have been upgraded since).
+    let mut unary_since: Option<std::time::Instant> = None;
     // Snapshots stream on a connection of their own, with a timeout by size; compressed whenever
     // compression is on (their chunks are far above any threshold).
     let mut snapshot_client = RaftClient::new(snapshots);
@@ -246,21 +255,21 @@ async fn peer_sender(
             from_node: peer.node_id,
             messages,
         };
-        let compress = compress_above > 0 && batch.encoded_len() >= compress_above;
-        let sent = if compress {
-            compressing.send(batch).await.map(drop)
-        } else if unary_only {
-            client.send(batch).await.map(drop)
-        } else {
+        let unary = unary_since.is_some_and(|since| since.elapsed() < STREAM_RETRY_AFTER);
+        let sent = if !unary {
             send_on_stream(&mut stream, &stream_client, batch).await
+        } else if compress_above > 0 && batch.encoded_len() >= compress_above {
+            compressing.send(batch).await.map(drop)
+        } else {
+            client.send(batch).await.map(drop)
         };
         if let Err(status) = sent {
-            if status.code() == tonic::Code::Unimplemented && !unary_only {
+            if !unary && status.code() == tonic::Code::Unimplemented {
                 tracing::info!(
                     peer_id,
-                    "peer has no Raft/Stream (an earlier release): one request per batch"
+                    "peer has no Raft/Stream (an earlier release): one request per batch for now"
                 );
-                unary_only = true;
+                unary_since = Some(std::time::Instant::now());
             }
             tracing::debug!(peer_id, error = %status.message(), "raft send failed");
             for shard_id in shards {
