@@ -374,10 +374,7 @@ impl wallet_proto::v1::shard_server::Shard for NodeService {
 impl wallet_proto::v1::raft_server::Raft for NodeService {
     async fn send(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         let caller = request.extensions().get::<transport::CallerNode>().copied();
-        let dropped = transport::deliver(&self.registry, request.into_inner(), caller);
-        if dropped > 0 {
-            tracing::debug!(dropped, "dropped inbound raft messages");
-        }
+        transport::deliver(&self.registry, request.into_inner(), caller);
         Ok(Response::new(RaftAck {}))
     }
 

@@ -481,10 +481,9 @@ pub struct ShardStore {
     /// Applied changes not yet checkpointed, and the applied index they bring the store to.
     unwritten: Vec<Write>,
     unwritten_applied: Option<u64>,
-    /// The checkpoint being written by its own thread (the Raft loop does not wait for it),
-    /// and the applied index it brings sled to.
-    writing: Option<std::thread::JoinHandle<Result<(), sled::Error>>>,
-    writing_applied: u64,
+    /// The checkpoint being written by its own thread (the Raft loop does not wait for it):
+    /// the applied index it brings sled to, and its writer.
+    writing: Option<(u64, std::thread::JoinHandle<Result<(), sled::Error>>)>,
     /// The applied index of the last checkpoint known to be in sled: the log may be compacted
     /// up to it.
     written_applied: u64,
@@ -583,7 +582,6 @@ impl ShardStore {
             unwritten: Vec::new(),
             unwritten_applied: None,
             writing: None,
-            writing_applied: applied,
             written_applied: applied,
         };
         let mut state_machine = state_machine;
@@ -807,35 +805,35 @@ impl ShardStore {
     /// [`CHECKPOINT_WRITES_MAX`].
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.poll_checkpoint()?;
-        if self.unwritten_applied.is_none() {
+        let Some(applied) = self.unwritten_applied else {
             return Ok(());
-        }
+        };
         if self.writing.is_some() {
             if self.unwritten.len() < CHECKPOINT_WRITES_MAX {
                 return Ok(());
             }
             self.wait_checkpoint()?;
         }
-        let Some(applied) = self.unwritten_applied.take() else {
-            return Ok(());
-        };
-        self.writing_applied = applied;
+        self.unwritten_applied = None;
         let writes = std::mem::take(&mut self.unwritten);
         let tree = self.tree.clone();
-        self.writing = Some(std::thread::spawn(move || {
-            checkpoint::write(
-                &tree,
-                &checkpoint_changes(writes),
-                KEY_APPLIED,
-                &encode_u64s(&[applied]),
-            )
-        }));
+        self.writing = Some((
+            applied,
+            std::thread::spawn(move || {
+                checkpoint::write(
+                    &tree,
+                    &checkpoint_changes(writes),
+                    KEY_APPLIED,
+                    &encode_u64s(&[applied]),
+                )
+            }),
+        ));
         Ok(())
     }
 
     /// Takes the result of the checkpoint being written if its writer is done, without waiting.
     fn poll_checkpoint(&mut self) -> Result<(), StoreError> {
-        if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
+        if self.writing.as_ref().is_some_and(|(_, w)| w.is_finished()) {
             self.wait_checkpoint()?;
         }
         Ok(())
@@ -845,10 +843,10 @@ impl ShardStore {
     pub fn wait_checkpoint(&mut self) -> Result<(), StoreError> {
         match self.writing.take() {
             None => Ok(()),
-            Some(writer) => match writer.join() {
+            Some((applied, writer)) => match writer.join() {
                 Ok(result) => {
                     result?;
-                    self.written_applied = self.writing_applied;
+                    self.written_applied = applied;
                     Ok(())
                 }
                 // A panic on the writer thread already ended the process (fail-stop hook).
@@ -948,12 +946,8 @@ impl ShardStore {
     /// recoverable by followers).
     pub fn compact(&mut self, index: u64) -> Result<(), StoreError> {
         // The checkpoint that makes the dropped entries unnecessary must be in sled first.
-        self.poll_checkpoint()?;
         if index > self.written_applied {
-            self.wait_checkpoint()?;
-            if index > self.written_applied {
-                self.checkpoint_now()?;
-            }
+            self.checkpoint_now()?;
         }
         let mut core = self.log.write();
         if index <= core.truncated.0 || index > core.last_index() {
@@ -1012,7 +1006,6 @@ impl ShardStore {
         self.wait_checkpoint()?;
         self.unwritten.clear();
         self.unwritten_applied = None;
-        self.writing_applied = snapshot.get_metadata().index;
         self.written_applied = snapshot.get_metadata().index;
         let descriptor = Descriptor::decode(snapshot.get_data()).map_err(StoreError::Corrupt)?;
         let meta = snapshot.get_metadata();

@@ -1,4 +1,4 @@
-//! Raft transport: carries raft-rs messages between nodes over gRPC (`wallet.v1.Raft/Send`).
+//! Raft transport: carries raft-rs messages between nodes over gRPC (`wallet.v1.Raft/Stream`).
 //!
 //! One sender task per peer node owns the HTTP/2 channels to it. Replicas hand messages over
 //! without waiting; the task batches everything queued for the peer (all shards together, up to
@@ -7,11 +7,11 @@
 //! message costs one HTTP/2 data frame instead of a request and its answer. A stream that fails,
 //! or that the peer stops reading for [`SEND_TIMEOUT`] (HTTP/2 keep-alive pings find a silent
 //! peer), is given up and opened again; its batches may be lost, which Raft tolerates by
-//! resending. A peer of an earlier release, without `Stream`, gets one `Send` request per batch
-//! as before (compressed from `--raft-compress-above` bytes), and the stream is tried again a
-//! minute later; with compression on, the stream compresses every batch. A failed send is reported to the replicas
-//! involved (`report_unreachable`, and `report_snapshot(Failure)` for snapshots) so raft-rs probes
-//! again; messages beyond a full queue are dropped.
+//! resending. With compression on, the stream compresses every batch. A peer of an earlier
+//! release, without `Stream`, gets one `Send` request per batch as before (compressed from
+//! `--raft-compress-above` bytes), and the stream is tried again a minute later. A failed send is
+//! reported to the replicas involved (`report_unreachable`, and `report_snapshot(Failure)` for
+//! snapshots) so raft-rs probes again; messages beyond a full queue are dropped.
 //!
 //! Snapshots go another way (`wallet.v1.Raft/Snapshot`, a client stream on a channel of their
 //! own, so a large one delays no heartbeat): the `MsgSnapshot` carries only the descriptor of a
@@ -295,42 +295,42 @@ async fn send_on_stream(
     client: &RaftClient<Channel>,
     batch: RaftBatch,
 ) -> Result<(), Status> {
-    if open.as_ref().is_some_and(|s| s.call.is_finished()) {
-        if let Some(ended) = open.take() {
+    let stream = match open.take() {
+        Some(ended) if ended.call.is_finished() => {
             ended_with(ended).await?;
+            open_stream(client)
         }
-    }
-    let stream = match open {
         Some(stream) => stream,
-        None => {
-            let (batches, queued) = mpsc::channel(STREAM_BATCHES_QUEUED);
-            let mut client = client.clone();
-            let call = tokio::spawn(async move {
-                client
-                    .stream(tokio_stream::wrappers::ReceiverStream::new(queued))
-                    .await
-                    .map(drop)
-            });
-            open.insert(OpenStream { batches, call })
-        }
+        None => open_stream(client),
     };
     match tokio::time::timeout(SEND_TIMEOUT, stream.batches.send(batch)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => match open.take() {
-            Some(ended) => ended_with(ended).await.and(Err(Status::unavailable(
-                "the raft stream ended; opening another",
-            ))),
-            None => Err(Status::unavailable("the raft stream ended")),
-        },
+        Ok(Ok(())) => {
+            *open = Some(stream);
+            Ok(())
+        }
+        Ok(Err(_)) => ended_with(stream).await.and(Err(Status::unavailable(
+            "the raft stream ended; opening another",
+        ))),
         Err(_) => {
-            if let Some(stuck) = open.take() {
-                stuck.call.abort();
-            }
+            stream.call.abort();
             Err(Status::deadline_exceeded(
                 "the peer stopped reading its raft stream",
             ))
         }
     }
+}
+
+/// Opens a `Raft/Stream` call to the peer, run by a task of its own.
+fn open_stream(client: &RaftClient<Channel>) -> OpenStream {
+    let (batches, queued) = mpsc::channel(STREAM_BATCHES_QUEUED);
+    let mut client = client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(queued))
+            .await
+            .map(drop)
+    });
+    OpenStream { batches, call }
 }
 
 /// How a stream's call ended.
@@ -361,10 +361,7 @@ pub async fn receive_stream(
         let Some(batch) = batch? else {
             return Ok(());
         };
-        let dropped = deliver(registry, batch, caller);
-        if dropped > 0 {
-            tracing::debug!(dropped, "dropped inbound raft messages");
-        }
+        deliver(registry, batch, caller);
     }
 }
 
@@ -547,7 +544,7 @@ async fn next_chunk(
 }
 
 /// Decodes an inbound batch and hands each message to its replica. Messages for shards this node
-/// does not host, or that do not decode, are dropped and counted.
+/// does not host, or that do not decode, are dropped, counted and logged.
 pub fn deliver(registry: &Registry, batch: RaftBatch, caller: Option<CallerNode>) -> usize {
     let Some(replicas) = registry.get() else {
         return 0;
@@ -579,6 +576,9 @@ pub fn deliver(registry: &Registry, batch: RaftBatch, caller: Option<CallerNode>
             }
             Err(_) => dropped += 1,
         }
+    }
+    if dropped > 0 {
+        tracing::debug!(dropped, "dropped inbound raft messages");
     }
     dropped
 }
@@ -714,17 +714,13 @@ mod tests {
         assert!(descriptor.bytes > 3 * SNAPSHOT_CHUNK_BYTES);
 
         let (follower_registry, mut follower_inbox) = registry(7);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RaftServer::new(Receiver {
-                    registry: follower_registry,
-                    snapshots: follower_snapshots.clone(),
-                    no_stream: false,
-                    closing: tokio::sync::watch::channel(false).1,
-                }))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        let server = serve(
+            listener,
+            follower_registry,
+            follower_snapshots.clone(),
+            false,
         );
         let (leader_registry, mut leader_inbox) = registry(7);
         let peer = Peer {

@@ -84,7 +84,7 @@ fn record(dir: &std::path::Path, line: &str) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        // One write call for the whole line: appends from two processes never interleave.
+        // One write call for the whole line, so that it lands whole.
         let _ = file.write_all(format!("{now} {line}\n").as_bytes());
         let _ = file.sync_all();
     }
