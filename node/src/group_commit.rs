@@ -51,7 +51,13 @@ impl GroupCommit {
         // Every ticket handed out so far belongs to writes already in sled: this flush covers them.
         let covers = self.requested.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
-        self.db.flush_async().await?;
+        // A blocking flush on one of tokio's blocking threads, not sled's `flush_async`: that one
+        // hands the flush to sled's thread pool, whose every task wakes all seven of its idle
+        // threads (a condvar `notify_all`), on top of the pool task that writes the buffer.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| sled::Error::ReportableBug(format!("flush thread: {e}")))??;
         crate::metrics::NODE
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -768,8 +768,11 @@ impl Replica {
         }
         self.apply(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
+            // Entries or a new term or vote must be durable before the Ready's messages go out
+            // (`must_sync`); a HardState that only moves the commit index may reach the disk with
+            // the next flush (a restart then re-learns the commit from the leader; applied
+            // entries raise it on open).
             self.store.append(ready.entries(), ready.hs())?;
-            must_flush = true;
         }
         if must_flush || ready.must_sync() {
             self.store.flush().await?;

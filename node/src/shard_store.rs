@@ -741,6 +741,27 @@ impl ShardStore {
         hard_state: Option<&HardState>,
     ) -> Result<(), StoreError> {
         let mut core = self.log.write();
+        // The common case — entries that extend the log, with at most a new commit index — is
+        // written as plain inserts, entries first: any prefix of them that a crash leaves is a
+        // valid log (the commit index may lag, see `open`). A sled batch costs two extra wake-ups
+        // of sled's whole I/O pool (it seals the log buffer before and after itself), so it is
+        // kept for what must be atomic: a conflicting tail dropped, or a new term or vote.
+        let extends = entries
+            .first()
+            .is_none_or(|first| first.index == core.last_index() + 1);
+        let same_term = hard_state
+            .is_none_or(|hs| hs.term == core.hard_state.term && hs.vote == core.hard_state.vote);
+        if extends && same_term {
+            for entry in entries {
+                self.tree.insert(log_key(entry.index), encode_pb(entry))?;
+                core.push(entry.clone());
+            }
+            if let Some(hs) = hard_state {
+                self.tree.insert(KEY_HARD_STATE, encode_pb(hs))?;
+                core.hard_state = hs.clone();
+            }
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         if let Some(first) = entries.first() {
             assert!(
