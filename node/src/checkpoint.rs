@@ -7,8 +7,9 @@
 //! 2.5 KB of memory, for good, per new key written through a large batch (1 M new keys in batches
 //! of 4 096: 2.8 GB of RSS; in batches of 256: 285 MB; `examples/sled_batch_memory.rs`).
 //!
-//! So a checkpoint of [`BATCH_KEYS`] keys or more is written as a redo record first — one
-//! value under `Mk` holding every change and the applied index, CRC-framed — then its keys one
+//! So a checkpoint of [`BATCH_KEYS`] keys or more is written as a redo record first — every
+//! change and the applied index, CRC-framed, in chunks of 64 KiB (`Mk` + n) under a header (`Mk`)
+//! written last — then its keys one
 //! plain write each, then the applied index, then the record's removal. sled recovers a prefix of
 //! its writes, so a crash leaves either no record (nothing of the checkpoint is there) or the whole
 //! record: [`finish_interrupted`], run when the store opens, writes it again (every change is a
@@ -24,8 +25,13 @@ use std::collections::BTreeMap;
 
 use crate::record;
 
-/// The redo record of a checkpoint being written.
+/// The header of the redo record of a checkpoint being written; its chunks follow it in key
+/// order (`Mk` + chunk number, u32 BE).
 pub const KEY_REDO: &[u8] = b"Mk";
+/// Bytes per chunk of a redo record. sled 0.34 writes a value over 128 KiB to a blob file of its
+/// own that it never fsyncs, so a whole record (a checkpoint's 4 096 changes are ~1 MB) could be
+/// lost in a power cut while the keys written after it survive.
+const REDO_CHUNK: usize = 64 * 1024;
 /// Most keys a checkpoint writes as one sled batch (larger ones go through a redo record); also
 /// the keys per batch of a snapshot install.
 pub const BATCH_KEYS: usize = 256;
@@ -46,8 +52,57 @@ pub fn write(
         batch.insert(applied_key, applied_value);
         return tree.apply_batch(batch);
     }
-    tree.insert(KEY_REDO, encode(changes, applied_key, applied_value))?;
-    finish(tree, changes, applied_key, applied_value)
+    let chunks = write_redo(tree, &encode(changes, applied_key, applied_value))?;
+    finish(tree, changes, applied_key, applied_value, chunks)
+}
+
+/// The key of the redo record's chunk `i`.
+fn chunk_key(i: u32) -> Vec<u8> {
+    [KEY_REDO, &i.to_be_bytes()].concat()
+}
+
+/// Writes a redo record as chunks of at most [`REDO_CHUNK`] bytes, then its header (`Mk`: the
+/// number of chunks): the record counts only once the header is there. Returns the chunk count.
+pub(crate) fn write_redo(tree: &sled::Tree, record: &[u8]) -> Result<u32, sled::Error> {
+    let mut count = 0u32;
+    for chunk in record.chunks(REDO_CHUNK) {
+        tree.insert(chunk_key(count), chunk)?;
+        count += 1;
+    }
+    tree.insert(KEY_REDO, record::frame(&count.to_be_bytes()))?;
+    Ok(count)
+}
+
+/// The redo record whose header is `header`, from its chunks.
+fn read_redo(tree: &sled::Tree, header: &[u8]) -> Result<(Vec<u8>, u32), RedoError> {
+    let count = record::unframe(header)
+        .ok()
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| RedoError::Corrupt("checkpoint redo record: bad header".into()))?;
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        let chunk = tree
+            .get(chunk_key(i))
+            .map_err(RedoError::Sled)?
+            .ok_or_else(|| {
+                RedoError::Corrupt(format!("checkpoint redo record: chunk {i} missing"))
+            })?;
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((bytes, count))
+}
+
+/// Removes the chunks of a redo record whose header is gone (a crash while they were written,
+/// before any key of their checkpoint, or while they were removed after it).
+fn remove_stray_chunks(tree: &sled::Tree) -> Result<(), sled::Error> {
+    for item in tree.scan_prefix(KEY_REDO) {
+        let (key, _) = item?;
+        if key.len() == KEY_REDO.len() + 4 {
+            tree.remove(key)?;
+        }
+    }
+    Ok(())
 }
 
 /// Why an interrupted checkpoint could not be finished.
@@ -62,20 +117,23 @@ pub enum RedoError {
 /// Finishes a checkpoint a crash interrupted, if there is one: its redo record is written again.
 /// Returns whether there was one.
 pub fn finish_interrupted(tree: &sled::Tree) -> Result<bool, RedoError> {
-    let Some(bytes) = tree.get(KEY_REDO).map_err(RedoError::Sled)? else {
+    let Some(header) = tree.get(KEY_REDO).map_err(RedoError::Sled)? else {
+        remove_stray_chunks(tree).map_err(RedoError::Sled)?;
         return Ok(false);
     };
+    let (bytes, chunks) = read_redo(tree, &header)?;
     let (changes, applied_key, applied_value) = decode(&bytes).map_err(RedoError::Corrupt)?;
-    finish(tree, &changes, &applied_key, &applied_value).map_err(RedoError::Sled)?;
+    finish(tree, &changes, &applied_key, &applied_value, chunks).map_err(RedoError::Sled)?;
     Ok(true)
 }
 
-/// The keys in batches, then the applied index and the record's removal.
+/// The keys, then the applied index, then the record's removal (header first).
 fn finish(
     tree: &sled::Tree,
     changes: &Changes,
     applied_key: &[u8],
     applied_value: &[u8],
+    chunks: u32,
 ) -> Result<(), sled::Error> {
     for (key, value) in changes {
         match value {
@@ -85,6 +143,9 @@ fn finish(
     }
     tree.insert(applied_key, applied_value)?;
     tree.remove(KEY_REDO)?;
+    for i in 0..chunks {
+        tree.remove(chunk_key(i))?;
+    }
     Ok(())
 }
 
@@ -188,6 +249,53 @@ mod tests {
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
+    /// A redo record larger than sled's blob threshold is written in chunks below it; its
+    /// chunks count only under their header: chunks without one (a crash before it) are removed
+    /// and change nothing, a header whose chunk is missing is refused, and an interrupted record
+    /// is finished with every chunk removed.
+    #[test]
+    fn a_large_redo_record_goes_in_chunks_that_count_only_under_their_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let update: Changes = (0..1500)
+            .map(|i| (format!("Sh{i:06}").into_bytes(), Some(vec![i as u8; 200])))
+            .collect();
+        let record = encode(&update, b"Ma", b"2");
+        assert!(record.len() > 3 * REDO_CHUNK, "{} bytes", record.len());
+        let redo_keys = |tree: &sled::Tree| tree.scan_prefix(KEY_REDO).count();
+
+        let tree = db.open_tree("headless").unwrap();
+        let chunks = write_redo(&tree, &record).unwrap();
+        assert_eq!(chunks as usize, record.len().div_ceil(REDO_CHUNK));
+        for i in 0..chunks {
+            assert!(tree.get(chunk_key(i)).unwrap().unwrap().len() <= REDO_CHUNK);
+        }
+        tree.remove(KEY_REDO).unwrap();
+        assert!(matches!(finish_interrupted(&tree), Ok(false)));
+        assert_eq!(redo_keys(&tree), 0, "stray chunks removed");
+        assert!(tree.get(b"Ma").unwrap().is_none(), "nothing applied");
+
+        let tree = db.open_tree("gap").unwrap();
+        write_redo(&tree, &record).unwrap();
+        tree.remove(chunk_key(1)).unwrap();
+        assert!(matches!(
+            finish_interrupted(&tree),
+            Err(RedoError::Corrupt(_))
+        ));
+
+        let tree = db.open_tree("whole").unwrap();
+        write_redo(&tree, &record).unwrap();
+        assert!(matches!(finish_interrupted(&tree), Ok(true)));
+        assert_eq!(redo_keys(&tree), 0);
+        assert_eq!(tree.get(b"Ma").unwrap().unwrap().as_ref(), b"2");
+        assert_eq!(tree.len(), update.len() + 1);
+
+        let tree = db.open_tree("written").unwrap();
+        write(&tree, &update, b"Ma", b"2").unwrap();
+        assert_eq!(redo_keys(&tree), 0);
+        assert_eq!(tree.len(), update.len() + 1);
+    }
+
     /// Small and large checkpoints land whole; a large one cut off after any number of its
     /// writes is finished from its redo record and ends exactly as if it had not been cut off.
     #[test]
@@ -214,7 +322,7 @@ mod tests {
             let tree = db.open_tree(format!("cut-{cut}")).unwrap();
             write(&tree, &before, b"Ma", b"1").unwrap();
             // What a crash after `cut` of its writes leaves: the record and part of the keys.
-            tree.insert(KEY_REDO, encode(&update, b"Ma", b"2")).unwrap();
+            write_redo(&tree, &encode(&update, b"Ma", b"2")).unwrap();
             for (key, value) in update.iter().take(cut) {
                 match value {
                     Some(value) => tree.insert(key.as_slice(), value.as_slice()).unwrap(),
@@ -229,7 +337,7 @@ mod tests {
         let damaged = db.open_tree("damaged").unwrap();
         let mut bytes = encode(&update, b"Ma", b"2");
         bytes[7] ^= 1;
-        damaged.insert(KEY_REDO, bytes).unwrap();
+        write_redo(&damaged, &bytes).unwrap();
         assert!(matches!(
             finish_interrupted(&damaged),
             Err(RedoError::Corrupt(_))

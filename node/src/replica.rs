@@ -503,13 +503,18 @@ impl Replica {
     }
 
     /// Records what is durable now (after a flush), if it changed: see [`crate::mark`].
-    /// The current mark with no log entry claimed (term, vote and commit still checked).
+    /// The current mark with no log entry claimed (term, vote and commit still checked). Called
+    /// without a flush first: the term and vote in memory are durable (a Ready that changes them
+    /// is synced), but a commit index alone is not synced, so the mark keeps the last durable
+    /// one — claiming more would set the store aside after a crash that lost only that commit.
     fn write_mark_without_log(&mut self) -> Result<(), StoreError> {
         let log = self.store.log();
+        let durable = Mark::of(&log.hard_state(), &log);
         let mark = Mark {
             last_index: 0,
             last_term: 0,
-            ..Mark::of(&log.hard_state(), &log)
+            commit: self.last_mark.map_or(0, |m| m.commit).min(durable.commit),
+            ..durable
         };
         self.marks
             .write(self.shard_id, &mark)
@@ -1360,6 +1365,30 @@ mod tests {
             turn(&mut replica).await;
         }
         assert!(matches!(rx.try_recv(), Ok(Ok(_))), "the read was answered");
+    }
+
+    /// A commit index that only reached sled's memory (a Ready that moves nothing but the
+    /// commit is not synced) is never claimed by the mark written before a snapshot install: a
+    /// crash that loses it must not make the store look rolled back (set aside for nothing).
+    #[tokio::test]
+    async fn the_mark_before_an_install_claims_only_a_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = single_replica(dir.path(), 1).await;
+        replica.raw.campaign().unwrap();
+        for _ in 0..5 {
+            turn(&mut replica).await;
+        }
+        let durable = replica
+            .last_mark
+            .expect("a mark after the first flush")
+            .commit;
+        let in_memory = replica.store.log().hard_state().commit;
+        assert!(in_memory > 0, "the leader's first entry committed");
+        replica.store.set_commit(in_memory + 5).unwrap();
+        replica.write_mark_without_log().unwrap();
+        let mark = replica.marks.read(1).expect("the mark is on disk");
+        assert_eq!(mark.commit, durable, "only what a flush made durable");
+        assert_eq!((mark.last_index, mark.last_term), (0, 0));
     }
 
     /// Timestamps are handed out only after a quorum confirmed the leadership (here: the group

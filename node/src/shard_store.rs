@@ -16,7 +16,7 @@
 //! - `L` + index (u64 BE)                → Raft entry (protobuf)
 //! - `Mh` / `Mc` / `Mt` / `Ma`           → HardState, ConfState, truncation (index, term), applied index
 //! - `Mi`                                → metadata of a snapshot being installed (see above)
-//! - `Mk`                                → redo record of a checkpoint being written ([`crate::checkpoint`])
+//! - `Mk`, `Mk` + n (u32 BE)             → a checkpoint's redo record: header, chunks ([`crate::checkpoint`])
 //! - `Sa` + account                      → Account
 //! - `Sr` + account + 0 + request id     → RequestRecord (first outcome of a request)
 //! - `Sh` + account + 0 + seq (u64 BE)   → HistoryEntry
@@ -31,7 +31,7 @@
 //! **Checkpoints.** What applied entries change is not written at once: the state machine serves it
 //! from memory, and the Raft log, made durable before anything is applied, holds the entries that
 //! made it. The changes are written atomically with their applied index ([`crate::checkpoint`]:
-//! one batch, or a redo record and batches of 256 keys) every [`CHECKPOINT_WRITES`] records,
+//! one batch, or a redo record and plain writes) every [`CHECKPOINT_WRITES`] records,
 //! before a snapshot is built, before a history page is read and at shutdown. A crash loses nothing: a restart loads the last checkpoint and raft-rs re-delivers the
 //! committed entries after its applied index. The log is never compacted past a checkpoint (the
 //! snapshot that precedes compaction writes one first). One batch of many applies also lets sled

@@ -493,9 +493,9 @@ fn a_checkpoint_cut_off_by_a_crash_is_finished_at_open() {
         r.store.append(&[entry(1, 1), entry(2, 1)], None).unwrap();
         let tree = db.db().open_tree("shard-1").unwrap();
         let changes = checkpoint_changes(writes);
-        tree.insert(
-            checkpoint::KEY_REDO,
-            checkpoint::encode(&changes, KEY_APPLIED, &encode_u64s(&[2])),
+        checkpoint::write_redo(
+            &tree,
+            &checkpoint::encode(&changes, KEY_APPLIED, &encode_u64s(&[2])),
         )
         .unwrap();
         // The crash: the record is there, none of its keys and not its applied index.
