@@ -8,7 +8,7 @@
 //! of 4 096: 2.8 GB of RSS; in batches of 256: 285 MB; `examples/sled_batch_memory.rs`).
 //!
 //! So a checkpoint of [`BATCH_KEYS`] keys or more is written as a redo record first — every
-//! change and the applied index, CRC-framed, in chunks of 64 KiB (`Mk` + n) under a header (`Mk`)
+//! change and the applied index, CRC-framed, in chunks of 4 KiB (`Mk` + n) under a header (`Mk`)
 //! written last — then its keys one
 //! plain write each, then the applied index, then the record's removal. sled recovers a prefix of
 //! its writes, so a crash leaves either no record (nothing of the checkpoint is there) or the whole
@@ -28,10 +28,12 @@ use crate::record;
 /// The header of the redo record of a checkpoint being written; its chunks follow it in key
 /// order (`Mk` + chunk number, u32 BE).
 pub const KEY_REDO: &[u8] = b"Mk";
-/// Bytes per chunk of a redo record. sled 0.34 writes a value over 128 KiB to a blob file of its
-/// own that it never fsyncs, so a whole record (a checkpoint's 4 096 changes are ~1 MB) could be
-/// lost in a power cut while the keys written after it survive.
-const REDO_CHUNK: usize = 64 * 1024;
+/// Bytes per chunk of a redo record. sled 0.34 writes any log message over 128 KiB to a blob file
+/// of its own that it never fsyncs — a value, or a whole leaf when it rewrites one, and a leaf
+/// holds up to 17 keys — so a record (a checkpoint's 4 096 changes are ~1 MB) in larger pieces
+/// could be lost in a power cut while the keys written after it survive. 17 chunks of 4 KiB stay
+/// well under it.
+const REDO_CHUNK: usize = 4 * 1024;
 /// Most keys a checkpoint writes as one sled batch (larger ones go through a redo record); also
 /// the keys per batch of a snapshot install.
 pub const BATCH_KEYS: usize = 256;
@@ -75,11 +77,13 @@ pub(crate) fn write_redo(tree: &sled::Tree, record: &[u8]) -> Result<u32, sled::
 
 /// The redo record whose header is `header`, from its chunks.
 fn read_redo(tree: &sled::Tree, header: &[u8]) -> Result<(Vec<u8>, u32), RedoError> {
-    let count = record::unframe(header)
-        .ok()
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(|| RedoError::Corrupt("checkpoint redo record: bad header".into()))?;
+    let payload = record::unframe(header)
+        .map_err(|e| RedoError::Corrupt(format!("checkpoint redo record header: {}", e.0)))?;
+    let Ok(count) = <[u8; 4]>::try_from(payload).map(u32::from_be_bytes) else {
+        // A whole record under `Mk`, as releases before 2026-11-30 wrote it (never 4 bytes: it
+        // holds at least the applied key and value).
+        return Ok((header.to_vec(), 0));
+    };
     let mut bytes = Vec::new();
     for i in 0..count {
         let chunk = tree
@@ -257,11 +261,11 @@ mod tests {
     fn a_large_redo_record_goes_in_chunks_that_count_only_under_their_header() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let update: Changes = (0..1500)
-            .map(|i| (format!("Sh{i:06}").into_bytes(), Some(vec![i as u8; 200])))
+        let update: Changes = (0..4096)
+            .map(|i| (format!("Sh{i:06}").into_bytes(), Some(vec![i as u8; 250])))
             .collect();
         let record = encode(&update, b"Ma", b"2");
-        assert!(record.len() > 3 * REDO_CHUNK, "{} bytes", record.len());
+        assert!(record.len() > 1 << 20, "{} bytes", record.len());
         let redo_keys = |tree: &sled::Tree| tree.scan_prefix(KEY_REDO).count();
 
         let tree = db.open_tree("headless").unwrap();
@@ -294,6 +298,27 @@ mod tests {
         write(&tree, &update, b"Ma", b"2").unwrap();
         assert_eq!(redo_keys(&tree), 0);
         assert_eq!(tree.len(), update.len() + 1);
+
+        // A whole record under `Mk`, as an earlier release wrote it, is still finished.
+        let tree = db.open_tree("earlier").unwrap();
+        tree.insert(KEY_REDO, record.clone()).unwrap();
+        assert!(matches!(finish_interrupted(&tree), Ok(true)));
+        assert_eq!(redo_keys(&tree), 0);
+        assert_eq!(tree.get(b"Ma").unwrap().unwrap().as_ref(), b"2");
+
+        // None of it went to a blob file, which sled never fsyncs (the old record above did).
+        db.flush().unwrap();
+        let blobs = |path: &std::path::Path| std::fs::read_dir(path).map_or(0, |d| d.count());
+        let fresh = tempfile::tempdir().unwrap();
+        let db = sled::open(fresh.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for _ in 0..3 {
+            let chunks = write_redo(&tree, &record).unwrap();
+            assert!(chunks > 256, "{chunks} chunks");
+            assert!(matches!(finish_interrupted(&tree), Ok(true)));
+        }
+        db.flush().unwrap();
+        assert_eq!(blobs(&fresh.path().join("blobs")), 0, "no blob file");
     }
 
     /// Small and large checkpoints land whole; a large one cut off after any number of its

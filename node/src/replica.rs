@@ -195,11 +195,17 @@ impl Replica {
         outbox: Box<dyn Outbox>,
         config: ReplicaConfig,
     ) -> Result<OpenedReplica, Box<dyn std::error::Error>> {
+        let mark = marks.read(shard_id);
         let (recovered, set_aside) =
-            ShardStore::open_checked(db, shard_id, voters, state_machine, marks.read(shard_id))?;
-        if set_aside.is_some() {
+            ShardStore::open_checked(db, shard_id, voters, state_machine, mark)?;
+        // The mark checked at open is what the store holds durably: the next one written before
+        // an install claims no more commit than it (see `write_mark_without_log`).
+        let last_mark = if set_aside.is_some() {
             marks.clear(shard_id)?;
-        }
+            None
+        } else {
+            mark
+        };
         let pristine = recovered.pristine;
         let raft_config = raft::Config {
             id: node_id,
@@ -261,7 +267,7 @@ impl Replica {
             probing: pristine.then(|| "waiting for the other replicas to answer".to_string()),
             set_aside,
             marks: marks.clone(),
-            last_mark: None,
+            last_mark,
             inbox: inbox_tx.clone(),
             prober: prober.clone(),
             probed: None,
@@ -1378,17 +1384,47 @@ mod tests {
         for _ in 0..5 {
             turn(&mut replica).await;
         }
-        let durable = replica
-            .last_mark
-            .expect("a mark after the first flush")
-            .commit;
-        let in_memory = replica.store.log().hard_state().commit;
-        assert!(in_memory > 0, "the leader's first entry committed");
-        replica.store.set_commit(in_memory + 5).unwrap();
-        replica.write_mark_without_log().unwrap();
-        let mark = replica.marks.read(1).expect("the mark is on disk");
-        assert_eq!(mark.commit, durable, "only what a flush made durable");
-        assert_eq!((mark.last_index, mark.last_term), (0, 0));
+        // The leader's first entry committed; a flush makes that commit durable.
+        replica.store.flush().await.unwrap();
+        replica.write_mark().unwrap();
+        let durable = replica.last_mark.expect("a mark after a flush");
+        assert!(durable.commit > 0);
+        let claimed = |replica: &mut Replica| {
+            // A commit index beyond the durable one, in sled's memory only.
+            replica.store.set_commit(durable.commit + 5).unwrap();
+            replica.write_mark_without_log().unwrap();
+            let mark = replica.marks.read(1).expect("the mark is on disk");
+            assert_eq!((mark.last_index, mark.last_term), (0, 0));
+            mark.commit
+        };
+        assert_eq!(
+            claimed(&mut replica),
+            durable.commit,
+            "only what a flush made durable"
+        );
+
+        // Reopened, the replica starts from the mark it checked, not from nothing: the mark
+        // before an install still claims the durable commit (not 0, which would stop checking it).
+        let (marks, group_commit) = (replica.marks.clone(), replica.store.group_commit().clone());
+        replica.store.set_commit(durable.commit).unwrap();
+        replica.write_mark().unwrap();
+        drop(replica);
+        let (prober, _probes) = mpsc::unbounded_channel();
+        let mut reopened = Replica::open(
+            &group_commit,
+            &marks,
+            &prober,
+            1,
+            1,
+            &[1],
+            StateMachine::new(1, Ring::new([1], 16)),
+            Box::new(NoPeers),
+            ReplicaConfig::default(),
+        )
+        .unwrap()
+        .replica;
+        assert_eq!(reopened.last_mark, Some(durable));
+        assert_eq!(claimed(&mut reopened), durable.commit);
     }
 
     /// Timestamps are handed out only after a quorum confirmed the leadership (here: the group
