@@ -139,16 +139,25 @@ fn finish(
     applied_value: &[u8],
     chunks: u32,
 ) -> Result<(), sled::Error> {
+    write_plain(tree, changes.iter())?;
+    tree.insert(applied_key, applied_value)?;
+    tree.remove(KEY_REDO)?;
+    for i in 0..chunks {
+        tree.remove(chunk_key(i))?;
+    }
+    Ok(())
+}
+
+/// Writes each change as one plain insert or removal, in order.
+fn write_plain<'a>(
+    tree: &sled::Tree,
+    changes: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+) -> Result<(), sled::Error> {
     for (key, value) in changes {
         match value {
             Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
             None => tree.remove(key.as_slice())?,
         };
-    }
-    tree.insert(applied_key, applied_value)?;
-    tree.remove(KEY_REDO)?;
-    for i in 0..chunks {
-        tree.remove(chunk_key(i))?;
     }
     Ok(())
 }
@@ -348,12 +357,7 @@ mod tests {
             write(&tree, &before, b"Ma", b"1").unwrap();
             // What a crash after `cut` of its writes leaves: the record and part of the keys.
             write_redo(&tree, &encode(&update, b"Ma", b"2")).unwrap();
-            for (key, value) in update.iter().take(cut) {
-                match value {
-                    Some(value) => tree.insert(key.as_slice(), value.as_slice()).unwrap(),
-                    None => tree.remove(key.as_slice()).unwrap(),
-                };
-            }
+            write_plain(&tree, update.iter().take(cut)).unwrap();
             assert_eq!(tree.get(b"Ma").unwrap().unwrap().as_ref(), b"1");
             assert!(matches!(finish_interrupted(&tree), Ok(true)));
             assert_eq!(state(&tree), expected, "cut after {cut} writes");

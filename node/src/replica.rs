@@ -760,7 +760,6 @@ impl Replica {
                 }
             }
         }
-        let mut must_flush = false;
         if *ready.snapshot() != Snapshot::default() {
             let snapshot = ready.snapshot().clone();
             // The install drops the log, maybe a tail beyond the snapshot: the mark must not
@@ -770,7 +769,6 @@ impl Replica {
                 .install_snapshot(&snapshot, &mut self.state_machine)
                 .await?;
             self.applied = snapshot.get_metadata().index;
-            must_flush = true;
             tracing::info!(
                 shard = self.shard_id,
                 index = self.applied,
@@ -779,13 +777,13 @@ impl Replica {
         }
         self.apply(ready.take_committed_entries())?;
         if !ready.entries().is_empty() || ready.hs().is_some() {
-            // Entries or a new term or vote must be durable before the Ready's messages go out
-            // (`must_sync`); a HardState that only moves the commit index may reach the disk with
-            // the next flush (a restart then re-learns the commit from the leader; applied
-            // entries raise it on open).
             self.store.append(ready.entries(), ready.hs())?;
         }
-        if must_flush || ready.must_sync() {
+        // A snapshot, entries or a new term or vote must be durable before the Ready's messages
+        // go out (raft-rs's `must_sync` covers all three); a HardState that only moves the commit
+        // index may reach the disk with the next flush (a restart then re-learns the commit from
+        // the leader; applied entries raise it on open).
+        if ready.must_sync() {
             self.store.flush().await?;
             self.write_mark()?;
             // `FAILPOINTS=node-after-fsync=return` (with the `failpoints` feature) ends the node
@@ -1269,26 +1267,33 @@ mod tests {
         Arc::new(crate::group_commit::GroupCommit::new(db, snapshots))
     }
 
-    /// A replica of a one-voter group on a temporary sled, driven by hand, past its probe (a
-    /// group of one has no peers to ask).
-    async fn single_replica(dir: &std::path::Path, shard_id: u64) -> Replica {
-        let group_commit = test_group_commit(dir);
-        let machine = StateMachine::new(shard_id, Ring::new([1], 16));
-        let marks = Arc::new(Marks::open(dir).unwrap());
+    /// Opens node 1's replica of the one-voter group `shard_id`, as a node does at start.
+    fn open_one_voter(
+        group_commit: &Arc<crate::group_commit::GroupCommit>,
+        marks: &Arc<Marks>,
+        shard_id: u64,
+    ) -> OpenedReplica {
         let (prober, _probes) = mpsc::unbounded_channel();
-        let opened = Replica::open(
-            &group_commit,
-            &marks,
+        Replica::open(
+            group_commit,
+            marks,
             &prober,
             shard_id,
             1,
             &[1],
-            machine,
+            StateMachine::new(shard_id, Ring::new([1], 16)),
             Box::new(NoPeers),
             ReplicaConfig::default(),
         )
-        .unwrap();
-        let mut replica = opened.replica;
+        .unwrap()
+    }
+
+    /// A replica of a one-voter group on a temporary sled, driven by hand, past its probe (a
+    /// group of one has no peers to ask).
+    async fn single_replica(dir: &std::path::Path, shard_id: u64) -> Replica {
+        let group_commit = test_group_commit(dir);
+        let marks = Arc::new(Marks::open(dir).unwrap());
+        let mut replica = open_one_voter(&group_commit, &marks, shard_id).replica;
         assert!(replica.probing.is_some(), "an empty store probes first");
         replica.handle(ReplicaMsg::Probed { term: 0, commit: 0 });
         replica.turn().await.unwrap();
@@ -1327,19 +1332,7 @@ mod tests {
         }
         let group_commit = test_group_commit(dir.path());
         let marks = Arc::new(Marks::open(dir.path()).unwrap());
-        let (prober, _probes) = mpsc::unbounded_channel();
-        let opened = Replica::open(
-            &group_commit,
-            &marks,
-            &prober,
-            1,
-            1,
-            &[1],
-            StateMachine::new(1, Ring::new([1], 16)),
-            Box::new(NoPeers),
-            ReplicaConfig::default(),
-        )
-        .unwrap();
+        let opened = open_one_voter(&group_commit, &marks, 1);
         let status = opened.handle.status();
         assert_eq!((status.term, status.commit_index), (5, 10));
         assert_eq!(status.phase, ReplicaPhase::Serving as i32);
@@ -1409,20 +1402,7 @@ mod tests {
         replica.store.set_commit(durable.commit).unwrap();
         replica.write_mark().unwrap();
         drop(replica);
-        let (prober, _probes) = mpsc::unbounded_channel();
-        let mut reopened = Replica::open(
-            &group_commit,
-            &marks,
-            &prober,
-            1,
-            1,
-            &[1],
-            StateMachine::new(1, Ring::new([1], 16)),
-            Box::new(NoPeers),
-            ReplicaConfig::default(),
-        )
-        .unwrap()
-        .replica;
+        let mut reopened = open_one_voter(&group_commit, &marks, 1).replica;
         assert_eq!(reopened.last_mark, Some(durable));
         assert_eq!(claimed(&mut reopened), durable.commit);
     }
