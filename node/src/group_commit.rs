@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The node's database, its flush tickets, and the directory of its snapshot files.
 pub struct GroupCommit {
     db: sled::Db,
+    /// sled's blob files, synced before each flush (see [`crate::blob_sync`]).
+    blobs: std::sync::Arc<crate::blob_sync::BlobSync>,
     snapshots: crate::snapshot_file::SnapshotDir,
     /// Tickets handed out (each after its owner's writes reached sled's memory).
     requested: AtomicU64,
@@ -21,9 +23,15 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn new(db: sled::Db, snapshots: crate::snapshot_file::SnapshotDir) -> GroupCommit {
+    /// `sled_dir` is the directory `db` was opened at.
+    pub fn new(
+        db: sled::Db,
+        sled_dir: &std::path::Path,
+        snapshots: crate::snapshot_file::SnapshotDir,
+    ) -> GroupCommit {
         GroupCommit {
             db,
+            blobs: std::sync::Arc::new(crate::blob_sync::BlobSync::new(sled_dir)),
             snapshots,
             requested: AtomicU64::new(0),
             durable: AtomicU64::new(0),
@@ -54,10 +62,15 @@ impl GroupCommit {
         // A blocking flush on one of tokio's blocking threads, not sled's `flush_async`: that one
         // hands the flush to sled's thread pool, whose every task wakes all seven of its idle
         // threads (a condvar `notify_all`), on top of the pool task that writes the buffer.
+        // sled's blob files first: the flush makes durable the log that points at them.
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| sled::Error::ReportableBug(format!("flush thread: {e}")))??;
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            blobs.sync_new().map_err(sled::Error::Io)?;
+            db.flush()
+        })
+        .await
+        .map_err(|e| sled::Error::ReportableBug(format!("flush thread: {e}")))??;
         crate::metrics::NODE
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -77,6 +90,7 @@ mod tests {
         let snapshots = crate::snapshot_file::SnapshotDir::open(dir.path()).unwrap();
         let gc = Arc::new(GroupCommit::new(
             sled::open(dir.path().join("sled")).unwrap(),
+            &dir.path().join("sled"),
             snapshots,
         ));
         let tree = gc.db().open_tree("t").unwrap();
@@ -94,5 +108,24 @@ mod tests {
         }
         assert_eq!(gc.durable.load(Ordering::SeqCst), 32);
         assert_eq!(tree.len(), 32);
+    }
+
+    #[tokio::test]
+    async fn a_flush_syncs_the_blob_files_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = crate::snapshot_file::SnapshotDir::open(dir.path()).unwrap();
+        let sled_dir = dir.path().join("sled");
+        let gc = GroupCommit::new(sled::open(&sled_dir).unwrap(), &sled_dir, snapshots);
+        gc.db().insert(b"large", vec![7u8; 300 * 1024]).unwrap();
+        gc.flush().await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(sled_dir.join("blobs")).unwrap().count(),
+            1
+        );
+        assert_eq!(
+            gc.blobs.sync_new().unwrap(),
+            0,
+            "the flush synced it already"
+        );
     }
 }

@@ -24,6 +24,7 @@
 //! - [`recovery`]: decides and resolves cross-shard transfers whose router went away.
 //! - [`tso`]: the timestamp oracle the meta group's leader serves.
 //! - [`node`]: start-up and graceful shutdown; [`cli`]: its command line.
+pub mod blob_sync;
 pub mod checkpoint;
 pub mod cli;
 pub mod entry;

@@ -116,7 +116,11 @@ pub async fn run(
     let db = open_db(&options.data_dir)?;
     let marks = Arc::new(Marks::open(&options.data_dir)?);
     let snapshots = crate::snapshot_file::SnapshotDir::open(&options.data_dir)?;
-    let group_commit = Arc::new(GroupCommit::new(db.clone(), snapshots.clone()));
+    let group_commit = Arc::new(GroupCommit::new(
+        db.clone(),
+        &options.data_dir.join("sled"),
+        snapshots.clone(),
+    ));
     let registry: Registry = Arc::new(OnceLock::new());
     let peers: Vec<(u64, String)> = topology
         .nodes

@@ -1264,7 +1264,11 @@ mod tests {
                 Err(e) => panic!("sled: {e}"),
             }
         };
-        Arc::new(crate::group_commit::GroupCommit::new(db, snapshots))
+        Arc::new(crate::group_commit::GroupCommit::new(
+            db,
+            &dir.join("sled"),
+            snapshots,
+        ))
     }
 
     /// Opens node 1's replica of the one-voter group `shard_id`, as a node does at start.

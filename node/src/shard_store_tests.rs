@@ -12,12 +12,24 @@ fn machine() -> StateMachine {
 
 fn database() -> (tempfile::TempDir, Arc<GroupCommit>) {
     let dir = tempfile::tempdir().unwrap();
-    let db = with_snapshots(sled::open(dir.path().join("sled")).unwrap(), dir.path());
+    let db = with_snapshots(
+        sled::open(dir.path().join("sled")).unwrap(),
+        &dir.path().join("sled"),
+        dir.path(),
+    );
     (dir, db)
 }
 
-fn with_snapshots(db: sled::Db, dir: &std::path::Path) -> Arc<GroupCommit> {
-    Arc::new(GroupCommit::new(db, SnapshotDir::open(dir).unwrap()))
+fn with_snapshots(
+    db: sled::Db,
+    sled_dir: &std::path::Path,
+    dir: &std::path::Path,
+) -> Arc<GroupCommit> {
+    Arc::new(GroupCommit::new(
+        db,
+        sled_dir,
+        SnapshotDir::open(dir).unwrap(),
+    ))
 }
 
 fn open(db: &Arc<GroupCommit>) -> Recovered {
@@ -332,7 +344,11 @@ fn a_damaged_sled_file_is_set_aside_and_never_fails_the_open() {
         let dir = tempfile::tempdir().unwrap();
         let snapshot_dir = tempfile::tempdir().unwrap();
         {
-            let db = with_snapshots(config(dir.path()).open().unwrap(), snapshot_dir.path());
+            let db = with_snapshots(
+                config(dir.path()).open().unwrap(),
+                dir.path(),
+                snapshot_dir.path(),
+            );
             let mut r = ShardStore::open(&db, 1, &[1], machine()).unwrap();
             let mut writes = vec![Write::Account(alice(5))];
             writes.extend((1..=3000u64).map(|seq| Write::History {
@@ -366,7 +382,7 @@ fn a_damaged_sled_file_is_set_aside_and_never_fails_the_open() {
         }
         std::fs::write(&file, bytes).unwrap();
         reached += 1;
-        let db = with_snapshots(db, snapshot_dir.path());
+        let db = with_snapshots(db, dir.path(), snapshot_dir.path());
         let outcome = wallet_proto::fail_stop::catch(|| {
             let (mut r, why) = ShardStore::open_checked(&db, 1, &[1], machine(), None)?;
             if why.is_some() {
