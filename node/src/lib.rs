@@ -40,6 +40,7 @@ pub mod record;
 pub mod recovery;
 pub mod replica;
 pub mod retention;
+pub mod segment_log;
 pub mod service;
 pub mod shard_store;
 pub mod snapshot_file;
