@@ -31,7 +31,7 @@ fn cpu_ms() -> u64 {
 
 fn report(what: &str, syncs: u64, started: Instant, cpu_before: u64) {
     let wall = started.elapsed();
-    let cpu = cpu_ms() - cpu_before;
+    let cpu = cpu_ms().saturating_sub(cpu_before);
     println!(
         "{what:<40} {:>8.1} µs wall per round, {:>7.1} µs CPU per round",
         wall.as_micros() as f64 / syncs as f64,

@@ -1,17 +1,21 @@
-//! Makes sled's blob files durable before the flush that points at them.
+//! Makes sled's blob files durable before anything that points at them is acknowledged.
 //!
 //! sled 0.34 writes any log message over 128 KiB (a large value, or a rewritten leaf holding
 //! several) to a file of its own in `<sled>/blobs/`, inside the insert call, and never fsyncs it:
 //! its flush fsyncs only the log, which then holds a pointer to a file that a power cut may empty
-//! or remove. So before every group-commit flush, every blob file not yet synced (or grown since)
-//! is fsynced, then the directory when a file was new. A blob of a write that took its flush
-//! ticket already exists when the flush starts (sled writes it before the insert returns), so
-//! nothing is acknowledged before its blob is on disk.
+//! or remove — and sled's recovery ends the whole log (every replica of the node) at a blob that
+//! is there but short. So after every group-commit flush, before its tickets count as durable,
+//! every blob file not yet synced (or grown since) is fsynced, then the directory when a file was
+//! new. After, not before: a flush waits for every log reservation below the point it makes
+//! durable, and sled writes a blob inside its reservation, so only then is each such blob whole (a
+//! blob still being written by another writer before the flush would be synced half-written).
 //!
-//! What remains (README § Known limits): sled's own background flush (every 500 ms) and page
-//! rewrites can make a pointer durable before this catches its blob; such a write was not yet
-//! acknowledged, and a replica whose log is then unreadable is set aside and rebuilt (G7).
-
+//! What remains (README § Known limits): a pointer made durable by the flush (or by sled's own
+//! background flush, every 500 ms) before the blob sync that follows: a power cut in between ends
+//! the node's log at that blob on recovery, which loses only what was not yet acknowledged — and
+//! sled frees a segment whose pages it moved to a blob once the move is durable, so a reuse of that
+//! segment written back before the blob sync could lose the moved page (a window of the flush's
+//! own length, after a log fsync).
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,8 @@ use std::sync::Mutex;
 /// The blob directory of one sled database and the files already synced in it.
 pub struct BlobSync {
     dir: PathBuf,
+    /// Whether the directory entry of `dir` itself was synced (sled creates it when it opens).
+    dir_entry_synced: std::sync::atomic::AtomicBool,
     /// Name → length when synced. A blob is written once, by appends, so a file whose length
     /// changed was still being written when it was synced and is synced again. Replaced by each
     /// listing, so it never holds more than the directory does.
@@ -31,20 +37,27 @@ impl BlobSync {
     pub fn new(sled_dir: &Path) -> BlobSync {
         BlobSync {
             dir: sled_dir.join("blobs"),
+            dir_entry_synced: std::sync::atomic::AtomicBool::new(false),
             synced: Mutex::new(HashMap::new()),
         }
     }
 
     /// Fsyncs every blob file that is new or grew since the last call, then the directory if a
     /// file was new. Returns how many files it synced. A file removed meanwhile (sled frees blobs
-    /// it no longer points to) is skipped.
+    /// it no longer points to) is skipped. No blob directory is an error: sled makes one when it
+    /// opens, so the path is wrong.
     pub fn sync_new(&self) -> std::io::Result<usize> {
+        use std::sync::atomic::Ordering;
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("sled blob directory {:?}: {e}", self.dir))
+        })?;
+        if !self.dir_entry_synced.load(Ordering::Relaxed) {
+            if let Some(parent) = self.dir.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            self.dir_entry_synced.store(true, Ordering::Relaxed);
+        }
         let mut listed = HashMap::with_capacity(synced.len());
         let mut files = 0;
         let mut new_name = false;
@@ -87,8 +100,9 @@ mod tests {
     fn new_and_grown_files_are_synced_once_each() {
         let dir = tempfile::tempdir().unwrap();
         let sync = BlobSync::new(dir.path());
-        assert_eq!(sync.sync_new().unwrap(), 0, "no blob directory yet");
+        assert!(sync.sync_new().is_err(), "no blob directory: a wrong path");
         std::fs::create_dir(dir.path().join("blobs")).unwrap();
+        assert_eq!(sync.sync_new().unwrap(), 0);
         let path = dir.path().join("blobs").join("17");
         let mut file = std::fs::File::create(&path).unwrap();
         file.write_all(b"half").unwrap();
@@ -107,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_value_is_synced_before_the_flush_returns() {
+    fn a_value_over_128_kib_is_a_blob_file_and_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path().join("sled")).unwrap();
         let sync = BlobSync::new(&dir.path().join("sled"));

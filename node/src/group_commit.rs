@@ -62,12 +62,13 @@ impl GroupCommit {
         // A blocking flush on one of tokio's blocking threads, not sled's `flush_async`: that one
         // hands the flush to sled's thread pool, whose every task wakes all seven of its idle
         // threads (a condvar `notify_all`), on top of the pool task that writes the buffer.
-        // sled's blob files first: the flush makes durable the log that points at them.
+        // Then sled's blob files, before the tickets count: only once the flush has returned is
+        // every blob it points at whole (see `blob_sync`).
         let db = self.db.clone();
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || {
-            blobs.sync_new().map_err(sled::Error::Io)?;
-            db.flush()
+            db.flush()?;
+            blobs.sync_new().map_err(sled::Error::Io)
         })
         .await
         .map_err(|e| sled::Error::ReportableBug(format!("flush thread: {e}")))??;

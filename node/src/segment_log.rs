@@ -72,6 +72,9 @@ pub struct SegmentLog {
     written: u64,
     /// Records appended since the last sync, not yet written.
     pending: Vec<u8>,
+    /// A write, sync or segment creation failed: what reached the disk is unknown (a failed
+    /// fsync may have dropped dirty pages), so the log refuses all further appends and syncs.
+    failed: bool,
 }
 
 impl SegmentLog {
@@ -79,20 +82,27 @@ impl SegmentLog {
     /// first, with its position. A new segment is started once the active one holds
     /// `segment_bytes`. A torn tail of the last segment is cut off (and that cut synced).
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(SegmentLog, Records), SegmentError> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
         let mut segments = Vec::new();
         for entry in std::fs::read_dir(dir)? {
-            let name = entry?.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            segments.push(id);
+            if let Some(id) = segment_id(&entry?.file_name()) {
+                segments.push(id);
+            }
         }
         segments.sort_unstable();
+        // Segments are removed oldest first, one synced unlink at a time, so what is left is
+        // always a run of consecutive ids: a hole is damage.
+        if let Some(pair) = segments.windows(2).find(|p| p[1] != p[0] + 1) {
+            return Err(SegmentError::Corrupt(format!(
+                "segments {} and {} with none between",
+                pair[0], pair[1]
+            )));
+        }
         let mut records = Vec::new();
         let mut end_of_last = SEGMENT_HEADER;
         for (i, &id) in segments.iter().enumerate() {
@@ -117,6 +127,8 @@ impl SegmentLog {
                 // synced now, so that everything `open` returns is durable (a power cut can no
                 // longer take it from under records appended later).
                 file.sync_all()?;
+                // Its directory entry too (a crash may have come before `create_segment`'s).
+                File::open(dir)?.sync_all()?;
                 (file, end_of_last)
             }
             None => {
@@ -124,21 +136,22 @@ impl SegmentLog {
                 (create_segment(dir, 1)?, SEGMENT_HEADER)
             }
         };
-        let mut log = SegmentLog {
+        let log = SegmentLog {
             dir: dir.to_path_buf(),
             segment_bytes,
             segments,
             active,
             written,
             pending: Vec::new(),
+            failed: false,
         };
-        log.active.seek(SeekFrom::Start(log.written))?;
         Ok((log, records))
     }
 
     /// Appends a record (written at the next [`sync`](Self::sync)) and returns its position.
     /// A record over [`RECORD_MAX`] is refused.
     pub fn append(&mut self, payload: &[u8]) -> Result<Position, SegmentError> {
+        self.check_usable()?;
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|&l| l as usize <= RECORD_MAX)
@@ -166,17 +179,37 @@ impl SegmentLog {
     /// Writes what was appended and makes it durable; then starts a new segment if the active
     /// one is full (the full one is synced first, so only the last segment can have a torn tail).
     pub fn sync(&mut self) -> Result<(), SegmentError> {
+        self.check_usable()?;
+        let synced = self.write_and_sync();
+        self.failed = synced.is_err();
+        synced
+    }
+
+    fn write_and_sync(&mut self) -> Result<(), SegmentError> {
+        use std::os::unix::fs::FileExt;
         if !self.pending.is_empty() {
-            self.active.write_all(&self.pending)?;
+            self.active.write_all_at(&self.pending, self.written)?;
+            self.active.sync_data()?;
             self.written += self.pending.len() as u64;
             self.pending.clear();
-            self.active.sync_data()?;
         }
-        if self.written >= self.segment_bytes {
-            let id = self.active_id() + 1;
+        if self.written >= self.segment_bytes && self.written > SEGMENT_HEADER {
+            let id = self
+                .active_id()
+                .checked_add(1)
+                .ok_or_else(|| SegmentError::Corrupt("segment ids exhausted".into()))?;
             self.active = create_segment(&self.dir, id)?;
             self.segments.push(id);
             self.written = SEGMENT_HEADER;
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<(), SegmentError> {
+        if self.failed {
+            return Err(SegmentError::Io(std::io::Error::other(
+                "segment log failed earlier: reopen it",
+            )));
         }
         Ok(())
     }
@@ -195,26 +228,41 @@ impl SegmentLog {
     /// how many it removed.
     pub fn remove_before(&mut self, segment: u64) -> Result<usize, SegmentError> {
         let segment = segment.min(self.active_id());
-        let keep = self.segments.partition_point(|&id| id < segment);
-        for &id in &self.segments[..keep] {
-            std::fs::remove_file(segment_path(&self.dir, id))?;
-        }
-        self.segments.drain(..keep);
-        if keep > 0 {
+        let mut removed = 0;
+        // Oldest first, each unlink synced before the next: a crash leaves consecutive ids.
+        while self.segments.first().is_some_and(|&id| id < segment) {
+            match std::fs::remove_file(segment_path(&self.dir, self.segments[0])) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
             File::open(&self.dir)?.sync_all()?;
+            self.segments.remove(0);
+            removed += 1;
         }
-        Ok(keep)
+        Ok(removed)
     }
 
     /// Reads back the record at `position` (written and synced before), checking it.
     pub fn read(&self, position: Position) -> Result<Vec<u8>, SegmentError> {
         let mut file = File::open(segment_path(&self.dir, position.segment))?;
+        let size = file.metadata()?.len();
+        let out_of_range =
+            || SegmentError::Corrupt(format!("record at {position:?}: out of its segment"));
+        if position.offset < SEGMENT_HEADER {
+            return Err(out_of_range());
+        }
         file.seek(SeekFrom::Start(position.offset))?;
         let mut header = [0u8; RECORD_HEADER];
         file.read_exact(&mut header)?;
-        let len = record_len(&header).ok_or_else(|| {
-            SegmentError::Corrupt(format!("record at {position:?}: length out of range"))
-        })?;
+        let len = record_len(&header)
+            .filter(|&len| {
+                position
+                    .offset
+                    .checked_add((RECORD_HEADER + len) as u64)
+                    .is_some_and(|end| end <= size)
+            })
+            .ok_or_else(out_of_range)?;
         let mut payload = vec![0u8; len];
         file.read_exact(&mut payload)?;
         if !crc_matches(&header, &payload) {
@@ -228,6 +276,15 @@ impl SegmentLog {
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
+}
+
+/// The id of a segment file's name, written exactly as [`segment_path`] writes it.
+fn segment_id(name: &std::ffi::OsStr) -> Option<u64> {
+    let digits = name.to_str()?.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 fn write_header(mut file: &File, id: u64) -> std::io::Result<()> {
@@ -466,5 +523,80 @@ mod tests {
         drop(log);
         let (_, records) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(payloads(&records), vec![b"kept".to_vec(), b"next".to_vec()]);
+    }
+
+    #[test]
+    fn a_missing_segment_between_two_is_corruption_and_stray_names_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
+        for i in 0..8u8 {
+            log.append(&[i; 40]).unwrap();
+            log.sync().unwrap();
+        }
+        let second = log.segments()[1];
+        drop(log);
+        for stray in [
+            "1.seg",
+            "+0000000000000000001.seg",
+            "00000000000000000001.seg.tmp",
+        ] {
+            std::fs::write(dir.path().join(stray), b"not a segment").unwrap();
+        }
+        let (_, records) = SegmentLog::open(dir.path(), 64).unwrap();
+        assert_eq!(records.len(), 8, "stray files are not segments");
+        std::fs::remove_file(segment_path(dir.path(), second)).unwrap();
+        match SegmentLog::open(dir.path(), 64) {
+            Err(SegmentError::Corrupt(why)) => assert!(why.contains("none between"), "{why}"),
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.len())),
+        }
+    }
+
+    #[test]
+    fn reads_at_any_position_fail_cleanly_outside_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        let at = log.append(&[9u8; 100]).unwrap();
+        log.sync().unwrap();
+        let end = at.offset + (RECORD_HEADER + 100) as u64;
+        for offset in [
+            0,
+            1,
+            11,
+            at.offset + 1,
+            at.offset + 50,
+            end,
+            end + 1,
+            u64::MAX - 3,
+        ] {
+            let position = Position {
+                segment: at.segment,
+                offset,
+            };
+            assert!(log.read(position).is_err(), "offset {offset}");
+        }
+        let elsewhere = Position {
+            segment: at.segment + 1,
+            offset: at.offset,
+        };
+        assert!(log.read(elsewhere).is_err(), "no such segment");
+        assert_eq!(log.read(at).unwrap(), vec![9u8; 100]);
+    }
+
+    #[test]
+    fn after_a_failed_sync_the_log_refuses_everything_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (mut log, _) = SegmentLog::open(&path, 64).unwrap();
+        log.append(&[1u8; 40]).unwrap();
+        log.sync().unwrap();
+        log.append(&[2u8; 40]).unwrap();
+        // The next segment cannot be created: the sync fails after writing.
+        std::fs::remove_dir_all(&path).unwrap();
+        assert!(log.sync().is_err());
+        assert!(log.append(b"more").is_err(), "no append after a failure");
+        assert!(
+            log.sync().is_err(),
+            "nor a sync that would claim it durable"
+        );
     }
 }
