@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod node;
 pub mod probe;
 mod raft_log;
+pub mod raft_wal;
 pub mod record;
 pub mod recovery;
 pub mod replica;
