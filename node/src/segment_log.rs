@@ -380,6 +380,26 @@ fn read_segment(
 mod tests {
     use super::*;
 
+    /// A log in `dir` with 64-byte segments holding `count` records of 40 bytes, each synced
+    /// (so two to a segment), and their positions.
+    fn small_segments(dir: &Path, count: u8) -> (SegmentLog, Vec<Position>) {
+        let (mut log, _) = SegmentLog::open(dir, 64).unwrap();
+        let mut positions = Vec::new();
+        for i in 0..count {
+            positions.push(log.append(&[i; 40]).unwrap());
+            log.sync().unwrap();
+        }
+        (log, positions)
+    }
+
+    /// Opening the log in `dir` must fail as corrupt, saying `what`.
+    fn assert_corrupt(dir: &Path, what: &str) {
+        match SegmentLog::open(dir, 64) {
+            Err(SegmentError::Corrupt(why)) => assert!(why.contains(what), "{why}"),
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.len())),
+        }
+    }
+
     fn payloads(records: &[(Position, Vec<u8>)]) -> Vec<Vec<u8>> {
         records.iter().map(|(_, p)| p.clone()).collect()
     }
@@ -458,32 +478,20 @@ mod tests {
     #[test]
     fn damage_before_the_last_segment_is_corruption_never_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
-        for i in 0..10u8 {
-            log.append(&[i; 40]).unwrap();
-            log.sync().unwrap();
-        }
+        let (log, _) = small_segments(dir.path(), 10);
         let first = log.segments()[0];
         drop(log);
         let path = segment_path(dir.path(), first);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[SEGMENT_HEADER as usize + RECORD_HEADER + 3] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
-        match SegmentLog::open(dir.path(), 64) {
-            Err(SegmentError::Corrupt(why)) => assert!(why.contains("segment 1"), "{why}"),
-            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.len())),
-        }
+        assert_corrupt(dir.path(), "segment 1");
     }
 
     #[test]
     fn retention_removes_whole_old_segments_never_the_active_one() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
-        let mut positions = Vec::new();
-        for i in 0..10u8 {
-            positions.push(log.append(&[i; 40]).unwrap());
-            log.sync().unwrap();
-        }
+        let (mut log, positions) = small_segments(dir.path(), 10);
         let active = log.active_id();
         let cut = positions[5].segment;
         let older = log.segments().iter().filter(|&&id| id < cut).count();
@@ -528,11 +536,7 @@ mod tests {
     #[test]
     fn a_missing_segment_between_two_is_corruption_and_stray_names_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = SegmentLog::open(dir.path(), 64).unwrap();
-        for i in 0..8u8 {
-            log.append(&[i; 40]).unwrap();
-            log.sync().unwrap();
-        }
+        let (log, _) = small_segments(dir.path(), 8);
         let second = log.segments()[1];
         drop(log);
         for stray in [
@@ -545,10 +549,7 @@ mod tests {
         let (_, records) = SegmentLog::open(dir.path(), 64).unwrap();
         assert_eq!(records.len(), 8, "stray files are not segments");
         std::fs::remove_file(segment_path(dir.path(), second)).unwrap();
-        match SegmentLog::open(dir.path(), 64) {
-            Err(SegmentError::Corrupt(why)) => assert!(why.contains("none between"), "{why}"),
-            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.len())),
-        }
+        assert_corrupt(dir.path(), "none between");
     }
 
     #[test]
