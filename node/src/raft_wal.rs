@@ -15,7 +15,16 @@
 //! the segments of its newest hard state, conf state and truncation records, and those holding its
 //! entries still in the log. The small records are written again at the start of every segment
 //! ([`RaftWal::sync`] does so when the log rotates), so only entries pin old segments; the caller
-//! compacts replicas whose entries do (see [`RaftWal::pinning`]).
+//! compacts replicas whose entries do (see [`RaftWal::pinning`]). Removal syncs first: a record
+//! that kills older ones must be on disk before they go.
+//!
+//! Checks: a write the replay would refuse (a hole, entries at or below the truncation point, a
+//! compaction going back) is refused before anything is appended; the replay refuses a hole, and
+//! a log short of its hard state's commit index — so a caller appends a Ready's entries before its
+//! hard state. Not caught here: the loss of a whole tail (the newest segment, or damage in the
+//! last segment read as a torn tail), which rolls back the hard state; the caller's durable marks
+//! must catch a log that went back, as they do for sled's log today. Not yet here: forgetting a
+//! replica moved off the node (its small records are written again at every new segment).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -101,6 +110,9 @@ pub enum WalError {
     Segment(SegmentError),
     /// A record that does not decode, or entries that do not follow the log they extend.
     Corrupt(String),
+    /// A write that would leave files the replay refuses (a hole in the log, entries at or
+    /// below its truncation, a compaction going back): nothing was written.
+    Refused(String),
 }
 
 impl std::fmt::Display for WalError {
@@ -108,6 +120,7 @@ impl std::fmt::Display for WalError {
         match self {
             WalError::Segment(e) => write!(f, "{e}"),
             WalError::Corrupt(why) => write!(f, "raft log files corrupt: {why}"),
+            WalError::Refused(why) => write!(f, "raft log write refused: {why}"),
         }
     }
 }
@@ -172,17 +185,24 @@ impl RaftWal {
             return Ok(());
         };
         let last = entries.last().map_or(first.index, |e| e.index);
-        let count = u32::try_from(entries.len())
-            .map_err(|_| WalError::Corrupt(format!("{} entries in one record", entries.len())))?;
-        let mut payload = header(ENTRIES, shard);
-        payload.extend_from_slice(&count.to_le_bytes());
-        for entry in entries {
-            let bytes = entry
-                .write_to_bytes()
-                .map_err(|e| WalError::Corrupt(format!("entry does not encode: {e}")))?;
-            payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            payload.extend_from_slice(&bytes);
+        let truncated = self.state.get(&shard).map_or(0, |s| s.2 .0);
+        let end = self.pins.get(&shard).map_or(0, |p| p.last).max(truncated);
+        if first.index <= truncated || first.index > end.saturating_add(1) {
+            return Err(WalError::Refused(format!(
+                "shard {shard}: entries from {} on a log truncated at {truncated} ending at {end}",
+                first.index
+            )));
         }
+        if entries
+            .windows(2)
+            .any(|w| Some(w[1].index) != w[0].index.checked_add(1))
+        {
+            return Err(WalError::Refused(format!(
+                "shard {shard}: entries from {} not consecutive",
+                first.index
+            )));
+        }
+        let payload = entries_record(shard, entries)?;
         let at = self.log.append(&payload)?;
         self.pins
             .entry(shard)
@@ -209,6 +229,12 @@ impl RaftWal {
 
     /// Records that `shard`'s entries up to `index` (of `term`) were compacted away.
     pub fn compact(&mut self, shard: u64, index: u64, term: u64) -> Result<(), WalError> {
+        let truncated = self.state.get(&shard).map_or(0, |s| s.2 .0);
+        if index < truncated {
+            return Err(WalError::Refused(format!(
+                "shard {shard}: compaction to {index} below its truncation at {truncated}"
+            )));
+        }
         self.append_point(COMPACT, shard, index, term)?;
         self.pins.entry(shard).or_default().drop_through(index);
         Ok(())
@@ -245,8 +271,11 @@ impl RaftWal {
         Ok(())
     }
 
-    /// Removes the segments no replica needs any more. Returns how many.
+    /// Removes the segments no replica needs any more. Returns how many. Syncs first: which
+    /// records are needed follows from every record appended, and a record that kills older ones
+    /// (a compaction, a conflicting append) must be on disk before they go.
     pub fn remove_unneeded(&mut self) -> Result<usize, WalError> {
+        self.sync()?;
         let oldest = self
             .pins
             .values()
@@ -306,6 +335,24 @@ impl RaftWal {
         state.2 = (index, term);
         Ok(at)
     }
+}
+
+/// The record of `entries` appended to `shard`'s log.
+fn entries_record(shard: u64, entries: &[Entry]) -> Result<Vec<u8>, WalError> {
+    let count = u32::try_from(entries.len())
+        .map_err(|_| WalError::Refused(format!("{} entries in one record", entries.len())))?;
+    let mut payload = header(ENTRIES, shard);
+    payload.extend_from_slice(&count.to_le_bytes());
+    for entry in entries {
+        let bytes = entry
+            .write_to_bytes()
+            .map_err(|e| WalError::Refused(format!("entry does not encode: {e}")))?;
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| WalError::Refused(format!("entry of {} bytes", bytes.len())))?;
+        payload.extend_from_slice(&len.to_le_bytes());
+        payload.extend_from_slice(&bytes);
+    }
+    Ok(payload)
 }
 
 fn header(kind: u8, shard: u64) -> Vec<u8> {
@@ -428,7 +475,10 @@ impl Replay {
             Record::Compact(index, term) => {
                 // At the same index (a record written again at a new segment), the same term.
                 if index >= log.truncated.0 {
-                    self.entries = self.entries.split_off(&index.saturating_add(1));
+                    self.entries = match index.checked_add(1) {
+                        Some(next) => self.entries.split_off(&next),
+                        None => BTreeMap::new(),
+                    };
                     log.truncated = (index, term);
                 }
                 self.pins.drop_through(index);
@@ -446,11 +496,14 @@ impl Replay {
     }
 
     /// Moves the replayed entries into the log; they must follow its truncation point without a
-    /// hole.
+    /// hole, and reach the hard state's commit index (entries are written before the hard state
+    /// that commits them, so a log short of its commit lost records).
     fn finish(self, log: &mut ReplicaLog) -> Result<Pins, String> {
         let mut expected = log.truncated.0;
         for (index, entry) in self.entries {
-            expected += 1;
+            expected = expected
+                .checked_add(1)
+                .ok_or_else(|| "entries beyond the last index".to_string())?;
             if index != expected {
                 return Err(format!(
                     "entries missing from index {expected} to {}",
@@ -458,6 +511,13 @@ impl Replay {
                 ));
             }
             log.entries.push(entry);
+        }
+        if log.hard_state.commit > log.last_index() {
+            return Err(format!(
+                "commit index {} beyond the last entry {}",
+                log.hard_state.commit,
+                log.last_index()
+            ));
         }
         Ok(self.pins)
     }
@@ -500,7 +560,7 @@ mod tests {
         assert!(logs.is_empty());
         let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1, 1)).collect();
         wal.append(7, &entries).unwrap();
-        wal.set_hard_state(7, &hard_state(1, 1, 10)).unwrap();
+        wal.set_hard_state(7, &hard_state(1, 1, 7)).unwrap();
         wal.set_conf_state(7, &conf_state(&[1, 2, 3])).unwrap();
         // A new leader's entries from 8 replace 8..=10.
         let tail: Vec<Entry> = (8..=9).map(|i| entry(i, 2, 2)).collect();
@@ -516,7 +576,7 @@ mod tests {
         assert_eq!(seven.truncated, (5, 1));
         let indexes: Vec<(u64, u64)> = seven.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(indexes, vec![(6, 1), (7, 1), (8, 2), (9, 2)]);
-        assert_eq!(seven.hard_state, hard_state(1, 1, 10));
+        assert_eq!(seven.hard_state, hard_state(1, 1, 7));
         assert_eq!(seven.conf_state, conf_state(&[1, 2, 3]));
         let nine = &logs[&9];
         assert_eq!(nine.truncated, (100, 4));
@@ -524,15 +584,38 @@ mod tests {
     }
 
     #[test]
-    fn entries_that_skip_an_index_are_corruption() {
+    fn a_hole_in_a_log_is_refused_when_written_and_corruption_when_read() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = RaftWal::open(dir.path(), 1 << 20).unwrap();
         wal.append(1, &[entry(1, 1, 0), entry(2, 1, 0)]).unwrap();
-        wal.append(1, &[entry(4, 1, 0)]).unwrap();
+        let refused = wal.append(1, &[entry(4, 1, 0)]);
+        assert!(matches!(refused, Err(WalError::Refused(_))), "{refused:?}");
+        wal.sync().unwrap();
+        drop(wal);
+        // The same hole written past the check (as damage would leave it).
+        let (mut log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        log.append(&entries_record(1, &[entry(4, 1, 0)]).unwrap())
+            .unwrap();
+        log.sync().unwrap();
+        drop(log);
+        match RaftWal::open(dir.path(), 1 << 20) {
+            Err(WalError::Corrupt(why)) => assert!(why.contains("shard 1"), "{why}"),
+            other => panic!("expected corruption, got {:?}", other.map(|(_, l)| l)),
+        }
+    }
+
+    #[test]
+    fn a_log_short_of_its_commit_index_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = RaftWal::open(dir.path(), 1 << 20).unwrap();
+        wal.append(3, &[entry(1, 1, 0), entry(2, 1, 0)]).unwrap();
+        // The hard state reached the disk, the entries it commits did not (written in the wrong
+        // order, or lost).
+        wal.set_hard_state(3, &hard_state(1, 1, 5)).unwrap();
         wal.sync().unwrap();
         drop(wal);
         match RaftWal::open(dir.path(), 1 << 20) {
-            Err(WalError::Corrupt(why)) => assert!(why.contains("shard 1"), "{why}"),
+            Err(WalError::Corrupt(why)) => assert!(why.contains("commit index 5"), "{why}"),
             other => panic!("expected corruption, got {:?}", other.map(|(_, l)| l)),
         }
     }
@@ -596,19 +679,28 @@ mod tests {
         },
         Sync,
         Retain,
+        /// `remove_unneeded` right after unsynced writes.
+        Remove,
+        /// A write the replay would refuse: refused, nothing changes.
+        Illegal {
+            shard: u8,
+            kind: u8,
+        },
         Reopen,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (0..3u8, 0..4u8, 1..6u8, 0..3u8)
+            6 => (0..8u8, 0..4u8, 1..6u8, 0..3u8)
                 .prop_map(|(shard, back, count, term)| Op::Append { shard, back, count, term }),
-            2 => (0..3u8, any::<u16>()).prop_map(|(shard, commit)| Op::HardState { shard, commit }),
-            1 => (0..3u8, 1..5u8).prop_map(|(shard, voters)| Op::ConfState { shard, voters }),
-            2 => (0..3u8, 0..8u8).prop_map(|(shard, keep)| Op::Compact { shard, keep }),
-            1 => (0..3u8, any::<u16>()).prop_map(|(shard, ahead)| Op::Reset { shard, ahead }),
+            2 => (0..8u8, any::<u16>()).prop_map(|(shard, commit)| Op::HardState { shard, commit }),
+            1 => (0..8u8, 1..5u8).prop_map(|(shard, voters)| Op::ConfState { shard, voters }),
+            2 => (0..8u8, 0..8u8).prop_map(|(shard, keep)| Op::Compact { shard, keep }),
+            1 => (0..8u8, any::<u16>()).prop_map(|(shard, ahead)| Op::Reset { shard, ahead }),
             3 => Just(Op::Sync),
             2 => Just(Op::Retain),
+            2 => Just(Op::Remove),
+            1 => (0..8u8, 0..3u8).prop_map(|(shard, kind)| Op::Illegal { shard, kind }),
             1 => Just(Op::Reopen),
         ]
     }
@@ -631,7 +723,12 @@ mod tests {
                     Op::Append { shard, back, count, term } => {
                         let log = model.logs.entry(shard as u64).or_default();
                         let last = log.last_index();
-                        let first = last.saturating_sub(back as u64).max(log.truncated.0) + 1;
+                        // Never below the commit index: committed entries are never replaced.
+                        let first = last
+                            .saturating_sub(back as u64)
+                            .max(log.truncated.0)
+                            .max(log.hard_state.commit)
+                            + 1;
                         let base_term = log.entries.last().map_or(log.truncated.1, |e| e.term);
                         data = data.wrapping_add(1);
                         let new: Vec<Entry> = (first..first + count as u64)
@@ -643,7 +740,12 @@ mod tests {
                         log.entries.extend(new);
                     }
                     Op::HardState { shard, commit } => {
-                        let state = hard_state(3, 1, commit as u64);
+                        let log = model.logs.entry(shard as u64).or_default();
+                        // Commits only what the log holds, and never goes back.
+                        let commit = (commit as u64)
+                            .min(log.last_index())
+                            .max(log.hard_state.commit);
+                        let state = hard_state(3, 1, commit);
                         wal.set_hard_state(shard as u64, &state).unwrap();
                         model.logs.entry(shard as u64).or_default().hard_state = state;
                     }
@@ -687,6 +789,24 @@ mod tests {
                         wal.sync().unwrap();
                         synced = model.clone();
                         wal.remove_unneeded().unwrap();
+                    }
+                    Op::Remove => {
+                        wal.remove_unneeded().unwrap();
+                        synced = model.clone();
+                    }
+                    Op::Illegal { shard, kind } => {
+                        let log = model.logs.entry(shard as u64).or_default();
+                        let refused = match kind {
+                            0 => wal.append(shard as u64, &[entry(log.last_index() + 2, 9, 0)]),
+                            1 if log.truncated.0 > 0 => {
+                                wal.append(shard as u64, &[entry(log.truncated.0, 9, 0)])
+                            }
+                            2 if log.truncated.0 > 0 => {
+                                wal.compact(shard as u64, log.truncated.0 - 1, 1)
+                            }
+                            _ => Err(WalError::Refused("nothing to try".into())),
+                        };
+                        prop_assert!(matches!(refused, Err(WalError::Refused(_))), "{:?}", refused);
                     }
                     Op::Reopen => {
                         drop(wal);
