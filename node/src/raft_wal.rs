@@ -34,6 +34,10 @@ use raft::eraftpb::{ConfState, Entry, HardState};
 
 use crate::segment_log::{SegmentError, SegmentLog};
 
+/// Bytes of entries per record, about: a Ready's entries beyond it go in several records (each a
+/// valid append of its own, so a torn tail still leaves a valid log).
+const RECORD_TARGET: usize = 8 * 1024 * 1024;
+
 const ENTRIES: u8 = 1;
 const HARD_STATE: u8 = 2;
 const CONF_STATE: u8 = 3;
@@ -202,12 +206,28 @@ impl RaftWal {
                 first.index
             )));
         }
-        let payload = entries_record(shard, entries)?;
-        let at = self.log.append(&payload)?;
-        self.pins
-            .entry(shard)
-            .or_default()
-            .replace_from(first.index, last, at.segment);
+        // In records of about RECORD_TARGET bytes: a catch-up can hand over many large entries.
+        let mut rest = entries;
+        while let Some(head) = rest.first() {
+            let mut bytes = 0usize;
+            let take = rest
+                .iter()
+                .position(|e| {
+                    bytes = bytes.saturating_add(e.compute_size() as usize);
+                    bytes > RECORD_TARGET
+                })
+                .unwrap_or(rest.len())
+                .max(1);
+            let (group, after) = rest.split_at(take);
+            let group_last = group.last().map_or(head.index, |e| e.index);
+            let at = self.log.append(&entries_record(shard, group)?)?;
+            self.pins
+                .entry(shard)
+                .or_default()
+                .replace_from(head.index, group_last, at.segment);
+            rest = after;
+        }
+        debug_assert_eq!(self.pins.get(&shard).map(|p| p.last), Some(last));
         Ok(())
     }
 
@@ -344,13 +364,14 @@ fn entries_record(shard: u64, entries: &[Entry]) -> Result<Vec<u8>, WalError> {
     let mut payload = header(ENTRIES, shard);
     payload.extend_from_slice(&count.to_le_bytes());
     for entry in entries {
-        let bytes = entry
-            .write_to_bytes()
-            .map_err(|e| WalError::Refused(format!("entry does not encode: {e}")))?;
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| WalError::Refused(format!("entry of {} bytes", bytes.len())))?;
+        // Encoded in place (the size is cached by `compute_size` for the write).
+        let len = entry.compute_size();
         payload.extend_from_slice(&len.to_le_bytes());
-        payload.extend_from_slice(&bytes);
+        let before = payload.len();
+        entry
+            .write_to_vec(&mut payload)
+            .map_err(|e| WalError::Refused(format!("entry does not encode: {e}")))?;
+        debug_assert_eq!(payload.len() - before, len as usize);
     }
     Ok(payload)
 }
@@ -602,6 +623,30 @@ mod tests {
             Err(WalError::Corrupt(why)) => assert!(why.contains("shard 1"), "{why}"),
             other => panic!("expected corruption, got {:?}", other.map(|(_, l)| l)),
         }
+    }
+
+    #[test]
+    fn large_appends_go_in_several_records_that_replay_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = RaftWal::open(dir.path(), 1 << 20).unwrap();
+        let big = |index: u64| Entry {
+            index,
+            term: 1,
+            data: vec![index as u8; 3 * 1024 * 1024].into(),
+            ..Default::default()
+        };
+        let entries: Vec<Entry> = (1..=6).map(big).collect();
+        wal.append(4, &entries).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, records) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            records.len(),
+            3,
+            "two entries of 3 MiB per record of about 8 MiB"
+        );
+        let (_, logs) = RaftWal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(logs[&4].entries, entries);
     }
 
     #[test]
