@@ -197,10 +197,7 @@ impl RaftWal {
                 first.index
             )));
         }
-        if entries
-            .windows(2)
-            .any(|w| Some(w[1].index) != w[0].index.checked_add(1))
-        {
+        if !consecutive(entries) {
             return Err(WalError::Refused(format!(
                 "shard {shard}: entries from {} not consecutive",
                 first.index
@@ -357,6 +354,13 @@ impl RaftWal {
     }
 }
 
+/// Whether each entry's index follows the one before it (checked on write and on replay).
+fn consecutive(entries: &[Entry]) -> bool {
+    entries
+        .windows(2)
+        .all(|w| Some(w[1].index) == w[0].index.checked_add(1))
+}
+
 /// The record of `entries` appended to `shard`'s log.
 fn entries_record(shard: u64, entries: &[Entry]) -> Result<Vec<u8>, WalError> {
     let count = u32::try_from(entries.len())
@@ -468,10 +472,7 @@ impl Replay {
                     return Ok(());
                 };
                 let (first, last) = (first.index, last.index);
-                if entries
-                    .windows(2)
-                    .any(|w| Some(w[1].index) != w[0].index.checked_add(1))
-                {
+                if !consecutive(&entries) {
                     return Err(format!("entries from {first} not consecutive"));
                 }
                 if first <= log.truncated.0 {
@@ -558,6 +559,14 @@ mod tests {
         }
     }
 
+    /// Opening the files in `dir` must fail as corrupt, saying `what`.
+    fn assert_corrupt(dir: &Path, what: &str) {
+        match RaftWal::open(dir, 1 << 20) {
+            Err(WalError::Corrupt(why)) => assert!(why.contains(what), "{why}"),
+            other => panic!("expected corruption, got {:?}", other.map(|(_, l)| l)),
+        }
+    }
+
     fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
         HardState {
             term,
@@ -619,10 +628,7 @@ mod tests {
             .unwrap();
         log.sync().unwrap();
         drop(log);
-        match RaftWal::open(dir.path(), 1 << 20) {
-            Err(WalError::Corrupt(why)) => assert!(why.contains("shard 1"), "{why}"),
-            other => panic!("expected corruption, got {:?}", other.map(|(_, l)| l)),
-        }
+        assert_corrupt(dir.path(), "shard 1");
     }
 
     #[test]
@@ -659,10 +665,7 @@ mod tests {
         wal.set_hard_state(3, &hard_state(1, 1, 5)).unwrap();
         wal.sync().unwrap();
         drop(wal);
-        match RaftWal::open(dir.path(), 1 << 20) {
-            Err(WalError::Corrupt(why)) => assert!(why.contains("commit index 5"), "{why}"),
-            other => panic!("expected corruption, got {:?}", other.map(|(_, l)| l)),
-        }
+        assert_corrupt(dir.path(), "commit index 5");
     }
 
     #[test]
